@@ -1,0 +1,39 @@
+# drain-agent — see README.md. Everything here runs as root on a Debian machine (the lab creates
+# network namespaces); nothing touches the root namespace's links, routes, firewall or sysctls.
+CARGO ?= cargo
+RELEASE := target/release
+
+.PHONY: all deps build demo test test-unit lint bench clean-lab
+
+all: build
+
+deps:
+	@bash tests/deps.sh
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+## Live demo: brings the lab up once per scenario, runs the mixed load through each way of taking lb1
+## out of service, prints the comparison table, tears everything down.
+demo: deps build
+	$(RELEASE)/drain-lab demo
+
+## Unit tests, kernel tests in scratch namespaces, and the end-to-end lab tests (real keepalived,
+## HAProxy, iptables, ipset). Lab tests run one at a time: they share the 2 cores with the load.
+test: deps
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) test --release --workspace -- --test-threads=1
+
+test-unit:
+	$(CARGO) test --workspace --lib --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: deps build
+	$(CARGO) bench --workspace
+
+## Removes namespaces, processes and state left by a killed lab run.
+clean-lab:
+	@$(CARGO) build --release -q -p drain-lab && $(RELEASE)/drain-lab cleanup --all

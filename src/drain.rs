@@ -1,0 +1,758 @@
+//! The drain cycle as a state machine over a [`Host`]: preflight → divert → watch → fail over →
+//! clean up, with rollback on every abort path. Everything the cycle does to the host goes
+//! through the `Host` trait, so the whole machine is unit-tested against a scripted fake world
+//! (connections that close, a peer that dies, keepalived that moves the VIP) without root.
+//!
+//! Every host change is recorded in the [`Journal`] before it is made; undo is idempotent and is
+//! the same code whether it runs at the end of a drain, on rollback, or after a crash (`undrain`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::journal::{Change, Journal, JournalError};
+
+/// What kind of failure a host operation had; decides the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostErrorKind {
+    /// A binary the agent runs (iptables-restore, ipset, nft) is missing.
+    MissingBinary,
+    /// A network interface named in the config does not exist.
+    MissingInterface,
+    /// The kernel refused: not root / no CAP_NET_ADMIN.
+    Permission,
+    /// Anything else.
+    Other,
+}
+
+/// A failed host operation: what was attempted and why it failed, in one line.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{op}: {cause}")]
+pub struct HostError {
+    /// The operation, e.g. `iptables-restore (install divert)`.
+    pub op: String,
+    /// The cause, e.g. the tool's first stderr line.
+    pub cause: String,
+    /// Classification for the exit code.
+    pub kind: HostErrorKind,
+}
+
+impl HostError {
+    /// An error of kind `Other`.
+    pub fn other(op: impl Into<String>, cause: impl ToString) -> HostError {
+        HostError {
+            op: op.into(),
+            cause: cause.to_string(),
+            kind: HostErrorKind::Other,
+        }
+    }
+}
+
+/// What a SYN probe of the peer saw.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "answer")]
+pub enum PeerAnswer {
+    /// SYN-ACK from the VIP via the peer: it accepts the VIP's traffic.
+    Accepted {
+        /// Round-trip time in milliseconds.
+        rtt_ms: f64,
+    },
+    /// RST: the peer takes packets for the VIP but nothing listens on the port.
+    Refused,
+    /// Nothing came back in time.
+    NoAnswer,
+}
+
+/// The node's sockets on the VIP ports that still hold the drain.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SocketCount {
+    /// Sockets still being served (see [`crate::sockdiag`] for which states count).
+    pub total: usize,
+    /// Of those, the ones whose client was silent longer than the idle threshold.
+    pub idle: usize,
+    /// Per TCP state.
+    pub by_state: BTreeMap<String, usize>,
+}
+
+/// Everything the drain cycle needs from the host. The real implementation composes the
+/// firewall, links, sock_diag and probe adapters; tests use a scripted fake.
+pub trait Host {
+    /// Monotonic time since an arbitrary start.
+    fn now(&self) -> Duration;
+    /// Sleeps (the fake advances its clock).
+    fn sleep(&mut self, d: Duration);
+    /// How many interrupts (SIGINT/SIGTERM) arrived: 1 = roll back gracefully, 2+ = roll back now.
+    fn interrupts(&self) -> u32;
+    /// Applies an `iptables-restore --noflush` transaction.
+    fn restore(&mut self, what: &str, text: &str) -> Result<(), HostError>;
+    /// `iptables-save -t mangle`.
+    fn mangle_save(&mut self) -> Result<String, HostError>;
+    /// Does the mangle table exist (iptables-nft creates it on first use)?
+    fn mangle_present(&mut self) -> Result<bool, HostError>;
+    /// Drops the mangle table if it holds nothing but empty built-in chains; true if dropped.
+    fn drop_mangle_if_empty(&mut self) -> Result<bool, HostError>;
+    /// Applies an `ipset restore` script.
+    fn ipset_restore(&mut self, what: &str, text: &str) -> Result<(), HostError>;
+    /// Names of existing ipsets.
+    fn ipset_names(&mut self) -> Result<Vec<String>, HostError>;
+    /// Is the interface administratively up? (Missing interface = error of kind MissingInterface.)
+    fn link_up(&mut self, ifname: &str) -> Result<bool, HostError>;
+    /// Sets the interface up or down.
+    fn set_link(&mut self, ifname: &str, up: bool) -> Result<(), HostError>;
+    /// Is the VIP configured on one of this node's interfaces?
+    fn vip_local(&mut self, vip: Ipv4Addr) -> Result<bool, HostError>;
+    /// Does the peer (and only the peer) answer ARP for the VIP?
+    fn peer_owns(&mut self, vip: Ipv4Addr) -> Result<bool, HostError>;
+    /// One SYN probe of the VIP through the peer.
+    fn probe_peer(&mut self) -> Result<PeerAnswer, HostError>;
+    /// Counts the node's sockets on the VIP ports.
+    fn count(&mut self) -> Result<SocketCount, HostError>;
+    /// Adds (`present`) or removes the `local VIP/32 dev lo` route.
+    fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError>;
+    /// Reads a sysctl (key relative to /proc/sys).
+    fn sysctl_read(&mut self, key: &str) -> Result<String, HostError>;
+    /// Writes a sysctl.
+    fn sysctl_write(&mut self, key: &str, value: &str) -> Result<(), HostError>;
+}
+
+/// The texts the divert is made of (from [`crate::plan`]).
+#[derive(Clone, Debug)]
+pub struct DivertScripts {
+    /// Chain-name prefix the agent owns.
+    pub prefix: String,
+    /// Names of the sets the divert uses.
+    pub set_names: Vec<String>,
+    /// `ipset restore` text creating the sets.
+    pub ipset_create: String,
+    /// `iptables-restore --noflush` text installing the divert.
+    pub install: String,
+    /// Transaction withdrawing the divert for new flows.
+    pub withdraw: String,
+    /// Lines `iptables-save -t mangle` must show once installed, in order.
+    pub expected_installed: Vec<String>,
+}
+
+/// The drain policy (from the config's `drain`, `peer_probe` and `failover` sections).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// The VIPs this node serves.
+    pub vips: Vec<Ipv4Addr>,
+    /// Interface keepalived tracks.
+    pub tracked_interface: String,
+    /// Give up waiting for the drain after this.
+    pub deadline: Duration,
+    /// At the deadline: roll back instead of failing over.
+    pub abort_on_deadline: bool,
+    /// How often to count sockets.
+    pub poll_interval: Duration,
+    /// How often to probe the peer.
+    pub probe_interval: Duration,
+    /// Consecutive failed probes that mean the peer is lost.
+    pub probe_failures: u32,
+    /// On rollback, keep diverting already-diverted flows this long.
+    pub rollback_grace: Duration,
+    /// How long to wait for the peer to own the VIP after the trigger.
+    pub failover_timeout: Duration,
+    /// Keep diverting this long after the peer owns the VIP.
+    pub post_wait: Duration,
+    /// Fail over even if this node does not hold the VIP (nothing to drain then).
+    pub skip_failover: bool,
+}
+
+/// Why the drain stopped waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainReason {
+    /// No socket left.
+    Empty,
+    /// Only sockets idle longer than the threshold left.
+    OnlyIdle,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// Events reported while the cycle runs (printed live, or as JSON lines with `--json`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// Preflight passed.
+    Ready {
+        /// The peer's answer to the preflight probe.
+        peer: PeerAnswer,
+        /// Sockets before the divert.
+        sockets: usize,
+    },
+    /// The divert is installed and verified.
+    Diverted {
+        /// Milliseconds the install transaction (sets + rules + read-back) took.
+        install_ms: f64,
+    },
+    /// Sockets left.
+    Progress {
+        /// Milliseconds since the divert.
+        elapsed_ms: f64,
+        /// Sockets still served.
+        remaining: usize,
+        /// Of which idle.
+        idle: usize,
+        /// Per state.
+        by_state: BTreeMap<String, usize>,
+    },
+    /// A peer probe failed.
+    PeerProbeFailed {
+        /// Consecutive failures so far.
+        consecutive: u32,
+        /// What was seen.
+        answer: String,
+    },
+    /// The drain wait ended.
+    Drained {
+        /// Why.
+        reason: DrainReason,
+        /// Milliseconds since the divert.
+        elapsed_ms: f64,
+        /// Sockets left (idle ones, or any at the deadline).
+        remaining: usize,
+    },
+    /// The tracked interface was set down.
+    FailoverTriggered {
+        /// Interface.
+        ifname: String,
+    },
+    /// The peer answers ARP for every VIP and this node holds none.
+    PeerOwnsVip {
+        /// Milliseconds after the trigger.
+        after_ms: f64,
+    },
+    /// New flows are served locally again.
+    Withdrawn {
+        /// Why.
+        reason: String,
+    },
+    /// Every transient change is undone.
+    CleanedUp,
+}
+
+/// How a completed drain went.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DrainReport {
+    /// Why the wait ended.
+    pub reason: DrainReason,
+    /// Milliseconds from divert to the end of the wait.
+    pub drain_ms: f64,
+    /// Milliseconds from the trigger until the peer owned the VIP.
+    pub failover_ms: f64,
+    /// Milliseconds the whole cycle took.
+    pub total_ms: f64,
+    /// Milliseconds the divert install took.
+    pub install_ms: f64,
+    /// Sockets left when the node went out of service (idle ones or deadline leftovers).
+    pub abandoned: usize,
+}
+
+/// Why a drain did not complete. Each maps to a documented exit code ([`DrainError::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// A host operation failed before anything was changed, or while changing (then rolled back).
+    #[error("{0}")]
+    Host(#[from] HostError),
+    /// The state directory failed.
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    /// The peer cannot take the traffic; nothing was changed.
+    #[error("peer not ready: {0}; nothing changed")]
+    PeerNotReady(String),
+    /// This node does not hold the VIP.
+    #[error("this node does not hold VIP {0} (not MASTER?); nothing to drain, nothing changed")]
+    NotMaster(Ipv4Addr),
+    /// The node is already out of service.
+    #[error("already drained: tracked interface {0} is down; run `drain-agent undrain` first")]
+    AlreadyDrained(String),
+    /// An earlier run left changes behind.
+    #[error("leftovers of an earlier run: {0}; run `drain-agent undrain` to remove them")]
+    Leftovers(String),
+    /// The divert read back differently from what was installed; rolled back.
+    #[error("divert verification failed: iptables-save lacks `{0}`; rolled back")]
+    VerifyFailed(String),
+    /// The peer stopped answering; the divert was withdrawn and removed.
+    #[error("peer lost during the drain ({0}); divert withdrawn, this node still serves")]
+    PeerLost(String),
+    /// SIGINT/SIGTERM; rolled back.
+    #[error("interrupted; divert withdrawn and removed, this node still serves")]
+    Interrupted,
+    /// Deadline with abort_on_deadline; rolled back.
+    #[error("drain deadline of {0:?} reached with {1} connections left; rolled back (abort_on_deadline)")]
+    DeadlineAbort(Duration, usize),
+    /// The peer did not take the VIP in time.
+    #[error("failover not confirmed within {0:?} ({1}); divert removed, tracked interface left down: check keepalived on both nodes")]
+    FailoverUnconfirmed(Duration, String),
+    /// Some undo steps failed; they stay in the journal.
+    #[error("cleanup incomplete ({0}); the journal keeps what is left, run `drain-agent undrain`")]
+    CleanupIncomplete(String),
+}
+
+/// Exit codes — an API: keepalived and Ansible read them. Documented in the README.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Unexpected internal error.
+    pub const INTERNAL: u8 = 1;
+    /// Bad command-line usage.
+    pub const USAGE: u8 = 2;
+    /// The configuration file is invalid.
+    pub const CONFIG: u8 = 3;
+    /// The environment is not usable (missing binary, interface, privilege, kernel feature).
+    pub const ENVIRONMENT: u8 = 4;
+    /// The peer cannot take the traffic (nothing was changed).
+    pub const PEER_NOT_READY: u8 = 5;
+    /// Another drain-agent operation is running.
+    pub const BUSY: u8 = 6;
+    /// The node's state does not allow it (not MASTER, already drained, leftovers).
+    pub const STATE: u8 = 7;
+    /// The peer was lost during the drain (rolled back).
+    pub const PEER_LOST: u8 = 8;
+    /// Interrupted by a signal (rolled back).
+    pub const INTERRUPTED: u8 = 9;
+    /// Deadline reached with abort_on_deadline (rolled back).
+    pub const DEADLINE: u8 = 10;
+    /// Failover not confirmed in time.
+    pub const FAILOVER: u8 = 11;
+    /// Cleanup incomplete: changes remain (listed in the journal).
+    pub const CLEANUP: u8 = 12;
+}
+
+impl DrainError {
+    /// The documented exit code of this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DrainError::Host(e) => match e.kind {
+                HostErrorKind::Other => exit::INTERNAL,
+                _ => exit::ENVIRONMENT,
+            },
+            DrainError::Journal(JournalError::Busy { .. }) => exit::BUSY,
+            DrainError::Journal(_) => exit::ENVIRONMENT,
+            DrainError::PeerNotReady(_) => exit::PEER_NOT_READY,
+            DrainError::NotMaster(_) | DrainError::AlreadyDrained(_) | DrainError::Leftovers(_) => {
+                exit::STATE
+            }
+            DrainError::VerifyFailed(_) => exit::INTERNAL,
+            DrainError::PeerLost(_) => exit::PEER_LOST,
+            DrainError::Interrupted => exit::INTERRUPTED,
+            DrainError::DeadlineAbort(..) => exit::DEADLINE,
+            DrainError::FailoverUnconfirmed(..) => exit::FAILOVER,
+            DrainError::CleanupIncomplete(_) => exit::CLEANUP,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs the whole drain cycle. Returns only when the node is out of service and every transient
+/// change is undone, or with an error after rolling back.
+pub fn drain(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    s: &DivertScripts,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+) -> Result<DrainReport, DrainError> {
+    let start = h.now();
+    preflight(h, j, s, p, ev)?;
+    let t = h.now();
+    if let Err(e) = install(h, j, s) {
+        let undo = cleanup(h, j);
+        return Err(undo.err().unwrap_or(e));
+    }
+    let install_ms = ms(h.now() - t);
+    ev(Event::Diverted { install_ms });
+    let (reason, remaining, drain_ms) = match watch(h, s, p, ev) {
+        Ok(w) => w,
+        Err(e) => return Err(rollback(h, j, s, p, ev, e)),
+    };
+    let failover = failover(h, j, p, ev);
+    let cleaned = cleanup(h, j);
+    if cleaned.is_ok() {
+        ev(Event::CleanedUp);
+    }
+    let failover_ms = failover?;
+    cleaned?;
+    Ok(DrainReport {
+        reason,
+        drain_ms,
+        failover_ms,
+        total_ms: ms(h.now() - start),
+        install_ms,
+        abandoned: remaining,
+    })
+}
+
+/// Checks everything that can be checked before changing anything.
+fn preflight(
+    h: &mut dyn Host,
+    j: &Journal,
+    s: &DivertScripts,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+) -> Result<(), DrainError> {
+    if let Some(e) = j
+        .entries()
+        .iter()
+        .find(|e| !e.change.is_maintenance_state())
+    {
+        return Err(DrainError::Leftovers(format!(
+            "journal records {:?}",
+            e.change
+        )));
+    }
+    if !h.link_up(&p.tracked_interface)?
+        || j.entries().iter().any(|e| e.change.is_maintenance_state())
+    {
+        return Err(DrainError::AlreadyDrained(p.tracked_interface.clone()));
+    }
+    for vip in &p.vips {
+        if !h.vip_local(*vip)? {
+            return Err(DrainError::NotMaster(*vip));
+        }
+    }
+    let names = h.ipset_names()?;
+    if let Some(n) = s.set_names.iter().find(|n| names.contains(n)) {
+        return Err(DrainError::Leftovers(format!("ipset {n} already exists")));
+    }
+    let save = h.mangle_save()?;
+    if let Some(l) = save.lines().find(|l| mentions_prefix(l, &s.prefix)) {
+        return Err(DrainError::Leftovers(format!(
+            "iptables mangle already has `{l}`"
+        )));
+    }
+    let answer = h.probe_peer()?;
+    if !matches!(answer, PeerAnswer::Accepted { .. }) {
+        let why = match answer {
+            PeerAnswer::Refused => "it refuses connections to the VIP (RST): is HAProxy running there, and did you run `drain-agent accept` on it?",
+            _ => "it does not answer for the VIP: is it up, and did you run `drain-agent accept` on it?",
+        };
+        return Err(DrainError::PeerNotReady(why.to_string()));
+    }
+    let sockets = h.count()?.total;
+    ev(Event::Ready {
+        peer: answer,
+        sockets,
+    });
+    Ok(())
+}
+
+/// True if an iptables-save line declares, jumps to or appends to one of our chains.
+fn mentions_prefix(line: &str, prefix: &str) -> bool {
+    let ours = format!("{prefix}-");
+    line.split_whitespace()
+        .any(|w| w.trim_start_matches(':').starts_with(&ours))
+}
+
+/// Installs the divert: sets first (the rules reference them), then the rules in one transaction,
+/// then reads them back.
+fn install(h: &mut dyn Host, j: &mut Journal, s: &DivertScripts) -> Result<(), DrainError> {
+    if !h.mangle_present()? {
+        j.record(Change::MangleTableCreated)?;
+    }
+    for n in &s.set_names {
+        j.record(Change::IpsetCreated { name: n.clone() })?;
+    }
+    h.ipset_restore("create divert sets", &s.ipset_create)?;
+    j.record(Change::Chains {
+        prefix: s.prefix.clone(),
+    })?;
+    h.restore("install divert", &s.install)?;
+    verify(h, &s.expected_installed)
+}
+
+/// Checks that `expected` appears in iptables-save, in order.
+fn verify(h: &mut dyn Host, expected: &[String]) -> Result<(), DrainError> {
+    let save = h.mangle_save()?;
+    let mut lines = save.lines().map(str::trim);
+    for want in expected {
+        if !lines.any(|l| l == want) {
+            return Err(DrainError::VerifyFailed(want.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the drain; returns (reason, sockets left, ms since divert).
+fn watch(
+    h: &mut dyn Host,
+    s: &DivertScripts,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+) -> Result<(DrainReason, usize, f64), DrainError> {
+    let _ = s;
+    let start = h.now();
+    let mut next_probe = start + p.probe_interval;
+    let mut fails = 0u32;
+    let mut last: Option<(usize, usize)> = None;
+    let mut last_report = start;
+    loop {
+        if h.interrupts() > 0 {
+            return Err(DrainError::Interrupted);
+        }
+        let now = h.now();
+        if now >= next_probe {
+            let answer = h.probe_peer().unwrap_or(PeerAnswer::NoAnswer);
+            if matches!(answer, PeerAnswer::Accepted { .. }) {
+                fails = 0;
+            } else {
+                fails += 1;
+                ev(Event::PeerProbeFailed {
+                    consecutive: fails,
+                    answer: format!("{answer:?}"),
+                });
+                if fails >= p.probe_failures {
+                    return Err(DrainError::PeerLost(format!(
+                        "{fails} probes failed, last: {answer:?}"
+                    )));
+                }
+            }
+            next_probe = h.now() + p.probe_interval;
+        }
+        let c = h.count()?;
+        let now = h.now();
+        let elapsed = now - start;
+        if last != Some((c.total, c.idle)) || now - last_report >= Duration::from_secs(1) {
+            ev(Event::Progress {
+                elapsed_ms: ms(elapsed),
+                remaining: c.total,
+                idle: c.idle,
+                by_state: c.by_state.clone(),
+            });
+            last = Some((c.total, c.idle));
+            last_report = now;
+        }
+        let reason = if c.total == 0 {
+            Some(DrainReason::Empty)
+        } else if c.total == c.idle {
+            Some(DrainReason::OnlyIdle)
+        } else if elapsed >= p.deadline {
+            if p.abort_on_deadline {
+                return Err(DrainError::DeadlineAbort(p.deadline, c.total));
+            }
+            Some(DrainReason::Deadline)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            ev(Event::Drained {
+                reason,
+                elapsed_ms: ms(elapsed),
+                remaining: c.total,
+            });
+            return Ok((reason, c.total, ms(elapsed)));
+        }
+        let until_probe = next_probe.saturating_sub(now);
+        h.sleep(
+            p.poll_interval
+                .min(until_probe)
+                .max(Duration::from_millis(1)),
+        );
+    }
+}
+
+/// Triggers the failover and waits until the peer owns every VIP; keeps the divert meanwhile
+/// (clients keep sending to this node until the peer's gratuitous ARP lands: FIELD-NOTES 8).
+fn failover(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+) -> Result<f64, DrainError> {
+    j.record(Change::LinkDown {
+        ifname: p.tracked_interface.clone(),
+    })?;
+    h.set_link(&p.tracked_interface, false)?;
+    ev(Event::FailoverTriggered {
+        ifname: p.tracked_interface.clone(),
+    });
+    let t = h.now();
+    loop {
+        let mut pending = None;
+        for vip in &p.vips {
+            if h.vip_local(*vip)? {
+                pending = Some(format!("{vip} still configured here"));
+                break;
+            }
+            if !h.peer_owns(*vip)? {
+                pending = Some(format!("the peer does not answer ARP for {vip}"));
+                break;
+            }
+        }
+        let waited = h.now() - t;
+        match pending {
+            None => {
+                ev(Event::PeerOwnsVip {
+                    after_ms: ms(waited),
+                });
+                h.sleep(p.post_wait);
+                return Ok(ms(waited));
+            }
+            Some(why) if waited >= p.failover_timeout => {
+                return Err(DrainError::FailoverUnconfirmed(p.failover_timeout, why))
+            }
+            Some(_) => h.sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Abort path: new flows local again at once, already-diverted flows keep going to the peer for
+/// the grace period (a second interrupt cuts it short), then everything is removed.
+fn rollback(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    s: &DivertScripts,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+    why: DrainError,
+) -> DrainError {
+    let withdrew = h.restore("withdraw divert", &s.withdraw);
+    ev(Event::Withdrawn {
+        reason: why.to_string(),
+    });
+    if withdrew.is_ok() {
+        let until = h.now() + p.rollback_grace;
+        let seen = h.interrupts();
+        while h.now() < until && h.interrupts() <= seen.max(1) {
+            h.sleep(
+                Duration::from_millis(50)
+                    .min(until.saturating_sub(h.now()))
+                    .max(Duration::from_millis(1)),
+            );
+        }
+    }
+    match cleanup(h, j) {
+        Ok(()) => {
+            ev(Event::CleanedUp);
+            why
+        }
+        Err(e) => e,
+    }
+}
+
+/// Undoes every transient change in the journal (newest first), continuing past errors and
+/// reporting all of them. Maintenance state (the tracked interface down) is kept.
+pub fn cleanup(h: &mut dyn Host, j: &mut Journal) -> Result<(), DrainError> {
+    undo_where(h, j, |c| !c.is_maintenance_state())
+}
+
+/// Undoes every change in the journal, maintenance state included (`undrain`, `release`).
+pub fn undo_all(h: &mut dyn Host, j: &mut Journal) -> Result<(), DrainError> {
+    undo_where(h, j, |_| true)
+}
+
+fn undo_where(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    pick: impl Fn(&Change) -> bool,
+) -> Result<(), DrainError> {
+    // Rules go before the sets they reference, the table last: journal order is creation order
+    // (table, sets, chains), so undoing newest first gets that right.
+    let changes: Vec<Change> = j
+        .entries()
+        .iter()
+        .rev()
+        .map(|e| e.change.clone())
+        .filter(|c| pick(c))
+        .collect();
+    let mut errors = Vec::new();
+    for c in changes {
+        match undo(h, &c) {
+            Ok(()) => j.forget(&c)?,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(DrainError::CleanupIncomplete(errors.join("; ")))
+    }
+}
+
+/// Undoes one change; succeeds if the change is already gone.
+pub fn undo(h: &mut dyn Host, c: &Change) -> Result<(), HostError> {
+    match c {
+        Change::Chains { prefix } => {
+            let save = h.mangle_save()?;
+            if let Some(text) = removal_from_save(&save, prefix) {
+                h.restore("remove divert", &text)?;
+            }
+            Ok(())
+        }
+        Change::IpsetCreated { name } => {
+            if h.ipset_names()?.contains(name) {
+                h.ipset_restore("destroy divert set", &format!("destroy {name}\n"))?;
+            }
+            Ok(())
+        }
+        Change::MangleTableCreated => h.drop_mangle_if_empty().map(|_| ()),
+        Change::LinkDown { ifname } => h.set_link(ifname, true),
+        Change::LocalRoute { addr } => h.local_route(*addr, false),
+        Change::Sysctl { key, previous } => h.sysctl_write(key, previous),
+    }
+}
+
+/// Builds the transaction that removes our chains and every jump into them from what
+/// iptables-save shows now — so it also works on the half-state a crash or a manual edit left,
+/// where a fixed removal script would fail as a whole (restore is all-or-nothing).
+pub fn removal_from_save(save: &str, prefix: &str) -> Option<String> {
+    let ours = |name: &str| name.starts_with(&format!("{prefix}-"));
+    let mut chains = Vec::new();
+    let mut deletes = Vec::new();
+    let mut in_mangle = false;
+    for line in save.lines() {
+        let line = line.trim();
+        if line.starts_with('*') {
+            in_mangle = line == "*mangle";
+            continue;
+        }
+        if !in_mangle {
+            continue;
+        }
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or("");
+            if ours(name) {
+                chains.push(name.to_string());
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let chain = rule.split_whitespace().next().unwrap_or("");
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            let jumps_ours = words
+                .windows(2)
+                .any(|w| (w[0] == "-j" || w[0] == "-g") && ours(w[1]));
+            if !ours(chain) && jumps_ours {
+                deletes.push(format!("-D {rule}"));
+            }
+        }
+    }
+    if chains.is_empty() && deletes.is_empty() {
+        return None;
+    }
+    let mut t = String::from("*mangle\n");
+    for d in deletes {
+        t.push_str(&d);
+        t.push('\n');
+    }
+    for c in &chains {
+        t.push_str(&format!("-F {c}\n"));
+    }
+    for c in &chains {
+        t.push_str(&format!("-X {c}\n"));
+    }
+    t.push_str("COMMIT\n");
+    Some(t)
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
+
+#[cfg(test)]
+mod tests;

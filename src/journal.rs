@@ -1,0 +1,378 @@
+//! The state directory: a lock that serialises every command that changes the host, and journals
+//! that record each host change *before* it is made, with what undoes it, so that a run that
+//! crashed (or was killed with SIGKILL, or lost power) can be undone by `undrain`/`release` or by
+//! the next start.
+//!
+//! Journals are small JSON documents rewritten atomically (write to a temporary file, fsync,
+//! rename, fsync the directory), so a crash leaves either the old or the new version, never half.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// Errors of the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The directory could not be created or used.
+    #[error("state directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Another drain-agent process holds the lock.
+    #[error("another drain-agent operation is running (pid {holder}, lock {path})")]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+        /// Pid written in the lock file by its holder ("?" if unreadable).
+        holder: String,
+    },
+    /// A journal could not be read or written.
+    #[error("journal {path}: {cause}")]
+    File {
+        /// The journal file.
+        path: PathBuf,
+        /// Cause.
+        cause: String,
+    },
+}
+
+/// One change the agent makes to the host, with enough data to undo it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Change {
+    /// The mangle table did not exist before (iptables-nft): drop it again if it is empty.
+    MangleTableCreated,
+    /// An ipset we created: destroy it (after the rules referencing it are gone).
+    IpsetCreated {
+        /// Set name.
+        name: String,
+    },
+    /// Our mangle chains (and the jumps into them from built-in chains), identified by prefix.
+    Chains {
+        /// The chain-name prefix the agent owns.
+        prefix: String,
+    },
+    /// The tracked interface was set down to make keepalived fail over. Not undone by the
+    /// drain's cleanup (the node stays out of service) but by `undrain`.
+    LinkDown {
+        /// Interface name.
+        ifname: String,
+    },
+    /// A `local ADDR/32 dev lo` route so this node accepts diverted traffic for a VIP.
+    LocalRoute {
+        /// The VIP.
+        addr: Ipv4Addr,
+    },
+    /// A sysctl value we changed, with the value it had.
+    Sysctl {
+        /// Key relative to /proc/sys, e.g. `net/ipv4/conf/eth0/arp_ignore`.
+        key: String,
+        /// The value before our change.
+        previous: String,
+    },
+}
+
+impl Change {
+    /// True for the changes a drain keeps after it finished (the node stays out of service until
+    /// `undrain`).
+    pub fn is_maintenance_state(&self) -> bool {
+        matches!(self, Change::LinkDown { .. })
+    }
+}
+
+/// A journal entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Seconds since the epoch when it was recorded.
+    pub at: u64,
+    /// Pid of the process that recorded it.
+    pub pid: u32,
+    /// The change.
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+/// A journal: the list of changes one role (drain, accept) made and has not undone yet.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    entries: Vec<Entry>,
+}
+
+impl Journal {
+    /// Opens (or starts) the journal at `path`.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let entries = match fs::read(path) {
+            Ok(bytes) if bytes.is_empty() => Vec::new(),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| JournalError::File {
+                path: path.to_path_buf(),
+                cause: format!("unreadable ({e}); inspect or remove it"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(JournalError::File {
+                    path: path.to_path_buf(),
+                    cause: e.to_string(),
+                })
+            }
+        };
+        Ok(Journal {
+            path: path.to_path_buf(),
+            entries,
+        })
+    }
+
+    /// The recorded changes, oldest first.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// True if nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records a change durably; call it *before* making the change. Recording the same change
+    /// twice is a no-op (undo is idempotent anyway).
+    pub fn record(&mut self, change: Change) -> Result<(), JournalError> {
+        if self.entries.iter().any(|e| e.change == change) {
+            return Ok(());
+        }
+        self.entries.push(Entry {
+            at: now_secs(),
+            pid: std::process::id(),
+            change,
+        });
+        self.persist()
+    }
+
+    /// Forgets a change once it has been undone.
+    pub fn forget(&mut self, change: &Change) -> Result<(), JournalError> {
+        let before = self.entries.len();
+        self.entries.retain(|e| &e.change != change);
+        if self.entries.len() != before {
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    fn persist(&self) -> Result<(), JournalError> {
+        let text = serde_json::to_vec_pretty(&self.entries).expect("journal entries serialise");
+        write_atomic(&self.path, &text).map_err(|e| JournalError::File {
+            path: self.path.clone(),
+            cause: e.to_string(),
+        })
+    }
+}
+
+/// Writes a file so that a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The agent's state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+/// Held while a command that changes the host runs; released on drop (and by the kernel if the
+/// process dies, so a crashed run never blocks the next one).
+pub struct Lock {
+    _flock: Flock<File>,
+}
+
+impl StateDir {
+    /// Creates the directory (mode 0700) if needed.
+    pub fn open(path: &Path) -> Result<StateDir, JournalError> {
+        let err = |source| JournalError::Dir {
+            path: path.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(path).map_err(err)?;
+        let meta = fs::metadata(path).map_err(err)?;
+        if meta.permissions().mode() & 0o022 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(err)?;
+        }
+        Ok(StateDir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the exclusive lock without waiting.
+    pub fn lock(&self) -> Result<Lock, JournalError> {
+        let path = self.path.join("lock");
+        let err = |source| JournalError::Dir {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(err)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut flock) => {
+                flock.set_len(0).map_err(err)?;
+                write!(flock, "{}", std::process::id()).map_err(err)?;
+                Ok(Lock { _flock: flock })
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = if holder.trim().is_empty() {
+                    "?".to_string()
+                } else {
+                    holder.trim().to_string()
+                };
+                Err(JournalError::Busy { path, holder })
+            }
+            Err((_, e)) => Err(JournalError::Dir {
+                path,
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Pid of the process holding the lock, if any (for `status`).
+    pub fn lock_holder(&self) -> Option<String> {
+        let path = self.path.join("lock");
+        let file = OpenOptions::new().read(true).write(true).open(&path).ok()?;
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(_) => None,
+            Err((mut f, _)) => {
+                let mut s = String::new();
+                let _ = f.read_to_string(&mut s);
+                Some(s.trim().to_string())
+            }
+        }
+    }
+
+    /// The journal of the draining side (divert, failover).
+    pub fn drain_journal(&self) -> Result<Journal, JournalError> {
+        Journal::open(&self.path.join("drain-journal.json"))
+    }
+
+    /// The journal of the accepting side (local routes, ARP sysctls).
+    pub fn accept_journal(&self) -> Result<Journal, JournalError> {
+        Journal::open(&self.path.join("accept-journal.json"))
+    }
+
+    /// Path of the record of the last drain.
+    pub fn last_run_path(&self) -> PathBuf {
+        self.path.join("last-drain.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_persists_before_returning_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.json");
+        let mut j = Journal::open(&p).unwrap();
+        j.record(Change::IpsetCreated {
+            name: "DRAIN-80".into(),
+        })
+        .unwrap();
+        j.record(Change::Sysctl {
+            key: "net/ipv4/conf/eth0/arp_ignore".into(),
+            previous: "0".into(),
+        })
+        .unwrap();
+        j.record(Change::IpsetCreated {
+            name: "DRAIN-80".into(),
+        })
+        .unwrap();
+        let j2 = Journal::open(&p).unwrap();
+        assert_eq!(j2.entries().len(), 2);
+        assert_eq!(
+            j2.entries()[0].change,
+            Change::IpsetCreated {
+                name: "DRAIN-80".into()
+            }
+        );
+        let mut j2 = j2;
+        j2.forget(&Change::IpsetCreated {
+            name: "DRAIN-80".into(),
+        })
+        .unwrap();
+        assert_eq!(Journal::open(&p).unwrap().entries().len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_journal_is_an_error_not_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.json");
+        fs::write(&p, b"{not json").unwrap();
+        let e = Journal::open(&p).unwrap_err().to_string();
+        assert!(e.contains("j.json") && e.contains("unreadable"), "{e}");
+    }
+
+    #[test]
+    fn second_lock_is_refused_with_the_holder_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path()).unwrap();
+        let _l = sd.lock().unwrap();
+        // flock locks belong to the open file description: a second open in the same process
+        // conflicts just like another process would.
+        match sd.lock() {
+            Err(JournalError::Busy { holder, .. }) => {
+                assert_eq!(holder, std::process::id().to_string())
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("second lock granted"),
+        }
+        assert_eq!(sd.lock_holder(), Some(std::process::id().to_string()));
+    }
+
+    #[test]
+    fn lock_is_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path()).unwrap();
+        drop(sd.lock().unwrap());
+        assert!(sd.lock().is_ok());
+        assert_eq!(sd.lock_holder(), None);
+    }
+}

@@ -1,0 +1,5 @@
+//! drain-agent: takes one node of a keepalived/VRRP + HAProxy pair out of service without breaking
+//! a connection. See README.md for the design; [`drain`] is the cycle, [`plan`] the rules.
+
+pub mod drain;
+pub mod journal;

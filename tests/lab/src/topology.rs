@@ -1,0 +1,989 @@
+//! The lab topology: a client, two load-balancer nodes running real keepalived and HAProxy, and a
+//! backend, each in its own network namespace, joined by a bridge that lives in a fifth namespace.
+//!
+//! Nothing here touches the root namespace's links, routes, firewall or sysctls: veth pairs are
+//! created directly between lab namespaces (`ip -n SW link add X type veth peer name eth0 netns
+//! NODE`), and every sysctl is written inside a lab namespace. Every lab has its own bridge, so
+//! concurrent labs can use the same addresses (198.18.0.0/24, RFC 2544 benchmarking range) without
+//! seeing each other.
+//!
+//! Names are `dl-<pid>-<n>-<role>` so a later run can tell a leftover of a killed run (its pid is
+//! gone) from a lab that is still in use, and [`cleanup_leftovers`] removes only the former.
+
+use std::fmt;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::netns;
+
+/// Prefix of every namespace and state directory a lab creates.
+pub const PREFIX: &str = "dl-";
+/// Where lab state (configs, logs, pid files) lives. Under /run rather than /tmp because keepalived's
+/// `enable_script_security` refuses notify scripts in a path any non-root user can write to.
+pub const STATE_ROOT: &str = "/run/drain-lab";
+
+/// The lab's fixed addresses (per lab: every lab has its own bridge).
+pub mod addr {
+    use std::net::Ipv4Addr;
+    /// The client namespace's address.
+    pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+    /// lb1's address on the ingress network.
+    pub const LB1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+    /// lb2's address on the ingress network.
+    pub const LB2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
+    /// The backend's address.
+    pub const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+    /// The VRRP virtual address both HAProxy instances bind.
+    pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    /// Prefix length of the lab network.
+    pub const PREFIX_LEN: u8 = 24;
+    /// HAProxy's HTTP frontend port on the VIP.
+    pub const HTTP_PORT: u16 = 80;
+    /// HAProxy's TCP (echo) frontend port on the VIP.
+    pub const ECHO_PORT: u16 = 7;
+    /// The backend's HTTP port.
+    pub const BACKEND_HTTP: u16 = 8080;
+    /// The backend's echo port.
+    pub const BACKEND_ECHO: u16 = 7007;
+}
+
+/// Ingress interface name inside each node namespace.
+pub const INGRESS_IF: &str = "eth0";
+/// Interface keepalived tracks on each LB node (one end of a veth pair standing in for the
+/// production dummy interface: this kernel has no dummy driver).
+pub const TRACKED_IF: &str = "trk0";
+
+/// One of the two load-balancer nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Node {
+    /// The node that starts as MASTER.
+    Lb1,
+    /// The node that starts as BACKUP.
+    Lb2,
+}
+
+impl Node {
+    /// Both nodes, lb1 first.
+    pub const ALL: [Node; 2] = [Node::Lb1, Node::Lb2];
+    /// Short name used in namespace and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Node::Lb1 => "lb1",
+            Node::Lb2 => "lb2",
+        }
+    }
+    /// The node's own address.
+    pub fn addr(self) -> Ipv4Addr {
+        match self {
+            Node::Lb1 => addr::LB1,
+            Node::Lb2 => addr::LB2,
+        }
+    }
+    /// The other node of the pair.
+    pub fn peer(self) -> Node {
+        match self {
+            Node::Lb1 => Node::Lb2,
+            Node::Lb2 => Node::Lb1,
+        }
+    }
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the lab's keepalived pair is configured.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// `nopreempt` on both nodes (both start in state BACKUP; lb1 wins the first election by priority).
+    pub nopreempt: bool,
+    /// VRRP advertisement interval in seconds.
+    pub advert_int: u32,
+    /// Extra lines appended to each node's `vrrp_instance` block (tests use it for notify wiring).
+    pub extra_vrrp: Vec<String>,
+    /// How long `up` waits for the VIP to answer.
+    pub ready_timeout: Duration,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            nopreempt: false,
+            advert_int: 1,
+            extra_vrrp: Vec::new(),
+            ready_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A running lab. Dropping it tears everything down (processes first, then namespaces, then the
+/// state directory), also when a test panics.
+pub struct Lab {
+    /// Unique id, `<pid>-<n>`.
+    pub id: String,
+    /// State directory (configs, logs, pid files).
+    pub dir: PathBuf,
+    children: Vec<(String, Child)>,
+    torn_down: bool,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Lab roles that get a namespace.
+const ROLES: [&str; 5] = ["sw", "cl", "lb1", "lb2", "be"];
+
+impl Lab {
+    /// Namespace name of a role (`sw`, `cl`, `lb1`, `lb2`, `be`).
+    pub fn ns(&self, role: &str) -> String {
+        format!("{PREFIX}{}-{role}", self.id)
+    }
+
+    /// Namespace of an LB node.
+    pub fn node_ns(&self, node: Node) -> String {
+        self.ns(node.name())
+    }
+
+    /// Namespace of the client.
+    pub fn client_ns(&self) -> String {
+        self.ns("cl")
+    }
+
+    /// Builds the topology, starts the backend, keepalived and HAProxy on both nodes, and returns
+    /// once lb1 is MASTER and the VIP answers HTTP and echo from the client namespace.
+    pub fn up(opts: &LabOptions) -> Result<Lab> {
+        require_root()?;
+        for bin in ["ip", "keepalived", "haproxy"] {
+            which(bin).with_context(|| format!("the lab needs `{bin}`: run `make deps` (or apt-get install keepalived haproxy iproute2)"))?;
+        }
+        // A killed earlier run may have left namespaces behind; they would not collide with ours
+        // (names carry the pid) but would eat memory and confuse `ip netns list`.
+        let _ = cleanup_leftovers(false);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = Path::new(STATE_ROOT).join(format!("{PREFIX}{id}"));
+        let mut lab = Lab {
+            id,
+            dir,
+            children: Vec::new(),
+            torn_down: false,
+        };
+        if let Err(e) = lab.build(opts) {
+            let logs = lab.log_tail();
+            lab.teardown();
+            return Err(e.context(logs));
+        }
+        Ok(lab)
+    }
+
+    fn build(&mut self, opts: &LabOptions) -> Result<()> {
+        fs::create_dir_all(STATE_ROOT)?;
+        fs::set_permissions(STATE_ROOT, fs::Permissions::from_mode(0o755))?;
+        fs::create_dir_all(&self.dir)?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755))?;
+        for role in ROLES {
+            run(&["ip", "netns", "add", &self.ns(role)])?;
+            run(&["ip", "-n", &self.ns(role), "link", "set", "lo", "up"])?;
+        }
+        let sw = self.ns("sw");
+        run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        // Multicast snooping off: VRRP adverts (224.0.0.18) must reach the other node whatever the
+        // bridge has learnt about group membership.
+        run(&[
+            "ip",
+            "-n",
+            &sw,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        run(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+        let nodes = [
+            ("cl", addr::CLIENT),
+            ("lb1", addr::LB1),
+            ("lb2", addr::LB2),
+            ("be", addr::BACKEND),
+        ];
+        for (role, ip) in nodes {
+            self.attach(role, ip)?;
+        }
+        for node in Node::ALL {
+            let ns = self.node_ns(node);
+            // The tracked interface: a veth pair inside the node (production uses a dummy).
+            run(&[
+                "ip", "-n", &ns, "link", "add", TRACKED_IF, "type", "veth", "peer", "name", "trk0p",
+            ])?;
+            run(&["ip", "-n", &ns, "link", "set", "trk0p", "up"])?;
+            run(&["ip", "-n", &ns, "link", "set", TRACKED_IF, "up"])?;
+            // HAProxy binds the VIP on both nodes, also while the VIP lives on the other one.
+            // (HAProxy 2.6 here has no `freebind` bind keyword.)
+            self.sysctl(&ns, "net.ipv4.ip_nonlocal_bind", "1")?;
+        }
+        self.start_backend()?;
+        for node in Node::ALL {
+            self.write_haproxy_config(node)?;
+            self.start_haproxy(node)?;
+        }
+        self.write_notify_script()?;
+        for node in Node::ALL {
+            self.write_keepalived_config(node, opts)?;
+            self.start_keepalived(node)?;
+        }
+        self.wait_ready(opts.ready_timeout)
+    }
+
+    /// Connects namespace `role` to the bridge with a veth pair and gives it `ip`.
+    fn attach(&self, role: &str, ip: Ipv4Addr) -> Result<()> {
+        let sw = self.ns("sw");
+        let ns = self.ns(role);
+        run(&[
+            "ip", "-n", &sw, "link", "add", role, "type", "veth", "peer", "name", INGRESS_IF,
+            "netns", &ns,
+        ])?;
+        run(&["ip", "-n", &sw, "link", "set", role, "master", "br0"])?;
+        run(&["ip", "-n", &sw, "link", "set", role, "up"])?;
+        let cidr = format!("{ip}/{}", addr::PREFIX_LEN);
+        run(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", INGRESS_IF])?;
+        run(&["ip", "-n", &ns, "link", "set", INGRESS_IF, "up"])?;
+        Ok(())
+    }
+
+    /// Adds one more client namespace (role `extra<n>`) on the bridge, e.g. for a client that will
+    /// vanish and leave a zombie connection behind. Returns its namespace name.
+    pub fn add_client(&mut self, n: u8) -> Result<String> {
+        let role = format!("x{n}");
+        run(&["ip", "netns", "add", &self.ns(&role)])?;
+        run(&["ip", "-n", &self.ns(&role), "link", "set", "lo", "up"])?;
+        self.attach(&role, Ipv4Addr::new(198, 18, 0, 30 + n))?;
+        Ok(self.ns(&role))
+    }
+
+    /// Writes a sysctl inside a lab namespace.
+    pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("{key}={value}"),
+        ])?;
+        Ok(())
+    }
+
+    /// Starts a long-running process in a namespace; its output goes to `<dir>/<name>.log` and it
+    /// is killed at teardown.
+    pub fn spawn(&mut self, name: &str, ns: &str, argv: &[&str]) -> Result<()> {
+        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name} in {ns}"))?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    /// Pids of the processes the lab started (not their children: keepalived forks its VRRP process).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, c)| c.id()).collect()
+    }
+
+    /// Kills a process started with [`Lab::spawn`] (SIGKILL, like a crash or `systemctl kill`).
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        let pos = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| anyhow!("no process {name}"))?;
+        let (_, mut child) = self.children.remove(pos);
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(())
+    }
+
+    fn start_backend(&mut self) -> Result<()> {
+        let bin = find_bin("drain-lab")?;
+        let http = format!("0.0.0.0:{}", addr::BACKEND_HTTP);
+        let echo = format!("0.0.0.0:{}", addr::BACKEND_ECHO);
+        let be = self.ns("be");
+        self.spawn(
+            "backend",
+            &be,
+            &[
+                bin.to_str().unwrap(),
+                "backend",
+                "--http",
+                &http,
+                "--echo",
+                &echo,
+            ],
+        )
+    }
+
+    fn haproxy_config_path(&self, node: Node) -> PathBuf {
+        self.dir.join(format!("haproxy-{node}.cfg"))
+    }
+
+    fn write_haproxy_config(&self, node: Node) -> Result<()> {
+        let text = haproxy_config(&self.dir, node);
+        fs::write(self.haproxy_config_path(node), text)?;
+        Ok(())
+    }
+
+    /// Starts HAProxy on a node (foreground, so the lab owns the process).
+    pub fn start_haproxy(&mut self, node: Node) -> Result<()> {
+        let cfg = self.haproxy_config_path(node);
+        let ns = self.node_ns(node);
+        self.spawn(
+            &format!("haproxy-{node}"),
+            &ns,
+            &["haproxy", "-db", "-f", cfg.to_str().unwrap()],
+        )
+    }
+
+    fn notify_script(&self) -> PathBuf {
+        self.dir.join("notify.sh")
+    }
+
+    /// Log of keepalived `notify` calls on a node: one line `unix-time TYPE NAME STATE PRIORITY`.
+    pub fn notify_log(&self, node: Node) -> PathBuf {
+        self.dir.join(format!("notify-{node}.log"))
+    }
+
+    fn write_notify_script(&self) -> Result<()> {
+        let path = self.notify_script();
+        let text = format!(
+            "#!/bin/sh\n# keepalived notify hook of the lab: records every state change so tests can observe it.\n\
+             node=\"$1\"; shift\n\
+             echo \"$(date +%s.%N) $*\" >> {dir}/notify-$node.log\n",
+            dir = self.dir.display()
+        );
+        fs::write(&path, text)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    }
+
+    fn keepalived_config_path(&self, node: Node) -> PathBuf {
+        self.dir.join(format!("keepalived-{node}.conf"))
+    }
+
+    fn write_keepalived_config(&self, node: Node, opts: &LabOptions) -> Result<()> {
+        let text = keepalived_config(node, opts, &self.notify_script());
+        fs::write(self.keepalived_config_path(node), text)?;
+        Ok(())
+    }
+
+    /// Starts keepalived on a node, with pid files of its own so two instances on one host (in two
+    /// namespaces) don't fight over /run/keepalived.pid.
+    pub fn start_keepalived(&mut self, node: Node) -> Result<()> {
+        let d = &self.dir;
+        let cfg = self.keepalived_config_path(node);
+        let p = d.join(format!("keepalived-{node}.pid"));
+        let r = d.join(format!("vrrp-{node}.pid"));
+        let c = d.join(format!("checkers-{node}.pid"));
+        let ns = self.node_ns(node);
+        let args = [
+            "keepalived",
+            "--dont-fork",
+            "--log-console",
+            "--log-detail",
+            "--vrrp",
+            "-f",
+            cfg.to_str().unwrap(),
+            "-p",
+            p.to_str().unwrap(),
+            "-r",
+            r.to_str().unwrap(),
+            "-c",
+            c.to_str().unwrap(),
+            "-i",
+            node.name(),
+        ];
+        self.spawn(&format!("keepalived-{node}"), &ns, &args)
+    }
+
+    /// Waits until lb1 holds the VIP, lb2 does not, and the VIP answers HTTP and echo from the client.
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("nothing tried yet");
+        while Instant::now() < deadline {
+            match self.check_ready() {
+                Ok(()) => return Ok(()),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("lab not ready after {timeout:?}: {last}")
+    }
+
+    fn check_ready(&self) -> Result<()> {
+        if !self.has_vip(Node::Lb1)? {
+            bail!("lb1 does not hold the VIP yet");
+        }
+        if self.has_vip(Node::Lb2)? {
+            bail!("lb2 holds the VIP too");
+        }
+        let cl = self.client_ns();
+        netns::in_netns(&cl, || -> Result<()> {
+            http_get(SocketAddrV4::new(addr::VIP, addr::HTTP_PORT), "/health")?;
+            echo_once(SocketAddrV4::new(addr::VIP, addr::ECHO_PORT))?;
+            Ok(())
+        })??;
+        Ok(())
+    }
+
+    /// Is the VIP configured on the node's ingress interface?
+    pub fn has_vip(&self, node: Node) -> Result<bool> {
+        let out = run(&[
+            "ip",
+            "-n",
+            &self.node_ns(node),
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            INGRESS_IF,
+        ])?;
+        let needle = format!(" {}/", addr::VIP);
+        Ok(String::from_utf8_lossy(&out.stdout).contains(&needle))
+    }
+
+    /// Which node holds the VIP (None during a switch or if both do).
+    pub fn vip_owner(&self) -> Result<Option<Node>> {
+        let a = self.has_vip(Node::Lb1)?;
+        let b = self.has_vip(Node::Lb2)?;
+        Ok(match (a, b) {
+            (true, false) => Some(Node::Lb1),
+            (false, true) => Some(Node::Lb2),
+            _ => None,
+        })
+    }
+
+    /// Waits until `node` alone holds the VIP; returns how long that took.
+    pub fn wait_vip_owner(&self, node: Node, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.vip_owner()? == Some(node) {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{node} did not take the VIP within {timeout:?}")
+    }
+
+    /// Sets the tracked interface of a node down or up (what an operator's `ip link set dummy0 down`
+    /// does in production).
+    pub fn set_tracked(&self, node: Node, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        run(&[
+            "ip",
+            "-n",
+            &self.node_ns(node),
+            "link",
+            "set",
+            TRACKED_IF,
+            state,
+        ])?;
+        Ok(())
+    }
+
+    /// Runs a command inside a lab namespace and returns its output (fails on a non-zero exit).
+    pub fn exec(&self, ns: &str, argv: &[&str]) -> Result<Output> {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(argv);
+        run(&full)
+    }
+
+    /// Like [`Lab::exec`] but returns the output whatever the exit status.
+    pub fn exec_status(&self, ns: &str, argv: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {argv:?} in {ns}"))
+    }
+
+    /// Everything a drain must leave as it found it on a node: firewall, sets, policy rules, all
+    /// routing tables, addresses apart from the VIP, and the sysctls the agent may touch.
+    pub fn host_snapshot(&self, node: Node) -> Result<String> {
+        let ns = self.node_ns(node);
+        let mut s = String::new();
+        for argv in [
+            &["iptables-save"][..],
+            &["ipset", "list"],
+            &["ip", "rule"],
+            &["ip", "route", "show", "table", "all"],
+            &["ip", "-o", "link", "show"],
+        ] {
+            let out = self.exec(&ns, argv)?;
+            s.push_str(&format!("## {}\n", argv.join(" ")));
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                // iptables-save stamps the time and packet counters; the VIP's own routes move with VRRP.
+                if line.starts_with('#') || line.contains(&addr::VIP.to_string()) && argv[0] == "ip"
+                {
+                    continue;
+                }
+                s.push_str(&strip_counters(line));
+                s.push('\n');
+            }
+        }
+        s.push_str("## sysctls\n");
+        for key in [
+            "net.ipv4.conf.all.rp_filter",
+            "net.ipv4.conf.eth0.rp_filter",
+            "net.ipv4.conf.all.arp_ignore",
+            "net.ipv4.conf.eth0.arp_ignore",
+            "net.ipv4.conf.all.arp_announce",
+            "net.ipv4.conf.eth0.arp_announce",
+            "net.ipv4.conf.eth0.send_redirects",
+            "net.ipv4.conf.all.send_redirects",
+            "net.ipv4.ip_forward",
+        ] {
+            let out = self.exec(&ns, &["sysctl", "-n", key])?;
+            s.push_str(&format!("{key} = {}", String::from_utf8_lossy(&out.stdout)));
+        }
+        Ok(s)
+    }
+
+    /// The last lines of every process log, to explain a failure.
+    pub fn log_tail(&self) -> String {
+        let mut s = String::new();
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            let mut names: Vec<_> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
+            names.sort();
+            for p in names {
+                let text = fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(8).collect();
+                s.push_str(&format!("--- {}\n", p.display()));
+                for l in tail.into_iter().rev() {
+                    s.push_str(l);
+                    s.push('\n');
+                }
+            }
+        }
+        s
+    }
+
+    /// Stops every process and removes every namespace and the state directory. Idempotent.
+    pub fn teardown(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        self.torn_down = true;
+        for (_, child) in self.children.iter_mut() {
+            let _ = child.kill();
+        }
+        for (_, mut child) in self.children.drain(..) {
+            let _ = child.wait();
+        }
+        let mut names: Vec<String> = ROLES.iter().map(|r| self.ns(r)).collect();
+        names.extend(
+            list_namespaces()
+                .into_iter()
+                .filter(|n| n.starts_with(&format!("{PREFIX}{}-", self.id))),
+        );
+        names.sort();
+        names.dedup();
+        for ns in names {
+            remove_namespace(&ns);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Kills every process still running in a namespace, then deletes it.
+fn remove_namespace(ns: &str) {
+    if !Path::new("/run/netns").join(ns).exists() {
+        return;
+    }
+    for _ in 0..20 {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let pids: Vec<i32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Names of all network namespaces under /run/netns.
+pub fn list_namespaces() -> Vec<String> {
+    fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes what killed lab runs left behind: namespaces (and their processes) and state
+/// directories whose creating process no longer exists. With `all`, removes every lab, live or not.
+/// Returns the names removed.
+pub fn cleanup_leftovers(all: bool) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for ns in list_namespaces() {
+        if let Some(pid) = owner_pid(&ns) {
+            if all || !pid_alive(pid) {
+                remove_namespace(&ns);
+                removed.push(ns);
+            }
+        }
+    }
+    if let Ok(d) = fs::read_dir(STATE_ROOT) {
+        for e in d.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(pid) = owner_pid(&name) {
+                if all || !pid_alive(pid) {
+                    let _ = fs::remove_dir_all(e.path());
+                    removed.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// `dl-<pid>-<n>-...` → pid.
+fn owner_pid(name: &str) -> Option<i32> {
+    name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// HAProxy configuration of a lab node: HTTP on VIP:80 and TCP echo on VIP:7, both to the backend.
+pub fn haproxy_config(dir: &Path, node: Node) -> String {
+    format!(
+        "# drain-lab HAProxy for {node}
+global
+    maxconn 100000
+    nbthread 1
+    stats socket {dir}/haproxy-{node}.sock mode 600 level admin
+    # The lab kills and restarts HAProxy like a crash would; never let it linger.
+    hard-stop-after 30s
+
+defaults
+    timeout connect 3s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 30s
+    timeout client-fin 10s
+    timeout server-fin 10s
+
+frontend http
+    mode http
+    bind {vip}:{http}
+    default_backend web
+
+backend web
+    mode http
+    server be1 {be}:{be_http}
+
+frontend echo
+    mode tcp
+    bind {vip}:{echo}
+    default_backend echo
+
+backend echo
+    mode tcp
+    server be1 {be}:{be_echo}
+",
+        dir = dir.display(),
+        vip = addr::VIP,
+        http = addr::HTTP_PORT,
+        echo = addr::ECHO_PORT,
+        be = addr::BACKEND,
+        be_http = addr::BACKEND_HTTP,
+        be_echo = addr::BACKEND_ECHO,
+    )
+}
+
+/// keepalived configuration of a lab node: one VRRP instance, VIP on eth0, tracking trk0.
+pub fn keepalived_config(node: Node, opts: &LabOptions, notify: &Path) -> String {
+    let (state, prio) = match (node, opts.nopreempt) {
+        (Node::Lb1, false) => ("MASTER", 150),
+        (Node::Lb2, false) => ("BACKUP", 100),
+        // keepalived honours nopreempt only with an initial state of BACKUP.
+        (Node::Lb1, true) => ("BACKUP", 150),
+        (Node::Lb2, true) => ("BACKUP", 100),
+    };
+    let nopreempt = if opts.nopreempt {
+        "    nopreempt\n"
+    } else {
+        ""
+    };
+    let extra: String = opts
+        .extra_vrrp
+        .iter()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        "# drain-lab keepalived for {node}
+global_defs {{
+    router_id {node}
+    enable_script_security
+    script_user root
+    vrrp_garp_master_delay 1
+    vrrp_garp_master_repeat 3
+}}
+
+vrrp_instance VI_1 {{
+    state {state}
+    interface {ingress}
+    virtual_router_id 51
+    priority {prio}
+    advert_int {advert}
+{nopreempt}    track_interface {{
+        {tracked}
+    }}
+    virtual_ipaddress {{
+        {vip}/{plen} dev {ingress}
+    }}
+    notify \"{notify} {node}\"
+{extra}}}
+",
+        ingress = INGRESS_IF,
+        advert = opts.advert_int,
+        tracked = TRACKED_IF,
+        vip = addr::VIP,
+        plen = addr::PREFIX_LEN,
+        notify = notify.display(),
+    )
+}
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run(argv: &[&str]) -> Result<Output> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", argv.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+fn which(bin: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+    {
+        let p = dir.join(bin);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("`{bin}` not found in PATH")
+}
+
+/// Fails unless running as root (the lab creates namespaces).
+pub fn require_root() -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("the lab needs root (it creates network namespaces)");
+    }
+    Ok(())
+}
+
+/// Finds one of the workspace's binaries: `$DRAIN_LAB_BIN_<NAME>` (dashes as underscores, upper
+/// case), else next to the running executable or one level up (cargo puts test executables in
+/// target/<profile>/deps and binaries in target/<profile>).
+pub fn find_bin(name: &str) -> Result<PathBuf> {
+    let var = format!("DRAIN_LAB_BIN_{}", name.replace('-', "_").to_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    for _ in 0..2 {
+        if let Some(d) = dir {
+            let p = d.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+    }
+    bail!("binary `{name}` not found next to {} (build it with `cargo build --workspace --bins`, or set {var})", exe.display())
+}
+
+/// One HTTP GET with `Connection: close`; returns the body on a 200.
+pub fn http_get(to: SocketAddrV4, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    if !resp.starts_with("HTTP/1.1 200") {
+        bail!(
+            "GET {path} from {to}: {}",
+            resp.lines().next().unwrap_or("no response")
+        );
+    }
+    Ok(resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+fn echo_once(to: SocketAddrV4) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"ping")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut back = Vec::new();
+    s.read_to_end(&mut back)?;
+    if back != b"ping" {
+        bail!("echo via {to} returned {back:?}");
+    }
+    Ok(())
+}
+
+/// Removes iptables-save's `[packets:bytes]` counters so snapshots compare rules, not traffic.
+fn strip_counters(line: &str) -> String {
+    if line.starts_with(':') {
+        if let Some(i) = line.rfind(" [") {
+            return line[..i].to_string();
+        }
+    }
+    line.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_pid_parses_lab_names() {
+        assert_eq!(owner_pid("dl-1234-0-lb1"), Some(1234));
+        assert_eq!(owner_pid("dl-99-12"), Some(99));
+        assert_eq!(owner_pid("other-1-lb1"), None);
+        assert_eq!(owner_pid("dl-x-lb1"), None);
+    }
+
+    #[test]
+    fn counters_are_stripped_from_chain_lines_only() {
+        assert_eq!(
+            strip_counters(":PREROUTING ACCEPT [12:345]"),
+            ":PREROUTING ACCEPT"
+        );
+        assert_eq!(strip_counters("-A X -j DROP"), "-A X -j DROP");
+    }
+
+    #[test]
+    fn nopreempt_config_starts_both_nodes_as_backup() {
+        let opts = LabOptions {
+            nopreempt: true,
+            ..LabOptions::default()
+        };
+        let a = keepalived_config(Node::Lb1, &opts, Path::new("/n"));
+        let b = keepalived_config(Node::Lb2, &opts, Path::new("/n"));
+        assert!(
+            a.contains("state BACKUP") && a.contains("nopreempt") && a.contains("priority 150")
+        );
+        assert!(b.contains("state BACKUP") && b.contains("priority 100"));
+        let p = keepalived_config(Node::Lb1, &LabOptions::default(), Path::new("/n"));
+        assert!(p.contains("state MASTER") && !p.contains("nopreempt"));
+    }
+}
+
+/// For privileged tests: returns true when the test can run (root, and the binaries the lab needs
+/// are present). Otherwise prints why it skips and returns false — except under CI (`CI=true`),
+/// where a skip would hide a missing install step, so it panics instead.
+pub fn can_run_lab(test: &str, extra_bins: &[&str]) -> bool {
+    let mut why = Vec::new();
+    if !nix::unistd::Uid::effective().is_root() {
+        why.push("not root".to_string());
+    }
+    for bin in [
+        "ip",
+        "keepalived",
+        "haproxy",
+        "iptables",
+        "ipset",
+        "ss",
+        "sysctl",
+    ]
+    .iter()
+    .chain(extra_bins)
+    {
+        if which(bin).is_err() {
+            why.push(format!("`{bin}` not installed"));
+        }
+    }
+    if why.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "{test}: skipped: {} (run `make deps` as root)",
+        why.join(", ")
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{msg} — under CI=true a skip is a failure");
+    }
+    eprintln!("{msg}");
+    false
+}
