@@ -33,8 +33,8 @@ use thiserror::Error;
 
 /// Route protocol number marking the routes this agent installs (`ip route show proto 211`).
 ///
-/// 211 is unassigned in iproute2's `/etc/iproute2/rt_protos` (assigned numbers stop at 193
-/// plus 42 for babel), so no routing daemon will ever claim it.
+/// 211 is unassigned in iproute2's `/etc/iproute2/rt_protos` (the highest named number there is
+/// 192, eigrp; keepalived's own routes use 18), so no known routing daemon claims it.
 pub const ROUTE_PROTO: u8 = 211;
 
 /// The main routing table's id.
