@@ -1,5 +1,9 @@
 //! drain-agent: takes one node of a keepalived/VRRP + HAProxy pair out of service without breaking
-//! a connection. See README.md for the design; [`drain`] is the cycle, [`plan`] the rules.
+//! a connection. See README.md for the design; [`drain`] is the cycle.
 
 pub mod drain;
 pub mod journal;
+pub mod links;
+pub mod netns;
+pub mod probe;
+pub mod sysctl;
