@@ -81,7 +81,7 @@ pub enum FirewallError {
         /// What was wrong.
         detail: String,
     },
-    /// Sets with our names exist already; they are not ours to take over.
+    /// Sets named like ours (`P-<port>`) exist already; they are not ours to take over.
     #[error("ipset(s) {} already exist; refusing to install over sets this agent did not create (remove them, or change firewall.chain_prefix)", names.join(", "))]
     SetsExist {
         /// The conflicting names.
@@ -615,6 +615,11 @@ impl FakeFirewall {
         self
     }
 
+    /// Whether `table ip mangle` exists now.
+    pub fn mangle_table_exists(&self) -> bool {
+        self.state.table_present
+    }
+
     /// Names of the sets that exist now.
     pub fn sets(&self) -> &[String] {
         &self.state.sets
@@ -637,7 +642,8 @@ impl FakeFirewall {
         }
     }
 
-    fn render(&self) -> String {
+    /// What `iptables-save -t mangle` would print now, without recording a call.
+    pub fn mangle_text(&self) -> String {
         let s = &self.state;
         let mut out = vec!["*mangle".to_string()];
         // Like the real iptables-save -t mangle, built-ins are listed even without a table.
@@ -799,7 +805,7 @@ impl Firewall for FakeFirewall {
 
     fn save_mangle(&mut self) -> Result<String, FirewallError> {
         self.begin(FakeOp::SaveMangle, FirewallCall::SaveMangle)?;
-        Ok(self.render())
+        Ok(self.mangle_text())
     }
 
     fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
@@ -905,7 +911,11 @@ tracked_interface: trk0
     #[test]
     fn install_withdraw_remove_round_trip_leaves_nothing() {
         for mut fw in [FakeFirewall::new(), with_user_rule()] {
-            let before = (fw.render(), fw.state.sets.clone(), fw.state.table_present);
+            let before = (
+                fw.mangle_text(),
+                fw.state.sets.clone(),
+                fw.mangle_table_exists(),
+            );
             let p = plan();
             let receipt = install(&mut fw, &p).unwrap();
             assert_eq!(receipt.mangle_table_was_present, before.2);
@@ -914,7 +924,11 @@ tracked_interface: trk0
             withdraw(&mut fw, &p).unwrap();
             assert!(verify(&mut fw, &p, Phase::Installed).is_err());
             remove(&mut fw, &p, !receipt.mangle_table_was_present).unwrap();
-            let after = (fw.render(), fw.state.sets.clone(), fw.state.table_present);
+            let after = (
+                fw.mangle_text(),
+                fw.state.sets.clone(),
+                fw.mangle_table_exists(),
+            );
             assert_eq!(after, before);
         }
     }
@@ -959,14 +973,24 @@ tracked_interface: trk0
     }
 
     #[test]
+    fn a_leftover_set_of_another_port_is_refused_too() {
+        let mut fw = FakeFirewall::new();
+        fw.ipset_restore("create DRAIN-8080 hash:ip family inet\n")
+            .unwrap();
+        let err = install(&mut fw, &plan()).unwrap_err();
+        assert!(matches!(&err, FirewallError::SetsExist { names } if names == &["DRAIN-8080"]));
+        assert_eq!(fw.sets(), ["DRAIN-8080"]);
+    }
+
+    #[test]
     fn a_preexisting_chain_is_refused_rather_than_flushed() {
         let mut fw = FakeFirewall::new();
         fw.restore("*mangle\n:DRAIN-NEW - [0:0]\n-A DRAIN-NEW -j ACCEPT\nCOMMIT\n")
             .unwrap();
-        let before = fw.render();
+        let before = fw.mangle_text();
         let err = install(&mut fw, &plan()).unwrap_err();
         assert!(matches!(err, FirewallError::ChainsExist { .. }), "{err}");
-        assert_eq!(fw.render(), before);
+        assert_eq!(fw.mangle_text(), before);
         assert!(fw.sets().is_empty());
     }
 
@@ -977,7 +1001,7 @@ tracked_interface: trk0
         let err = install(&mut fw, &plan()).unwrap_err();
         assert!(matches!(err, FirewallError::Failed { .. }), "{err}");
         assert!(fw.sets().is_empty());
-        assert!(!fw.state.table_present);
+        assert!(!fw.mangle_table_exists());
     }
 
     #[test]
@@ -990,7 +1014,7 @@ tracked_interface: trk0
         let err = install(&mut racing, &plan()).unwrap_err();
         assert!(err.to_string().contains("already exists"), "{err}");
         assert_eq!(racing.inner.sets(), ["DRAIN-7"]);
-        assert!(!racing.inner.state.table_present);
+        assert!(!racing.inner.mangle_table_exists());
     }
 
     /// Creates a foreign set with one of our names just before our `ipset restore` runs.
@@ -1030,7 +1054,7 @@ tracked_interface: trk0
         let err = install(&mut tampering, &p).unwrap_err();
         assert!(matches!(err, FirewallError::ReadBack { .. }), "{err}");
         assert!(tampering.0.sets().is_empty());
-        assert!(p.owned_lines(&tampering.0.render()).is_empty());
+        assert!(p.owned_lines(&tampering.0.mangle_text()).is_empty());
     }
 
     /// Another tool adds a rule to our entry chain right after our transaction.
@@ -1077,7 +1101,7 @@ tracked_interface: trk0
         assert!(!err.to_string().contains('\n'));
         // A second attempt finishes the job.
         remove(&mut fw, &p, true).unwrap();
-        assert!(!fw.state.table_present);
+        assert!(!fw.mangle_table_exists());
     }
 
     #[test]
@@ -1089,9 +1113,9 @@ tracked_interface: trk0
         assert!(receipt.mangle_table_was_present);
         remove(&mut fw, &p, !receipt.mangle_table_was_present).unwrap();
         remove(&mut fw, &p, false).unwrap();
-        assert!(fw.state.table_present);
+        assert!(fw.mangle_table_exists());
         assert!(fw
-            .render()
+            .mangle_text()
             .contains("-A PREROUTING -p udp -m udp --dport 53 -j ACCEPT"));
     }
 

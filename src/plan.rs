@@ -334,13 +334,23 @@ impl DivertPlan {
             .collect()
     }
 
-    /// Our set names that appear in `existing` (output of `ipset list -n`): a conflict, because
-    /// `ipset restore` is not transactional and the sets may belong to something else.
+    /// The names in `existing` (output of `ipset list -n`) that follow our naming pattern
+    /// `P-<port>`, for any port: a conflict, because `ipset restore` is not transactional, the
+    /// sets may belong to something else, and a left-over from an earlier configuration must be
+    /// cleared by a removal first (which owns every `P-<port>` name).
     pub fn existing_sets(&self, existing: &[String]) -> Vec<String> {
-        self.set_names()
-            .into_iter()
-            .filter(|s| existing.contains(s))
+        existing
+            .iter()
+            .filter(|name| self.is_our_set(name))
+            .cloned()
             .collect()
+    }
+
+    /// Whether `name` is `P-<port>` with a canonical decimal port.
+    fn is_our_set(&self, name: &str) -> bool {
+        name.strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|port| port.parse::<u16>().is_ok_and(|p| p.to_string() == port))
     }
 
     /// `ipset restore` text creating our sets. Without `-exist` on purpose: a set of that name
@@ -362,14 +372,7 @@ impl DivertPlan {
     /// `ipset restore` text destroying every set in `existing` that is ours: named `P-<port>` for
     /// any port, so sets left by an earlier configuration with other ports go too. `None` if none.
     pub fn ipset_destroy_observed(&self, existing: &[String]) -> Option<String> {
-        let head = format!("{}-", self.prefix);
-        let ours: Vec<&String> = existing
-            .iter()
-            .filter(|name| {
-                name.strip_prefix(&head)
-                    .is_some_and(|port| port.parse::<u16>().is_ok_and(|p| p.to_string() == port))
-            })
-            .collect();
+        let ours = self.existing_sets(existing);
         if ours.is_empty() {
             return None;
         }
@@ -761,8 +764,17 @@ firewall:
         let p = golden_plan();
         let saved = ":LBDRAIN-PREX - [0:0]\n:LBDRAIN-NEW - [0:0]\n";
         assert_eq!(p.existing_chains(saved), ["LBDRAIN-NEW"]);
-        let sets = vec!["LBDRAIN-8".to_string(), "LBDRAIN-443".to_string()];
-        assert_eq!(p.existing_sets(&sets), ["LBDRAIN-443"]);
+        let sets: Vec<String> = [
+            "LBDRAIN-8",
+            "LBDRAIN-443",
+            "LBDRAIN-x",
+            "LBDRAIN-08",
+            "LBDRAINX-1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(p.existing_sets(&sets), ["LBDRAIN-8", "LBDRAIN-443"]);
     }
 
     #[test]
