@@ -1,9 +1,12 @@
 //! drain-agent: takes one node of a keepalived/VRRP + HAProxy pair out of service without breaking
-//! a connection. See README.md for the design; [`drain`] is the cycle.
+//! a connection. See README.md for the design; [`drain`] is the cycle, [`plan`] the rules.
 
+pub mod config;
 pub mod drain;
+pub mod firewall;
 pub mod journal;
 pub mod links;
 pub mod netns;
+pub mod plan;
 pub mod probe;
 pub mod sysctl;

@@ -1,0 +1,1151 @@
+//! The agent's configuration: a YAML file, validated completely at load time.
+//!
+//! Every scalar with a constraint is a newtype deserialized through `TryFrom<String>`, so a value
+//! that breaks the constraint cannot exist in a [`Config`], and serde_yaml reports the failure with
+//! the key path (`vips[0].address`) and the line/column of the offending value. Every struct denies
+//! unknown keys, because a misspelt optional key would otherwise silently fall back to its default.
+//! Checks that involve more than one key run after parsing and name the key they blame.
+//!
+//! Scalars are taken as strings on purpose: serde_yaml hands any plain scalar to a `String`
+//! (`80`, `0x1d000000`, `10s` alike), so one parser per type decides what is valid and writes the
+//! message, instead of serde's generic "invalid type: integer, expected a string".
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded. Display is always one line that starts with the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{origin}: cannot read the file: {source}")]
+    Read {
+        /// Path of the file.
+        origin: String,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or a value (or key) is invalid; `message` starts with the key path
+    /// serde_yaml tracked, when it has one.
+    #[error("{origin}: {message}{}", fmt_location(*line, *column))]
+    Parse {
+        /// Path of the file (or a label for text that did not come from a file).
+        origin: String,
+        /// What is wrong, prefixed with the key path.
+        message: String,
+        /// 1-based line of the offending value, when known.
+        line: Option<usize>,
+        /// 1-based column of the offending value, when known.
+        column: Option<usize>,
+    },
+    /// Each value is valid on its own, but the combination is not.
+    #[error("{origin}: {key}: {cause}")]
+    Invalid {
+        /// Path of the file.
+        origin: String,
+        /// The key blamed, as a path (`peer_probe.port`).
+        key: &'static str,
+        /// What is wrong.
+        cause: String,
+    },
+}
+
+fn fmt_location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!(" (line {line}, column {column})"),
+        (Some(line), None) => format!(" (line {line})"),
+        _ => String::new(),
+    }
+}
+
+impl ConfigError {
+    fn from_yaml(origin: &str, err: &serde_yaml::Error) -> Self {
+        let mut message = err.to_string();
+        let (mut line, mut column) = (None, None);
+        if let Some(location) = err.location() {
+            // serde_yaml appends " at line L column C" to value errors; we print the location in
+            // our own format. libyaml syntax errors carry their location inside the sentence
+            // ("... at line 3 column 1, while parsing ..."), which we leave as it is.
+            let suffix = format!(" at line {} column {}", location.line(), location.column());
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_string();
+                line = Some(location.line());
+                column = Some(location.column());
+            }
+        }
+        ConfigError::Parse {
+            origin: origin.to_string(),
+            message: one_line(&message),
+            line,
+            column,
+        }
+    }
+}
+
+/// Collapses a possibly multi-line message into one line, because log lines and the CLI's error
+/// output must stay one line per error.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The validated configuration of one drain-agent node.
+///
+/// Values come from [`Config::load`] or [`Config::from_str`], which run every check; a value built
+/// by hand can be checked with [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The virtual addresses keepalived moves between the nodes, with the TCP ports served on them.
+    pub vips: VipList,
+    /// Interface on which client traffic for the VIPs arrives.
+    pub ingress_interface: IfName,
+    /// The other load-balancer node's address on the ingress network; diverted packets go there.
+    pub peer: UnicastV4,
+    /// Interface keepalived's `track_interface` watches; downing it makes keepalived fail over.
+    pub tracked_interface: IfName,
+    /// How the failover is triggered and awaited.
+    pub failover: Failover,
+    /// Names and marks used in the firewall.
+    pub firewall: FirewallSettings,
+    /// How the drain of local connections is watched.
+    pub drain: Drain,
+    /// How the peer's health is probed while diverting to it.
+    pub peer_probe: PeerProbe,
+    /// Directory for the agent's journal and lock.
+    pub state_dir: StateDir,
+}
+
+/// `failover:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    /// What the agent does to make keepalived give up the VIPs.
+    #[serde(default)]
+    pub method: FailoverMethod,
+    /// How long to wait for the peer to own the VIPs after the trigger.
+    #[serde(default = "defaults::failover_timeout")]
+    pub timeout: PositiveDuration,
+    /// Keep diverting this long after the peer owns the VIPs: clients keep sending to this node
+    /// until the peer's gratuitous ARP reaches them (FIELD-NOTES pitfall 8).
+    #[serde(default = "defaults::post_wait")]
+    pub post_wait: HumanDuration,
+}
+
+/// The way the agent makes keepalived fail over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum FailoverMethod {
+    /// Down the tracked interface; keepalived enters FAULT and sends a priority-0 advert.
+    #[default]
+    LinkDown,
+}
+
+/// `firewall:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallSettings {
+    /// Prefix of every chain and set the agent owns.
+    #[serde(default = "defaults::chain_prefix")]
+    pub chain_prefix: ChainPrefix,
+    /// Packet mark set on diverted packets, so other rules can recognise the TEE clones.
+    #[serde(default = "defaults::mark")]
+    pub mark: Mark,
+    /// The mark bits the agent owns; `mark` must lie inside it.
+    #[serde(default = "defaults::mark_mask")]
+    pub mark_mask: MarkMask,
+    /// ipset `maxelem` of each per-port set: how many diverted flows can be recorded.
+    #[serde(default = "defaults::max_diverted_flows")]
+    pub max_diverted_flows: SetCapacity,
+}
+
+/// `drain:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drain {
+    /// Give up waiting for local connections to finish after this long.
+    #[serde(default = "defaults::deadline")]
+    pub deadline: PositiveDuration,
+    /// Sockets whose client was silent this long do not hold the drain (zombie sockets,
+    /// FIELD-NOTES pitfall 4).
+    #[serde(default = "defaults::idle_threshold")]
+    pub idle_threshold: PositiveDuration,
+    /// How often the local sockets are counted.
+    #[serde(default = "defaults::poll_interval")]
+    pub poll_interval: PollInterval,
+    /// At the deadline: `false` = fail over anyway, `true` = roll back.
+    #[serde(default)]
+    pub abort_on_deadline: bool,
+    /// On abort, keep diverting already-diverted flows this long.
+    #[serde(default = "defaults::rollback_grace")]
+    pub rollback_grace: HumanDuration,
+}
+
+/// `peer_probe:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProbe {
+    /// Time between probes.
+    pub interval: PositiveDuration,
+    /// How long one probe may take.
+    pub timeout: PositiveDuration,
+    /// Consecutive failed probes that mean "peer lost".
+    pub failures: FailureCount,
+    /// TCP port probed on the peer; one of the VIP ports (defaults to the first VIP's first port).
+    pub port: Port,
+}
+
+/// Shapes of the file as written, before defaults that depend on other keys are filled in.
+mod raw {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Config {
+        pub vips: VipList,
+        pub ingress_interface: IfName,
+        pub peer: UnicastV4,
+        pub tracked_interface: IfName,
+        #[serde(default = "defaults::failover")]
+        pub failover: Failover,
+        #[serde(default = "defaults::firewall")]
+        pub firewall: FirewallSettings,
+        #[serde(default = "defaults::drain")]
+        pub drain: Drain,
+        #[serde(default)]
+        pub peer_probe: PeerProbe,
+        #[serde(default = "defaults::state_dir")]
+        pub state_dir: StateDir,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct PeerProbe {
+        #[serde(default = "defaults::probe_interval")]
+        pub interval: PositiveDuration,
+        #[serde(default = "defaults::probe_timeout")]
+        pub timeout: PositiveDuration,
+        #[serde(default = "defaults::probe_failures")]
+        pub failures: FailureCount,
+        #[serde(default)]
+        pub port: Option<Port>,
+    }
+
+    impl Default for PeerProbe {
+        fn default() -> Self {
+            PeerProbe {
+                interval: defaults::probe_interval(),
+                timeout: defaults::probe_timeout(),
+                failures: defaults::probe_failures(),
+                port: None,
+            }
+        }
+    }
+}
+
+/// Default values, as functions because serde's `default = "..."` wants paths.
+mod defaults {
+    use super::*;
+
+    fn parsed<T: TryFrom<String>>(text: &str) -> T
+    where
+        T::Error: fmt::Debug,
+    {
+        T::try_from(text.to_string()).expect("built-in default is valid")
+    }
+
+    pub(super) fn failover_timeout() -> PositiveDuration {
+        parsed("10s")
+    }
+    pub(super) fn post_wait() -> HumanDuration {
+        parsed("1s")
+    }
+    pub(super) fn failover() -> Failover {
+        Failover {
+            method: FailoverMethod::LinkDown,
+            timeout: failover_timeout(),
+            post_wait: post_wait(),
+        }
+    }
+    pub(super) fn chain_prefix() -> ChainPrefix {
+        parsed("DRAIN")
+    }
+    pub(super) fn mark() -> Mark {
+        parsed("0x1d000000")
+    }
+    pub(super) fn mark_mask() -> MarkMask {
+        parsed("0xff000000")
+    }
+    pub(super) fn max_diverted_flows() -> SetCapacity {
+        parsed("1048576")
+    }
+    pub(super) fn firewall() -> FirewallSettings {
+        FirewallSettings {
+            chain_prefix: chain_prefix(),
+            mark: mark(),
+            mark_mask: mark_mask(),
+            max_diverted_flows: max_diverted_flows(),
+        }
+    }
+    pub(super) fn deadline() -> PositiveDuration {
+        parsed("5m")
+    }
+    pub(super) fn idle_threshold() -> PositiveDuration {
+        parsed("30s")
+    }
+    pub(super) fn poll_interval() -> PollInterval {
+        parsed("100ms")
+    }
+    pub(super) fn rollback_grace() -> HumanDuration {
+        parsed("5s")
+    }
+    pub(super) fn drain() -> Drain {
+        Drain {
+            deadline: deadline(),
+            idle_threshold: idle_threshold(),
+            poll_interval: poll_interval(),
+            abort_on_deadline: false,
+            rollback_grace: rollback_grace(),
+        }
+    }
+    pub(super) fn probe_interval() -> PositiveDuration {
+        parsed("250ms")
+    }
+    pub(super) fn probe_timeout() -> PositiveDuration {
+        parsed("250ms")
+    }
+    pub(super) fn probe_failures() -> FailureCount {
+        parsed("2")
+    }
+    pub(super) fn state_dir() -> StateDir {
+        parsed("/var/lib/drain-agent")
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
+        Config::from_str(&text, &origin)
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors (a path, or a label in tests).
+    pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: raw::Config =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::from_yaml(origin, &e))?;
+        let port = raw
+            .peer_probe
+            .port
+            .unwrap_or_else(|| raw.vips.as_slice()[0].ports.as_slice()[0]);
+        let config = Config {
+            vips: raw.vips,
+            ingress_interface: raw.ingress_interface,
+            peer: raw.peer,
+            tracked_interface: raw.tracked_interface,
+            failover: raw.failover,
+            firewall: raw.firewall,
+            drain: raw.drain,
+            peer_probe: PeerProbe {
+                interval: raw.peer_probe.interval,
+                timeout: raw.peer_probe.timeout,
+                failures: raw.peer_probe.failures,
+                port,
+            },
+            state_dir: raw.state_dir,
+        };
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// The cross-field checks (each value on its own is valid by construction).
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, cause: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            cause,
+        };
+        if let Some(index) = self.vips.iter().position(|v| v.address == self.peer) {
+            return Err(invalid(
+                "peer",
+                format!(
+                    "{} is also vips[{index}].address; the peer must be the other node's own address",
+                    self.peer
+                ),
+            ));
+        }
+        if self.tracked_interface == self.ingress_interface {
+            return Err(invalid(
+                "tracked_interface",
+                format!(
+                    "\"{}\" is also the ingress_interface; downing it would cut the divert path to the peer",
+                    self.tracked_interface
+                ),
+            ));
+        }
+        let (mark, mask) = (self.firewall.mark.get(), self.firewall.mark_mask.get());
+        if mark & !mask != 0 {
+            return Err(invalid(
+                "firewall.mark",
+                format!("{mark:#010x} has bits outside firewall.mark_mask {mask:#010x}"),
+            ));
+        }
+        if !self.vips.ports().any(|p| p == self.peer_probe.port) {
+            return Err(invalid(
+                "peer_probe.port",
+                format!(
+                    "{} is not one of the VIP ports; the probe must exercise a service the peer takes over",
+                    self.peer_probe.port
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The documented example configuration shipped as `keepalived/drain-agent.yaml`.
+    pub fn example() -> &'static str {
+        include_str!("../keepalived/drain-agent.yaml")
+    }
+}
+
+/// Error text of a rejected value; serde_yaml adds the key path and position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidValue(String);
+
+impl fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidValue {}
+
+fn reject<T>(message: String) -> Result<T, InvalidValue> {
+    Err(InvalidValue(message))
+}
+
+/// Implements `Deserialize` (through the type's `TryFrom<String>`) and `Display` for a validated
+/// scalar newtype.
+///
+/// Not `#[serde(try_from = "String")]`: with that attribute the check runs after serde_yaml's
+/// scalar deserializer has returned, so serde_yaml blames the enclosing mapping (`vips[0]` at the
+/// line of its first key). Validating inside the visitor makes the error carry the value's own key
+/// path and position (`vips[0].address`, line 3, column 14).
+macro_rules! scalar_newtype {
+    ($ty:ident, $expecting:literal, |$s:ident| $display:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$ty, E> {
+                        $ty::try_from(text.to_string()).map_err(E::custom)
+                    }
+                }
+                // serde_yaml hands any plain scalar (80, 0x10, 10s) to deserialize_str as text.
+                d.deserialize_str(Visitor)
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let $s = self;
+                write!(f, "{}", $display)
+            }
+        }
+    };
+}
+
+/// Deserializes a sequence of `T` and validates the whole list with `U: TryFrom<Vec<T>>` inside the
+/// visitor, for the same reason as [`scalar_newtype!`]: so the error names the list's own key.
+fn deserialize_checked_seq<'de, D, T, U>(d: D, expecting: &'static str) -> Result<U, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+    U: TryFrom<Vec<T>, Error = InvalidValue>,
+{
+    struct Visitor<T, U>(&'static str, std::marker::PhantomData<(T, U)>);
+    impl<'de, T, U> serde::de::Visitor<'de> for Visitor<T, U>
+    where
+        T: Deserialize<'de>,
+        U: TryFrom<Vec<T>, Error = InvalidValue>,
+    {
+        type Value = U;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<U, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            U::try_from(items).map_err(serde::de::Error::custom)
+        }
+    }
+    d.deserialize_seq(Visitor(expecting, std::marker::PhantomData))
+}
+
+/// An IPv4 unicast address: not 0.0.0.0, multicast, broadcast or loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnicastV4(Ipv4Addr);
+
+impl UnicastV4 {
+    /// The address.
+    pub fn get(self) -> Ipv4Addr {
+        self.0
+    }
+}
+
+impl TryFrom<String> for UnicastV4 {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        let addr = match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => a,
+            // The divert rules, ipsets and local routes are all IPv4 (iptables, family inet).
+            Ok(IpAddr::V6(_)) => {
+                return reject(format!(
+                    "{text:?} is an IPv6 address; IPv6 is not supported yet"
+                ))
+            }
+            Err(_) => return reject(format!("{text:?} is not an IPv4 address")),
+        };
+        let kind = if addr.is_unspecified() {
+            "the unspecified address"
+        } else if addr.is_multicast() {
+            "a multicast address"
+        } else if addr.is_broadcast() {
+            "the broadcast address"
+        } else if addr.is_loopback() {
+            "a loopback address"
+        } else {
+            return Ok(UnicastV4(addr));
+        };
+        reject(format!("{text:?} is {kind}, not a unicast address"))
+    }
+}
+scalar_newtype!(UnicastV4, "an IPv4 address", |s| s.0);
+
+/// A TCP port, 1..=65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Port(u16);
+
+impl Port {
+    /// The port number.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for Port {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        match text.parse::<u64>() {
+            Ok(n @ 1..=65535) => Ok(Port(n as u16)),
+            Ok(n) => reject(format!("port {n} is out of range 1..=65535")),
+            Err(_) => reject(format!("{text:?} is not a port number")),
+        }
+    }
+}
+scalar_newtype!(Port, "a TCP port number", |s| s.0);
+
+/// The ports of one VIP: 1..=15 distinct ports, because the PREROUTING jump matches them with one
+/// `-m multiport --dports`, which takes at most 15.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(Vec<Port>);
+
+impl PortList {
+    /// Most ports a multiport match accepts (XT_MULTI_PORTS).
+    pub const MAX: usize = 15;
+
+    /// The ports, in the order written.
+    pub fn as_slice(&self) -> &[Port] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for PortList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_checked_seq(d, "a list of TCP ports")
+    }
+}
+
+impl TryFrom<Vec<Port>> for PortList {
+    type Error = InvalidValue;
+    fn try_from(ports: Vec<Port>) -> Result<Self, InvalidValue> {
+        if ports.is_empty() {
+            return reject("at least one port is required".into());
+        }
+        if ports.len() > Self::MAX {
+            return reject(format!(
+                "{} ports given; at most {} fit in one iptables multiport match",
+                ports.len(),
+                Self::MAX
+            ));
+        }
+        let mut seen = HashSet::new();
+        if let Some(dup) = ports.iter().find(|p| !seen.insert(**p)) {
+            return reject(format!("port {dup} is listed twice"));
+        }
+        Ok(PortList(ports))
+    }
+}
+
+/// One virtual address and the TCP ports served on it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    /// The VIP.
+    pub address: UnicastV4,
+    /// Ports whose traffic is diverted during a drain.
+    pub ports: PortList,
+}
+
+/// 1..=16 VIPs with distinct addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipList(Vec<Vip>);
+
+impl VipList {
+    /// Most VIPs one agent handles (one PREROUTING jump each).
+    pub const MAX: usize = 16;
+
+    /// The VIPs, in the order written.
+    pub fn as_slice(&self) -> &[Vip] {
+        &self.0
+    }
+
+    /// Iterates the VIPs.
+    pub fn iter(&self) -> std::slice::Iter<'_, Vip> {
+        self.0.iter()
+    }
+
+    /// Every port of every VIP, in order of appearance, duplicates included.
+    pub fn ports(&self) -> impl Iterator<Item = Port> + '_ {
+        self.0
+            .iter()
+            .flat_map(|v| v.ports.as_slice().iter().copied())
+    }
+}
+
+impl<'de> Deserialize<'de> for VipList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_checked_seq(d, "a list of VIPs")
+    }
+}
+
+impl TryFrom<Vec<Vip>> for VipList {
+    type Error = InvalidValue;
+    fn try_from(vips: Vec<Vip>) -> Result<Self, InvalidValue> {
+        if vips.is_empty() {
+            return reject("at least one VIP is required".into());
+        }
+        if vips.len() > Self::MAX {
+            return reject(format!("{} VIPs given; at most {}", vips.len(), Self::MAX));
+        }
+        let mut seen = HashSet::new();
+        if let Some(dup) = vips.iter().find(|v| !seen.insert(v.address)) {
+            return reject(format!("address {} is listed twice", dup.address));
+        }
+        Ok(VipList(vips))
+    }
+}
+
+/// A Linux interface name as the kernel accepts it (`dev_valid_name`): 1..=15 bytes, no '/',
+/// ':', whitespace or NUL, not "." or "..". Also rejected because the name is written into
+/// iptables-restore text: quotes (the restore parser interprets them) and a trailing '+'
+/// (iptables reads `-i eth+` as a wildcard for every eth* interface).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IfName(String);
+
+impl IfName {
+    /// IFNAMSIZ - 1.
+    pub const MAX_LEN: usize = 15;
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IfName {
+    type Error = InvalidValue;
+    fn try_from(name: String) -> Result<Self, InvalidValue> {
+        if name.is_empty() || name.len() > Self::MAX_LEN {
+            return reject(format!(
+                "{name:?} is not an interface name: it must be 1..={} bytes long",
+                Self::MAX_LEN
+            ));
+        }
+        if name == "." || name == ".." {
+            return reject(format!("{name:?} is not an interface name"));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| matches!(c, '/' | ':' | '\0' | '"' | '\'') || c.is_whitespace())
+        {
+            return reject(format!(
+                "{name:?} is not an interface name: it contains {c:?}"
+            ));
+        }
+        if name.ends_with('+') {
+            return reject(format!(
+                "{name:?} ends with '+', which iptables reads as a wildcard"
+            ));
+        }
+        Ok(IfName(name))
+    }
+}
+scalar_newtype!(IfName, "an interface name", |s| s.0);
+
+/// Parses "250ms", "30s", "5m", "1h": an unsigned integer and one unit.
+fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let bad = || {
+        InvalidValue(format!(
+            "{text:?} is not a duration; write a whole number and a unit: 250ms, 30s, 5m, 1h"
+        ))
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    let millis = n
+        .checked_mul(millis_per_unit)
+        .ok_or_else(|| InvalidValue(format!("{text:?} is too long a duration")))?;
+    Ok(Duration::from_millis(millis))
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0s".into()
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A duration that may be zero ("0s" means "not at all").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(Duration);
+
+impl HumanDuration {
+    /// The duration.
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl TryFrom<String> for HumanDuration {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        parse_duration(&text).map(HumanDuration)
+    }
+}
+scalar_newtype!(
+    HumanDuration,
+    "a duration such as 250ms, 30s, 5m, 1h",
+    |s| fmt_duration(s.0)
+);
+
+/// A duration that must be longer than zero (timeouts, intervals, deadlines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PositiveDuration(Duration);
+
+impl PositiveDuration {
+    /// The duration.
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl TryFrom<String> for PositiveDuration {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        let d = parse_duration(&text)?;
+        if d.is_zero() {
+            return reject(format!("{text:?} is zero; this duration must be positive"));
+        }
+        Ok(PositiveDuration(d))
+    }
+}
+scalar_newtype!(
+    PositiveDuration,
+    "a duration such as 250ms, 30s, 5m, 1h",
+    |s| fmt_duration(s.0)
+);
+
+/// The socket-count polling interval, 10ms..=10s: faster burns the 2 cores the load balancer
+/// needs, slower delays the failover by up to one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PollInterval(Duration);
+
+impl PollInterval {
+    /// The interval.
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl TryFrom<String> for PollInterval {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        let d = parse_duration(&text)?;
+        if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
+            return reject(format!("{text:?} is outside 10ms..=10s"));
+        }
+        Ok(PollInterval(d))
+    }
+}
+scalar_newtype!(PollInterval, "a duration such as 100ms", |s| fmt_duration(
+    s.0
+));
+
+/// Prefix of the agent's chains and sets: `[A-Za-z0-9_]{1,12}` starting with a letter, so that
+/// `P-PRE` (chains, ≤ 28 chars) and `P-65535` (ipsets, ≤ 31 chars) always fit and need no quoting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChainPrefix(String);
+
+impl ChainPrefix {
+    /// Longest prefix accepted.
+    pub const MAX_LEN: usize = 12;
+
+    /// The prefix.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ChainPrefix {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        let ok = (1..=Self::MAX_LEN).contains(&text.len())
+            && text.starts_with(|c: char| c.is_ascii_alphabetic())
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return reject(format!(
+                "{text:?} is not a valid prefix: 1..={} of A-Z a-z 0-9 _, starting with a letter",
+                Self::MAX_LEN
+            ));
+        }
+        Ok(ChainPrefix(text))
+    }
+}
+scalar_newtype!(ChainPrefix, "a chain name prefix", |s| s.0);
+
+fn parse_u32(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// The packet mark put on diverted packets; not zero, because zero cannot be told apart from an
+/// unmarked packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(u32);
+
+impl Mark {
+    /// The mark value.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for Mark {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        match parse_u32(&text) {
+            Some(0) => {
+                reject("0 is not a usable mark: it is the mark of every unmarked packet".into())
+            }
+            Some(v) => Ok(Mark(v)),
+            None => reject(format!(
+                "{text:?} is not a 32-bit number (decimal or 0x hex)"
+            )),
+        }
+    }
+}
+scalar_newtype!(Mark, "a 32-bit mark", |s| format!("{:#010x}", s.0));
+
+/// The mark bits the agent may change; not zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkMask(u32);
+
+impl MarkMask {
+    /// The mask.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for MarkMask {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        match parse_u32(&text) {
+            Some(0) => reject("0 is not a usable mask: the mark would own no bits".into()),
+            Some(v) => Ok(MarkMask(v)),
+            None => reject(format!(
+                "{text:?} is not a 32-bit number (decimal or 0x hex)"
+            )),
+        }
+    }
+}
+scalar_newtype!(MarkMask, "a 32-bit mask", |s| format!("{:#010x}", s.0));
+
+/// ipset `maxelem`, 1024..=16777216. When a set is full, a new flow is simply not recorded and
+/// stays local (a degraded drain, never a broken flow), so this only bounds memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetCapacity(u32);
+
+impl SetCapacity {
+    /// Smallest capacity accepted.
+    pub const MIN: u32 = 1024;
+    /// Largest capacity accepted.
+    pub const MAX: u32 = 16_777_216;
+
+    /// The capacity.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for SetCapacity {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        match text.parse::<u64>() {
+            Ok(n) if (u64::from(Self::MIN)..=u64::from(Self::MAX)).contains(&n) => {
+                Ok(SetCapacity(n as u32))
+            }
+            Ok(n) => reject(format!("{n} is outside {}..={}", Self::MIN, Self::MAX)),
+            Err(_) => reject(format!("{text:?} is not a whole number")),
+        }
+    }
+}
+scalar_newtype!(SetCapacity, "a whole number", |s| s.0);
+
+/// A count of consecutive failures, 1..=100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureCount(u32);
+
+impl FailureCount {
+    /// The count.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for FailureCount {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        match text.parse::<u32>() {
+            Ok(n @ 1..=100) => Ok(FailureCount(n)),
+            Ok(n) => reject(format!("{n} is outside 1..=100")),
+            Err(_) => reject(format!("{text:?} is not a whole number")),
+        }
+    }
+}
+scalar_newtype!(FailureCount, "a whole number", |s| s.0);
+
+/// An absolute directory path (the agent may run with any working directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDir(PathBuf);
+
+impl StateDir {
+    /// The path.
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for StateDir {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        if text.contains('\0') {
+            return reject(format!("{text:?} contains a NUL byte"));
+        }
+        if !text.starts_with('/') {
+            return reject(format!("{text:?} is not an absolute path"));
+        }
+        Ok(StateDir(PathBuf::from(text)))
+    }
+}
+scalar_newtype!(StateDir, "an absolute path", |s| s.0.display());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+vips:
+  - address: 198.18.0.100
+    ports: [80, 7]
+ingress_interface: eth0
+peer: 198.18.0.12
+tracked_interface: trk0
+";
+
+    fn s(text: &str) -> String {
+        text.to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::from_str(MINIMAL, "t.yaml").unwrap();
+        assert_eq!(c.vips.as_slice().len(), 1);
+        assert_eq!(c.peer.get(), Ipv4Addr::new(198, 18, 0, 12));
+        assert_eq!(c.failover.method, FailoverMethod::LinkDown);
+        assert_eq!(c.failover.timeout.get(), Duration::from_secs(10));
+        assert_eq!(c.failover.post_wait.get(), Duration::from_secs(1));
+        assert_eq!(c.firewall.chain_prefix.as_str(), "DRAIN");
+        assert_eq!(c.firewall.mark.get(), 0x1d00_0000);
+        assert_eq!(c.firewall.mark_mask.get(), 0xff00_0000);
+        assert_eq!(c.firewall.max_diverted_flows.get(), 1_048_576);
+        assert_eq!(c.drain.deadline.get(), Duration::from_secs(300));
+        assert_eq!(c.drain.idle_threshold.get(), Duration::from_secs(30));
+        assert_eq!(c.drain.poll_interval.get(), Duration::from_millis(100));
+        assert!(!c.drain.abort_on_deadline);
+        assert_eq!(c.drain.rollback_grace.get(), Duration::from_secs(5));
+        assert_eq!(c.peer_probe.interval.get(), Duration::from_millis(250));
+        assert_eq!(c.peer_probe.timeout.get(), Duration::from_millis(250));
+        assert_eq!(c.peer_probe.failures.get(), 2);
+        assert_eq!(
+            c.peer_probe.port.get(),
+            80,
+            "defaults to the first VIP's first port"
+        );
+        assert_eq!(c.state_dir.as_path(), Path::new("/var/lib/drain-agent"));
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let c = Config::from_str(Config::example(), "keepalived/drain-agent.yaml").unwrap();
+        assert_eq!(c.ingress_interface.as_str(), "eth0");
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        for bad in [
+            "",
+            "s",
+            "10",
+            "1.5s",
+            "-1s",
+            "10 s",
+            "10sec",
+            "1d",
+            "99999999999999999999ms",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            parse_duration("18446744073709551615h").is_err(),
+            "overflow accepted"
+        );
+    }
+
+    #[test]
+    fn durations_display_in_the_largest_exact_unit() {
+        for text in ["250ms", "30s", "5m", "1h", "0s", "90s", "1500ms"] {
+            assert_eq!(HumanDuration::try_from(s(text)).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn positive_duration_and_poll_interval_bounds() {
+        assert!(PositiveDuration::try_from(s("0ms")).is_err());
+        assert!(PositiveDuration::try_from(s("1ms")).is_ok());
+        assert!(PollInterval::try_from(s("9ms")).is_err());
+        assert!(PollInterval::try_from(s("10ms")).is_ok());
+        assert!(PollInterval::try_from(s("10s")).is_ok());
+        assert!(PollInterval::try_from(s("10001ms")).is_err());
+    }
+
+    #[test]
+    fn unicast_v4_rejects_special_addresses() {
+        assert!(UnicastV4::try_from(s("198.18.0.1")).is_ok());
+        for bad in [
+            "0.0.0.0",
+            "224.0.0.18",
+            "255.255.255.255",
+            "127.0.0.1",
+            "1.2.3",
+            "::1",
+        ] {
+            assert!(UnicastV4::try_from(s(bad)).is_err(), "{bad} accepted");
+        }
+        let v6 = UnicastV4::try_from(s("2001:db8::1"))
+            .unwrap_err()
+            .to_string();
+        assert!(v6.contains("IPv6") && v6.contains("not supported"), "{v6}");
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernel_rules() {
+        for ok in ["eth0", "eth0.100", "veth-lb1", "a", "123456789012345"] {
+            assert!(IfName::try_from(s(ok)).is_ok(), "{ok} rejected");
+        }
+        for bad in [
+            "",
+            "1234567890123456",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\0b",
+            "eth+",
+            "e\"t",
+        ] {
+            assert!(IfName::try_from(s(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn chain_prefix_rules() {
+        for ok in ["DRAIN", "d", "A_1", "ABCDEFGHIJKL"] {
+            assert!(ChainPrefix::try_from(s(ok)).is_ok(), "{ok} rejected");
+        }
+        for bad in ["", "1A", "_A", "A-B", "ABCDEFGHIJKLM", "A B"] {
+            assert!(ChainPrefix::try_from(s(bad)).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn numbers_accept_hex_and_decimal() {
+        assert_eq!(Mark::try_from(s("0x10")).unwrap().get(), 16);
+        assert_eq!(Mark::try_from(s("16")).unwrap().get(), 16);
+        assert!(Mark::try_from(s("0x100000000")).is_err());
+        assert!(MarkMask::try_from(s("0")).is_err());
+        assert!(SetCapacity::try_from(s("1023")).is_err());
+        assert!(SetCapacity::try_from(s("16777217")).is_err());
+        assert!(SetCapacity::try_from(s("16777216")).is_ok());
+        assert!(FailureCount::try_from(s("0")).is_err());
+        assert!(Port::try_from(s("65536")).is_err());
+    }
+}

@@ -1,0 +1,539 @@
+//! The firewall adapter against the real iptables-nft, ipset and nft, each test in network
+//! namespaces of its own (root only; skipped with a message otherwise, failed when CI=true).
+//!
+//! Checked here: the plan's texts are what iptables-save prints back, literally; install,
+//! withdraw and remove leave `iptables-save`, `ipset list` and `nft list ruleset` exactly as they
+//! were (with and without a mangle table beforehand); conflicts are refused with nothing changed;
+//! and real TCP traffic through a client / draining node / peer topology is split the way the
+//! plan's module docs promise.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drain_agent::config::Config;
+use drain_agent::firewall::{self, Firewall, FirewallError, SystemFirewall};
+use drain_agent::plan::{DivertPlan, Phase};
+
+/// Returns false (after saying why) when the test cannot run; panics instead under CI=true.
+fn can_run() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let why = "needs root to create network namespaces and change their firewall";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but not root: {why}");
+    }
+    eprintln!("skipping: {why}");
+    false
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A network namespace deleted on drop, even when the test fails.
+struct Netns(String);
+
+impl Netns {
+    fn new(purpose: &str) -> Netns {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "da-{purpose}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "-n", self.name()];
+        all.extend(args);
+        run(&all)
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "netns", "exec", self.name()];
+        all.extend(args);
+        run(&all)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it creates and processes
+    /// it starts belong to the namespace.
+    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// Everything a reader of the firewall could see: all iptables tables (without the
+    /// timestamp comments), all ipsets, the whole nftables ruleset.
+    fn firewall_state(&self) -> String {
+        let save: String = self
+            .exec(&["iptables-save"])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        format!(
+            "{save}--- ipset\n{}--- nft\n{}",
+            self.exec(&["ipset", "list"]),
+            self.exec(&["nft", "list", "ruleset"])
+        )
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn plan_for(peer: &str, ports: &str) -> DivertPlan {
+    let text = format!(
+        "vips:\n  - address: 198.18.0.100\n    ports: [{ports}]\n  - address: 198.18.0.101\n    ports: [443]\n\
+         ingress_interface: eth0\npeer: {peer}\ntracked_interface: trk0\n"
+    );
+    DivertPlan::new(&Config::from_str(&text, "test").unwrap())
+}
+
+/// One namespace with an ingress veth (both ends inside it: the rules only name it).
+fn lone_node() -> Netns {
+    let ns = Netns::new("fw");
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    ns
+}
+
+fn round_trip(ns: &Netns) {
+    let plan = plan_for("198.18.0.12", "80, 7");
+    let before = ns.firewall_state();
+    ns.enter(|| {
+        let mut fw = SystemFirewall::new();
+        let had_table = fw.mangle_table_present().unwrap();
+        let receipt = firewall::install(&mut fw, &plan).unwrap();
+        assert_eq!(receipt.mangle_table_was_present, had_table);
+        // Literal, ordered comparison: the plan's lines are iptables-save's canonical form and
+        // its order of chains.
+        let saved = fw.save_mangle().unwrap();
+        assert_eq!(
+            plan.owned_lines(&saved),
+            plan.expected_rules(Phase::Installed)
+        );
+        firewall::withdraw(&mut fw, &plan).unwrap();
+        let saved = fw.save_mangle().unwrap();
+        assert_eq!(
+            plan.owned_lines(&saved),
+            plan.expected_rules(Phase::Withdrawn)
+        );
+        firewall::remove(&mut fw, &plan, !receipt.mangle_table_was_present).unwrap();
+    });
+    assert_eq!(ns.firewall_state(), before);
+}
+
+#[test]
+fn round_trip_in_a_namespace_that_never_had_a_mangle_table() {
+    if !can_run() {
+        return;
+    }
+    let ns = lone_node();
+    assert!(!ns.enter(|| SystemFirewall::new().mangle_table_present().unwrap()));
+    round_trip(&ns);
+    assert!(!ns.exec(&["nft", "list", "tables"]).contains("mangle"));
+}
+
+#[test]
+fn round_trip_next_to_a_user_rule_in_an_existing_mangle_table() {
+    if !can_run() {
+        return;
+    }
+    let ns = lone_node();
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "mangle",
+        "-A",
+        "PREROUTING",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "MARK",
+        "--set-mark",
+        "5",
+    ]);
+    ns.exec(&["ipset", "create", "user-set", "hash:ip"]);
+    assert!(ns.enter(|| SystemFirewall::new().mangle_table_present().unwrap()));
+    round_trip(&ns);
+    assert!(ns
+        .exec(&["iptables-save", "-t", "mangle"])
+        .contains("-A PREROUTING -p udp -m udp --dport 53 -j MARK --set-xmark 0x5/0xffffffff"));
+}
+
+#[test]
+fn a_preexisting_set_name_is_refused_with_nothing_changed() {
+    if !can_run() {
+        return;
+    }
+    let ns = lone_node();
+    // The second of our sets, so a plain `ipset restore` would already have created the first.
+    ns.exec(&["ipset", "create", "DRAIN-7", "hash:ip"]);
+    let before = ns.firewall_state();
+    let err = ns
+        .enter(|| {
+            firewall::install(
+                &mut SystemFirewall::new(),
+                &plan_for("198.18.0.12", "80, 7"),
+            )
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, FirewallError::SetsExist { names } if names == &["DRAIN-7"]),
+        "{err}"
+    );
+    assert_eq!(ns.firewall_state(), before);
+}
+
+#[test]
+fn a_preexisting_chain_is_refused_with_nothing_changed() {
+    if !can_run() {
+        return;
+    }
+    let ns = lone_node();
+    ns.exec(&["iptables", "-t", "mangle", "-N", "DRAIN-NEW"]);
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "mangle",
+        "-A",
+        "DRAIN-NEW",
+        "-j",
+        "ACCEPT",
+    ]);
+    let before = ns.firewall_state();
+    let err = ns
+        .enter(|| {
+            firewall::install(
+                &mut SystemFirewall::new(),
+                &plan_for("198.18.0.12", "80, 7"),
+            )
+        })
+        .unwrap_err();
+    assert!(matches!(err, FirewallError::ChainsExist { .. }), "{err}");
+    assert_eq!(ns.firewall_state(), before);
+}
+
+#[test]
+fn the_mangle_table_is_kept_when_something_else_landed_in_it() {
+    if !can_run() {
+        return;
+    }
+    let ns = lone_node();
+    let plan = plan_for("198.18.0.12", "80");
+    ns.enter(|| {
+        let mut fw = SystemFirewall::new();
+        let receipt = firewall::install(&mut fw, &plan).unwrap();
+        assert!(!receipt.mangle_table_was_present);
+        // Someone else starts using the table during the drain.
+        fw.restore("*mangle\n-A OUTPUT -p udp -j ACCEPT\nCOMMIT\n")
+            .unwrap();
+        firewall::remove(&mut fw, &plan, true).unwrap();
+        assert!(fw.mangle_table_present().unwrap());
+        assert!(fw
+            .save_mangle()
+            .unwrap()
+            .contains("-A OUTPUT -p udp -j ACCEPT"));
+    });
+}
+
+#[test]
+fn iptables_restore_failure_names_the_binary_and_the_cause() {
+    if !can_run() {
+        return;
+    }
+    let ns = lone_node();
+    let err = ns
+        .enter(|| SystemFirewall::new().restore("*mangle\n-A NO-SUCH-CHAIN -j ACCEPT\nCOMMIT\n"))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("iptables-restore --noflush: exit code "),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real traffic: client, lb (draining, owns the VIP) and peer on one bridge.
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const PORT: u16 = 7;
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct Lab {
+    client: Netns,
+    lb: Netns,
+    peer: Netns,
+    _switch: Netns,
+}
+
+fn lab() -> Lab {
+    let switch = Netns::new("sw");
+    switch.ip(&["link", "add", "br0", "type", "bridge"]);
+    switch.ip(&["link", "set", "br0", "up"]);
+    let node = |purpose: &str, addr: &str| {
+        let ns = Netns::new(purpose);
+        let port = format!("s{purpose}");
+        switch.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ]);
+        switch.ip(&["link", "set", &port, "master", "br0", "up"]);
+        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns
+    };
+    let client = node("cl", "198.18.0.1/24");
+    let lb = node("lb", "198.18.0.11/24");
+    let peer = node("pe", "198.18.0.12/24");
+    // lb is MASTER: it holds the VIP. The peer is BACKUP: local route plus ARP silence, as
+    // PeerPlan prescribes (namespace-local sysctls).
+    lb.ip(&["addr", "add", "198.18.0.100/32", "dev", "eth0"]);
+    peer.ip(&["route", "add", "local", "198.18.0.100/32", "dev", "lo"]);
+    peer.exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=1"]);
+    peer.exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.arp_announce=2"]);
+    Lab {
+        client,
+        lb,
+        peer,
+        _switch: switch,
+    }
+}
+
+/// A server on VIP:7 that greets with its name, echoes lines, and on "bye" answers and closes
+/// first (so the TIME_WAIT lands on the server and the client may reuse its port).
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &Netns, name: &'static str) -> Server {
+        let listener = ns.enter(|| TcpListener::bind(SocketAddrV4::new(VIP, PORT)).unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let give_up = Instant::now() + Duration::from_secs(60);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < give_up {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        std::thread::spawn(move || serve(conn, name));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(conn: TcpStream, name: &str) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let _ = writeln!(writer, "{name}");
+    let mut reader = BufReader::new(conn);
+    for _ in 0..100 {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let _ = writer.write_all(line.as_bytes());
+                if line.trim() == "bye" {
+                    return; // dropping both halves closes: the server sends the first FIN
+                }
+            }
+        }
+    }
+}
+
+/// A client connection that checks every answer.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    greeting: String,
+}
+
+impl Conn {
+    /// Connects from the client namespace, from `port` if given (0 = any).
+    fn open(client: &Netns, port: u16) -> Conn {
+        let stream = client.enter(|| connect_from(port));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting).unwrap();
+        Conn {
+            reader,
+            greeting: greeting.trim().to_string(),
+        }
+    }
+
+    fn local_port(&self) -> u16 {
+        self.reader.get_ref().local_addr().unwrap().port()
+    }
+
+    fn echo(&mut self, text: &str) {
+        writeln!(self.reader.get_mut(), "{text}").unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), text, "echo from {}", self.greeting);
+    }
+
+    /// "bye", then the server's FIN must arrive as a clean end of stream (a RST would be an
+    /// error here).
+    fn close(mut self) {
+        self.echo("bye");
+        let mut rest = String::new();
+        let n = self.reader.read_line(&mut rest).unwrap();
+        assert_eq!(n, 0, "expected end of stream from {}", self.greeting);
+        self.reader.get_ref().shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+fn connect_from(port: u16) -> TcpStream {
+    use nix::sys::socket::{
+        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+    let local = SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), port));
+    bind(fd.as_raw_fd(), &local).unwrap();
+    // A blocking connect: the SYN is retransmitted by the kernel, bounded by its own limits and
+    // by the read timeout that follows.
+    let remote = SockaddrIn::from(SocketAddrV4::new(VIP, PORT));
+    connect(fd.as_raw_fd(), &remote).unwrap();
+    // SAFETY: `fd` is a connected TCP socket we own; ownership moves into the TcpStream.
+    unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
+}
+
+#[test]
+fn traffic_is_split_by_when_the_syn_arrived() {
+    if !can_run() {
+        return;
+    }
+    let lab = lab();
+    let _lb_server = Server::start(&lab.lb, "lb");
+    let _peer_server = Server::start(&lab.peer, "peer");
+    let plan = plan_for("198.18.0.12", "7");
+
+    // A flow that exists before the divert.
+    let mut old = Conn::open(&lab.client, 0);
+    assert_eq!(old.greeting, "lb");
+    old.echo("before");
+
+    let receipt = lab
+        .lb
+        .enter(|| firewall::install(&mut SystemFirewall::new(), &plan))
+        .unwrap();
+
+    // New flows go to the peer, every packet of them; the old flow stays, every packet of it.
+    let mut diverted = Conn::open(&lab.client, 40001);
+    assert_eq!(diverted.greeting, "peer");
+    diverted.echo("diverted");
+    old.echo("still local");
+    let second = Conn::open(&lab.client, 0);
+    assert_eq!(second.greeting, "peer");
+    second.close();
+
+    lab.lb
+        .enter(|| firewall::withdraw(&mut SystemFirewall::new(), &plan))
+        .unwrap();
+
+    // After the withdraw: new flows are local again, the diverted one keeps going to the peer.
+    let mut fresh = Conn::open(&lab.client, 0);
+    assert_eq!(fresh.greeting, "lb");
+    diverted.echo("diverted after withdraw");
+    fresh.echo("fresh");
+    assert_eq!(diverted.local_port(), 40001);
+    diverted.close();
+
+    // The client reuses the port of the finished diverted flow: its new flow must be local,
+    // although the record of the old one was still in the set.
+    let mut reused = Conn::open(&lab.client, 40001);
+    assert_eq!(reused.greeting, "lb");
+    reused.echo("reused port");
+
+    old.close();
+    fresh.close();
+    reused.close();
+
+    lab.lb
+        .enter(|| {
+            firewall::remove(
+                &mut SystemFirewall::new(),
+                &plan,
+                !receipt.mangle_table_was_present,
+            )
+        })
+        .unwrap();
+    // Without the divert, everything is local.
+    let after = Conn::open(&lab.client, 0);
+    assert_eq!(after.greeting, "lb");
+    after.close();
+}
