@@ -9,4 +9,5 @@ pub mod links;
 pub mod netns;
 pub mod plan;
 pub mod probe;
+pub mod sockdiag;
 pub mod sysctl;
