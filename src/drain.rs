@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::firewall::{self, Firewall, FirewallError};
 use crate::journal::{Change, Journal, JournalError};
+use crate::plan::DivertPlan;
 
 /// What kind of failure a host operation had; decides the exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -38,6 +40,26 @@ pub struct HostError {
     pub cause: String,
     /// Classification for the exit code.
     pub kind: HostErrorKind,
+}
+
+impl From<FirewallError> for HostError {
+    fn from(e: FirewallError) -> HostError {
+        let kind = match &e {
+            FirewallError::MissingBinary { .. } => HostErrorKind::MissingBinary,
+            other
+                if other.to_string().contains("ermission denied")
+                    || other.to_string().contains("not permitted") =>
+            {
+                HostErrorKind::Permission
+            }
+            _ => HostErrorKind::Other,
+        };
+        HostError {
+            op: "firewall".into(),
+            cause: e.to_string(),
+            kind,
+        }
+    }
 }
 
 impl HostError {
@@ -86,18 +108,8 @@ pub trait Host {
     fn sleep(&mut self, d: Duration);
     /// How many interrupts (SIGINT/SIGTERM) arrived: 1 = roll back gracefully, 2+ = roll back now.
     fn interrupts(&self) -> u32;
-    /// Applies an `iptables-restore --noflush` transaction.
-    fn restore(&mut self, what: &str, text: &str) -> Result<(), HostError>;
-    /// `iptables-save -t mangle`.
-    fn mangle_save(&mut self) -> Result<String, HostError>;
-    /// Does the mangle table exist (iptables-nft creates it on first use)?
-    fn mangle_present(&mut self) -> Result<bool, HostError>;
-    /// Drops the mangle table if it holds nothing but empty built-in chains; true if dropped.
-    fn drop_mangle_if_empty(&mut self) -> Result<bool, HostError>;
-    /// Applies an `ipset restore` script.
-    fn ipset_restore(&mut self, what: &str, text: &str) -> Result<(), HostError>;
-    /// Names of existing ipsets.
-    fn ipset_names(&mut self) -> Result<Vec<String>, HostError>;
+    /// The firewall adapter (iptables-restore/-save, ipset, nft).
+    fn firewall(&mut self) -> &mut dyn Firewall;
     /// Is the interface administratively up? (Missing interface = error of kind MissingInterface.)
     fn link_up(&mut self, ifname: &str) -> Result<bool, HostError>;
     /// Sets the interface up or down.
@@ -116,23 +128,6 @@ pub trait Host {
     fn sysctl_read(&mut self, key: &str) -> Result<String, HostError>;
     /// Writes a sysctl.
     fn sysctl_write(&mut self, key: &str, value: &str) -> Result<(), HostError>;
-}
-
-/// The texts the divert is made of (from [`crate::plan`]).
-#[derive(Clone, Debug)]
-pub struct DivertScripts {
-    /// Chain-name prefix the agent owns.
-    pub prefix: String,
-    /// Names of the sets the divert uses.
-    pub set_names: Vec<String>,
-    /// `ipset restore` text creating the sets.
-    pub ipset_create: String,
-    /// `iptables-restore --noflush` text installing the divert.
-    pub install: String,
-    /// Transaction withdrawing the divert for new flows.
-    pub withdraw: String,
-    /// Lines `iptables-save -t mangle` must show once installed, in order.
-    pub expected_installed: Vec<String>,
 }
 
 /// The drain policy (from the config's `drain`, `peer_probe` and `failover` sections).
@@ -274,9 +269,6 @@ pub enum DrainError {
     /// An earlier run left changes behind.
     #[error("leftovers of an earlier run: {0}; run `drain-agent undrain` to remove them")]
     Leftovers(String),
-    /// The divert read back differently from what was installed; rolled back.
-    #[error("divert verification failed: iptables-save lacks `{0}`; rolled back")]
-    VerifyFailed(String),
     /// The peer stopped answering; the divert was withdrawn and removed.
     #[error("peer lost during the drain ({0}); divert withdrawn, this node still serves")]
     PeerLost(String),
@@ -338,7 +330,6 @@ impl DrainError {
             DrainError::NotMaster(_) | DrainError::AlreadyDrained(_) | DrainError::Leftovers(_) => {
                 exit::STATE
             }
-            DrainError::VerifyFailed(_) => exit::INTERNAL,
             DrainError::PeerLost(_) => exit::PEER_LOST,
             DrainError::Interrupted => exit::INTERRUPTED,
             DrainError::DeadlineAbort(..) => exit::DEADLINE,
@@ -357,25 +348,29 @@ fn ms(d: Duration) -> f64 {
 pub fn drain(
     h: &mut dyn Host,
     j: &mut Journal,
-    s: &DivertScripts,
+    plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
 ) -> Result<DrainReport, DrainError> {
     let start = h.now();
-    preflight(h, j, s, p, ev)?;
+    preflight(h, j, plan, p, ev)?;
     let t = h.now();
-    if let Err(e) = install(h, j, s) {
-        let undo = cleanup(h, j);
-        return Err(undo.err().unwrap_or(e));
+    if let Err(e) = install(h, j, plan) {
+        // firewall::install undoes its own partial work; cleanup then only forgets the entry
+        // (or reports what could not be undone).
+        return Err(match cleanup(h, j, plan) {
+            Ok(()) => e,
+            Err(c) => c,
+        });
     }
     let install_ms = ms(h.now() - t);
     ev(Event::Diverted { install_ms });
-    let (reason, remaining, drain_ms) = match watch(h, s, p, ev) {
+    let (reason, remaining, drain_ms) = match watch(h, p, ev) {
         Ok(w) => w,
-        Err(e) => return Err(rollback(h, j, s, p, ev, e)),
+        Err(e) => return Err(rollback(h, j, plan, p, ev, e)),
     };
     let failover = failover(h, j, p, ev);
-    let cleaned = cleanup(h, j);
+    let cleaned = cleanup(h, j, plan);
     if cleaned.is_ok() {
         ev(Event::CleanedUp);
     }
@@ -395,7 +390,7 @@ pub fn drain(
 fn preflight(
     h: &mut dyn Host,
     j: &Journal,
-    s: &DivertScripts,
+    plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
 ) -> Result<(), DrainError> {
@@ -419,14 +414,20 @@ fn preflight(
             return Err(DrainError::NotMaster(*vip));
         }
     }
-    let names = h.ipset_names()?;
-    if let Some(n) = s.set_names.iter().find(|n| names.contains(n)) {
-        return Err(DrainError::Leftovers(format!("ipset {n} already exists")));
-    }
-    let save = h.mangle_save()?;
-    if let Some(l) = save.lines().find(|l| mentions_prefix(l, &s.prefix)) {
+    let names = h.firewall().ipset_names().map_err(HostError::from)?;
+    let sets = plan.existing_sets(&names);
+    if !sets.is_empty() {
         return Err(DrainError::Leftovers(format!(
-            "iptables mangle already has `{l}`"
+            "ipset {} already exists",
+            sets.join(", ")
+        )));
+    }
+    let save = h.firewall().save_mangle().map_err(HostError::from)?;
+    let chains = plan.existing_chains(&save);
+    if !chains.is_empty() {
+        return Err(DrainError::Leftovers(format!(
+            "iptables chain {} already exists",
+            chains.join(", ")
         )));
     }
     let answer = h.probe_peer()?;
@@ -445,50 +446,27 @@ fn preflight(
     Ok(())
 }
 
-/// True if an iptables-save line declares, jumps to or appends to one of our chains.
-fn mentions_prefix(line: &str, prefix: &str) -> bool {
-    let ours = format!("{prefix}-");
-    line.split_whitespace()
-        .any(|w| w.trim_start_matches(':').starts_with(&ours))
-}
-
-/// Installs the divert: sets first (the rules reference them), then the rules in one transaction,
-/// then reads them back.
-fn install(h: &mut dyn Host, j: &mut Journal, s: &DivertScripts) -> Result<(), DrainError> {
-    if !h.mangle_present()? {
-        j.record(Change::MangleTableCreated)?;
-    }
-    for n in &s.set_names {
-        j.record(Change::IpsetCreated { name: n.clone() })?;
-    }
-    h.ipset_restore("create divert sets", &s.ipset_create)?;
-    j.record(Change::Chains {
-        prefix: s.prefix.clone(),
+/// Installs the divert (sets, then the rules in one transaction, then a read-back), recording it
+/// in the journal first. [`firewall::install`] undoes its own partial work on failure.
+fn install(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), DrainError> {
+    let table_was_present = h
+        .firewall()
+        .mangle_table_present()
+        .map_err(HostError::from)?;
+    j.record(Change::Divert {
+        prefix: plan.prefix().to_string(),
+        drop_mangle_table: !table_was_present,
     })?;
-    h.restore("install divert", &s.install)?;
-    verify(h, &s.expected_installed)
-}
-
-/// Checks that `expected` appears in iptables-save, in order.
-fn verify(h: &mut dyn Host, expected: &[String]) -> Result<(), DrainError> {
-    let save = h.mangle_save()?;
-    let mut lines = save.lines().map(str::trim);
-    for want in expected {
-        if !lines.any(|l| l == want) {
-            return Err(DrainError::VerifyFailed(want.clone()));
-        }
-    }
+    firewall::install(h.firewall(), plan).map_err(HostError::from)?;
     Ok(())
 }
 
 /// Waits for the drain; returns (reason, sockets left, ms since divert).
 fn watch(
     h: &mut dyn Host,
-    s: &DivertScripts,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
 ) -> Result<(DrainReason, usize, f64), DrainError> {
-    let _ = s;
     let start = h.now();
     let mut next_probe = start + p.probe_interval;
     let mut fails = 0u32;
@@ -609,12 +587,12 @@ fn failover(
 fn rollback(
     h: &mut dyn Host,
     j: &mut Journal,
-    s: &DivertScripts,
+    plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
     why: DrainError,
 ) -> DrainError {
-    let withdrew = h.restore("withdraw divert", &s.withdraw);
+    let withdrew = firewall::withdraw(h.firewall(), plan);
     ev(Event::Withdrawn {
         reason: why.to_string(),
     });
@@ -629,7 +607,7 @@ fn rollback(
             );
         }
     }
-    match cleanup(h, j) {
+    match cleanup(h, j, plan) {
         Ok(()) => {
             ev(Event::CleanedUp);
             why
@@ -640,22 +618,22 @@ fn rollback(
 
 /// Undoes every transient change in the journal (newest first), continuing past errors and
 /// reporting all of them. Maintenance state (the tracked interface down) is kept.
-pub fn cleanup(h: &mut dyn Host, j: &mut Journal) -> Result<(), DrainError> {
-    undo_where(h, j, |c| !c.is_maintenance_state())
+pub fn cleanup(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), DrainError> {
+    undo_where(h, j, plan, |c| !c.is_maintenance_state())
 }
 
 /// Undoes every change in the journal, maintenance state included (`undrain`, `release`).
-pub fn undo_all(h: &mut dyn Host, j: &mut Journal) -> Result<(), DrainError> {
-    undo_where(h, j, |_| true)
+pub fn undo_all(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), DrainError> {
+    undo_where(h, j, plan, |_| true)
 }
 
 fn undo_where(
     h: &mut dyn Host,
     j: &mut Journal,
+    plan: &DivertPlan,
     pick: impl Fn(&Change) -> bool,
 ) -> Result<(), DrainError> {
-    // Rules go before the sets they reference, the table last: journal order is creation order
-    // (table, sets, chains), so undoing newest first gets that right.
+    // Newest first: the reverse of the order things were built in.
     let changes: Vec<Change> = j
         .entries()
         .iter()
@@ -665,7 +643,7 @@ fn undo_where(
         .collect();
     let mut errors = Vec::new();
     for c in changes {
-        match undo(h, &c) {
+        match undo(h, plan, &c) {
             Ok(()) => j.forget(&c)?,
             Err(e) => errors.push(e.to_string()),
         }
@@ -678,77 +656,25 @@ fn undo_where(
 }
 
 /// Undoes one change; succeeds if the change is already gone.
-pub fn undo(h: &mut dyn Host, c: &Change) -> Result<(), HostError> {
+pub fn undo(h: &mut dyn Host, plan: &DivertPlan, c: &Change) -> Result<(), HostError> {
     match c {
-        Change::Chains { prefix } => {
-            let save = h.mangle_save()?;
-            if let Some(text) = removal_from_save(&save, prefix) {
-                h.restore("remove divert", &text)?;
+        Change::Divert {
+            prefix,
+            drop_mangle_table,
+        } => {
+            if prefix != plan.prefix() {
+                return Err(HostError::other(
+                    "remove divert",
+                    format!("the journal records chain prefix {prefix} but the config now says {}: set firewall.chain_prefix back to {prefix} and run undrain", plan.prefix()),
+                ));
             }
-            Ok(())
+            firewall::remove(h.firewall(), plan, *drop_mangle_table)
+                .map_err(|e| HostError::other("remove divert", e))
         }
-        Change::IpsetCreated { name } => {
-            if h.ipset_names()?.contains(name) {
-                h.ipset_restore("destroy divert set", &format!("destroy {name}\n"))?;
-            }
-            Ok(())
-        }
-        Change::MangleTableCreated => h.drop_mangle_if_empty().map(|_| ()),
         Change::LinkDown { ifname } => h.set_link(ifname, true),
         Change::LocalRoute { addr } => h.local_route(*addr, false),
         Change::Sysctl { key, previous } => h.sysctl_write(key, previous),
     }
-}
-
-/// Builds the transaction that removes our chains and every jump into them from what
-/// iptables-save shows now — so it also works on the half-state a crash or a manual edit left,
-/// where a fixed removal script would fail as a whole (restore is all-or-nothing).
-pub fn removal_from_save(save: &str, prefix: &str) -> Option<String> {
-    let ours = |name: &str| name.starts_with(&format!("{prefix}-"));
-    let mut chains = Vec::new();
-    let mut deletes = Vec::new();
-    let mut in_mangle = false;
-    for line in save.lines() {
-        let line = line.trim();
-        if line.starts_with('*') {
-            in_mangle = line == "*mangle";
-            continue;
-        }
-        if !in_mangle {
-            continue;
-        }
-        if let Some(decl) = line.strip_prefix(':') {
-            let name = decl.split_whitespace().next().unwrap_or("");
-            if ours(name) {
-                chains.push(name.to_string());
-            }
-        } else if let Some(rule) = line.strip_prefix("-A ") {
-            let chain = rule.split_whitespace().next().unwrap_or("");
-            let words: Vec<&str> = rule.split_whitespace().collect();
-            let jumps_ours = words
-                .windows(2)
-                .any(|w| (w[0] == "-j" || w[0] == "-g") && ours(w[1]));
-            if !ours(chain) && jumps_ours {
-                deletes.push(format!("-D {rule}"));
-            }
-        }
-    }
-    if chains.is_empty() && deletes.is_empty() {
-        return None;
-    }
-    let mut t = String::from("*mangle\n");
-    for d in deletes {
-        t.push_str(&d);
-        t.push('\n');
-    }
-    for c in &chains {
-        t.push_str(&format!("-F {c}\n"));
-    }
-    for c in &chains {
-        t.push_str(&format!("-X {c}\n"));
-    }
-    t.push_str("COMMIT\n");
-    Some(t)
 }
 
 #[cfg(test)]

@@ -49,17 +49,13 @@ pub enum JournalError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Change {
-    /// The mangle table did not exist before (iptables-nft): drop it again if it is empty.
-    MangleTableCreated,
-    /// An ipset we created: destroy it (after the rules referencing it are gone).
-    IpsetCreated {
-        /// Set name.
-        name: String,
-    },
-    /// Our mangle chains (and the jumps into them from built-in chains), identified by prefix.
-    Chains {
+    /// The divert: our ipsets, our mangle chains and the jumps into them (all named with the
+    /// prefix), and the mangle table itself if it did not exist before (iptables-nft creates it).
+    Divert {
         /// The chain-name prefix the agent owns.
         prefix: String,
+        /// Drop the mangle table when removing the divert (if it is empty then).
+        drop_mangle_table: bool,
     },
     /// The tracked interface was set down to make keepalived fail over. Not undone by the
     /// drain's cleanup (the node stays out of service) but by `undrain`.
@@ -312,8 +308,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j.json");
         let mut j = Journal::open(&p).unwrap();
-        j.record(Change::IpsetCreated {
-            name: "DRAIN-80".into(),
+        j.record(Change::Divert {
+            prefix: "DRAIN".into(),
+            drop_mangle_table: true,
         })
         .unwrap();
         j.record(Change::Sysctl {
@@ -321,21 +318,24 @@ mod tests {
             previous: "0".into(),
         })
         .unwrap();
-        j.record(Change::IpsetCreated {
-            name: "DRAIN-80".into(),
+        j.record(Change::Divert {
+            prefix: "DRAIN".into(),
+            drop_mangle_table: true,
         })
         .unwrap();
         let j2 = Journal::open(&p).unwrap();
         assert_eq!(j2.entries().len(), 2);
         assert_eq!(
             j2.entries()[0].change,
-            Change::IpsetCreated {
-                name: "DRAIN-80".into()
+            Change::Divert {
+                prefix: "DRAIN".into(),
+                drop_mangle_table: true
             }
         );
         let mut j2 = j2;
-        j2.forget(&Change::IpsetCreated {
-            name: "DRAIN-80".into(),
+        j2.forget(&Change::Divert {
+            prefix: "DRAIN".into(),
+            drop_mangle_table: true,
         })
         .unwrap();
         assert_eq!(Journal::open(&p).unwrap().entries().len(), 1);

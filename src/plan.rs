@@ -138,6 +138,11 @@ impl DivertPlan {
         format!("{}-{suffix}", self.prefix)
     }
 
+    /// The chain-name prefix every chain and set of ours starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Our chains, in the order iptables-save lists them (sorted by name): DIV, NEW, PRE.
     pub fn chains(&self) -> [String; 3] {
         [self.chain(DIV), self.chain(NEW), self.chain(PRE)]

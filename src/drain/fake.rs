@@ -1,13 +1,74 @@
 //! A scripted fake world for the drain state machine: a clock that only moves when the machine
 //! sleeps, connections that close at given times, a peer that may die, keepalived that moves the
-//! VIP some time after the tracked interface goes down, and a small model of iptables-restore
-//! (all-or-nothing, -A/-I/-D/-F/-X) and ipset. It records every call.
+//! VIP some time after the tracked interface goes down, and the firewall module's stateful fake
+//! (wrapped so the test knows *when* the divert was withdrawn). It records every call.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
+
 use std::net::Ipv4Addr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use super::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
+use crate::firewall::{FakeFirewall, Firewall, FirewallError};
+
+/// The firewall fake, stamped with the fake clock.
+#[derive(Debug)]
+pub struct TimedFirewall {
+    pub inner: FakeFirewall,
+    clock: Rc<Cell<Duration>>,
+    /// Calls as `t op`, for ordering assertions.
+    pub log: Rc<std::cell::RefCell<Vec<String>>>,
+    /// When a restore with `--del-set` (the withdraw) was applied.
+    pub withdrawn_at: Option<Duration>,
+}
+
+impl TimedFirewall {
+    fn note(&self, what: &str) {
+        self.log.borrow_mut().push(what.to_string());
+    }
+}
+
+impl Firewall for TimedFirewall {
+    fn restore(&mut self, text: &str) -> Result<(), FirewallError> {
+        let what = if text.contains("--del-set") {
+            "restore withdraw"
+        } else if text.contains("-X ") {
+            "restore remove"
+        } else {
+            "restore install"
+        };
+        self.note(what);
+        self.clock.set(self.clock.get() + Duration::from_millis(5));
+        self.inner.restore(text)?;
+        if text.contains("--del-set") {
+            self.withdrawn_at = Some(self.clock.get());
+        }
+        Ok(())
+    }
+    fn save_mangle(&mut self) -> Result<String, FirewallError> {
+        self.inner.save_mangle()
+    }
+    fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
+        self.note(if text.starts_with("create") {
+            "ipset create"
+        } else {
+            "ipset destroy"
+        });
+        self.inner.ipset_restore(text)
+    }
+    fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
+        self.inner.ipset_names()
+    }
+    fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
+        self.inner.mangle_table_present()
+    }
+    fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {
+        self.note("drop mangle");
+        self.inner.drop_mangle_table_if_empty()
+    }
+}
 
 /// A connection on the VIP ports.
 #[derive(Clone, Debug)]
@@ -21,8 +82,9 @@ pub struct Conn {
 /// The fake world.
 #[derive(Debug)]
 pub struct FakeHost {
-    pub t: Duration,
-    pub calls: Vec<String>,
+    pub clock: Rc<Cell<Duration>>,
+    pub calls: Rc<std::cell::RefCell<Vec<String>>>,
+    pub fw: TimedFirewall,
     pub conns: Vec<Conn>,
     pub peer_dies_at: Option<Duration>,
     pub peer_refuses: bool,
@@ -33,21 +95,24 @@ pub struct FakeHost {
     pub vip_local_initially: bool,
     pub keepalived_reacts: bool,
     pub failover_delay: Duration,
-    pub mangle: Option<Vec<String>>,
-    pub chains: Vec<String>,
-    pub sets: BTreeSet<String>,
     pub fail_op: Option<String>,
     pub routes: BTreeSet<Ipv4Addr>,
     pub sysctls: BTreeMap<String, String>,
-    /// Set when a restore carrying "--del-set" (the withdraw) was applied.
-    pub withdrawn_at: Option<Duration>,
 }
 
 impl FakeHost {
     pub fn new() -> FakeHost {
+        let clock = Rc::new(Cell::new(Duration::ZERO));
+        let calls = Rc::new(std::cell::RefCell::new(Vec::new()));
         FakeHost {
-            t: Duration::ZERO,
-            calls: Vec::new(),
+            fw: TimedFirewall {
+                inner: FakeFirewall::new(),
+                clock: clock.clone(),
+                log: calls.clone(),
+                withdrawn_at: None,
+            },
+            clock,
+            calls,
             conns: Vec::new(),
             peer_dies_at: None,
             peer_refuses: false,
@@ -60,13 +125,9 @@ impl FakeHost {
             vip_local_initially: true,
             keepalived_reacts: true,
             failover_delay: Duration::from_millis(600),
-            mangle: None,
-            chains: Vec::new(),
-            sets: BTreeSet::new(),
             fail_op: None,
             routes: BTreeSet::new(),
             sysctls: BTreeMap::new(),
-            withdrawn_at: None,
         }
     }
 
@@ -78,158 +139,50 @@ impl FakeHost {
     }
 
     fn peer_alive(&self) -> bool {
-        self.peer_dies_at.is_none_or(|d| self.t < d)
+        self.peer_dies_at.is_none_or(|d| self.t() < d)
     }
 
     fn failed_over(&self) -> bool {
         self.keepalived_reacts
             && self
                 .link_down_at
-                .is_some_and(|d| self.t >= d + self.failover_delay)
+                .is_some_and(|d| self.t() >= d + self.failover_delay)
     }
 
-    /// The mangle rules as iptables-save would print them (chains + rules, no header).
-    pub fn rule_lines(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .chains
-            .iter()
-            .map(|c| format!(":{c} - [0:0]"))
-            .collect();
-        v.extend(self.mangle.clone().unwrap_or_default());
-        v
+    /// Current fake time.
+    pub fn t(&self) -> Duration {
+        self.clock.get()
     }
 
-    /// Applies an iptables-restore --noflush text to a copy and commits it only if every line
-    /// applies — the kernel's all-or-nothing transaction.
-    fn apply(&mut self, text: &str) -> Result<(), String> {
-        let mut rules = self.mangle.clone().unwrap_or_default();
-        let mut chains = self.chains.clone();
-        for line in text.lines().map(str::trim) {
-            if line.is_empty() || line == "*mangle" || line == "COMMIT" {
-                continue;
-            }
-            if let Some(decl) = line.strip_prefix(':') {
-                let name = decl.split_whitespace().next().unwrap().to_string();
-                if !chains.contains(&name) {
-                    chains.push(name);
-                }
-            } else if let Some(r) = line.strip_prefix("-A ") {
-                rules.push(format!("-A {r}"));
-            } else if let Some(r) = line.strip_prefix("-I ") {
-                let mut w: Vec<&str> = r.split_whitespace().collect();
-                if w.get(1).is_some_and(|x| x.parse::<u32>().is_ok()) {
-                    w.remove(1);
-                }
-                rules.insert(0, format!("-A {}", w.join(" ")));
-            } else if let Some(r) = line.strip_prefix("-D ") {
-                let want = format!("-A {r}");
-                let pos = rules
-                    .iter()
-                    .position(|x| *x == want)
-                    .ok_or(format!("no rule `{r}`"))?;
-                rules.remove(pos);
-            } else if let Some(c) = line.strip_prefix("-F ") {
-                rules.retain(|x| x.split_whitespace().nth(1) != Some(c));
-            } else if let Some(c) = line.strip_prefix("-X ") {
-                if rules.iter().any(|x| x.ends_with(&format!("-j {c}"))) {
-                    return Err(format!("chain {c} is referenced"));
-                }
-                chains.retain(|x| x != c);
-            } else {
-                return Err(format!("cannot parse `{line}`"));
-            }
-        }
-        self.mangle = Some(rules);
-        self.chains = chains;
-        Ok(())
+    fn advance(&self, d: Duration) {
+        self.clock.set(self.clock.get() + d);
+    }
+
+    fn call(&self, what: String) {
+        self.calls.borrow_mut().push(what);
+    }
+
+    /// Every call so far.
+    pub fn call_log(&self) -> Vec<String> {
+        self.calls.borrow().clone()
     }
 }
 
 impl Host for FakeHost {
     fn now(&self) -> Duration {
-        self.t
+        self.t()
     }
     fn sleep(&mut self, d: Duration) {
-        self.t += d;
+        self.advance(d);
     }
     fn interrupts(&self) -> u32 {
-        self.interrupts_at.iter().filter(|t| self.t >= **t).count() as u32
+        self.interrupts_at
+            .iter()
+            .filter(|t| self.t() >= **t)
+            .count() as u32
     }
-    fn restore(&mut self, what: &str, text: &str) -> Result<(), HostError> {
-        self.calls.push(format!("restore {what}"));
-        self.fail(what)?;
-        self.t += Duration::from_millis(5);
-        self.apply(text)
-            .map_err(|e| HostError::other(format!("iptables-restore ({what})"), e))?;
-        if text.contains("--del-set") {
-            self.withdrawn_at = Some(self.t);
-        }
-        Ok(())
-    }
-    fn mangle_save(&mut self) -> Result<String, HostError> {
-        self.fail("save")?;
-        let mut s = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n");
-        for l in self.rule_lines() {
-            s.push_str(&l);
-            s.push('\n');
-        }
-        s.push_str("COMMIT\n");
-        Ok(s)
-    }
-    fn mangle_present(&mut self) -> Result<bool, HostError> {
-        Ok(self.mangle.is_some())
-    }
-    fn drop_mangle_if_empty(&mut self) -> Result<bool, HostError> {
-        self.calls.push("drop mangle".into());
-        if self.mangle.as_ref().is_some_and(|r| r.is_empty()) && self.chains.is_empty() {
-            self.mangle = None;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-    fn ipset_restore(&mut self, what: &str, text: &str) -> Result<(), HostError> {
-        self.calls.push(format!("ipset {what}"));
-        self.fail(what)?;
-        let mut sets = self.sets.clone();
-        for line in text.lines() {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            match w.as_slice() {
-                ["create", name, ..] => {
-                    if !sets.insert(name.to_string()) {
-                        return Err(HostError::other(
-                            "ipset restore",
-                            format!("set {name} exists"),
-                        ));
-                    }
-                }
-                ["destroy", name] => {
-                    let referenced = self
-                        .mangle
-                        .iter()
-                        .flatten()
-                        .any(|r| r.contains(&format!(" {name} ")));
-                    if referenced {
-                        return Err(HostError::other(
-                            "ipset restore",
-                            format!("set {name} is in use"),
-                        ));
-                    }
-                    sets.remove(*name);
-                }
-                [] => {}
-                _ => {
-                    return Err(HostError::other(
-                        "ipset restore",
-                        format!("cannot parse `{line}`"),
-                    ))
-                }
-            }
-        }
-        self.sets = sets;
-        Ok(())
-    }
-    fn ipset_names(&mut self) -> Result<Vec<String>, HostError> {
-        Ok(self.sets.iter().cloned().collect())
+    fn firewall(&mut self) -> &mut dyn Firewall {
+        &mut self.fw
     }
     fn link_up(&mut self, ifname: &str) -> Result<bool, HostError> {
         self.links.get(ifname).copied().ok_or(HostError {
@@ -239,11 +192,10 @@ impl Host for FakeHost {
         })
     }
     fn set_link(&mut self, ifname: &str, up: bool) -> Result<(), HostError> {
-        self.calls
-            .push(format!("link {ifname} {}", if up { "up" } else { "down" }));
+        self.call(format!("link {ifname} {}", if up { "up" } else { "down" }));
         self.fail("link")?;
         self.links.insert(ifname.to_string(), up);
-        self.link_down_at = if up { None } else { Some(self.t) };
+        self.link_down_at = if up { None } else { Some(self.t()) };
         Ok(())
     }
     fn vip_local(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
@@ -253,12 +205,12 @@ impl Host for FakeHost {
         Ok(vip == self.vip && self.peer_alive() && self.failed_over())
     }
     fn probe_peer(&mut self) -> Result<PeerAnswer, HostError> {
-        self.calls.push("probe".into());
+        self.call("probe".into());
         if !self.peer_alive() {
-            self.t += Duration::from_millis(200);
+            self.advance(Duration::from_millis(200));
             return Ok(PeerAnswer::NoAnswer);
         }
-        self.t += Duration::from_millis(1);
+        self.advance(Duration::from_millis(1));
         Ok(if self.peer_refuses {
             PeerAnswer::Refused
         } else {
@@ -269,7 +221,7 @@ impl Host for FakeHost {
         let open: Vec<&Conn> = self
             .conns
             .iter()
-            .filter(|c| c.closes_at.is_none_or(|d| self.t < d))
+            .filter(|c| c.closes_at.is_none_or(|d| self.t() < d))
             .collect();
         let idle = open.iter().filter(|c| c.idle).count();
         Ok(SocketCount {
@@ -281,7 +233,7 @@ impl Host for FakeHost {
         })
     }
     fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError> {
-        self.calls.push(format!("route {vip} {present}"));
+        self.call(format!("route {vip} {present}"));
         self.fail("route")?;
         if present {
             self.routes.insert(vip);
@@ -294,7 +246,7 @@ impl Host for FakeHost {
         Ok(self.sysctls.get(key).cloned().unwrap_or_else(|| "0".into()))
     }
     fn sysctl_write(&mut self, key: &str, value: &str) -> Result<(), HostError> {
-        self.calls.push(format!("sysctl {key}={value}"));
+        self.call(format!("sysctl {key}={value}"));
         self.fail("sysctl")?;
         self.sysctls.insert(key.to_string(), value.to_string());
         Ok(())

@@ -4,27 +4,27 @@ use std::time::Duration;
 
 use super::fake::{Conn, FakeHost};
 use super::*;
+use crate::firewall::FakeOp;
 use crate::journal::Journal;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-fn scripts() -> DivertScripts {
-    DivertScripts {
-        prefix: "DRAIN".into(),
-        set_names: vec!["DRAIN-80".into()],
-        ipset_create: "create DRAIN-80 hash:ip,port,ip family inet maxelem 1024\n".into(),
-        install: "*mangle\n:DRAIN-PRE - [0:0]\n:DRAIN-DIV - [0:0]\n\
-                  -A DRAIN-PRE -p tcp -m set --match-set DRAIN-80 src,src,dst -j DRAIN-DIV\n\
-                  -A DRAIN-DIV -j DROP\n\
-                  -I PREROUTING 1 -d 198.18.0.100/32 -i eth0 -p tcp -j DRAIN-PRE\nCOMMIT\n"
-            .into(),
-        withdraw: "*mangle\n-F DRAIN-DIV\n-A DRAIN-DIV -j SET --del-set DRAIN-80 src,src,dst\n-A DRAIN-DIV -j DROP\nCOMMIT\n".into(),
-        expected_installed: vec![
-            ":DRAIN-DIV - [0:0]".into(),
-            "-A PREROUTING -d 198.18.0.100/32 -i eth0 -p tcp -j DRAIN-PRE".into(),
-            "-A DRAIN-PRE -p tcp -m set --match-set DRAIN-80 src,src,dst -j DRAIN-DIV".into(),
-        ],
+fn plan() -> DivertPlan {
+    let cfg = crate::config::Config::from_str(
+        "vips:\n  - address: 198.18.0.100\n    ports: [80, 7]\ningress_interface: eth0\npeer: 198.18.0.12\ntracked_interface: trk0\n",
+        "test",
+    )
+    .unwrap();
+    DivertPlan::new(&cfg)
+}
+
+fn restore_failure() -> FirewallError {
+    FirewallError::Failed {
+        binary: "iptables-restore".into(),
+        args: "--noflush".into(),
+        status: "exit code 1".into(),
+        stderr: "injected".into(),
     }
 }
 
@@ -56,7 +56,7 @@ fn run(mut host: FakeHost, p: Policy) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let mut journal = Journal::open(&dir.path().join("j.json")).unwrap();
     let mut events = Vec::new();
-    let result = drain(&mut host, &mut journal, &scripts(), &p, &mut |e| {
+    let result = drain(&mut host, &mut journal, &plan(), &p, &mut |e| {
         events.push(e)
     });
     Run {
@@ -68,12 +68,20 @@ fn run(mut host: FakeHost, p: Policy) -> Run {
     }
 }
 
-/// After any drain, successful or not: no rule, chain or set of ours is left, and the mangle table
-/// is back to how it was.
-fn assert_no_divert_left(r: &Run, mangle_before: Option<Vec<String>>) {
-    assert!(r.host.chains.is_empty(), "chains left: {:?}", r.host.chains);
-    assert!(r.host.sets.is_empty(), "sets left: {:?}", r.host.sets);
-    assert_eq!(r.host.mangle, mangle_before, "mangle table not restored");
+/// After any drain, successful or not: no rule, chain or set of ours is left, the mangle table is
+/// back to how it was, and the journal holds at most the maintenance state.
+fn assert_no_divert_left(r: &Run, mangle_before: Option<&str>) {
+    let fw = &r.host.fw.inner;
+    assert!(
+        plan().owned_lines(&fw.mangle_text()).is_empty(),
+        "rules left: {}",
+        fw.mangle_text()
+    );
+    assert!(fw.sets().is_empty(), "sets left: {:?}", fw.sets());
+    match mangle_before {
+        None => assert!(!fw.mangle_table_exists(), "mangle table not dropped"),
+        Some(text) => assert_eq!(fw.mangle_text(), text, "mangle table not restored"),
+    }
     assert!(
         r.journal
             .entries()
@@ -91,6 +99,13 @@ fn conn(closes_ms: Option<u64>, idle: bool) -> Conn {
     }
 }
 
+fn with_user_rule(h: &mut FakeHost) -> String {
+    h.fw.inner
+        .restore("*mangle\n-A PREROUTING -s 10.9.9.9/32 -j ACCEPT\nCOMMIT\n")
+        .unwrap();
+    h.fw.inner.mangle_text()
+}
+
 #[test]
 fn drains_fails_over_and_removes_everything() {
     let mut h = FakeHost::new();
@@ -102,7 +117,7 @@ fn drains_fails_over_and_removes_everything() {
     assert!(rep.failover_ms >= 600.0, "{rep:?}");
     assert_eq!(rep.abandoned, 0);
     assert_no_divert_left(&r, None);
-    assert_eq!(r.host.links["trk0"], false, "node stays out of service");
+    assert!(!r.host.links["trk0"], "node stays out of service");
     assert_eq!(
         r.journal.entries().len(),
         1,
@@ -110,13 +125,18 @@ fn drains_fails_over_and_removes_everything() {
     );
     // Order: sets before the rules that use them; the link goes down only after the drain; the
     // divert stays until the peer owns the VIP, and only then goes.
-    let c = &r.host.calls;
+    let c = r.host.call_log();
     let pos = |s: &str| {
         c.iter()
             .position(|x| x.starts_with(s))
             .unwrap_or_else(|| panic!("{s} not in {c:?}"))
     };
     assert!(pos("ipset create") < pos("restore install"));
+    assert_eq!(
+        c.iter().filter(|x| x.starts_with("ipset create")).count(),
+        2,
+        "one set per port: {c:?}"
+    );
     assert!(pos("restore install") < pos("link trk0 down"));
     assert!(pos("link trk0 down") < pos("restore remove"));
     assert!(pos("restore remove") < pos("ipset destroy"));
@@ -128,13 +148,26 @@ fn drains_fails_over_and_removes_everything() {
 }
 
 #[test]
+fn a_users_own_mangle_rules_survive_a_drain() {
+    let mut h = FakeHost::new();
+    let before = with_user_rule(&mut h);
+    let r = run(h, policy());
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    assert_no_divert_left(&r, Some(&before));
+}
+
+#[test]
 fn divert_stays_until_peer_owns_the_vip_plus_post_wait() {
     let mut h = FakeHost::new();
     h.failover_delay = MS(1500);
     let r = run(h, policy());
+    let c = r.host.call_log();
     let rep = r.result.unwrap();
     assert!(rep.failover_ms >= 1500.0, "{rep:?}");
     assert!(rep.total_ms >= 1500.0 + 1000.0, "post_wait kept: {rep:?}");
+    assert!(
+        c.iter().position(|x| x == "restore remove") > c.iter().position(|x| x == "link trk0 down")
+    );
 }
 
 #[test]
@@ -158,7 +191,7 @@ fn deadline_fails_over_anyway_by_default() {
     let rep = r.result.as_ref().unwrap();
     assert_eq!(rep.reason, DrainReason::Deadline);
     assert_eq!(rep.abandoned, 1);
-    assert_eq!(r.host.links["trk0"], false);
+    assert!(!r.host.links["trk0"]);
     assert_no_divert_left(&r, None);
 }
 
@@ -172,8 +205,11 @@ fn deadline_with_abort_rolls_back_and_keeps_serving() {
     let r = run(h, p);
     let e = r.result.as_ref().unwrap_err();
     assert_eq!(e.exit_code(), exit::DEADLINE, "{e}");
-    assert_eq!(r.host.links["trk0"], true, "the node keeps serving");
-    assert!(r.host.withdrawn_at.is_some(), "new flows withdrawn first");
+    assert!(r.host.links["trk0"], "the node keeps serving");
+    assert!(
+        r.host.fw.withdrawn_at.is_some(),
+        "new flows withdrawn first"
+    );
     assert_no_divert_left(&r, None);
     assert!(r.journal.is_empty());
 }
@@ -186,12 +222,12 @@ fn peer_death_withdraws_within_a_second_and_rolls_back() {
     let r = run(h, policy());
     let e = r.result.as_ref().unwrap_err();
     assert_eq!(e.exit_code(), exit::PEER_LOST, "{e}");
-    let withdrawn = r.host.withdrawn_at.expect("withdrawn");
+    let withdrawn = r.host.fw.withdrawn_at.expect("withdrawn");
     assert!(
         withdrawn >= MS(2000) && withdrawn - MS(2000) <= S(1),
         "withdrawn {withdrawn:?} after death at 2 s"
     );
-    assert_eq!(r.host.links["trk0"], true);
+    assert!(r.host.links["trk0"]);
     assert_no_divert_left(&r, None);
 }
 
@@ -209,11 +245,12 @@ fn a_peer_that_is_not_ready_changes_nothing() {
         assert_eq!(e.exit_code(), exit::PEER_NOT_READY, "{e}");
         assert!(e.to_string().contains("nothing changed"));
         assert!(
-            r.host.calls.iter().all(|c| c == "probe"),
+            r.host.call_log().iter().all(|c| c == "probe"),
             "only probes: {:?}",
-            r.host.calls
+            r.host.call_log()
         );
         assert!(r.journal.is_empty());
+        assert!(!r.host.fw.inner.mangle_table_exists());
     }
 }
 
@@ -224,7 +261,7 @@ fn not_master_changes_nothing() {
     let r = run(h, policy());
     let e = r.result.as_ref().unwrap_err();
     assert_eq!(e.exit_code(), exit::STATE);
-    assert!(r.host.calls.is_empty(), "{:?}", r.host.calls);
+    assert!(r.host.call_log().is_empty(), "{:?}", r.host.call_log());
     assert!(r.journal.is_empty());
 }
 
@@ -236,7 +273,7 @@ fn missing_tracked_interface_is_an_environment_error() {
     let e = r.result.as_ref().unwrap_err();
     assert_eq!(e.exit_code(), exit::ENVIRONMENT, "{e}");
     assert!(e.to_string().contains("trk0"));
-    assert!(r.host.calls.is_empty());
+    assert!(r.host.call_log().is_empty());
 }
 
 #[test]
@@ -249,8 +286,12 @@ fn interrupt_rolls_back_after_the_grace_and_a_second_one_cuts_it_short() {
         r.result.as_ref().unwrap_err().exit_code(),
         exit::INTERRUPTED
     );
-    assert_eq!(r.host.links["trk0"], true);
-    assert!(r.host.t >= S(2) + S(2), "grace honoured: {:?}", r.host.t);
+    assert!(r.host.links["trk0"]);
+    assert!(
+        r.host.t() >= S(2) + S(2),
+        "grace honoured: {:?}",
+        r.host.t()
+    );
     assert_no_divert_left(&r, None);
 
     let mut h = FakeHost::new();
@@ -262,9 +303,9 @@ fn interrupt_rolls_back_after_the_grace_and_a_second_one_cuts_it_short() {
         exit::INTERRUPTED
     );
     assert!(
-        r.host.t < MS(2600),
+        r.host.t() < MS(2600),
         "second interrupt cut the grace short: {:?}",
-        r.host.t
+        r.host.t()
     );
     assert_no_divert_left(&r, None);
 }
@@ -272,31 +313,25 @@ fn interrupt_rolls_back_after_the_grace_and_a_second_one_cuts_it_short() {
 #[test]
 fn failed_install_leaves_nothing_behind() {
     let mut h = FakeHost::new();
-    h.fail_op = Some("install".into());
-    h.mangle = Some(vec!["-A PREROUTING -s 10.9.9.9/32 -j ACCEPT".into()]);
+    let before = with_user_rule(&mut h);
+    h.fw.inner.fail_next(FakeOp::Restore, restore_failure());
     let r = run(h, policy());
-    assert!(r.result.is_err());
-    assert_no_divert_left(
-        &r,
-        Some(vec!["-A PREROUTING -s 10.9.9.9/32 -j ACCEPT".into()]),
-    );
+    let e = r.result.as_ref().unwrap_err();
+    assert!(e.to_string().contains("injected"), "{e}");
+    assert_no_divert_left(&r, Some(&before));
     assert!(r.journal.is_empty());
-    assert_eq!(r.host.links["trk0"], true);
+    assert!(r.host.links["trk0"]);
 }
 
 #[test]
-fn read_back_mismatch_rolls_back() {
-    let h = FakeHost::new();
-    let dir = tempfile::tempdir().unwrap();
-    let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
-    let mut s = scripts();
-    s.expected_installed
-        .push("-A DRAIN-DIV -j TEE --gateway 198.18.0.12".into());
-    let mut h = h;
-    let e = drain(&mut h, &mut j, &s, &policy(), &mut |_| {}).unwrap_err();
-    assert!(matches!(e, DrainError::VerifyFailed(_)), "{e}");
-    assert!(h.chains.is_empty() && h.sets.is_empty() && h.mangle.is_none());
-    assert!(j.is_empty());
+fn failed_set_creation_leaves_nothing_behind() {
+    let mut h = FakeHost::new();
+    h.fw.inner
+        .fail_next(FakeOp::IpsetRestore, restore_failure());
+    let r = run(h, policy());
+    assert!(r.result.is_err());
+    assert_no_divert_left(&r, None);
+    assert!(r.journal.is_empty());
 }
 
 #[test]
@@ -313,20 +348,35 @@ fn failover_timeout_removes_divert_and_says_so() {
 fn leftovers_and_already_drained_are_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
-    j.record(Change::IpsetCreated {
-        name: "DRAIN-80".into(),
+    j.record(Change::Divert {
+        prefix: "DRAIN".into(),
+        drop_mangle_table: true,
     })
     .unwrap();
     let mut h = FakeHost::new();
-    let e = drain(&mut h, &mut j, &scripts(), &policy(), &mut |_| {}).unwrap_err();
+    let e = drain(&mut h, &mut j, &plan(), &policy(), &mut |_| {}).unwrap_err();
     assert_eq!(e.exit_code(), exit::STATE);
-    assert!(h.calls.is_empty());
+    assert!(h.call_log().is_empty());
 
     let mut h = FakeHost::new();
-    h.sets.insert("DRAIN-80".into());
+    h.fw.inner
+        .ipset_restore("create DRAIN-80 hash:ip,port,ip family inet maxelem 1024\n")
+        .unwrap();
     let r = run(h, policy());
     assert_eq!(r.result.as_ref().unwrap_err().exit_code(), exit::STATE);
-    assert!(r.host.calls.is_empty());
+    assert!(
+        r.host
+            .call_log()
+            .iter()
+            .all(|c| !c.starts_with("restore") && !c.starts_with("link")),
+        "{:?}",
+        r.host.call_log()
+    );
+    assert_eq!(
+        r.host.fw.inner.sets(),
+        ["DRAIN-80"],
+        "someone else's set is not ours to destroy"
+    );
 
     let mut h = FakeHost::new();
     h.links.insert("trk0".into(), false);
@@ -336,49 +386,45 @@ fn leftovers_and_already_drained_are_refused_untouched() {
 
 #[test]
 fn crash_leftovers_are_undone_by_undo_all() {
-    // Simulate a crash right after install: journal and host both carry the divert.
+    // A crash right after install and link down: journal and host both carry the changes.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.json");
     let mut h = FakeHost::new();
     {
         let mut j = Journal::open(&path).unwrap();
-        install(&mut h, &mut j, &scripts()).unwrap();
+        install(&mut h, &mut j, &plan()).unwrap();
         j.record(Change::LinkDown {
             ifname: "trk0".into(),
         })
         .unwrap();
         h.set_link("trk0", false).unwrap();
     }
-    assert!(!h.chains.is_empty() && !h.sets.is_empty());
+    assert!(
+        !plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && !h.fw.inner.sets().is_empty()
+    );
     let mut j = Journal::open(&path).unwrap();
-    undo_all(&mut h, &mut j).unwrap();
-    assert!(h.chains.is_empty() && h.sets.is_empty() && h.mangle.is_none());
-    assert_eq!(h.links["trk0"], true);
+    undo_all(&mut h, &mut j, &plan()).unwrap();
+    assert!(plan().owned_lines(&h.fw.inner.mangle_text()).is_empty());
+    assert!(h.fw.inner.sets().is_empty() && !h.fw.inner.mangle_table_exists());
+    assert!(h.links["trk0"]);
     assert!(Journal::open(&path).unwrap().is_empty());
     // Idempotent: a second undo finds nothing to do and succeeds.
     let mut j = Journal::open(&path).unwrap();
-    j.record(Change::Chains {
+    j.record(Change::Divert {
         prefix: "DRAIN".into(),
+        drop_mangle_table: true,
     })
     .unwrap();
-    undo_all(&mut h, &mut j).unwrap();
-}
-
-#[test]
-fn removal_from_save_handles_partial_states_and_leaves_other_rules() {
-    let save = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DRAIN-X\nCOMMIT\n*mangle\n:PREROUTING ACCEPT [1:2]\n:DRAIN-PRE - [0:0]\n:OTHER - [0:0]\n\
-                -A PREROUTING -d 198.18.0.100/32 -i eth0 -p tcp -j DRAIN-PRE\n-A PREROUTING -j OTHER\n-A DRAIN-PRE -j DROP\nCOMMIT\n";
-    let t = removal_from_save(save, "DRAIN").unwrap();
-    assert_eq!(t, "*mangle\n-D PREROUTING -d 198.18.0.100/32 -i eth0 -p tcp -j DRAIN-PRE\n-F DRAIN-PRE\n-X DRAIN-PRE\nCOMMIT\n");
-    assert_eq!(
-        removal_from_save("*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", "DRAIN"),
-        None
-    );
-    // A prefix must not match a longer, foreign prefix.
-    assert_eq!(
-        removal_from_save("*mangle\n:DRAINX-PRE - [0:0]\nCOMMIT\n", "DRAIN"),
-        None
-    );
+    undo_all(&mut h, &mut j, &plan()).unwrap();
+    // A journal whose prefix no longer matches the config is reported, not silently dropped.
+    j.record(Change::Divert {
+        prefix: "OLD".into(),
+        drop_mangle_table: false,
+    })
+    .unwrap();
+    let e = undo_all(&mut h, &mut j, &plan()).unwrap_err();
+    assert!(e.to_string().contains("OLD"), "{e}");
+    assert_eq!(j.entries().len(), 1, "kept for a later undo");
 }
 
 #[test]
@@ -414,7 +460,7 @@ fn progress_is_reported_as_sockets_close() {
         })
         .unwrap();
     assert!(
-        drained >= 900.0 && drained <= 900.0 + 100.0 + 10.0,
+        (900.0..=900.0 + 100.0 + 10.0).contains(&drained),
         "declared within one poll interval: {drained}"
     );
 }

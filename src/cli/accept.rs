@@ -1,0 +1,90 @@
+//! `drain-agent accept` / `release`, run on the peer: accept diverted traffic for the VIPs while
+//! BACKUP, reversibly. FIELD-NOTES pitfall 5: the BACKUP peer must take packets addressed to the
+//! VIP (a `local VIP/32 dev lo` route, no address on any interface) but must not answer ARP for it
+//! (`arp_ignore=1`, `arp_announce=2` on the ingress interface), or clients could send established
+//! flows to the wrong node.
+
+use clap::Args;
+use serde_json::json;
+
+use super::common::{self, Output};
+use super::{Failure, GlobalOpts};
+use crate::drain::{self as cycle, Host};
+use crate::journal::Change;
+
+/// Arguments of `accept`.
+#[derive(Debug, Args)]
+pub struct AcceptArgs {}
+
+/// Arguments of `release`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {}
+
+/// Runs `accept`.
+pub fn run_accept(g: &GlobalOpts, _a: &AcceptArgs) -> Result<(), Failure> {
+    let cfg = common::load_config(g)?;
+    let state = common::state_dir(&cfg)?;
+    let _lock = state.lock()?;
+    let mut journal = state.accept_journal()?;
+    let mut host = common::system_host(&cfg, common::no_interrupts())?;
+    let _span = tracing::info_span!("accept").entered();
+    // Fail on a missing ingress interface before changing anything.
+    host.link_up(cfg.ingress_interface.as_str())?;
+    let plan = crate::plan::PeerPlan::new(&cfg);
+    let mut done = Vec::new();
+    let result = (|| -> Result<(), Failure> {
+        for change in &plan.sysctls {
+            let current = host.sysctl_read(&change.key)?;
+            if current.trim() == change.value {
+                continue;
+            }
+            journal.record(Change::Sysctl {
+                key: change.key.clone(),
+                previous: current.trim().to_string(),
+            })?;
+            host.sysctl_write(&change.key, &change.value)?;
+            done.push(format!(
+                "{} = {} (was {})",
+                change.key,
+                change.value,
+                current.trim()
+            ));
+        }
+        for vip in &plan.local_routes {
+            journal.record(Change::LocalRoute { addr: *vip })?;
+            host.local_route(*vip, true)?;
+            done.push(format!("local route {vip}/32 dev lo"));
+        }
+        Ok(())
+    })();
+    if let Err(f) = result {
+        // All or nothing: undo what this call did.
+        let _ = cycle::undo_all(&mut host, &mut journal, &common::plan(&cfg));
+        return Err(f);
+    }
+    Output::new(g.json).result(
+        &json!({"result": "accepting", "changes": done}),
+        &format!(
+            "accepting diverted traffic for {} VIP(s)",
+            plan.local_routes.len()
+        ),
+    );
+    Ok(())
+}
+
+/// Runs `release`.
+pub fn run_release(g: &GlobalOpts, _a: &ReleaseArgs) -> Result<(), Failure> {
+    let cfg = common::load_config(g)?;
+    let state = common::state_dir(&cfg)?;
+    let _lock = state.lock()?;
+    let mut journal = state.accept_journal()?;
+    let mut host = common::system_host(&cfg, common::no_interrupts())?;
+    let _span = tracing::info_span!("release").entered();
+    let n = journal.entries().len();
+    cycle::undo_all(&mut host, &mut journal, &common::plan(&cfg))?;
+    Output::new(g.json).result(
+        &json!({"result": "released", "undone": n}),
+        &format!("released: {n} change(s) undone"),
+    );
+    Ok(())
+}

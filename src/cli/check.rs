@@ -1,0 +1,200 @@
+//! `drain-agent check`: validates the configuration and the environment and changes nothing.
+//! Every check prints one line; the exit code is the first failing check's.
+
+use clap::Args;
+use serde_json::json;
+
+use super::common::{self, Output};
+use super::{Failure, GlobalOpts};
+use crate::drain::{exit, Host, PeerAnswer};
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Skip the peer probe (e.g. when the peer is known to be down for maintenance).
+    #[arg(long)]
+    pub no_peer: bool,
+}
+
+struct Checks {
+    rows: Vec<serde_json::Value>,
+    first_failure: Option<Failure>,
+}
+
+impl Checks {
+    fn ok(&mut self, name: &str, detail: impl Into<String>) {
+        self.rows
+            .push(json!({"check": name, "ok": true, "detail": detail.into()}));
+    }
+    fn fail(&mut self, name: &str, code: u8, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.rows
+            .push(json!({"check": name, "ok": false, "detail": detail, "exit_code": code}));
+        if self.first_failure.is_none() {
+            self.first_failure = Some(Failure::new(code, format!("check {name}: {detail}")));
+        }
+    }
+}
+
+/// Runs `check`.
+pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<(), Failure> {
+    let cfg = common::load_config(g)?;
+    let mut c = Checks {
+        rows: Vec::new(),
+        first_failure: None,
+    };
+    c.ok("config", format!("{} is valid", g.config.display()));
+    match common::require_net_admin() {
+        Ok(()) => c.ok("privileges", "CAP_NET_ADMIN"),
+        Err(f) => c.fail("privileges", f.code, f.message),
+    }
+    for bin in ["iptables-restore", "iptables-save", "ipset", "nft"] {
+        match which(bin) {
+            Some(p) => c.ok("binary", format!("{bin}: {}", p.display())),
+            None => c.fail(
+                "binary",
+                exit::ENVIRONMENT,
+                format!("`{bin}` not found in PATH"),
+            ),
+        }
+    }
+    if c.first_failure.is_none() {
+        check_host(&cfg, a, &mut c);
+    }
+    let ok = c.first_failure.is_none();
+    let out = Output::new(g.json);
+    let text: Vec<String> = c
+        .rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}: {}",
+                if r["ok"] == true { "ok  " } else { "FAIL" },
+                r["check"].as_str().unwrap_or(""),
+                r["detail"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    out.result(&json!({"ok": ok, "checks": c.rows}), &text.join("\n"));
+    match c.first_failure {
+        None => Ok(()),
+        Some(f) => Err(f),
+    }
+}
+
+fn check_host(cfg: &crate::config::Config, a: &CheckArgs, c: &mut Checks) {
+    let mut host = match common::system_host(cfg, common::no_interrupts()) {
+        Ok(h) => h,
+        Err(f) => return c.fail("netlink", f.code, f.message),
+    };
+    for (what, ifname) in [
+        ("ingress interface", cfg.ingress_interface.as_str()),
+        ("tracked interface", cfg.tracked_interface.as_str()),
+    ] {
+        match host.link_up(ifname) {
+            Ok(true) => c.ok(what, format!("{ifname} is up")),
+            Ok(false) if what == "tracked interface" => c.ok(
+                what,
+                format!("{ifname} is DOWN (node drained; `undrain` brings it back)"),
+            ),
+            Ok(false) => c.fail(what, exit::ENVIRONMENT, format!("{ifname} is down")),
+            Err(e) => c.fail(what, exit::ENVIRONMENT, e.to_string()),
+        }
+    }
+    // Kernel features: parse the exact divert transaction without committing it.
+    match iptables_test(&common::plan(cfg).install_rules()) {
+        Ok(()) => c.ok(
+            "kernel",
+            "mangle table, TEE, SET, set match, multiport: accepted by iptables-restore --test",
+        ),
+        Err(e) => c.fail("kernel", exit::ENVIRONMENT, e),
+    }
+    match host.count() {
+        Ok(n) => c.ok(
+            "sock_diag",
+            format!(
+                "{} connection(s) on the VIP ports ({} idle)",
+                n.total, n.idle
+            ),
+        ),
+        Err(e) => c.fail("sock_diag", exit::ENVIRONMENT, e.to_string()),
+    }
+    for v in cfg.vips.iter() {
+        match host.vip_local(v.address.get()) {
+            Ok(true) => c.ok(
+                "vip",
+                format!("{} is held here (MASTER): drain possible", v.address.get()),
+            ),
+            Ok(false) => c.ok(
+                "vip",
+                format!(
+                    "{} is not held here (BACKUP/FAULT): nothing to drain",
+                    v.address.get()
+                ),
+            ),
+            Err(e) => c.fail("vip", exit::ENVIRONMENT, e.to_string()),
+        }
+    }
+    if a.no_peer {
+        return;
+    }
+    match host.probe_peer() {
+        Ok(PeerAnswer::Accepted { rtt_ms }) => c.ok(
+            "peer",
+            format!(
+                "{} accepts the VIP's traffic (SYN-ACK in {rtt_ms:.2} ms)",
+                cfg.peer.get()
+            ),
+        ),
+        Ok(PeerAnswer::Refused) => c.fail(
+            "peer",
+            exit::PEER_NOT_READY,
+            format!(
+                "{} refuses connections to the VIP (RST): HAProxy down there?",
+                cfg.peer.get()
+            ),
+        ),
+        Ok(PeerAnswer::NoAnswer) => c.fail(
+            "peer",
+            exit::PEER_NOT_READY,
+            format!(
+                "{} does not answer for the VIP: down, or `drain-agent accept` not run there",
+                cfg.peer.get()
+            ),
+        ),
+        Err(e) => c.fail("peer", exit::ENVIRONMENT, e.to_string()),
+    }
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+fn iptables_test(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("iptables-restore")
+        .args(["--test", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("iptables-restore: {e}"))?;
+    child.stdin.take().map(|mut s| s.write_all(text.as_bytes()));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("iptables-restore: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables-restore --test rejects the divert: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        ))
+    }
+}

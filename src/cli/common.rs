@@ -1,0 +1,175 @@
+//! What the subcommands share: loading the config, the state dir, the real host, the divert
+//! scripts and policy derived from the config, signal handling, and output (human or JSON).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::{Failure, GlobalOpts};
+use crate::config::Config;
+use crate::drain::{exit, Event, Policy};
+use crate::host::SystemHost;
+use crate::journal::StateDir;
+use crate::plan::DivertPlan;
+
+/// Loads and validates the configuration.
+pub fn load_config(g: &GlobalOpts) -> Result<Config, Failure> {
+    Ok(Config::load(&g.config)?)
+}
+
+/// Opens the state directory named in the config.
+pub fn state_dir(cfg: &Config) -> Result<StateDir, Failure> {
+    require_net_admin()?;
+    Ok(StateDir::open(cfg.state_dir.as_path())?)
+}
+
+/// Every command that reads or changes the network needs CAP_NET_ADMIN (root has it). Checked up
+/// front so the error names the cause instead of a netlink EPERM halfway through.
+pub fn require_net_admin() -> Result<(), Failure> {
+    const CAP_NET_ADMIN: u32 = 12;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if eff & (1 << CAP_NET_ADMIN) == 0 {
+        return Err(Failure::new(exit::ENVIRONMENT, "insufficient privileges: drain-agent needs root or CAP_NET_ADMIN (and CAP_NET_RAW for the peer probe)"));
+    }
+    Ok(())
+}
+
+/// The real host for `cfg`.
+pub fn system_host(cfg: &Config, interrupts: Arc<AtomicU32>) -> Result<SystemHost, Failure> {
+    Ok(SystemHost::new(cfg, interrupts)?)
+}
+
+/// The divert plan for `cfg`.
+pub fn plan(cfg: &Config) -> DivertPlan {
+    DivertPlan::new(cfg)
+}
+
+/// The drain policy from `cfg`.
+pub fn policy(cfg: &Config) -> Policy {
+    Policy {
+        vips: cfg.vips.iter().map(|v| v.address.get()).collect(),
+        tracked_interface: cfg.tracked_interface.as_str().to_string(),
+        deadline: cfg.drain.deadline.get(),
+        abort_on_deadline: cfg.drain.abort_on_deadline,
+        poll_interval: cfg.drain.poll_interval.get(),
+        probe_interval: cfg.peer_probe.interval.get(),
+        probe_failures: cfg.peer_probe.failures.get(),
+        rollback_grace: cfg.drain.rollback_grace.get(),
+        failover_timeout: cfg.failover.timeout.get(),
+        post_wait: cfg.failover.post_wait.get(),
+        skip_failover: false,
+    }
+}
+
+static INTERRUPTS: OnceLock<Arc<AtomicU32>> = OnceLock::new();
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic increment: async-signal-safe.
+    if let Some(n) = INTERRUPTS.get() {
+        n.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// SIGINT/SIGTERM/SIGHUP no longer kill the process; they are counted, and the drain rolls back
+/// (a second one cuts the rollback grace short).
+pub fn install_signal_handlers() -> Arc<AtomicU32> {
+    let n = INTERRUPTS
+        .get_or_init(|| Arc::new(AtomicU32::new(0)))
+        .clone();
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only touches an atomic.
+        unsafe {
+            let _ = sigaction(sig, &action);
+        }
+    }
+    n
+}
+
+/// A counter that never moves, for commands that are not interruptible mid-way.
+pub fn no_interrupts() -> Arc<AtomicU32> {
+    Arc::new(AtomicU32::new(0))
+}
+
+/// Output of a command: live events and a final result, as text or JSON lines.
+pub struct Output {
+    json: bool,
+}
+
+impl Output {
+    /// Text unless `json`.
+    pub fn new(json: bool) -> Output {
+        Output { json }
+    }
+
+    /// Prints one live event.
+    pub fn event(&self, e: &Event) {
+        if self.json {
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            v["ts_ms"] = serde_json::json!(unix_ms());
+            println!("{v}");
+            return;
+        }
+        let line = match e {
+            Event::Ready { peer, sockets } => {
+                format!("ready: peer answers for the VIP ({peer:?}); {sockets} connection(s) here")
+            }
+            Event::Diverted { install_ms } => format!(
+                "diverting new flows to the peer (installed and verified in {install_ms:.1} ms)"
+            ),
+            Event::Progress {
+                elapsed_ms,
+                remaining,
+                idle,
+                ..
+            } => format!(
+                "draining: {remaining} connection(s) left ({idle} idle) after {:.1} s",
+                elapsed_ms / 1000.0
+            ),
+            Event::PeerProbeFailed {
+                consecutive,
+                answer,
+            } => format!("peer probe failed ({consecutive} in a row): {answer}"),
+            Event::Drained {
+                reason,
+                elapsed_ms,
+                remaining,
+            } => format!(
+                "drain done: {reason:?} after {:.1} s, {remaining} left",
+                elapsed_ms / 1000.0
+            ),
+            Event::FailoverTriggered { ifname } => format!("failover: {ifname} down"),
+            Event::PeerOwnsVip { after_ms } => {
+                format!("peer owns the VIP ({after_ms:.0} ms after the trigger)")
+            }
+            Event::Withdrawn { reason } => format!("divert withdrawn: {reason}"),
+            Event::CleanedUp => "divert removed".to_string(),
+        };
+        println!("{line}");
+    }
+
+    /// Prints the final result: `doc` as JSON, or `text`.
+    pub fn result(&self, doc: &serde_json::Value, text: &str) {
+        if self.json {
+            println!("{doc}");
+        } else if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}

@@ -1,0 +1,130 @@
+//! Command-line interface: clap derive, one file per subcommand. Parsing only validates; side
+//! effects start in each subcommand's `run()`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::drain::exit;
+
+mod accept;
+mod check;
+mod common;
+mod drain;
+mod status;
+mod undrain;
+
+/// Take one node of a keepalived/VRRP + HAProxy pair out of service without breaking a connection.
+#[derive(Debug, Parser)]
+#[command(name = "drain-agent", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// Configuration file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "DRAIN_AGENT_CONFIG",
+        default_value = "/etc/drain-agent/drain-agent.yaml"
+    )]
+    pub config: PathBuf,
+    /// Machine-readable output: JSON lines while running, one JSON result at the end.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log filter (tracing EnvFilter syntax; RUST_LOG overrides).
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = crate::observability::LogFormat::Text)]
+    pub log_format: crate::observability::LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration and the environment (binaries, interfaces, kernel features,
+    /// peer). Changes nothing.
+    Check(check::CheckArgs),
+    /// Divert new flows to the peer, wait for this node's connections to drain, fail over, clean
+    /// up. Runs in the foreground until done.
+    Drain(drain::DrainArgs),
+    /// Remove any divert left behind and bring the tracked interface back up.
+    Undrain(undrain::UndrainArgs),
+    /// Show what the agent has changed on this node and the state of the drain.
+    Status(status::StatusArgs),
+    /// On the peer: accept diverted traffic for the VIPs while BACKUP (local route, ARP
+    /// suppression). Idempotent; undone by `release`.
+    Accept(accept::AcceptArgs),
+    /// On the peer: undo `accept`.
+    Release(accept::ReleaseArgs),
+}
+
+/// A failed command: one line and its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// Documented exit code.
+    pub code: u8,
+    /// One line naming the cause.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with an explicit code.
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::drain::DrainError> for Failure {
+    fn from(e: crate::drain::DrainError) -> Failure {
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::drain::HostError> for Failure {
+    fn from(e: crate::drain::HostError) -> Failure {
+        crate::drain::DrainError::Host(e).into()
+    }
+}
+
+impl From<crate::journal::JournalError> for Failure {
+    fn from(e: crate::journal::JournalError) -> Failure {
+        crate::drain::DrainError::Journal(e).into()
+    }
+}
+
+impl From<crate::config::ConfigError> for Failure {
+    fn from(e: crate::config::ConfigError) -> Failure {
+        Failure {
+            code: exit::CONFIG,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    crate::observability::init(&cli.global.log_level, cli.global.log_format);
+    let g = &cli.global;
+    match &cli.command {
+        Command::Check(a) => check::run(g, a),
+        Command::Drain(a) => drain::run(g, a),
+        Command::Undrain(a) => undrain::run(g, a),
+        Command::Status(a) => status::run(g, a),
+        Command::Accept(a) => accept::run_accept(g, a),
+        Command::Release(a) => accept::run_release(g, a),
+    }
+}

@@ -1,0 +1,105 @@
+//! `drain-agent status`: what the agent has changed on this node, read live from the host and
+//! from the journals.
+
+use clap::Args;
+use serde_json::json;
+
+use super::common::{self, Output};
+use super::{Failure, GlobalOpts};
+use crate::drain::Host;
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {}
+
+/// Runs `status`.
+pub fn run(g: &GlobalOpts, _a: &StatusArgs) -> Result<(), Failure> {
+    let cfg = common::load_config(g)?;
+    let state = common::state_dir(&cfg)?;
+    let mut host = common::system_host(&cfg, common::no_interrupts())?;
+    let prefix = format!("{}-", cfg.firewall.chain_prefix.as_str());
+    let save = host
+        .firewall()
+        .save_mangle()
+        .map_err(crate::drain::HostError::from)?;
+    let rules: Vec<&str> = save.lines().filter(|l| l.contains(&prefix)).collect();
+    let sets: Vec<String> = host
+        .firewall()
+        .ipset_names()
+        .map_err(crate::drain::HostError::from)?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    let tracked_up = host.link_up(cfg.tracked_interface.as_str())?;
+    let mut vips = Vec::new();
+    for v in cfg.vips.iter() {
+        vips.push(json!({"address": v.address.get().to_string(), "local": host.vip_local(v.address.get())?}));
+    }
+    let drain_j = state.drain_journal()?;
+    let accept_j = state.accept_journal()?;
+    let holder = state.lock_holder();
+    let last: serde_json::Value = std::fs::read(state.last_run_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let mode = if holder.is_some() {
+        "busy"
+    } else if !rules.is_empty() || !sets.is_empty() {
+        "divert-installed"
+    } else if !tracked_up {
+        "drained"
+    } else {
+        "in-service"
+    };
+    let doc = json!({
+        "mode": mode,
+        "lock_holder_pid": holder,
+        "tracked_interface": {"name": cfg.tracked_interface.as_str(), "up": tracked_up},
+        "vips": vips,
+        "divert_rules": rules,
+        "divert_sets": sets,
+        "drain_journal": drain_j.entries(),
+        "accept_journal": accept_j.entries(),
+        "last_drain": last,
+    });
+    let mut text = format!(
+        "mode: {mode}\ntracked interface {}: {}\n",
+        cfg.tracked_interface.as_str(),
+        if tracked_up { "up" } else { "DOWN" }
+    );
+    for v in &vips {
+        text.push_str(&format!(
+            "VIP {}: {}\n",
+            v["address"].as_str().unwrap_or(""),
+            if v["local"].as_bool() == Some(true) {
+                "held here"
+            } else {
+                "not here"
+            }
+        ));
+    }
+    if let Some(pid) = &holder {
+        text.push_str(&format!("operation in progress: pid {pid}\n"));
+    }
+    text.push_str(&format!(
+        "divert: {} rule line(s), {} set(s)\n",
+        rules.len(),
+        sets.len()
+    ));
+    text.push_str(&format!(
+        "recorded changes: {} (drain), {} (accept)\n",
+        drain_j.entries().len(),
+        accept_j.entries().len()
+    ));
+    if !last.is_null() {
+        text.push_str(&format!(
+            "last drain: {}",
+            last["result"].as_str().unwrap_or("?")
+        ));
+        if let Some(e) = last["error"].as_str() {
+            text.push_str(&format!(" ({e})"));
+        }
+    }
+    Output::new(g.json).result(&doc, text.trim_end());
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! The real [`Host`]: composes the firewall, links, sysctl, sock_diag and probe adapters. It is
+//! the only place where the drain cycle touches the kernel.
+//!
+//! All netlink and packet sockets are created here, in the calling thread, so they belong to the
+//! namespace the agent runs in.
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::drain::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
+use crate::firewall::{Firewall, SystemFirewall};
+use crate::links::{Links, LinksError, RtnlLinks};
+use crate::probe::{self, MacAddr, ProbeError, ProbeResult};
+use crate::sockdiag::{NetlinkSockDiag, SockDiagError, SocketCounter, SocketFilter};
+use crate::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
+
+/// The host the agent runs on.
+pub struct SystemHost {
+    rt: tokio::runtime::Runtime,
+    links: RtnlLinks,
+    sysctl: ProcSysctl,
+    fw: SystemFirewall,
+    sockets: Option<NetlinkSockDiag>,
+    filter: SocketFilter,
+    idle_after: Duration,
+    ingress: String,
+    peer: Ipv4Addr,
+    peer_mac: Option<MacAddr>,
+    probe_vip: Ipv4Addr,
+    probe_port: u16,
+    probe_timeout: Duration,
+    started: Instant,
+    interrupts: Arc<AtomicU32>,
+}
+
+impl SystemHost {
+    /// Builds the adapters for `cfg`. Opens sockets but changes nothing.
+    pub fn new(cfg: &Config, interrupts: Arc<AtomicU32>) -> Result<SystemHost, HostError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| HostError::other("tokio runtime", e))?;
+        let links = {
+            let _guard = rt.enter();
+            RtnlLinks::new().map_err(links_err)?
+        };
+        let vips: Vec<Ipv4Addr> = cfg.vips.iter().map(|v| v.address.get()).collect();
+        let ports: Vec<u16> = cfg.vips.ports().map(|p| p.get()).collect();
+        Ok(SystemHost {
+            rt,
+            links,
+            sysctl: ProcSysctl::new(),
+            fw: SystemFirewall::new(),
+            sockets: None,
+            filter: SocketFilter::new(vips.clone(), ports),
+            idle_after: cfg.drain.idle_threshold.get(),
+            ingress: cfg.ingress_interface.as_str().to_string(),
+            peer: cfg.peer.get(),
+            peer_mac: None,
+            probe_vip: vips[0],
+            probe_port: cfg.peer_probe.port.get(),
+            probe_timeout: cfg.peer_probe.timeout.get(),
+            started: Instant::now(),
+            interrupts,
+        })
+    }
+
+    /// The address this node uses towards the peer (what the kernel would pick as source; a
+    /// connected UDP socket sends nothing).
+    fn our_ip(&self) -> Result<Ipv4Addr, HostError> {
+        let s = UdpSocket::bind("0.0.0.0:0")
+            .map_err(|e| HostError::other("source address towards the peer", e))?;
+        s.connect(SocketAddrV4::new(self.peer, 9))
+            .map_err(|e| HostError::other(format!("route to peer {}", self.peer), e))?;
+        match s.local_addr() {
+            Ok(std::net::SocketAddr::V4(a)) => Ok(*a.ip()),
+            Ok(a) => Err(HostError::other(
+                "source address towards the peer",
+                format!("unexpected {a}"),
+            )),
+            Err(e) => Err(HostError::other("source address towards the peer", e)),
+        }
+    }
+
+    /// The peer's MAC on the ingress network, resolved by ARP (cached until a probe fails).
+    fn peer_mac(&mut self) -> Result<Option<MacAddr>, HostError> {
+        if self.peer_mac.is_none() {
+            let ours = self.our_ip()?;
+            self.peer_mac = probe::arp_resolve(&self.ingress, ours, self.peer, self.probe_timeout)
+                .map_err(probe_err)?;
+        }
+        Ok(self.peer_mac)
+    }
+
+    fn sockets(&mut self) -> Result<&mut NetlinkSockDiag, HostError> {
+        if self.sockets.is_none() {
+            self.sockets = Some(NetlinkSockDiag::new().map_err(sock_err)?);
+        }
+        Ok(self.sockets.as_mut().expect("just set"))
+    }
+}
+
+fn links_err(e: LinksError) -> HostError {
+    let kind = match &e {
+        LinksError::NoSuchInterface { .. } => HostErrorKind::MissingInterface,
+        other if other.to_string().contains("Operation not permitted") => HostErrorKind::Permission,
+        _ => HostErrorKind::Other,
+    };
+    HostError {
+        op: "rtnetlink".into(),
+        cause: e.to_string(),
+        kind,
+    }
+}
+
+fn sock_err(e: SockDiagError) -> HostError {
+    let kind = if e.to_string().contains("ermission") || e.to_string().contains("not permitted") {
+        HostErrorKind::Permission
+    } else {
+        HostErrorKind::Other
+    };
+    HostError {
+        op: "sock_diag".into(),
+        cause: e.to_string(),
+        kind,
+    }
+}
+
+fn probe_err(e: ProbeError) -> HostError {
+    let kind = match &e {
+        ProbeError::NoSuchInterface { .. } => HostErrorKind::MissingInterface,
+        ProbeError::Permission { .. } => HostErrorKind::Permission,
+        _ => HostErrorKind::Other,
+    };
+    HostError {
+        op: "peer probe".into(),
+        cause: e.to_string(),
+        kind,
+    }
+}
+
+fn sysctl_err(e: SysctlError) -> HostError {
+    let kind = if e.to_string().contains("ermission") {
+        HostErrorKind::Permission
+    } else {
+        HostErrorKind::Other
+    };
+    HostError {
+        op: "sysctl".into(),
+        cause: e.to_string(),
+        kind,
+    }
+}
+
+fn key(k: &str) -> Result<SysctlKey, HostError> {
+    SysctlKey::parse(k).map_err(sysctl_err)
+}
+
+impl Host for SystemHost {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn interrupts(&self) -> u32 {
+        self.interrupts.load(Ordering::SeqCst)
+    }
+
+    fn firewall(&mut self) -> &mut dyn Firewall {
+        &mut self.fw
+    }
+
+    fn link_up(&mut self, ifname: &str) -> Result<bool, HostError> {
+        let links = &self.links;
+        self.rt
+            .block_on(links.link_state(ifname))
+            .map(|l| l.up)
+            .map_err(links_err)
+    }
+
+    fn set_link(&mut self, ifname: &str, up: bool) -> Result<(), HostError> {
+        tracing::info!(ifname, up, "set link");
+        let links = &self.links;
+        self.rt
+            .block_on(links.set_link_up(ifname, up))
+            .map_err(links_err)
+    }
+
+    fn vip_local(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
+        let links = &self.links;
+        self.rt
+            .block_on(links.has_address(None, vip))
+            .map(|o| o.is_some())
+            .map_err(links_err)
+    }
+
+    fn peer_owns(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
+        let Some(peer_mac) = self.peer_mac()? else {
+            return Ok(false);
+        };
+        let ours = self.our_ip()?;
+        let macs = probe::arp_resolve_all(&self.ingress, ours, vip, self.probe_timeout)
+            .map_err(probe_err)?;
+        Ok(macs == [peer_mac])
+    }
+
+    fn probe_peer(&mut self) -> Result<PeerAnswer, HostError> {
+        let Some(mac) = self.peer_mac()? else {
+            return Ok(PeerAnswer::NoAnswer);
+        };
+        let ours = self.our_ip()?;
+        let r = probe::syn_probe(
+            &self.ingress,
+            ours,
+            mac,
+            self.probe_vip,
+            self.probe_port,
+            self.probe_timeout,
+        )
+        .map_err(probe_err)?;
+        Ok(match r {
+            ProbeResult::Accepted { rtt } => PeerAnswer::Accepted {
+                rtt_ms: rtt.as_secs_f64() * 1000.0,
+            },
+            ProbeResult::Refused => PeerAnswer::Refused,
+            ProbeResult::NoAnswer => {
+                // The peer may have been replaced (new MAC): resolve again next time.
+                self.peer_mac = None;
+                PeerAnswer::NoAnswer
+            }
+        })
+    }
+
+    fn count(&mut self) -> Result<SocketCount, HostError> {
+        let filter = self.filter.clone();
+        let idle = self.idle_after;
+        let c = self
+            .sockets()?
+            .count(&filter, Some(idle))
+            .map_err(sock_err)?;
+        Ok(SocketCount {
+            total: c.total,
+            idle: c.idle,
+            by_state: c
+                .by_state
+                .iter()
+                .filter(|(s, _)| s.is_served())
+                .map(|(s, n)| (format!("{s:?}").to_lowercase(), *n))
+                .collect(),
+        })
+    }
+
+    fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError> {
+        let links = &self.links;
+        if present {
+            self.rt
+                .block_on(links.add_local_route(vip))
+                .map_err(links_err)
+        } else {
+            self.rt
+                .block_on(links.del_local_route(vip))
+                .map_err(links_err)
+        }
+    }
+
+    fn sysctl_read(&mut self, k: &str) -> Result<String, HostError> {
+        self.sysctl.read(&key(k)?).map_err(sysctl_err)
+    }
+
+    fn sysctl_write(&mut self, k: &str, value: &str) -> Result<(), HostError> {
+        tracing::info!(key = k, value, "sysctl");
+        self.sysctl.write(&key(k)?, value).map_err(sysctl_err)
+    }
+}
