@@ -1,1 +1,60 @@
-fn main() {}
+//! `drain-lab`: a thin dispatcher over the test bench's subcommands.
+//!
+//! Exit status: 0 success; 1 `load` saw broken flows; 2 usage error or the command could not run.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use drain_lab::{backend, load};
+
+/// The drain-agent test bench.
+#[derive(Debug, Parser)]
+#[command(name = "drain-lab", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve HTTP (/fast, /slow, /health) and TCP echo until SIGTERM/SIGINT.
+    Backend(backend::BackendArgs),
+    /// Run a load spec against the VIP and report every broken flow (exit 1 if any).
+    Load(load::LoadArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drain-lab: cannot start the tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async {
+        match cli.command {
+            Command::Backend(args) => {
+                // Thousands of concurrent connections need more than the default 1024 fds.
+                if let Err(e) = load::raise_nofile_limit() {
+                    eprintln!("drain-lab backend: cannot raise RLIMIT_NOFILE: {e}");
+                }
+                args.run().await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Load(args) => {
+                let report = args.run().await?;
+                Ok(if report.broken() == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
+        }
+    });
+    result.unwrap_or_else(|e| {
+        eprintln!("drain-lab: {e:#}");
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,239 @@
+//! The flow-accounting load generator.
+//!
+//! Open loop: every class starts flows on a fixed schedule computed from the run's start, each
+//! flow is an independent task, and nothing waits for an earlier flow, so a stalled load balancer
+//! cannot lower the offered load (and hide its own stall). Every flow ends in exactly one
+//! [`Outcome`]; the [`LoadReport`] accounts for all of them.
+
+mod flow;
+mod http;
+mod report;
+mod spec;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+pub use flow::{classify_io_error, Outcome};
+pub use report::{
+    ClassReport, ClassReports, FailedFlow, LatencySummary, LoadReport, SlowSetup, TimelineBucket,
+    Totals, MAX_FAILURES_LISTED, SLOWEST_SETUPS_LISTED, TIMELINE_BUCKET_MS,
+};
+pub use spec::{
+    start_offset, EchoSpec, FlowClass, KeepaliveSpec, LoadSpec, ShortSpec, SlowSpec, SpecError,
+    MAX_FLOWS,
+};
+
+use flow::{FlowCtx, FlowRecord};
+
+/// Errors of the load generator (a run itself never fails: broken flows are its result).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The spec cannot be run.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The spec file could not be read.
+    #[error("cannot read the spec {path}: {source}")]
+    ReadSpec {
+        /// The spec file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The spec file is not a valid spec.
+    #[error("spec {path}: {source}")]
+    ParseSpec {
+        /// The spec file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: SpecError,
+    },
+    /// The report could not be written.
+    #[error("cannot write the report to {path}: {source}")]
+    WriteReport {
+        /// The output file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// Arguments of `drain-lab load`.
+///
+/// Exit status: 0 when every flow ended ok, 1 when any flow broke, 2 when the run could not be
+/// made (bad spec, unwritable output).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// JSON LoadSpec; every field is optional (without this flag: all defaults).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Write the JSON report here instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl LoadArgs {
+    /// Runs the spec, prints the table to stderr and the JSON report to stdout or `--out`.
+    pub async fn run(self) -> Result<LoadReport, LoadError> {
+        let spec = match &self.spec {
+            None => LoadSpec::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| LoadError::ReadSpec {
+                    path: path.clone(),
+                    source,
+                })?;
+                LoadSpec::from_json(&text).map_err(|source| LoadError::ParseSpec {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+        };
+        let report = run(&spec).await?;
+        eprint!("{}", report.table());
+        let mut json = serde_json::to_string_pretty(&report)
+            .expect("a LoadReport is plain data and always serialises");
+        json.push('\n');
+        match &self.out {
+            None => print!("{json}"),
+            Some(path) => std::fs::write(path, json).map_err(|source| LoadError::WriteReport {
+                path: path.clone(),
+                source,
+            })?,
+        }
+        Ok(report)
+    }
+}
+
+/// Runs a load spec to the end and accounts for every flow.
+///
+/// Flows start during `duration_ms`; the run then waits for them, but never longer than
+/// [`LoadSpec::run_bound`] from its start: flows still going then count as timeouts. Must run on a
+/// multi-threaded tokio runtime (flows are spawned tasks). Fails only for an invalid spec.
+pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
+    spec.validate()?;
+    let mut warnings = Vec::new();
+    if let Err(e) = raise_nofile_limit() {
+        warnings.push(format!("cannot raise RLIMIT_NOFILE: {e}"));
+    }
+    let ctx = Arc::new(FlowCtx {
+        spec: spec.clone(),
+        t0: Instant::now(),
+        seed: run_seed(),
+    });
+    let t0 = ctx.t0;
+    let hard_bound = t0 + spec.run_bound();
+    let (tx, mut rx) = mpsc::unbounded_channel::<FlowRecord>();
+    let mut tasks = JoinSet::new();
+    let mut planned: Vec<(FlowClass, f64)> = Vec::new();
+
+    // One merged schedule over all classes: the next start is always the earliest one due.
+    let counts = FlowClass::ALL.map(|c| spec.scheduled_count(c));
+    let mut next = [0u64; 4];
+    loop {
+        let due = (0..FlowClass::ALL.len())
+            .filter(|&i| next[i] < counts[i])
+            .map(|i| (start_offset(spec.rate(FlowClass::ALL[i]), next[i]), i))
+            .min();
+        let Some((at, i)) = due else { break };
+        next[i] += 1;
+        let class = FlowClass::ALL[i];
+        sleep_until(t0 + at).await;
+        while tasks.try_join_next().is_some() {}
+        let id = planned.len();
+        planned.push((class, at.as_secs_f64() * 1000.0));
+        let (ctx, tx) = (Arc::clone(&ctx), tx.clone());
+        tasks.spawn(async move {
+            let record = flow::run_flow(ctx, id, class, at).await;
+            // The receiver only goes away after the hard bound, when this task is aborted anyway.
+            let _ = tx.send(record);
+        });
+    }
+    drop(tx);
+
+    let mut records: Vec<Option<FlowRecord>> = vec![None; planned.len()];
+    let mut hit_run_bound = false;
+    loop {
+        match timeout_at(hard_bound, rx.recv()).await {
+            Ok(Some(record)) => {
+                let id = record.id;
+                records[id] = Some(record);
+            }
+            // Every task has ended and dropped its sender.
+            Ok(None) => break,
+            Err(_) => {
+                hit_run_bound = true;
+                break;
+            }
+        }
+    }
+    tasks.abort_all();
+    let elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let records: Vec<FlowRecord> = records
+        .into_iter()
+        .zip(planned)
+        .enumerate()
+        .map(|(id, (record, (class, scheduled_ms)))| {
+            record.unwrap_or_else(|| FlowRecord {
+                id,
+                class,
+                scheduled_ms,
+                start_ms: scheduled_ms,
+                end_ms: elapsed_ms,
+                setup_ms: None,
+                outcome: if hit_run_bound {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Other
+                },
+                detail: if hit_run_bound {
+                    "still running at the run's hard bound".to_string()
+                } else {
+                    "flow task ended without a result (panicked)".to_string()
+                },
+                requests_ok: 0,
+                latency_ms: None,
+            })
+        })
+        .collect();
+    Ok(report::build(
+        spec,
+        &records,
+        elapsed_ms,
+        hit_run_bound,
+        warnings,
+    ))
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (every flow holds a descriptor, and a few
+/// thousand concurrent flows exceed the usual soft limit of 1024). Returns the new limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit read from the kernel, only the soft limit raised.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// A per-run seed for the echo payloads.
+fn run_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
