@@ -299,7 +299,7 @@ impl<'a> Tally<'a> {
 /// Counting the node's connections; the drain loop's view of the kernel.
 pub trait SocketCounter {
     /// Counts the served sockets matching `f`. With `idle_after`, also counts how many of them
-    /// have been idle for longer (this needs `tcp_info`, which makes the dump ~4x bigger, so it
+    /// have been idle for longer (this needs `tcp_info`, which triples the reply's size, so it
     /// is requested only then).
     fn count(
         &mut self,
