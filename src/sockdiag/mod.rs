@@ -142,9 +142,11 @@ impl TcpState {
     ///   half-closed, we are still sending it the response); `LAST_ACK` and `CLOSING` (our FIN
     ///   still has to be acknowledged: if the packets went elsewhere now, the client would get a
     ///   reset instead of a clean close).
-    /// * Not counted: `LISTEN` (not a connection), `TIME_WAIT` (over for the application; only
-    ///   the kernel remembers it, and the peer node answers a late segment as well as we would),
-    ///   `CLOSE` (already gone), `SYN_SENT` and `BOUND_INACTIVE` (not served connections).
+    /// * Not counted: `LISTEN` (not a connection), `TIME_WAIT` (both FINs are acknowledged, the
+    ///   exchange is complete; the kernel only guards against stray old segments, and a late
+    ///   retransmitted FIN reaching the peer node instead merely earns the finished client a
+    ///   reset), `CLOSE` (already gone), `SYN_SENT` and `BOUND_INACTIVE` (not served
+    ///   connections).
     pub fn is_served(self) -> bool {
         matches!(
             self,

@@ -190,9 +190,10 @@ fn main() {
         holder(&spec);
         return;
     }
-    // `cargo bench` passes `--bench`; a filter argument or `--list` from `cargo test --benches`
-    // must not start a multi-second run.
-    if std::env::args().any(|a| a == "--list") {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
+    // and must not start a 20-second run that builds 100k connections.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("sockdiag bench: not run (use `cargo bench --bench sockdiag`)");
         return;
     }
     if !require_root("sockdiag bench") {
