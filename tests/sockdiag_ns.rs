@@ -356,14 +356,23 @@ fn destroy_watcher_wakes_on_a_closed_connection_but_not_on_a_dropped_request() {
         // The VIP:81 watcher saw the same events (both ends), none of them a match.
         assert!(!w81.wait(Duration::from_millis(200)).unwrap());
 
-        // Server side first: our socket ends in TIME_WAIT, and the full socket is freed then.
+        // Server side first, client still open: once our FIN is acknowledged the kernel
+        // replaces our full socket by a FIN_WAIT2 timewait-sock, which frees it.
         let (c, s) = conns.pop().unwrap();
         drop(s);
-        drop(c);
         assert!(
             w80.wait(Duration::from_secs(5)).unwrap(),
             "a VIP:80 connection we closed first must produce a destroy event"
         );
+        let mut d = NetlinkSockDiag::new().unwrap();
+        let s = d.sample(&filter(&[VIP], &[80])).unwrap();
+        assert_eq!(
+            s.len(),
+            1,
+            "still counted as FIN_WAIT2 after the event: {s:?}"
+        );
+        assert_eq!((s[0].state, s[0].idle_ms), (TcpState::FinWait2, None));
+        drop(c);
     });
 
     // A request socket that goes away (the client resets it) is not a full socket; measured

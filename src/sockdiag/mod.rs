@@ -142,9 +142,11 @@ impl TcpState {
     ///   half-closed, we are still sending it the response); `LAST_ACK` and `CLOSING` (our FIN
     ///   still has to be acknowledged: if the packets went elsewhere now, the client would get a
     ///   reset instead of a clean close).
-    /// * Not counted: `LISTEN` (not a connection), `TIME_WAIT` (over for the application; only
-    ///   the kernel remembers it, and the peer node answers a late segment as well as we would),
-    ///   `CLOSE` (already gone), `SYN_SENT` and `BOUND_INACTIVE` (not served connections).
+    /// * Not counted: `LISTEN` (not a connection), `TIME_WAIT` (both FINs are acknowledged, the
+    ///   exchange is complete; the kernel only guards against stray old segments, and a late
+    ///   retransmitted FIN reaching the peer node instead merely earns the finished client a
+    ///   reset), `CLOSE` (already gone), `SYN_SENT` and `BOUND_INACTIVE` (not served
+    ///   connections).
     pub fn is_served(self) -> bool {
         matches!(
             self,
@@ -299,7 +301,7 @@ impl<'a> Tally<'a> {
 /// Counting the node's connections; the drain loop's view of the kernel.
 pub trait SocketCounter {
     /// Counts the served sockets matching `f`. With `idle_after`, also counts how many of them
-    /// have been idle for longer (this needs `tcp_info`, which makes the dump ~4x bigger, so it
+    /// have been idle for longer (this needs `tcp_info`, which triples the reply's size, so it
     /// is requested only then).
     fn count(
         &mut self,

@@ -139,15 +139,22 @@ pub fn connect_from(src: SocketAddrV4, dst: SocketAddrV4) -> io::Result<TcpStrea
     Ok(TcpStream::from(fd))
 }
 
-/// Raises RLIMIT_NOFILE (soft and hard) to at least `n`.
-pub fn raise_nofile(n: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
+/// Raises the soft RLIMIT_NOFILE to the hard limit and returns it. (Going past the hard limit
+/// needs CAP_SYS_RESOURCE, which the test machines' root lacks: 20000 there.)
+pub fn raise_nofile_to_hard() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: a valid rlimit struct for the duration of the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(io::Error::last_os_error());
+    // SAFETY: valid rlimit structs for the duration of each call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
-    Ok(())
+    Ok(lim.rlim_max)
 }
