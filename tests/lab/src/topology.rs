@@ -546,13 +546,22 @@ impl Lab {
         ] {
             let out = self.exec(&ns, argv)?;
             s.push_str(&format!("## {}\n", argv.join(" ")));
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                // iptables-save stamps the time and packet counters; the VIP's own routes move with VRRP.
-                if line.starts_with('#') || line.contains(&addr::VIP.to_string()) && argv[0] == "ip"
-                {
-                    continue;
-                }
-                s.push_str(&strip_counters(line));
+            let text = String::from_utf8_lossy(&out.stdout);
+            // iptables-save stamps the time and packet counters; the VIP's own routes move with VRRP.
+            let mut lines: Vec<String> = text
+                .lines()
+                .filter(|l| {
+                    !(l.starts_with('#') || l.contains(&addr::VIP.to_string()) && argv[0] == "ip")
+                })
+                .map(strip_counters)
+                .collect();
+            if argv.starts_with(&["ip", "route"]) {
+                // A link going down and up re-adds its IPv6 link-local routes at the end of the
+                // listing: the same routes in another order.
+                lines.sort();
+            }
+            for line in lines {
+                s.push_str(&line);
                 s.push('\n');
             }
         }

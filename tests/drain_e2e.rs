@@ -1,0 +1,338 @@
+//! End-to-end: `drain-agent drain` on the MASTER of a real keepalived + HAProxy pair under the
+//! lab's mixed load (≥ 500 short HTTP/s, 10 long echo sessions/s with half-close, keep-alive
+//! sessions, slow downloads). The bar is zero broken flows and no connection-setup stall, also
+//! under each of the conditions that broke flows in FIELD-NOTES, and a host left exactly as it was.
+
+use std::time::Duration;
+
+use drain_lab::scenario::{
+    self, default_load, drain_agent, AgentOptions, DuringDrain, ScenarioResult,
+};
+use drain_lab::topology::{addr, can_run_lab, Lab, LabOptions, Node};
+
+const EVENT_AT: Duration = Duration::from_millis(2500);
+
+/// Both nodes' snapshots (firewall, sets, rules, routes, links, sysctls; VIP lines excluded).
+fn snapshots(lab: &Lab) -> (String, String) {
+    (
+        lab.host_snapshot(Node::Lb1).unwrap(),
+        lab.host_snapshot(Node::Lb2).unwrap(),
+    )
+}
+
+/// Brings lb1 back in service after a drain and checks both hosts equal their `before` state.
+fn assert_host_restored(lab: &Lab, before: &(String, String)) {
+    let out = lab.agent(Node::Lb1, &["undrain"]).unwrap();
+    assert!(
+        out.status.success(),
+        "undrain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wait_vip_owner(Node::Lb1, Duration::from_secs(10))
+        .expect("lb1 preempts back after undrain");
+    let after = snapshots(lab);
+    assert_eq!(before.0, after.0, "lb1 not restored");
+    assert_eq!(before.1, after.1, "lb2 not restored");
+}
+
+fn assert_clean(r: &ScenarioResult) {
+    let agent = r.event.agent.as_ref().expect("agent ran");
+    assert!(
+        r.broken == 0,
+        "{} broken flows: {}\nagent stderr: {}\ntimeline: {:?}",
+        r.broken,
+        serde_json::to_string_pretty(&r.load.failures.iter().take(20).collect::<Vec<_>>()).unwrap(),
+        agent.stderr,
+        r.event.timeline
+    );
+    assert!(
+        r.worst_setup_ms < 100.0,
+        "a connection setup stalled {} ms: {:?}",
+        r.worst_setup_ms,
+        r.load.slowest_setups.first()
+    );
+}
+
+fn conntrack_count(lab: &Lab, node: Node) -> usize {
+    let out = lab.exec(&lab.node_ns(node), &["conntrack", "-C"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn drain_under_mixed_load_breaks_nothing_and_restores_the_hosts() {
+    if !can_run_lab("drain_under_mixed_load", &["conntrack"]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions::default()).unwrap();
+    let before = snapshots(&lab);
+    let opts = AgentOptions {
+        during: vec![(Duration::from_millis(500), DuringDrain::SecondDrain)],
+        ..AgentOptions::default()
+    };
+    let r = scenario::run_in(
+        &mut lab,
+        "drain-agent",
+        &default_load(),
+        EVENT_AT,
+        drain_agent(opts),
+    )
+    .unwrap();
+    println!("{}", scenario::comparison_table(std::slice::from_ref(&r)));
+    assert_clean(&r);
+    let agent = r.event.agent.as_ref().unwrap();
+    assert_eq!(agent.exit_code, 0, "{}", agent.stderr);
+    let result = agent.result().unwrap();
+    assert_eq!(result["result"], "drained");
+    assert_eq!(
+        result["report"]["reason"], "empty",
+        "every connection ended by itself: {result}"
+    );
+    assert!(
+        agent.event("diverted").is_some()
+            && agent.event("peer-owns-vip").is_some()
+            && agent.event("cleaned-up").is_some()
+    );
+    assert_eq!(r.vip_owner_after, Some(Node::Lb2));
+    assert!(
+        r.event
+            .timeline
+            .iter()
+            .any(|(_, n)| n.contains("second drain exited 6")),
+        "a second drain while one runs is refused with exit 6: {:?}",
+        r.event.timeline
+    );
+    // Our rules use no conntrack match: conntrack stayed off in lb1 the whole time (pitfall 1
+    // cannot apply), which also makes this the "conntrack never active" case.
+    assert_eq!(
+        conntrack_count(&lab, Node::Lb1),
+        0,
+        "conntrack became active on lb1"
+    );
+    assert_host_restored(&lab, &before);
+}
+
+#[test]
+fn stale_conntrack_entries_for_reused_client_ports_break_nothing() {
+    if !can_run_lab("stale_conntrack_entries", &["conntrack"]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions::default()).unwrap();
+    let lb1 = lab.node_ns(Node::Lb1);
+    // An operator's own rule that makes conntrack track everything on lb1 (and must survive).
+    lab.exec(
+        &lb1,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW,ESTABLISHED,RELATED,INVALID",
+            "-j",
+            "ACCEPT",
+        ],
+    )
+    .unwrap();
+    // The client may only use 400 ports, so the load reuses each of them many times ...
+    lab.sysctl(
+        &lab.client_ns(),
+        "net.ipv4.ip_local_port_range",
+        "40000 40399",
+    )
+    .unwrap();
+    // ... and lb1 holds stale ESTABLISHED entries (5-day timeout) for every one of them, as a
+    // flow that ended by a reset lb1 never saw would leave (pitfall 3).
+    let vip = addr::VIP.to_string();
+    let client = addr::CLIENT.to_string();
+    for port in 40000..40400u16 {
+        for dport in [addr::HTTP_PORT, addr::ECHO_PORT] {
+            let (p, d) = (port.to_string(), dport.to_string());
+            lab.exec(
+                &lb1,
+                &[
+                    "conntrack",
+                    "-I",
+                    "-p",
+                    "tcp",
+                    "-s",
+                    &client,
+                    "-d",
+                    &vip,
+                    "--sport",
+                    &p,
+                    "--dport",
+                    &d,
+                    "--state",
+                    "ESTABLISHED",
+                    "--timeout",
+                    "432000",
+                    "-u",
+                    "ASSURED",
+                ],
+            )
+            .unwrap();
+        }
+    }
+    assert!(conntrack_count(&lab, Node::Lb1) >= 800);
+    let before = snapshots(&lab);
+    let r = scenario::run_in(
+        &mut lab,
+        "drain-agent",
+        &default_load(),
+        EVENT_AT,
+        drain_agent(AgentOptions::default()),
+    )
+    .unwrap();
+    println!("{}", scenario::comparison_table(std::slice::from_ref(&r)));
+    assert_clean(&r);
+    assert_eq!(r.event.agent.as_ref().unwrap().exit_code, 0);
+    assert_host_restored(&lab, &before);
+}
+
+#[test]
+fn a_zombie_socket_does_not_hold_the_drain() {
+    if !can_run_lab("zombie_socket", &[]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions::default()).unwrap();
+    // A client that opens a connection through HAProxy's TCP frontend and then vanishes without
+    // a FIN: its link goes down, the process keeps the socket. lb1 keeps an ESTABLISHED socket
+    // whose client never answers again.
+    let x = lab.add_client(1).unwrap();
+    let zombie = drain_lab::netns::in_netns(&x, || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect((addr::VIP, addr::ECHO_PORT)).unwrap();
+        s.write_all(b"hi").unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        s
+    })
+    .unwrap();
+    lab.exec(&x, &["ip", "link", "set", "eth0", "down"])
+        .unwrap();
+    let before = snapshots(&lab);
+    let r = scenario::run_in(
+        &mut lab,
+        "drain-agent",
+        &default_load(),
+        EVENT_AT,
+        drain_agent(AgentOptions::default()),
+    )
+    .unwrap();
+    drop(zombie);
+    assert_clean(&r);
+    let agent = r.event.agent.as_ref().unwrap();
+    assert_eq!(agent.exit_code, 0, "{}", agent.stderr);
+    let report = &agent.result().unwrap()["report"];
+    assert_eq!(
+        report["reason"], "only-idle",
+        "the zombie is idle, not a reason to wait for the deadline: {report}"
+    );
+    assert_eq!(report["abandoned"], 1);
+    assert_host_restored(&lab, &before);
+}
+
+#[test]
+fn peer_death_mid_drain_withdraws_within_a_second_and_spares_local_flows() {
+    if !can_run_lab("peer_death", &[]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions::default()).unwrap();
+    let before_lb1 = lab.host_snapshot(Node::Lb1).unwrap();
+    // Longer echo sessions keep the drain going when the peer dies.
+    let mut load = default_load();
+    load.echo.session_ms = 6000;
+    let kill_after = Duration::from_millis(1500);
+    let opts = AgentOptions {
+        during: vec![(kill_after, DuringDrain::PeerLinkDown)],
+        ..AgentOptions::default()
+    };
+    let r = scenario::run_in(
+        &mut lab,
+        "drain-agent-peer-dies",
+        &load,
+        EVENT_AT,
+        drain_agent(opts),
+    )
+    .unwrap();
+    let agent = r.event.agent.as_ref().unwrap();
+    assert_eq!(agent.exit_code, 8, "peer lost: {}", agent.stderr);
+    let died = r
+        .event
+        .timeline
+        .iter()
+        .find(|(_, n)| n.contains("peer dies"))
+        .unwrap()
+        .0;
+    let withdrawn = agent
+        .event("withdrawn")
+        .and_then(|e| e["t_ms"].as_f64())
+        .expect("withdrawn event");
+    assert!(
+        withdrawn - died <= 1000.0,
+        "divert withdrawn {} ms after the peer died",
+        withdrawn - died
+    );
+    let diverted = agent
+        .event("diverted")
+        .and_then(|e| e["t_ms"].as_f64())
+        .unwrap();
+    // Flows that went to the dead peer (started between divert and withdrawal) may break; no
+    // flow served by lb1 (started before the divert or after the withdrawal) may.
+    let margin = 50.0;
+    for f in &r.load.failures {
+        assert!(
+            f.start_ms >= diverted - margin && f.start_ms <= withdrawn + margin,
+            "flow served by the live node broke: {f:?} (diverted at {diverted}, withdrawn at {withdrawn})"
+        );
+    }
+    let after_withdraw_ok = r
+        .load
+        .timeline
+        .iter()
+        .filter(|b| b.t_ms as f64 > withdrawn + 500.0)
+        .map(|b| b.ok)
+        .sum::<u64>();
+    assert!(
+        after_withdraw_ok > 500,
+        "lb1 serves new flows again after the withdrawal"
+    );
+    assert!(lab.has_vip(Node::Lb1).unwrap(), "lb1 keeps serving");
+    assert_eq!(
+        before_lb1,
+        lab.host_snapshot(Node::Lb1).unwrap(),
+        "lb1 rolled back exactly"
+    );
+}
+
+#[test]
+fn sigterm_mid_drain_rolls_back_without_breaking_flows() {
+    if !can_run_lab("sigterm_mid_drain", &[]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions::default()).unwrap();
+    let before = snapshots(&lab);
+    let opts = AgentOptions {
+        during: vec![(Duration::from_millis(1000), DuringDrain::Terminate)],
+        ..AgentOptions::default()
+    };
+    let r = scenario::run_in(
+        &mut lab,
+        "drain-agent-sigterm",
+        &default_load(),
+        EVENT_AT,
+        drain_agent(opts),
+    )
+    .unwrap();
+    assert_clean(&r);
+    let agent = r.event.agent.as_ref().unwrap();
+    assert_eq!(agent.exit_code, 9, "interrupted: {}", agent.stderr);
+    assert!(agent.event("withdrawn").is_some() && agent.event("cleaned-up").is_some());
+    assert_eq!(
+        r.vip_owner_after,
+        Some(Node::Lb1),
+        "the node stays in service"
+    );
+    assert_eq!(before, snapshots(&lab), "rolled back exactly");
+}
