@@ -80,7 +80,8 @@ fn main() -> ExitCode {
         }
     });
     result.unwrap_or_else(|e| {
-        eprintln!("drain-lab: {e:#}");
+        // Every error variant already carries its cause in its message.
+        eprintln!("drain-lab: {e}");
         ExitCode::from(2)
     })
 }
