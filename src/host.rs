@@ -14,7 +14,9 @@ use crate::drain::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
 use crate::firewall::{Firewall, SystemFirewall};
 use crate::links::{Links, LinksError, RtnlLinks};
 use crate::probe::{self, MacAddr, ProbeError, ProbeResult};
-use crate::sockdiag::{NetlinkSockDiag, SockDiagError, SocketCounter, SocketFilter};
+use crate::sockdiag::{
+    DestroyWatcher, NetlinkSockDiag, SockDiagError, SocketCounter, SocketFilter,
+};
 use crate::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
 
 /// The host the agent runs on.
@@ -24,6 +26,10 @@ pub struct SystemHost {
     sysctl: ProcSysctl,
     fw: SystemFirewall,
     sockets: Option<NetlinkSockDiag>,
+    /// Wakes the drain loop when a VIP socket is destroyed; `None` if the kernel refused the
+    /// subscription (then plain polling).
+    destroyed: Option<DestroyWatcher>,
+    last_count_took: Duration,
     filter: SocketFilter,
     idle_after: Duration,
     ingress: String,
@@ -55,6 +61,8 @@ impl SystemHost {
             sysctl: ProcSysctl::new(),
             fw: SystemFirewall::new(),
             sockets: None,
+            destroyed: None,
+            last_count_took: Duration::ZERO,
             filter: SocketFilter::new(vips.clone(), ports),
             idle_after: cfg.drain.idle_threshold.get(),
             ingress: cfg.ingress_interface.as_str().to_string(),
@@ -166,6 +174,35 @@ impl Host for SystemHost {
 
     fn sleep(&mut self, d: Duration) {
         std::thread::sleep(d);
+    }
+
+    fn wait_for_change(&mut self, max: Duration) {
+        if self.destroyed.is_none() {
+            self.destroyed = DestroyWatcher::new(self.filter.clone())
+                .map_err(|e| tracing::info!("no destroy events, polling only: {e}"))
+                .ok();
+        }
+        let Some(w) = self.destroyed.as_mut() else {
+            return std::thread::sleep(max);
+        };
+        // Recount at most every max(10 ms, last count's duration): a burst of closes must not
+        // turn into a burst of dumps competing with HAProxy for the CPU.
+        let gap = self.last_count_took.max(Duration::from_millis(10)).min(max);
+        let start = Instant::now();
+        match w.wait(max) {
+            Ok(true) => {
+                let waited = start.elapsed();
+                if waited < gap {
+                    std::thread::sleep(gap - waited);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::info!("destroy events failed, polling only: {e}");
+                self.destroyed = None;
+                std::thread::sleep(max.saturating_sub(start.elapsed()));
+            }
+        }
     }
 
     fn interrupts(&self) -> u32 {

@@ -428,6 +428,8 @@ pub struct AgentConfig {
     pub rollback_grace: String,
     /// `failover.post_wait`.
     pub post_wait: String,
+    /// `drain.poll_interval`.
+    pub poll_interval: String,
 }
 
 impl Default for AgentConfig {
@@ -437,6 +439,7 @@ impl Default for AgentConfig {
             idle_threshold: "2s".into(),
             rollback_grace: "5s".into(),
             post_wait: "1s".into(),
+            poll_interval: "100ms".into(),
         }
     }
 }
@@ -460,7 +463,7 @@ failover:
 drain:
   deadline: {deadline}
   idle_threshold: {idle}
-  poll_interval: 100ms
+  poll_interval: {poll}
   rollback_grace: {grace}
 peer_probe:
   interval: 200ms
@@ -478,6 +481,7 @@ state_dir: {dir}/agent-state-{node}
             deadline = c.deadline,
             idle = c.idle_threshold,
             grace = c.rollback_grace,
+            poll = c.poll_interval,
             dir = self.dir.display(),
         );
         fs::write(&path, text)?;
