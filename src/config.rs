@@ -311,10 +311,10 @@ mod defaults {
         }
     }
     pub(super) fn probe_interval() -> PositiveDuration {
-        parsed("250ms")
+        parsed("200ms")
     }
     pub(super) fn probe_timeout() -> PositiveDuration {
-        parsed("250ms")
+        parsed("200ms")
     }
     pub(super) fn probe_failures() -> FailureCount {
         parsed("2")
@@ -1025,8 +1025,8 @@ tracked_interface: trk0
         assert_eq!(c.drain.poll_interval.get(), Duration::from_millis(100));
         assert!(!c.drain.abort_on_deadline);
         assert_eq!(c.drain.rollback_grace.get(), Duration::from_secs(5));
-        assert_eq!(c.peer_probe.interval.get(), Duration::from_millis(250));
-        assert_eq!(c.peer_probe.timeout.get(), Duration::from_millis(250));
+        assert_eq!(c.peer_probe.interval.get(), Duration::from_millis(200));
+        assert_eq!(c.peer_probe.timeout.get(), Duration::from_millis(200));
         assert_eq!(c.peer_probe.failures.get(), 2);
         assert_eq!(
             c.peer_probe.port.get(),
