@@ -594,7 +594,8 @@ fn failover(
 }
 
 /// Abort path: new flows local again at once, already-diverted flows keep going to the peer for
-/// the grace period (a second interrupt cuts it short), then everything is removed.
+/// Abort path: new flows local again at once, already-diverted flows keep going to the peer for
+/// the grace period (a further interrupt cuts it short), then everything is removed.
 fn rollback(
     h: &mut dyn Host,
     j: &mut Journal,
@@ -603,21 +604,7 @@ fn rollback(
     ev: &mut dyn FnMut(Event),
     why: DrainError,
 ) -> DrainError {
-    let withdrew = firewall::withdraw(h.firewall(), plan);
-    ev(Event::Withdrawn {
-        reason: why.to_string(),
-    });
-    if withdrew.is_ok() {
-        let until = h.now() + p.rollback_grace;
-        let seen = h.interrupts();
-        while h.now() < until && h.interrupts() <= seen.max(1) {
-            h.sleep(
-                Duration::from_millis(50)
-                    .min(until.saturating_sub(h.now()))
-                    .max(Duration::from_millis(1)),
-            );
-        }
-    }
+    withdraw_and_wait(h, plan, p.rollback_grace, ev, why.to_string());
     match cleanup(h, j, plan) {
         Ok(()) => {
             ev(Event::CleanedUp);
@@ -625,6 +612,75 @@ fn rollback(
         }
         Err(e) => e,
     }
+}
+
+/// Withdraws the divert for new flows and keeps diverting the flows already at the peer for
+/// `grace`, so they can finish there; returns early on an interrupt that arrived after the call.
+/// If the withdraw fails (e.g. a half-removed divert), returns at once: removal follows anyway.
+fn withdraw_and_wait(
+    h: &mut dyn Host,
+    plan: &DivertPlan,
+    grace: Duration,
+    ev: &mut dyn FnMut(Event),
+    reason: String,
+) {
+    let withdrew = firewall::withdraw(h.firewall(), plan);
+    ev(Event::Withdrawn { reason });
+    if withdrew.is_err() {
+        return;
+    }
+    let until = h.now() + grace;
+    let seen = h.interrupts();
+    while h.now() < until && h.interrupts() <= seen {
+        h.sleep(
+            Duration::from_millis(50)
+                .min(until.saturating_sub(h.now()))
+                .max(Duration::from_millis(1)),
+        );
+    }
+}
+
+/// Takes the node back into service, after a drain or after a crashed one. A divert still
+/// installed (the agent died mid-drain) is withdrawn gracefully first — new flows local at once,
+/// flows already at the peer keep going there for `grace` — then every recorded change is undone,
+/// plus any chain or set named with our prefix (the journal may be gone with the disk), and the
+/// tracked interface is brought up unless `keep_link_down`.
+pub fn undrain(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    p: &Policy,
+    keep_link_down: bool,
+    ev: &mut dyn FnMut(Event),
+) -> Result<(), DrainError> {
+    let save = h.firewall().save_mangle().map_err(HostError::from)?;
+    if !plan.existing_chains(&save).is_empty() {
+        withdraw_and_wait(
+            h,
+            plan,
+            p.rollback_grace,
+            ev,
+            "undrain: a divert was still installed".into(),
+        );
+    }
+    if !j
+        .entries()
+        .iter()
+        .any(|e| matches!(e.change, Change::Divert { .. }))
+    {
+        j.record(Change::Divert {
+            prefix: plan.prefix().to_string(),
+            drop_mangle_table: false,
+        })?;
+    }
+    if keep_link_down {
+        return cleanup(h, j, plan);
+    }
+    undo_all(h, j, plan)?;
+    if !h.link_up(&p.tracked_interface)? {
+        h.set_link(&p.tracked_interface, true)?;
+    }
+    Ok(())
 }
 
 /// Undoes every transient change in the journal (newest first), continuing past errors and

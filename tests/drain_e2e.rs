@@ -336,3 +336,48 @@ fn sigterm_mid_drain_rolls_back_without_breaking_flows() {
     );
     assert_eq!(before, snapshots(&lab), "rolled back exactly");
 }
+
+#[test]
+fn a_crashed_drain_is_undone_by_undrain_without_breaking_flows() {
+    if !can_run_lab("crashed_drain", &[]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions::default()).unwrap();
+    let before = snapshots(&lab);
+    // The agent dies mid-drain with the divert installed (no rollback runs); the operator runs
+    // `undrain`, which must withdraw gracefully: flows already at the peer finish there.
+    let opts = AgentOptions {
+        during: vec![
+            (Duration::from_millis(1000), DuringDrain::Kill),
+            (Duration::from_millis(1500), DuringDrain::Undrain),
+        ],
+        ..AgentOptions::default()
+    };
+    let r = scenario::run_in(
+        &mut lab,
+        "drain-agent-crash",
+        &default_load(),
+        EVENT_AT,
+        drain_agent(opts),
+    )
+    .unwrap();
+    assert_clean(&r);
+    assert!(
+        r.event
+            .timeline
+            .iter()
+            .any(|(_, n)| n.contains("undrain exited 0")),
+        "{:?}",
+        r.event.timeline
+    );
+    assert_eq!(
+        r.vip_owner_after,
+        Some(Node::Lb1),
+        "the node never left service"
+    );
+    assert_eq!(
+        before,
+        snapshots(&lab),
+        "undrain removed everything the crashed run left"
+    );
+}

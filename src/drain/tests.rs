@@ -464,3 +464,56 @@ fn progress_is_reported_as_sockets_close() {
         "declared within one poll interval: {drained}"
     );
 }
+
+#[test]
+fn undrain_after_a_crash_withdraws_gracefully_then_removes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
+    let mut h = FakeHost::new();
+    install(&mut h, &mut j, &plan()).unwrap();
+    let mut events = Vec::new();
+    undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |e| {
+        events.push(e)
+    })
+    .unwrap();
+    let withdrawn = h.fw.withdrawn_at.expect("withdrawn before removal");
+    assert!(
+        h.t() >= withdrawn + S(2),
+        "grace kept for flows already at the peer: {:?}",
+        h.t()
+    );
+    assert!(
+        plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
+    );
+    assert!(!h.fw.inner.mangle_table_exists());
+    assert!(j.is_empty());
+    assert!(matches!(events.first(), Some(Event::Withdrawn { .. })));
+}
+
+#[test]
+fn undrain_without_a_journal_still_removes_our_names_and_brings_the_link_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = FakeHost::new();
+    {
+        // The journal is lost (another disk, a wiped state dir): only the host shows the divert.
+        let mut lost = Journal::open(&dir.path().join("lost.json")).unwrap();
+        install(&mut h, &mut lost, &plan()).unwrap();
+    }
+    h.set_link("trk0", false).unwrap();
+    let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
+    undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |_| {}).unwrap();
+    assert!(
+        plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
+    );
+    assert!(h.links["trk0"]);
+    // Nothing installed, nothing recorded: undrain is a no-op that succeeds.
+    let calls = h.call_log().len();
+    undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |_| {}).unwrap();
+    assert!(
+        !h.call_log()[calls..]
+            .iter()
+            .any(|c| c.starts_with("restore") || c.starts_with("link")),
+        "{:?}",
+        &h.call_log()[calls..]
+    );
+}

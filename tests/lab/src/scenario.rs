@@ -402,6 +402,10 @@ pub enum DuringDrain {
     Terminate,
     /// A second `drain` on the same node (must be refused); its exit code is noted.
     SecondDrain,
+    /// SIGKILL to drain-agent (a crash: no rollback runs).
+    Kill,
+    /// `drain-agent undrain` on lb1; its exit code is noted.
+    Undrain,
 }
 
 /// How to run drain-agent in the `drain-agent` scenario.
@@ -593,6 +597,24 @@ fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOu
                     nix::unistd::Pid::from_raw(child.id() as i32),
                     nix::sys::signal::Signal::SIGTERM,
                 )?;
+            }
+            DuringDrain::Kill => {
+                o.note(clock, "lb1: SIGKILL to drain-agent");
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )?;
+            }
+            DuringDrain::Undrain => {
+                let out = lab.agent(Node::Lb1, &["undrain"])?;
+                o.note(
+                    clock,
+                    format!(
+                        "lb1: undrain exited {} ({})",
+                        out.status.code().unwrap_or(-1),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                );
             }
             DuringDrain::SecondDrain => {
                 let out = lab.agent(Node::Lb1, &["drain"])?;

@@ -165,3 +165,44 @@ fn teardown_happens_when_a_test_panics() {
         .any(|n| n.starts_with(&format!("{PREFIX}{id}-"))));
     assert!(lab_processes(&id).is_empty());
 }
+
+#[test]
+fn leftovers_of_a_killed_run_are_removed() {
+    if !can_run_lab("leftovers_of_a_killed_run_are_removed", &[]) {
+        return;
+    }
+    use std::io::BufRead;
+    // A lab whose process dies by SIGKILL runs no destructor: its namespaces and processes stay.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drain-lab"))
+        .arg("up")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 && !line.contains("lab is up") {
+        line.clear();
+    }
+    assert!(line.contains("lab is up"), "drain-lab up did not come up");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ours = |n: &String| n.starts_with(&format!("{PREFIX}{pid}-"));
+    let left: Vec<String> = list_namespaces().into_iter().filter(ours).collect();
+    assert_eq!(
+        left.len(),
+        5,
+        "the killed run left its namespaces: {left:?}"
+    );
+    let removed = drain_lab::topology::cleanup_leftovers(false).unwrap();
+    assert!(
+        left.iter().all(|n| removed.contains(n)),
+        "removed {removed:?}"
+    );
+    assert!(!list_namespaces().iter().any(ours));
+    assert!(
+        lab_processes(&format!("{pid}-")).is_empty(),
+        "processes of the killed run survive"
+    );
+}
