@@ -5,6 +5,7 @@ pub mod config;
 pub mod drain;
 pub mod firewall;
 pub mod journal;
+pub mod keepalived;
 pub mod links;
 pub mod netns;
 pub mod plan;
