@@ -2,6 +2,7 @@
 //! a connection. See README.md for the design; [`drain`] is the cycle, [`plan`] the rules.
 
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod firewall;
 pub mod journal;
