@@ -23,7 +23,7 @@ fn read(name: &str) -> String {
 }
 
 fn load(name: &str) -> Config {
-    Config::load(&shipped(name)).unwrap_or_else(|e| panic!("{e}"))
+    Config::load(shipped(name)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Non-comment, non-blank lines, trimmed.
