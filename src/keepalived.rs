@@ -23,7 +23,10 @@
 //!   closing it. Because keepalived holds the read side too, its writes never block and lines
 //!   written while no reader is attached wait in the pipe (64 KiB; beyond that keepalived drops
 //!   them silently). A reader sees end-of-file when keepalived stops, restarts or reloads
-//!   (a reload closes and reopens the FIFO), and must reopen it by path.
+//!   (a reload unlinks the FIFO and creates a new one), and must reopen it by path. After a
+//!   reload keepalived 2.2.7 writes no states to the new FIFO, even with
+//!   `fifo_write_vrrp_states_on_reload` (keepalived issue #2359), so the state is unknown from
+//!   end-of-file until the next transition.
 //! * **track_file**: keepalived watches the file's *directory* with inotify (`IN_CLOSE_WRITE |
 //!   IN_DELETE | IN_MOVE`) and re-reads the file (first 127 bytes, `strtol(buf, NULL, 0)`) when it
 //!   is closed after writing or renamed into place; a deleted file counts as 0. See
