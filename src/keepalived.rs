@@ -27,6 +27,10 @@
 //!   reload keepalived 2.2.7 writes no states to the new FIFO, even with
 //!   `fifo_write_vrrp_states_on_reload` (keepalived issue #2359), so the state is unknown from
 //!   end-of-file until the next transition.
+//! * **`vrrp_notify_fifo_script`** makes keepalived start the reader itself (the FIFO path as
+//!   its last argument) and send it SIGTERM on every reload and stop (keepalived.conf(5),
+//!   doc/samples/sample_notify_fifo.sh). That suits a throw-away script, not the agent's daemon,
+//!   whose SIGTERM rolls a drain back; the agent reads a plain `vrrp_notify_fifo`.
 //! * **track_file**: keepalived watches the file's *directory* with inotify (`IN_CLOSE_WRITE |
 //!   IN_DELETE | IN_MOVE`) and re-reads the file (first 127 bytes, `strtol(buf, NULL, 0)`) when it
 //!   is closed after writing or renamed into place; a deleted file counts as 0. See
