@@ -198,8 +198,11 @@ async fn real_keepalived_fifo_notify_and_both_failover_triggers() {
     assert_eq!(next_state(&mut fifo, &k).await, vi1(VrrpState::Master));
 
     // Second trigger: the track file. -254 is FAULT (priority unchanged in the notice), 0 clears.
+    let t = Instant::now();
     track.write(TrackFile::FAULT).unwrap();
     assert_eq!(next_state(&mut fifo, &k).await, vi1(VrrpState::Fault));
+    // Information only (never asserted): how fast each trigger reaches the FIFO reader.
+    eprintln!("track file -254 -> FAULT line: {:?}", t.elapsed());
     track.write(TrackFile::OK).unwrap();
     assert_eq!(next_state(&mut fifo, &k).await, vi1(VrrpState::Backup));
     assert_eq!(next_state(&mut fifo, &k).await, vi1(VrrpState::Master));
@@ -213,8 +216,13 @@ async fn real_keepalived_fifo_notify_and_both_failover_triggers() {
     assert_eq!(next_event(&mut fifo, &k).await, FifoEvent::Opened);
 
     // First trigger, followed on the new FIFO: the tracked interface.
+    let t = Instant::now();
     ns.run_ok(&["ip", "link", "set", "trk0", "down"]).unwrap();
     assert_eq!(next_state(&mut fifo, &k).await, vi1(VrrpState::Fault));
+    eprintln!(
+        "trk0 down (incl. running ip) -> FAULT line: {:?}",
+        t.elapsed()
+    );
     ns.run_ok(&["ip", "link", "set", "trk0", "up"]).unwrap();
     assert_eq!(next_state(&mut fifo, &k).await, vi1(VrrpState::Backup));
     assert_eq!(next_state(&mut fifo, &k).await, vi1(VrrpState::Master));
