@@ -3,10 +3,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod firewall;
 pub mod host;
 pub mod journal;
+pub mod keepalived;
 pub mod links;
 pub mod netns;
 pub mod observability;

@@ -1,0 +1,712 @@
+//! The daemon's control socket: how `drain-agent drain|undrain|status` talk to `drain-agent run`.
+//!
+//! Protocol, one request per connection over a Unix stream socket, every message one line of
+//! JSON:
+//!
+//! ```text
+//! client → {"op":"drain","deadline":"30s"}            op: status | drain | undrain; other keys are
+//!                                                     the request's arguments
+//! server ← {"event":{...}}                            zero or more progress events, as they happen
+//! server ← {"result":{...},"exit_code":0}             exactly one final line, then the server closes
+//! ```
+//!
+//! The exit code is the one the CLI exits with ([`crate::drain::exit`]), so a drain run through
+//! the daemon reports exactly like one run directly.
+//!
+//! Access: the socket file is mode 0600 in a root-only directory, created under a temporary name
+//! and renamed into place so it never exists with looser permissions; and every connection's peer
+//! credentials (`SO_PEERCRED`, filled in by the kernel at `connect()`, unforgeable) must say uid
+//! 0, or the connection gets a one-line refusal and nothing runs. A lock file next to the socket
+//! makes a second daemon fail instead of stealing the socket; a socket file left by a daemon that
+//! died is replaced.
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::drain::exit;
+
+/// Where the daemon listens: in its systemd `RuntimeDirectory` (mode 0700).
+pub const DEFAULT_SOCKET_PATH: &str = "/run/drain-agent/control.sock";
+
+/// Longest request line accepted; a real request is a few hundred bytes.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// Longest reply line a client accepts.
+const MAX_REPLY_BYTES: u64 = 1024 * 1024;
+/// How long a connected client may take to send its request, so an idle connection cannot pin a
+/// task forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the control socket; each names the socket path.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// The socket (or its directory or lock file) could not be created.
+    #[error("cannot create control socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Another daemon holds the socket.
+    #[error("another drain-agent daemon is serving {path}")]
+    AlreadyRunning {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket is at the path; it is left alone.
+    #[error("control socket path {path} exists and is not a socket; not replacing it")]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The client could not connect.
+    #[error(
+        "cannot connect to the drain-agent daemon at {path}: {source}{}",
+        hint(source)
+    )]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The client's connect did not complete in time.
+    #[error("cannot connect to the drain-agent daemon at {path}: no answer within {after:?}")]
+    ConnectTimeout {
+        /// The socket path.
+        path: PathBuf,
+        /// The timeout.
+        after: Duration,
+    },
+    /// Sending or receiving failed.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The other side sent something that is not this protocol.
+    #[error("control socket {path}: protocol error: {reason}")]
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The daemon closed the connection without a final result (it stopped or crashed).
+    #[error("control socket {path}: the daemon closed the connection before the final result")]
+    Closed {
+        /// The socket path.
+        path: PathBuf,
+    },
+}
+
+fn hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            " (is `drain-agent run` running?)"
+        }
+        io::ErrorKind::PermissionDenied => " (the daemon serves root only)",
+        _ => "",
+    }
+}
+
+/// The operations the daemon serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Report the node's state.
+    Status,
+    /// Take the node out of service.
+    Drain,
+    /// Undo a drain.
+    Undrain,
+}
+
+/// One request: the operation and its arguments (every other key of the request object).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The operation.
+    pub op: Op,
+    /// Arguments, interpreted by the [`Handler`].
+    #[serde(flatten)]
+    pub args: Map<String, Value>,
+}
+
+impl Request {
+    /// A request without arguments.
+    pub fn new(op: Op) -> Request {
+        Request {
+            op,
+            args: Map::new(),
+        }
+    }
+
+    /// Adds an argument.
+    pub fn with_arg(mut self, key: impl Into<String>, value: impl Into<Value>) -> Request {
+        self.args.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// The final answer to a request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// Result document (for errors: `{"error": "..."}`).
+    pub result: Value,
+    /// Exit code the CLI exits with.
+    pub exit_code: u8,
+}
+
+impl Outcome {
+    /// A successful result (exit code 0).
+    pub fn ok(result: Value) -> Outcome {
+        Outcome {
+            result,
+            exit_code: exit::OK,
+        }
+    }
+
+    /// A failure: `{"error": message}` with the given exit code.
+    pub fn error(exit_code: u8, message: impl Into<String>) -> Outcome {
+        Outcome {
+            result: serde_json::json!({ "error": message.into() }),
+            exit_code,
+        }
+    }
+}
+
+/// Who is on the other end of a connection, from `SO_PEERCRED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    /// The client's process id, when the kernel knows it.
+    pub pid: Option<i32>,
+    /// Its effective user id at connect time.
+    pub uid: u32,
+    /// Its effective group id at connect time.
+    pub gid: u32,
+}
+
+/// Where a [`Handler`] sends progress events; each goes to the client as one line, immediately.
+///
+/// Sending never blocks, whatever the client does: a drain must not stall because the terminal
+/// that started it was suspended.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::UnboundedSender<Value>,
+}
+
+impl EventSink {
+    /// Queues an event for the client; false once the client has gone (the request itself goes
+    /// on: whether to stop is the handler's decision).
+    pub fn send(&self, event: Value) -> bool {
+        self.tx.send(event).is_ok()
+    }
+
+    /// False once the client has disconnected (detected when a write to it fails).
+    pub fn client_connected(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+/// The daemon's operations, plugged into the server.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one request from an authorised peer. Called on a blocking thread (it may sleep, run
+    /// commands, take minutes); several requests may run at once, so the handler serialises what
+    /// must not overlap. Progress goes through `events`; the return value is the final line.
+    fn handle(&self, request: Request, peer: Peer, events: &EventSink) -> Outcome;
+}
+
+/// One line from the daemon.
+#[derive(Clone, Debug, PartialEq)]
+enum Reply {
+    Event(Value),
+    Final(Outcome),
+}
+
+impl Reply {
+    fn to_line(&self) -> String {
+        let value = match self {
+            Reply::Event(event) => serde_json::json!({ "event": event }),
+            Reply::Final(o) => serde_json::json!({ "result": o.result, "exit_code": o.exit_code }),
+        };
+        let mut line = value.to_string();
+        line.push('\n');
+        line
+    }
+
+    fn parse(line: &str) -> Result<Reply, String> {
+        let Value::Object(mut map) =
+            serde_json::from_str::<Value>(line).map_err(|e| format!("reply is not JSON ({e})"))?
+        else {
+            return Err("reply is not a JSON object".to_string());
+        };
+        if let Some(event) = map.remove("event") {
+            return if map.is_empty() {
+                Ok(Reply::Event(event))
+            } else {
+                Err("event line with extra keys".to_string())
+            };
+        }
+        let (Some(result), Some(code)) = (map.remove("result"), map.remove("exit_code")) else {
+            return Err("reply has neither \"event\" nor \"result\" and \"exit_code\"".to_string());
+        };
+        if !map.is_empty() {
+            return Err("final line with extra keys".to_string());
+        }
+        let exit_code = code
+            .as_u64()
+            .and_then(|c| u8::try_from(c).ok())
+            .ok_or_else(|| format!("exit_code {code} is not 0..=255"))?;
+        Ok(Reply::Final(Outcome { result, exit_code }))
+    }
+}
+
+/// Reads one line of at most `max` bytes; `Ok(None)` at end of stream before any byte.
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    max: u64,
+) -> io::Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = reader.take(max + 1).read_until(b'\n', &mut buf).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("line longer than {max} bytes"),
+        ));
+    }
+    if buf.last() != Some(&b'\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "line not terminated by a newline",
+        ));
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "line is not UTF-8"))
+}
+
+/// The daemon's listening control socket.
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of the socket file we created, so shutdown removes only our own.
+    id: (u64, u64),
+    handler: Arc<dyn Handler>,
+    _lock: Flock<File>,
+}
+
+impl std::fmt::Debug for ControlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlServer")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlServer {
+    /// Creates the socket at `path` (mode 0600; its directory is created with mode 0700 if
+    /// missing) and prepares to serve `handler`. Must run inside a tokio runtime.
+    ///
+    /// Fails with [`ControlError::AlreadyRunning`] if another daemon serves the path, and with
+    /// [`ControlError::NotASocket`] if a non-socket file is in the way. A socket file nobody
+    /// listens on (left by a daemon that was killed) is replaced.
+    pub fn bind(
+        path: impl AsRef<Path>,
+        handler: Arc<dyn Handler>,
+    ) -> Result<ControlServer, ControlError> {
+        let path = path.as_ref().to_path_buf();
+        let err = |source| ControlError::Bind {
+            path: path.clone(),
+            source,
+        };
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a file path",
+            )));
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(err)?;
+        }
+
+        // The lock serialises daemons: whoever holds it owns the path, so a socket found there
+        // while we hold it belongs to a dead daemon.
+        let mut lock_name = name.to_os_string();
+        lock_name.push(".lock");
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(lock_name))
+            .map_err(err)?;
+        let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(ControlError::AlreadyRunning { path })
+            }
+            Err((_, e)) => return Err(err(e.into())),
+        };
+
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                // A daemon of an older build might not take the lock: one that answers is live.
+                if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                    return Err(ControlError::AlreadyRunning { path });
+                }
+            }
+            Ok(_) => return Err(ControlError::NotASocket { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+
+        // Bind under a temporary name, restrict it, then rename over the final path: the socket
+        // is never reachable at `path` with the umask's permissions, and a stale socket file is
+        // replaced in the same atomic step.
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = dir.join(tmp_name);
+        let _ = fs::remove_file(&tmp);
+        let std_listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(err)?;
+        let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+            .and_then(|()| fs::rename(&tmp, &path));
+        if let Err(e) = placed {
+            let _ = fs::remove_file(&tmp);
+            return Err(err(e));
+        }
+        let meta = fs::symlink_metadata(&path).map_err(err)?;
+        std_listener.set_nonblocking(true).map_err(err)?;
+        let listener = UnixListener::from_std(std_listener).map_err(err)?;
+        Ok(ControlServer {
+            listener,
+            path,
+            id: (meta.dev(), meta.ino()),
+            handler,
+            _lock: lock,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves connections until `shutdown` completes, then removes the socket file (if it is
+    /// still ours) and waits for the requests in progress to finish. Each connection runs on its
+    /// own task; a failing connection never stops the server.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let ControlServer {
+            listener,
+            path,
+            id,
+            handler,
+            _lock,
+        } = self;
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tasks.spawn(serve_connection(stream, handler.clone()));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning; keep serving.
+                        tracing::warn!(path = %path.display(), error = %e, "control socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "control connection task failed");
+                    }
+                }
+            }
+        }
+        drop(listener);
+        if fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == id) {
+            let _ = fs::remove_file(&path);
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "control connection task failed");
+            }
+        }
+    }
+}
+
+/// Writes one reply line; false if the client is gone.
+async fn send_line(stream: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> bool {
+    let line = reply.to_line();
+    stream.write_all(line.as_bytes()).await.is_ok() && stream.flush().await.is_ok()
+}
+
+async fn serve_connection(stream: UnixStream, handler: Arc<dyn Handler>) {
+    let cred = match stream.peer_cred() {
+        Ok(cred) => cred,
+        Err(e) => {
+            tracing::warn!(error = %e, "control connection without peer credentials; refused");
+            return;
+        }
+    };
+    let peer = Peer {
+        pid: cred.pid(),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    };
+    let (read_half, mut write_half) = stream.into_split();
+    if peer.uid != 0 {
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "control connection from a non-root peer refused"
+        );
+        let refusal = Outcome::error(
+            exit::ENVIRONMENT,
+            format!(
+                "permission denied: the drain-agent control socket serves root (uid 0) only; peer uid {} (pid {})",
+                peer.uid,
+                peer.pid.map_or("?".to_string(), |p| p.to_string())
+            ),
+        );
+        send_line(&mut write_half, &Reply::Final(refusal)).await;
+        return;
+    }
+
+    let mut reader = BufReader::new(read_half);
+    let line = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_line(&mut reader, MAX_REQUEST_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            let o = Outcome::error(exit::USAGE, format!("invalid request: {e}"));
+            send_line(&mut write_half, &Reply::Final(o)).await;
+            return;
+        }
+        Err(_) => {
+            let o = Outcome::error(
+                exit::USAGE,
+                format!("no request within {REQUEST_TIMEOUT:?}"),
+            );
+            send_line(&mut write_half, &Reply::Final(o)).await;
+            return;
+        }
+    };
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let o = Outcome::error(exit::USAGE, format!("invalid request: {e}"));
+            send_line(&mut write_half, &Reply::Final(o)).await;
+            return;
+        }
+    };
+    let op = request.op;
+    tracing::info!(?op, pid = peer.pid, "control request");
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sink = EventSink { tx };
+    let mut job = tokio::task::spawn_blocking(move || handler.handle(request, peer, &sink));
+
+    // Forward events while the handler runs. The end is the handler's return, not the channel's
+    // closing: a handler may keep a clone of the sink alive.
+    let mut client_gone = false;
+    let mut events_open = true;
+    let done = loop {
+        tokio::select! {
+            // Events first, so none queued before the handler returned is overtaken by the end.
+            biased;
+            event = rx.recv(), if events_open => match event {
+                Some(event) => {
+                    if !client_gone && !send_line(&mut write_half, &Reply::Event(event)).await {
+                        client_gone = true;
+                        // Further sends fail fast (the sink reports the client gone) instead of
+                        // queueing for nobody.
+                        rx.close();
+                    }
+                }
+                None => events_open = false,
+            },
+            done = &mut job => break done,
+        }
+    };
+    while let Ok(event) = rx.try_recv() {
+        if client_gone || !send_line(&mut write_half, &Reply::Event(event)).await {
+            client_gone = true;
+            break;
+        }
+    }
+    let outcome = done.unwrap_or_else(|e| {
+        tracing::error!(?op, error = %e, "control request handler failed");
+        Outcome::error(
+            exit::INTERNAL,
+            format!("internal error: the {op:?} handler failed"),
+        )
+    });
+    if client_gone || !send_line(&mut write_half, &Reply::Final(outcome.clone())).await {
+        tracing::info!(
+            ?op,
+            exit_code = outcome.exit_code,
+            "control request finished after its client disconnected"
+        );
+    }
+}
+
+/// Sends `request` to the daemon at `path` and waits for its final line, passing every event to
+/// `on_event` as it arrives. Only the connect is bounded by `connect_timeout`: a drain may run
+/// for minutes; wrap the call in a timeout to bound it.
+pub async fn call(
+    path: impl AsRef<Path>,
+    request: &Request,
+    connect_timeout: Duration,
+    mut on_event: impl FnMut(&Value),
+) -> Result<Outcome, ControlError> {
+    let path = path.as_ref().to_path_buf();
+    let stream = match tokio::time::timeout(connect_timeout, UnixStream::connect(&path)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ControlError::Connect { path, source }),
+        Err(_) => {
+            return Err(ControlError::ConnectTimeout {
+                path,
+                after: connect_timeout,
+            })
+        }
+    };
+    let io_err = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let (read_half, mut write_half) = stream.into_split();
+    let mut line = serde_json::to_string(request).map_err(|e| io_err(e.into()))?;
+    line.push('\n');
+    write_half
+        .write_all(line.as_bytes())
+        .await
+        .map_err(io_err)?;
+    let mut reader = BufReader::new(read_half);
+    loop {
+        let Some(line) = read_line(&mut reader, MAX_REPLY_BYTES)
+            .await
+            .map_err(io_err)?
+        else {
+            return Err(ControlError::Closed { path });
+        };
+        match Reply::parse(&line) {
+            Ok(Reply::Event(event)) => on_event(&event),
+            Ok(Reply::Final(outcome)) => return Ok(outcome),
+            Err(reason) => return Err(ControlError::Protocol { path, reason }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_carry_their_arguments_inline() {
+        let r = Request::new(Op::Drain).with_arg("deadline", "30s");
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(text, r#"{"op":"drain","deadline":"30s"}"#);
+        let back: Request = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+        let status: Request = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
+        assert_eq!(status, Request::new(Op::Status));
+    }
+
+    #[test]
+    fn unknown_or_missing_ops_are_rejected() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"deadline":"1s"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"[1]"#).is_err());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for reply in [
+            Reply::Event(json!({"phase": "divert", "sockets": 3})),
+            Reply::Event(Value::Null),
+            Reply::Final(Outcome::ok(json!({"state": "serving"}))),
+            Reply::Final(Outcome::ok(Value::Null)),
+            Reply::Final(Outcome::error(7, "not MASTER")),
+        ] {
+            let line = reply.to_line();
+            assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+            assert_eq!(Reply::parse(&line).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn malformed_replies_are_protocol_errors() {
+        for line in [
+            "nonsense",
+            "[]",
+            "{}",
+            r#"{"result":1}"#,
+            r#"{"exit_code":0}"#,
+            r#"{"result":1,"exit_code":256}"#,
+            r#"{"result":1,"exit_code":-1}"#,
+            r#"{"result":1,"exit_code":0,"x":1}"#,
+            r#"{"event":1,"x":1}"#,
+        ] {
+            assert!(Reply::parse(line).is_err(), "{line}");
+        }
+    }
+
+    #[tokio::test]
+    async fn read_line_bounds_and_terminates() {
+        let data: &[u8] = b"abc\ndef";
+        let mut r = BufReader::new(data);
+        assert_eq!(read_line(&mut r, 10).await.unwrap().unwrap(), "abc\n");
+        assert_eq!(
+            read_line(&mut r, 10).await.unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let long: &[u8] = b"0123456789abcdef\n";
+        let mut r = BufReader::new(long);
+        assert_eq!(
+            read_line(&mut r, 8).await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let empty: &[u8] = b"";
+        assert!(read_line(&mut BufReader::new(empty), 8)
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
