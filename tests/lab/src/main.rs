@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use drain_lab::{backend, load};
+use drain_lab::{backend, cli, load};
 
 /// The drain-agent test bench.
 #[derive(Debug, Parser)]
@@ -22,10 +22,33 @@ enum Command {
     Backend(backend::BackendArgs),
     /// Run a load spec against the VIP and report every broken flow (exit 1 if any).
     Load(load::LoadArgs),
+    /// Bring a lab up and keep it until Ctrl-C.
+    Up(cli::UpArgs),
+    /// Remove namespaces, processes and state left by killed lab runs.
+    Cleanup(cli::CleanupArgs),
+    /// Run scenarios (each in a fresh lab) and print the comparison table.
+    Scenario(cli::ScenarioArgs),
+    /// The live demo: every scenario, then the comparison table.
+    Demo(cli::ScenarioArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The lab commands are synchronous orchestration; only backend and load need the runtime.
+    let sync = match &cli.command {
+        Command::Up(a) => Some(cli::up(a).map(|_| ExitCode::SUCCESS)),
+        Command::Cleanup(a) => Some(cli::cleanup(a).map(|_| ExitCode::SUCCESS)),
+        Command::Scenario(a) | Command::Demo(a) => {
+            Some(cli::scenarios(a).map(|_| ExitCode::SUCCESS))
+        }
+        _ => None,
+    };
+    if let Some(r) = sync {
+        return r.unwrap_or_else(|e| {
+            eprintln!("drain-lab: {e:#}");
+            ExitCode::from(2)
+        });
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -42,6 +65,9 @@ fn main() -> ExitCode {
                 }
                 args.run().await?;
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Up(_) | Command::Cleanup(_) | Command::Scenario(_) | Command::Demo(_) => {
+                unreachable!("handled above")
             }
             Command::Load(args) => {
                 let report = args.run().await?;

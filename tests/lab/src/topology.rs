@@ -714,7 +714,8 @@ pub fn haproxy_config(dir: &Path, node: Node) -> String {
     format!(
         "# drain-lab HAProxy for {node}
 global
-    maxconn 100000
+    # The fd hard limit here is 20000; HAProxy needs ~2 fds per connection.
+    maxconn 8000
     nbthread 1
     stats socket {dir}/haproxy-{node}.sock mode 600 level admin
     # The lab kills and restarts HAProxy like a crash would; never let it linger.
@@ -912,44 +913,6 @@ fn strip_counters(line: &str) -> String {
     line.to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owner_pid_parses_lab_names() {
-        assert_eq!(owner_pid("dl-1234-0-lb1"), Some(1234));
-        assert_eq!(owner_pid("dl-99-12"), Some(99));
-        assert_eq!(owner_pid("other-1-lb1"), None);
-        assert_eq!(owner_pid("dl-x-lb1"), None);
-    }
-
-    #[test]
-    fn counters_are_stripped_from_chain_lines_only() {
-        assert_eq!(
-            strip_counters(":PREROUTING ACCEPT [12:345]"),
-            ":PREROUTING ACCEPT"
-        );
-        assert_eq!(strip_counters("-A X -j DROP"), "-A X -j DROP");
-    }
-
-    #[test]
-    fn nopreempt_config_starts_both_nodes_as_backup() {
-        let opts = LabOptions {
-            nopreempt: true,
-            ..LabOptions::default()
-        };
-        let a = keepalived_config(Node::Lb1, &opts, Path::new("/n"));
-        let b = keepalived_config(Node::Lb2, &opts, Path::new("/n"));
-        assert!(
-            a.contains("state BACKUP") && a.contains("nopreempt") && a.contains("priority 150")
-        );
-        assert!(b.contains("state BACKUP") && b.contains("priority 100"));
-        let p = keepalived_config(Node::Lb1, &LabOptions::default(), Path::new("/n"));
-        assert!(p.contains("state MASTER") && !p.contains("nopreempt"));
-    }
-}
-
 /// For privileged tests: returns true when the test can run (root, and the binaries the lab needs
 /// are present). Otherwise prints why it skips and returns false — except under CI (`CI=true`),
 /// where a skip would hide a missing install step, so it panics instead.
@@ -986,4 +949,63 @@ pub fn can_run_lab(test: &str, extra_bins: &[&str]) -> bool {
     }
     eprintln!("{msg}");
     false
+}
+
+/// Removes every lab created by process `pid` (namespaces, their processes, state directories).
+pub fn cleanup_pid(pid: i32) -> Result<Vec<String>> {
+    let prefix = format!("{PREFIX}{pid}-");
+    let mut removed = Vec::new();
+    for ns in list_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+    {
+        remove_namespace(&ns);
+        removed.push(ns);
+    }
+    if let Ok(d) = fs::read_dir(STATE_ROOT) {
+        for e in d.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_pid_parses_lab_names() {
+        assert_eq!(owner_pid("dl-1234-0-lb1"), Some(1234));
+        assert_eq!(owner_pid("dl-99-12"), Some(99));
+        assert_eq!(owner_pid("other-1-lb1"), None);
+        assert_eq!(owner_pid("dl-x-lb1"), None);
+    }
+
+    #[test]
+    fn counters_are_stripped_from_chain_lines_only() {
+        assert_eq!(
+            strip_counters(":PREROUTING ACCEPT [12:345]"),
+            ":PREROUTING ACCEPT"
+        );
+        assert_eq!(strip_counters("-A X -j DROP"), "-A X -j DROP");
+    }
+
+    #[test]
+    fn nopreempt_config_starts_both_nodes_as_backup() {
+        let opts = LabOptions {
+            nopreempt: true,
+            ..LabOptions::default()
+        };
+        let a = keepalived_config(Node::Lb1, &opts, Path::new("/n"));
+        let b = keepalived_config(Node::Lb2, &opts, Path::new("/n"));
+        assert!(
+            a.contains("state BACKUP") && a.contains("nopreempt") && a.contains("priority 150")
+        );
+        assert!(b.contains("state BACKUP") && b.contains("priority 100"));
+        let p = keepalived_config(Node::Lb1, &LabOptions::default(), Path::new("/n"));
+        assert!(p.contains("state MASTER") && !p.contains("nopreempt"));
+    }
 }

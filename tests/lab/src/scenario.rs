@@ -1,0 +1,643 @@
+//! Scenarios: the same mixed load through the lab while something happens to the MASTER, so ways of
+//! taking a node out of service can be compared by what clients saw.
+//!
+//! Each scenario gets a fresh lab (so one scenario's leftovers can't help or hurt the next), starts
+//! the load generator in the client namespace, performs its event at `event_at`, waits for the load
+//! to finish and returns one [`ScenarioResult`]: the load report plus the event's own timeline.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::load::{FlowClass, LoadReport, LoadSpec};
+use crate::topology::{addr, find_bin, Lab, LabOptions, Node, INGRESS_IF};
+
+/// The event a scenario performs on lb1 (the MASTER) while the load runs.
+pub enum Event {
+    /// Nothing happens.
+    None,
+    /// The tracked interface goes down; VRRP moves the VIP; nothing else is done.
+    PlainFailover,
+    /// The iptables ruleset of ../shared/seeds/002 (last answer), adapted to the lab's addresses,
+    /// then the tracked interface down once lb1's established count falls (or a deadline).
+    SeedRules,
+    /// A custom event (e.g. running drain-agent); it gets the lab and the scenario clock.
+    Custom(CustomEvent),
+}
+
+/// A custom event: gets the lab and the scenario clock, reports its outcome.
+pub type CustomEvent = Box<dyn FnOnce(&mut Lab, &Clock) -> Result<EventOutcome>>;
+
+/// What an event reports about itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EventOutcome {
+    /// Milliseconds from the event's start until the node was out of service (VIP on the peer and
+    /// the node's own changes removed), if it got there.
+    pub drain_ms: Option<f64>,
+    /// Milliseconds from the failover trigger until the peer held the VIP.
+    pub failover_ms: Option<f64>,
+    /// Timestamped notes (`t_ms` on the scenario clock).
+    pub timeline: Vec<(f64, String)>,
+    /// For drain-agent runs: what the agent reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentRun>,
+}
+
+/// One `drain-agent drain` run inside the lab.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AgentRun {
+    /// Exit code.
+    pub exit_code: i32,
+    /// The JSON lines it printed (events, then the result), each with `t_ms` on the scenario clock.
+    pub events: Vec<serde_json::Value>,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+impl AgentRun {
+    /// The first event of a kind (`event` field), if any.
+    pub fn event(&self, kind: &str) -> Option<&serde_json::Value> {
+        self.events.iter().find(|e| e["event"] == kind)
+    }
+    /// The final result document.
+    pub fn result(&self) -> Option<&serde_json::Value> {
+        self.events.iter().rev().find(|e| e.get("result").is_some())
+    }
+}
+
+/// The scenario clock: milliseconds since the load generator was started.
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    /// Milliseconds since the load started.
+    pub fn ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+impl EventOutcome {
+    /// Appends a note stamped with the scenario clock.
+    pub fn note(&mut self, clock: &Clock, what: impl Into<String>) {
+        self.timeline.push((clock.ms(), what.into()));
+    }
+}
+
+/// One scenario's result, printed as one JSON document.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    /// Scenario name.
+    pub scenario: String,
+    /// Total flows started.
+    pub flows: u64,
+    /// Flows that did not end ok.
+    pub broken: u64,
+    /// Broken flows per class.
+    pub broken_by_class: BTreeMap<String, u64>,
+    /// Slowest connection setup (ms): a SYN retransmit shows as ~1000.
+    pub worst_setup_ms: f64,
+    /// p99 of short-request latency (ms).
+    pub p99_short_ms: f64,
+    /// Which node held the VIP when the load ended.
+    pub vip_owner_after: Option<Node>,
+    /// The event's own report.
+    pub event: EventOutcome,
+    /// The full load report.
+    pub load: LoadReport,
+}
+
+/// The mixed load every scenario uses unless told otherwise: ≥ 500 short HTTP requests/s plus long
+/// echo sessions with half-close, keep-alive sessions and slow downloads, for 8 s.
+pub fn default_load() -> LoadSpec {
+    serde_json::from_value(serde_json::json!({
+        "target": addr::VIP.to_string(),
+        "http_port": addr::HTTP_PORT,
+        "echo_port": addr::ECHO_PORT,
+        "duration_ms": 8000,
+        "short": { "rate_per_s": 500.0 },
+        "keepalive": { "sessions_per_s": 5.0, "interval_ms": 100, "session_ms": 3000 },
+        "echo": { "sessions_per_s": 10.0, "session_ms": 3000, "chunk_bytes": 64, "interval_ms": 100 },
+        "slow": { "downloads_per_s": 2.0, "ms": 3000, "bytes": 30000 },
+    }))
+    .expect("the default load spec is valid")
+}
+
+/// Runs a scenario in a fresh lab (torn down before returning, whatever happens).
+pub fn run(
+    name: &str,
+    opts: &LabOptions,
+    load: &LoadSpec,
+    event_at: Duration,
+    event: Event,
+) -> Result<ScenarioResult> {
+    let mut lab = Lab::up(opts)?;
+    run_in(&mut lab, name, load, event_at, event)
+}
+
+/// Runs a scenario in an existing lab.
+pub fn run_in(
+    lab: &mut Lab,
+    name: &str,
+    load: &LoadSpec,
+    event_at: Duration,
+    event: Event,
+) -> Result<ScenarioResult> {
+    let spec_path = lab.dir.join(format!("load-{name}.json"));
+    let out_path = lab.dir.join(format!("report-{name}.json"));
+    fs::write(&spec_path, serde_json::to_vec_pretty(load)?)?;
+    let mut gen = start_load(lab, &spec_path, &out_path)?;
+    let clock = Clock {
+        start: Instant::now(),
+    };
+    std::thread::sleep(event_at);
+    let outcome = match event {
+        Event::None => Ok(EventOutcome::default()),
+        Event::PlainFailover => plain_failover(lab, &clock),
+        Event::SeedRules => seed_rules(lab, &clock),
+        Event::Custom(f) => f(lab, &clock),
+    };
+    let status = gen.wait()?;
+    let outcome =
+        outcome.with_context(|| format!("scenario {name}: event failed\n{}", lab.log_tail()))?;
+    // The generator exits 1 when it saw broken flows: that is a result, not an error.
+    if !matches!(status.code(), Some(0) | Some(1)) {
+        bail!(
+            "scenario {name}: load generator exited with {status}\n{}",
+            lab.log_tail()
+        );
+    }
+    let report: LoadReport =
+        serde_json::from_slice(&fs::read(&out_path)?).context("parsing the load report")?;
+    Ok(summarise(name, report, outcome, lab.vip_owner()?))
+}
+
+fn start_load(lab: &Lab, spec: &PathBuf, out: &PathBuf) -> Result<Child> {
+    let bin = find_bin("drain-lab")?;
+    let log = fs::File::create(lab.dir.join("load.log"))?;
+    Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns()])
+        .arg(bin)
+        .args(["load", "--spec"])
+        .arg(spec)
+        .arg("--out")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting the load generator")
+}
+
+fn summarise(
+    name: &str,
+    load: LoadReport,
+    event: EventOutcome,
+    owner: Option<Node>,
+) -> ScenarioResult {
+    ScenarioResult {
+        scenario: name.to_string(),
+        flows: load.totals.started,
+        broken: load.broken(),
+        broken_by_class: FlowClass::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), load.classes.get(*c).failed()))
+            .collect(),
+        worst_setup_ms: load.setup_latency_ms.max,
+        p99_short_ms: load.short_latency_ms.p99,
+        vip_owner_after: owner,
+        event,
+        load,
+    }
+}
+
+fn plain_failover(lab: &mut Lab, clock: &Clock) -> Result<EventOutcome> {
+    let mut o = EventOutcome::default();
+    let t0 = Instant::now();
+    o.note(clock, "lb1: tracked interface down");
+    lab.set_tracked(Node::Lb1, false)?;
+    let took = lab.wait_vip_owner(Node::Lb2, Duration::from_secs(10))?;
+    o.note(clock, "lb2 holds the VIP");
+    o.failover_ms = Some(took.as_secs_f64() * 1000.0);
+    o.drain_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+    Ok(o)
+}
+
+/// The seed's rules (shared/seeds/002, last answer), with the lab's VIP, ingress interface and peer.
+pub fn seed_rules_list() -> Vec<String> {
+    let vip = addr::VIP;
+    let peer = addr::LB2;
+    let i = INGRESS_IF;
+    vec![
+        format!("PREROUTING -i {i} -d {vip} -m conntrack --ctstate NEW -j CONNMARK --set-mark 1"),
+        "PREROUTING -j CONNMARK --restore-mark".to_string(),
+        format!("PREROUTING -i {i} -p tcp --tcp-flags FIN FIN -j MARK --set-mark 2"),
+        format!("PREROUTING -i {i} -p tcp --tcp-flags RST RST -j MARK --set-mark 2"),
+        format!("PREROUTING -i {i} -m mark ! --mark 0 -j TEE --gateway {peer}"),
+        format!("PREROUTING -i {i} -m mark --mark 1 -j DROP"),
+    ]
+}
+
+/// What the peer needs to accept TEE'd packets for the VIP while BACKUP (FIELD-NOTES pitfall 5),
+/// done by hand for the seed scenario the way its author would have had to.
+fn peer_accept(lab: &Lab, node: Node, on: bool) -> Result<()> {
+    let ns = lab.node_ns(node);
+    let vip = format!("{}/32", addr::VIP);
+    if on {
+        lab.exec(
+            &ns,
+            &[
+                "ip", "route", "add", "local", &vip, "dev", "lo", "table", "main",
+            ],
+        )?;
+        lab.sysctl(&ns, &format!("net.ipv4.conf.{INGRESS_IF}.arp_ignore"), "1")?;
+        lab.sysctl(
+            &ns,
+            &format!("net.ipv4.conf.{INGRESS_IF}.arp_announce"),
+            "2",
+        )?;
+    } else {
+        lab.exec(
+            &ns,
+            &[
+                "ip", "route", "del", "local", &vip, "dev", "lo", "table", "main",
+            ],
+        )?;
+        lab.sysctl(&ns, &format!("net.ipv4.conf.{INGRESS_IF}.arp_ignore"), "0")?;
+        lab.sysctl(
+            &ns,
+            &format!("net.ipv4.conf.{INGRESS_IF}.arp_announce"),
+            "0",
+        )?;
+    }
+    Ok(())
+}
+
+/// Established connections on lb1 to the VIP's ports, counted the way the seed's author did
+/// (a command-line tool); only the lab uses this, the agent uses sock_diag.
+pub fn established_on(lab: &Lab, node: Node) -> Result<usize> {
+    let filter = format!(
+        "( sport = :{} or sport = :{} ) and src {}",
+        addr::HTTP_PORT,
+        addr::ECHO_PORT,
+        addr::VIP
+    );
+    let out = lab.exec(
+        &lab.node_ns(node),
+        &["ss", "-Htn", "state", "established", &filter],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count())
+}
+
+fn seed_rules(lab: &mut Lab, clock: &Clock) -> Result<EventOutcome> {
+    let mut o = EventOutcome::default();
+    let t0 = Instant::now();
+    let ns1 = lab.node_ns(Node::Lb1);
+    peer_accept(lab, Node::Lb2, true)?;
+    // The seed sets every rp_filter to 0 (and never restores them; the lab does).
+    let rp_keys: Vec<String> = ["all", "default", INGRESS_IF, "lo"]
+        .iter()
+        .map(|i| format!("net.ipv4.conf.{i}.rp_filter"))
+        .collect();
+    let mut saved = Vec::new();
+    for k in &rp_keys {
+        let v = String::from_utf8_lossy(&lab.exec(&ns1, &["sysctl", "-n", k])?.stdout)
+            .trim()
+            .to_string();
+        saved.push((k.clone(), v));
+        lab.sysctl(&ns1, k, "0")?;
+    }
+    o.note(clock, "lb1: seed rules installed");
+    for rule in seed_rules_list() {
+        let mut argv = vec!["iptables", "-t", "mangle", "-A"];
+        argv.extend(rule.split(' '));
+        lab.exec(&ns1, &argv)?;
+    }
+    // "keep an eye on netstat ... | grep ESTABLISHED | wc -l"; "once there are just a few (or zero)".
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = established_on(lab, Node::Lb1)?;
+        if n == 0 || Instant::now() >= deadline {
+            o.note(clock, format!("lb1: {n} established left"));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    o.note(clock, "lb1: tracked interface down");
+    let t_fail = Instant::now();
+    lab.set_tracked(Node::Lb1, false)?;
+    let took = lab.wait_vip_owner(Node::Lb2, Duration::from_secs(10))?;
+    o.failover_ms = Some(took.as_secs_f64() * 1000.0);
+    o.note(clock, "lb2 holds the VIP");
+    let _ = t_fail;
+    std::thread::sleep(Duration::from_secs(1));
+    for rule in seed_rules_list() {
+        let mut argv = vec!["iptables", "-t", "mangle", "-D"];
+        argv.extend(rule.split(' '));
+        lab.exec(&ns1, &argv)?;
+    }
+    for (k, v) in saved {
+        lab.sysctl(&ns1, &k, &v)?;
+    }
+    peer_accept(lab, Node::Lb2, false)?;
+    o.note(clock, "lb1: seed rules removed");
+    o.drain_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+    Ok(o)
+}
+
+/// The comparison table of several scenario results.
+pub fn comparison_table(results: &[ScenarioResult]) -> String {
+    let mut classes: Vec<String> = results
+        .iter()
+        .flat_map(|r| r.broken_by_class.keys().cloned())
+        .collect();
+    classes.sort();
+    classes.dedup();
+    let mut s = format!("{:<16} {:>6} {:>7}", "scenario", "flows", "broken");
+    for c in &classes {
+        s.push_str(&format!(" {:>9}", c));
+    }
+    s.push_str(&format!(
+        " {:>14} {:>12} {:>9}\n",
+        "worst-setup-ms", "p99-short-ms", "drain-s"
+    ));
+    for r in results {
+        s.push_str(&format!(
+            "{:<16} {:>6} {:>7}",
+            r.scenario, r.flows, r.broken
+        ));
+        for c in &classes {
+            s.push_str(&format!(
+                " {:>9}",
+                r.broken_by_class.get(c).copied().unwrap_or(0)
+            ));
+        }
+        let drain = r
+            .event
+            .drain_ms
+            .map(|d| format!("{:.1}", d / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            " {:>14.1} {:>12.1} {:>9}\n",
+            r.worst_setup_ms, r.p99_short_ms, drain
+        ));
+    }
+    s
+}
+
+/// Something done to the lab while the agent drains, at a time after the drain started.
+#[derive(Clone, Debug)]
+pub enum DuringDrain {
+    /// The peer dies: its ingress link goes down (no answer at all).
+    PeerLinkDown,
+    /// SIGTERM to the drain-agent process.
+    Terminate,
+    /// A second `drain` on the same node (must be refused); its exit code is noted.
+    SecondDrain,
+}
+
+/// How to run drain-agent in the `drain-agent` scenario.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// Extra arguments after `drain`.
+    pub args: Vec<String>,
+    /// Config overrides for lb1 (see [`Lab::write_agent_config`]).
+    pub overrides: AgentConfig,
+    /// Actions at given delays after the drain starts.
+    pub during: Vec<(Duration, DuringDrain)>,
+    /// Skip `accept` on the peer (to test that the agent refuses an unprepared peer).
+    pub no_accept: bool,
+}
+
+/// The parts of the agent's config the lab varies.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// `drain.deadline`.
+    pub deadline: String,
+    /// `drain.idle_threshold`.
+    pub idle_threshold: String,
+    /// `drain.rollback_grace`.
+    pub rollback_grace: String,
+    /// `failover.post_wait`.
+    pub post_wait: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            deadline: "30s".into(),
+            idle_threshold: "2s".into(),
+            rollback_grace: "5s".into(),
+            post_wait: "1s".into(),
+        }
+    }
+}
+
+impl Lab {
+    /// Writes the drain-agent config of a node (its peer is the other node) and returns its path.
+    pub fn write_agent_config(&self, node: Node, c: &AgentConfig) -> Result<PathBuf> {
+        let path = self.dir.join(format!("agent-{node}.yaml"));
+        let text = format!(
+            "# drain-agent config of lab node {node}
+vips:
+  - address: {vip}
+    ports: [{http}, {echo}]
+ingress_interface: {ingress}
+peer: {peer}
+tracked_interface: {tracked}
+failover:
+  method: link-down
+  timeout: 10s
+  post_wait: {post_wait}
+drain:
+  deadline: {deadline}
+  idle_threshold: {idle}
+  poll_interval: 100ms
+  rollback_grace: {grace}
+peer_probe:
+  interval: 200ms
+  timeout: 200ms
+  failures: 2
+state_dir: {dir}/agent-state-{node}
+",
+            vip = addr::VIP,
+            http = addr::HTTP_PORT,
+            echo = addr::ECHO_PORT,
+            ingress = INGRESS_IF,
+            peer = node.peer().addr(),
+            tracked = crate::topology::TRACKED_IF,
+            post_wait = c.post_wait,
+            deadline = c.deadline,
+            idle = c.idle_threshold,
+            grace = c.rollback_grace,
+            dir = self.dir.display(),
+        );
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Runs `drain-agent -c <node config> ARGS...` in a node's namespace and returns its output.
+    pub fn agent(&self, node: Node, args: &[&str]) -> Result<std::process::Output> {
+        let bin = find_bin("drain-agent")?;
+        let cfg = self.dir.join(format!("agent-{node}.yaml"));
+        let mut argv = vec![
+            bin.to_str().unwrap().to_string(),
+            "-c".into(),
+            cfg.to_str().unwrap().to_string(),
+        ];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.exec_status(&self.node_ns(node), &argv)
+    }
+}
+
+/// Unix time in ms.
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// The `drain-agent` event: `accept` on lb2, `drain --json` on lb1 (with the given actions while it
+/// runs), `release` on lb2.
+pub fn drain_agent(opts: AgentOptions) -> Event {
+    Event::Custom(Box::new(move |lab, clock| run_agent(lab, clock, opts)))
+}
+
+fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOutcome> {
+    let mut o = EventOutcome::default();
+    lab.write_agent_config(Node::Lb1, &opts.overrides)?;
+    lab.write_agent_config(Node::Lb2, &AgentConfig::default())?;
+    if !opts.no_accept {
+        let acc = lab.agent(Node::Lb2, &["accept"])?;
+        if !acc.status.success() {
+            bail!(
+                "drain-agent accept on lb2 failed: {}",
+                String::from_utf8_lossy(&acc.stderr)
+            );
+        }
+        o.note(clock, "lb2: drain-agent accept");
+    }
+    let clock_origin_unix = unix_ms() - clock.ms();
+    let bin = find_bin("drain-agent")?;
+    let cfg = lab.dir.join("agent-lb1.yaml");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.node_ns(Node::Lb1)])
+        .arg(&bin)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--json", "drain"])
+        .args(&opts.args);
+    let t0 = Instant::now();
+    o.note(clock, "lb1: drain-agent drain");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting drain-agent")?;
+    // Read both pipes while the agent runs, or its live progress could fill a pipe and block it.
+    let drain_pipe = |p: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let stdout = drain_pipe(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain_pipe(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let mut during = opts.during.clone();
+    during.sort_by_key(|(d, _)| *d);
+    for (at, action) in during {
+        let now = t0.elapsed();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        match action {
+            DuringDrain::PeerLinkDown => {
+                o.note(clock, "lb2: ingress link down (peer dies)");
+                lab.exec(
+                    &lab.node_ns(Node::Lb2),
+                    &["ip", "link", "set", INGRESS_IF, "down"],
+                )?;
+            }
+            DuringDrain::Terminate => {
+                o.note(clock, "lb1: SIGTERM to drain-agent");
+                // `ip netns exec` execs the agent, so the child pid is the agent's.
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                )?;
+            }
+            DuringDrain::SecondDrain => {
+                let out = lab.agent(Node::Lb1, &["drain"])?;
+                o.note(
+                    clock,
+                    format!(
+                        "lb1: second drain exited {} ({})",
+                        out.status.code().unwrap_or(-1),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                );
+            }
+        }
+    }
+    let status = child.wait()?;
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    let exit_code = status.code().unwrap_or(-1);
+    o.note(clock, format!("lb1: drain-agent exited {exit_code}"));
+    let mut events = Vec::new();
+    for line in stdout.lines() {
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) {
+            if let Some(ts) = v["ts_ms"].as_f64() {
+                v["t_ms"] = serde_json::json!(ts - clock_origin_unix);
+            }
+            events.push(v);
+        }
+    }
+    let run = AgentRun {
+        exit_code,
+        events,
+        stderr,
+    };
+    if let Some(r) = run.result() {
+        o.drain_ms = r["report"]["total_ms"].as_f64();
+        o.failover_ms = r["report"]["failover_ms"].as_f64();
+    }
+    if !opts.no_accept {
+        let rel = lab.agent(Node::Lb2, &["release"])?;
+        if !rel.status.success() {
+            bail!(
+                "drain-agent release on lb2 failed: {}",
+                String::from_utf8_lossy(&rel.stderr)
+            );
+        }
+        o.note(clock, "lb2: drain-agent release");
+    }
+    o.agent = Some(run);
+    Ok(o)
+}
