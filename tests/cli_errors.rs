@@ -845,3 +845,28 @@ fn the_snapshot_sees_every_kind_of_change_the_agent_makes() {
         },
     );
 }
+
+// Pure helpers of `tests/common`, tested here (the benchmark includes them too, without a harness).
+#[test]
+fn nft_counters_are_stripped_but_nothing_else() {
+    let text = "table ip mangle {\n\tchain PREROUTING {\n\t\tip daddr 198.18.9.100 counter packets 12 bytes 720 jump DRAIN-PRE\n\t}\n}\n";
+    assert_eq!(
+        common::strip_nft_counters(text),
+        "table ip mangle {\nchain PREROUTING {\nip daddr 198.18.9.100 counter jump DRAIN-PRE\n}\n}\n"
+    );
+}
+
+#[test]
+fn a_missing_journal_reads_like_an_empty_one_and_garbage_verbatim() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = journals(dir.path());
+    std::fs::write(dir.path().join("drain-journal.json"), "[]").unwrap();
+    assert_eq!(journals(dir.path()), empty);
+    std::fs::write(dir.path().join("drain-journal.json"), "{oops").unwrap();
+    assert!(journals(dir.path()).contains("{oops"));
+}
+
+#[test]
+fn diff_shows_removed_and_added_lines() {
+    assert_eq!(diff("a\nb\n", "a\nc\n"), "- b\n+ c\n");
+}

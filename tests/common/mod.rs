@@ -176,7 +176,7 @@ pub fn snapshot(ns: &ScratchNetns) -> String {
 }
 
 /// `counter packets N bytes M` → `counter` (iptables-nft gives every rule a counter).
-fn strip_nft_counters(text: &str) -> String {
+pub fn strip_nft_counters(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -231,33 +231,4 @@ pub fn diff(before: &str, after: &str) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nft_counters_are_stripped_but_nothing_else() {
-        let text = "table ip mangle {\n\tchain PREROUTING {\n\t\tip daddr 198.18.9.100 counter packets 12 bytes 720 jump DRAIN-PRE\n\t}\n}\n";
-        assert_eq!(
-            strip_nft_counters(text),
-            "table ip mangle {\nchain PREROUTING {\nip daddr 198.18.9.100 counter jump DRAIN-PRE\n}\n}\n"
-        );
-    }
-
-    #[test]
-    fn a_missing_journal_reads_like_an_empty_one_and_garbage_verbatim() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = journals(dir.path());
-        std::fs::write(dir.path().join("drain-journal.json"), "[]").unwrap();
-        assert_eq!(journals(dir.path()), empty);
-        std::fs::write(dir.path().join("drain-journal.json"), "{oops").unwrap();
-        assert!(journals(dir.path()).contains("{oops"));
-    }
-
-    #[test]
-    fn diff_shows_removed_and_added_lines() {
-        assert_eq!(diff("a\nb\n", "a\nc\n"), "- b\n+ c\n");
-    }
 }
