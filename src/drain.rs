@@ -141,6 +141,8 @@ pub trait Host {
 pub struct Policy {
     /// The VIPs this node serves.
     pub vips: Vec<Ipv4Addr>,
+    /// The peer's own address (named in errors about it).
+    pub peer: Ipv4Addr,
     /// Interface keepalived tracks.
     pub tracked_interface: String,
     /// Give up waiting for the drain after this.
@@ -439,10 +441,10 @@ fn preflight(
     let answer = h.probe_peer()?;
     if !matches!(answer, PeerAnswer::Accepted { .. }) {
         let why = match answer {
-            PeerAnswer::Refused => "it refuses connections to the VIP (RST): is HAProxy running there, and did you run `drain-agent accept` on it?",
-            _ => "it does not answer for the VIP: is it up, and did you run `drain-agent accept` on it?",
+            PeerAnswer::Refused => "refuses connections to the VIP (RST): is HAProxy running there, and did you run `drain-agent accept` on it?",
+            _ => "does not answer for the VIP: is it up, and did you run `drain-agent accept` on it?",
         };
-        return Err(DrainError::PeerNotReady(why.to_string()));
+        return Err(DrainError::PeerNotReady(format!("{} {why}", p.peer)));
     }
     let sockets = h.count()?.total;
     ev(Event::Ready {

@@ -216,6 +216,11 @@ impl StateDir {
             path: path.to_path_buf(),
             source,
         };
+        // create_dir_all on an existing file fails with EEXIST, printed as "File exists", which
+        // reads as if the directory were there and fine: name the real problem.
+        if path.exists() && !path.is_dir() {
+            return Err(err(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
         fs::create_dir_all(path).map_err(err)?;
         let meta = fs::metadata(path).map_err(err)?;
         if meta.permissions().mode() & 0o022 != 0 {
@@ -365,6 +370,18 @@ mod tests {
             Ok(_) => panic!("second lock granted"),
         }
         assert_eq!(sd.lock_holder(), Some(std::process::id().to_string()));
+    }
+
+    #[test]
+    fn a_state_dir_that_is_a_file_is_reported_as_not_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state");
+        fs::write(&file, b"").unwrap();
+        let e = StateDir::open(&file).unwrap_err().to_string();
+        assert!(
+            e.contains(&file.display().to_string()) && e.contains("Not a directory"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -102,11 +102,8 @@ fn check_host(cfg: &crate::config::Config, a: &CheckArgs, c: &mut Checks) {
         }
     }
     // Kernel features: parse the exact divert transaction without committing it.
-    match iptables_test(&common::plan(cfg).install_rules()) {
-        Ok(()) => c.ok(
-            "kernel",
-            "mangle table, TEE, SET, set match, multiport: accepted by iptables-restore --test",
-        ),
+    match iptables_test(&common::plan(cfg)) {
+        Ok(detail) => c.ok("kernel", detail),
         Err(e) => c.fail("kernel", exit::ENVIRONMENT, e),
     }
     match host.count() {
@@ -173,24 +170,61 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn iptables_test(text: &str) -> Result<(), String> {
+/// Has iptables-restore parse the exact divert transaction (and ipset the exact sets) without
+/// committing anything to the node.
+///
+/// `iptables-restore --test` resolves the names in `-m set` / `-j SET` in the kernel, and our sets
+/// only exist while a drain runs, so run in the node's namespace it always failed ("Set DRAIN-80
+/// doesn't exist"). Instead a fresh thread unshares a private, empty network namespace (the
+/// namespace is per thread, and the tools started from that thread inherit it), creates the sets
+/// there (ipsets are per namespace) and tests the rules; the namespace disappears with the
+/// thread. The kernel features (TEE, SET, set match, multiport) are the same in every namespace.
+fn iptables_test(plan: &crate::plan::DivertPlan) -> Result<&'static str, String> {
+    let sets = plan.ipset_create();
+    let rules = plan.install_rules();
+    let worker = std::thread::spawn(move || {
+        use nix::sched::{unshare, CloneFlags};
+        match unshare(CloneFlags::CLONE_NEWNET) {
+            Ok(()) => {}
+            // Only CAP_NET_ADMIN (enough for a drain), not CAP_SYS_ADMIN: cannot test safely.
+            Err(nix::errno::Errno::EPERM) => return Ok(
+                "not tested: a private network namespace to test the divert in needs CAP_SYS_ADMIN",
+            ),
+            Err(e) => {
+                return Err(format!(
+                    "cannot create a private network namespace to test the divert in: {e}"
+                ))
+            }
+        }
+        run_with_stdin("ipset", &["restore"], &sets)?;
+        run_with_stdin("iptables-restore", &["--test", "--noflush"], &rules)?;
+        Ok("ipset hash:ip,port,ip, mangle table, TEE, SET, set match, multiport: accepted by ipset and iptables-restore --test")
+    });
+    worker
+        .join()
+        .unwrap_or_else(|_| Err("the kernel check panicked".to_string()))
+}
+
+/// Runs `bin args` with `text` on stdin; on failure, the first line of its stderr.
+fn run_with_stdin(bin: &str, args: &[&str], text: &str) -> Result<(), String> {
     use std::io::Write;
-    let mut child = std::process::Command::new("iptables-restore")
-        .args(["--test", "--noflush"])
+    let mut child = std::process::Command::new(bin)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("iptables-restore: {e}"))?;
+        .map_err(|e| format!("{bin}: {e}"))?;
     child.stdin.take().map(|mut s| s.write_all(text.as_bytes()));
     let out = child
         .wait_with_output()
-        .map_err(|e| format!("iptables-restore: {e}"))?;
+        .map_err(|e| format!("{bin}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "iptables-restore --test rejects the divert: {}",
+            "{bin} {} rejects the divert: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .next()

@@ -52,6 +52,7 @@ pub fn plan(cfg: &Config) -> DivertPlan {
 pub fn policy(cfg: &Config) -> Policy {
     Policy {
         vips: cfg.vips.iter().map(|v| v.address.get()).collect(),
+        peer: cfg.peer.get(),
         tracked_interface: cfg.tracked_interface.as_str().to_string(),
         deadline: cfg.drain.deadline.get(),
         abort_on_deadline: cfg.drain.abort_on_deadline,

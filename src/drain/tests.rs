@@ -31,6 +31,7 @@ fn restore_failure() -> FirewallError {
 fn policy() -> Policy {
     Policy {
         vips: vec![std::net::Ipv4Addr::new(198, 18, 0, 100)],
+        peer: std::net::Ipv4Addr::new(198, 18, 0, 12),
         tracked_interface: "trk0".into(),
         deadline: S(60),
         abort_on_deadline: false,
@@ -244,6 +245,7 @@ fn a_peer_that_is_not_ready_changes_nothing() {
         let e = r.result.as_ref().unwrap_err();
         assert_eq!(e.exit_code(), exit::PEER_NOT_READY, "{e}");
         assert!(e.to_string().contains("nothing changed"));
+        assert!(e.to_string().contains("198.18.0.12"), "names the peer: {e}");
         assert!(
             r.host.call_log().iter().all(|c| c == "probe"),
             "only probes: {:?}",
