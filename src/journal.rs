@@ -274,6 +274,19 @@ impl StateDir {
         }
     }
 
+    /// Takes the exclusive lock, waiting up to `wait` for its holder to finish.
+    pub fn lock_wait(&self, wait: std::time::Duration) -> Result<Lock, JournalError> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match self.lock() {
+                Err(JournalError::Busy { .. }) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Pid of the process holding the lock, if any (for `status`).
     pub fn lock_holder(&self) -> Option<String> {
         let path = self.path.join("lock");

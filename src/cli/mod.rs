@@ -11,6 +11,7 @@ mod accept;
 mod check;
 mod common;
 mod drain;
+mod notify;
 mod status;
 mod undrain;
 
@@ -64,6 +65,9 @@ enum Command {
     Accept(accept::AcceptArgs),
     /// On the peer: undo `accept`.
     Release(accept::ReleaseArgs),
+    /// keepalived's notify hook: TYPE NAME STATE [PRIORITY]. Accepts diverted traffic while
+    /// BACKUP, releases it (and clears a stale divert) on MASTER/STOP/DELETED. Idempotent.
+    Notify(notify::NotifyCliArgs),
 }
 
 /// A failed command: one line and its exit code.
@@ -126,5 +130,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(a) => status::run(g, a),
         Command::Accept(a) => accept::run_accept(g, a),
         Command::Release(a) => accept::run_release(g, a),
+        Command::Notify(a) => notify::run(g, a),
     }
 }

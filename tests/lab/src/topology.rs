@@ -114,6 +114,9 @@ pub struct LabOptions {
     pub extra_vrrp: Vec<String>,
     /// How long `up` waits for the VIP to answer.
     pub ready_timeout: Duration,
+    /// Wire keepalived's notify to `drain-agent notify` on both nodes (with the default agent
+    /// configuration), as keepalived/ does in production.
+    pub agent_notify: bool,
 }
 
 impl Default for LabOptions {
@@ -123,6 +126,7 @@ impl Default for LabOptions {
             advert_int: 1,
             extra_vrrp: Vec::new(),
             ready_timeout: Duration::from_secs(20),
+            agent_notify: false,
         }
     }
 }
@@ -245,7 +249,12 @@ impl Lab {
             self.write_haproxy_config(node)?;
             self.start_haproxy(node)?;
         }
-        self.write_notify_script()?;
+        if opts.agent_notify {
+            for node in Node::ALL {
+                self.write_agent_config(node, &crate::scenario::AgentConfig::default())?;
+            }
+        }
+        self.write_notify_script(opts.agent_notify)?;
         for node in Node::ALL {
             self.write_keepalived_config(node, opts)?;
             self.start_keepalived(node)?;
@@ -377,14 +386,24 @@ impl Lab {
         self.dir.join(format!("notify-{node}.log"))
     }
 
-    fn write_notify_script(&self) -> Result<()> {
+    fn write_notify_script(&self, agent: bool) -> Result<()> {
         let path = self.notify_script();
-        let text = format!(
+        let mut text = format!(
             "#!/bin/sh\n# keepalived notify hook of the lab: records every state change so tests can observe it.\n\
              node=\"$1\"; shift\n\
              echo \"$(date +%s.%N) $*\" >> {dir}/notify-$node.log\n",
             dir = self.dir.display()
         );
+        if agent {
+            // Then what production runs: `drain-agent notify TYPE NAME STATE PRIORITY`.
+            let bin = find_bin("drain-agent")?;
+            text.push_str(&format!(
+                "{bin} -c {dir}/agent-$node.yaml notify \"$@\" >> {dir}/agent-notify-$node.log 2>&1\n\
+                 echo \"$(date +%s.%N) $* exit $?\" >> {dir}/agent-notify-$node.log\n",
+                bin = bin.display(),
+                dir = self.dir.display()
+            ));
+        }
         fs::write(&path, text)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         Ok(())

@@ -1,0 +1,177 @@
+//! `drain-agent notify TYPE NAME STATE [PRIORITY]`: keepalived's `notify` hook. Brings this node's
+//! side of the protocol in line with its VRRP state, idempotently:
+//!
+//! | state | action |
+//! |---|---|
+//! | BACKUP | accept diverted traffic for the VIPs (what `accept` does) |
+//! | MASTER | release that acceptance (the VIP is on an interface now); remove a stale divert |
+//! | STOP, DELETED | release; remove a stale divert |
+//! | FAULT | nothing: a node in FAULT receives no traffic for the VIP, and if it is in FAULT because a drain downed its tracked interface, the drain (or `undrain`) owns what follows |
+//!
+//! keepalived does not wait for notify scripts, so two can run at once and finish out of order
+//! (BACKUP then MASTER at start-up, say). Each call therefore checks its state against what is
+//! true once it holds the lock: keepalived adds the VIPs before it calls MASTER and removes them
+//! before it calls BACKUP, so a BACKUP call on a node that holds a VIP, or a MASTER call on one
+//! that holds none, is stale and does nothing — the later call has done, or will do, the right
+//! thing.
+//!
+//! This takes the same
+//! lock as every other command, waiting for it a bounded time (a drain finishing, another
+//! notify); if a drain holds it past that, exit 6 and nothing changed. A "stale divert" is one no
+//! running drain owns: holding the lock proves none runs.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+
+use super::accept::{accept, release};
+use super::common::{self, Output};
+use super::{Failure, GlobalOpts};
+use crate::drain::{self as cycle, exit, Host};
+use crate::keepalived::{NotifyArgs, VrrpState};
+
+/// How long `notify` waits for another operation to finish before giving up (exit 6).
+pub const LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// Arguments of `notify` (keepalived appends them to the configured command).
+#[derive(Debug, Args)]
+pub struct NotifyCliArgs {
+    /// TYPE NAME STATE [PRIORITY], e.g. `INSTANCE VI_1 MASTER 150`.
+    #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
+    pub args: Vec<String>,
+}
+
+/// What `notify` does for a state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Accept diverted traffic.
+    Accept,
+    /// Release acceptance and remove any stale divert.
+    ReleaseAndClear,
+    /// Nothing.
+    Nothing,
+}
+
+/// The action for a VRRP state (see the module table).
+pub fn action_for(state: VrrpState) -> Action {
+    match state {
+        VrrpState::Backup => Action::Accept,
+        VrrpState::Master | VrrpState::Stop | VrrpState::Deleted => Action::ReleaseAndClear,
+        VrrpState::Fault => Action::Nothing,
+    }
+}
+
+/// Runs `notify`.
+pub fn run(g: &GlobalOpts, a: &NotifyCliArgs) -> Result<(), Failure> {
+    let n = NotifyArgs::parse(&a.args).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    let cfg = common::load_config(g)?;
+    let action = action_for(n.state);
+    let out = Output::new(g.json);
+    let summary = |done: &[String]| json!({"result": "notified", "state": n.state.to_string(), "instance": n.name, "changes": done});
+    if action == Action::Nothing {
+        out.result(
+            &summary(&[]),
+            &format!("notify {} {}: nothing to do", n.name, n.state),
+        );
+        return Ok(());
+    }
+    let state = common::state_dir(&cfg)?;
+    let _lock = state.lock_wait(LOCK_WAIT)?;
+    let mut host = common::system_host(&cfg, common::no_interrupts())?;
+    let _span = tracing::info_span!("notify", instance = %n.name, state = %n.state).entered();
+    let mut holds_vip = false;
+    for v in cfg.vips.iter() {
+        holds_vip |= host.vip_local(v.address.get())?;
+    }
+    if is_stale(n.state, holds_vip) {
+        let why = if holds_vip {
+            "this node holds the VIP"
+        } else {
+            "this node holds no VIP"
+        };
+        out.result(
+            &summary(&[]),
+            &format!(
+                "notify {} {}: stale ({why}), nothing to do",
+                n.name, n.state
+            ),
+        );
+        return Ok(());
+    }
+    let mut done = Vec::new();
+    match action {
+        Action::Accept => done.extend(accept(&cfg, &state, &mut host)?),
+        Action::ReleaseAndClear => {
+            let undone = release(&cfg, &state, &mut host)?;
+            if undone > 0 {
+                done.push(format!("released {undone} acceptance change(s)"));
+            }
+            let plan = common::plan(&cfg);
+            let save = host
+                .firewall()
+                .save_mangle()
+                .map_err(crate::drain::HostError::from)?;
+            if !plan.existing_chains(&save).is_empty() {
+                // Left by a drain that died: no drain runs (we hold the lock). Withdraw it the
+                // graceful way; the tracked interface is left as it is.
+                let mut journal = state.drain_journal()?;
+                cycle::undrain(
+                    &mut host,
+                    &mut journal,
+                    &plan,
+                    &common::policy(&cfg),
+                    true,
+                    &mut |_| {},
+                )?;
+                done.push("removed a stale divert".to_string());
+            }
+        }
+        Action::Nothing => {}
+    }
+    out.result(
+        &summary(&done),
+        &format!(
+            "notify {} {}: {}",
+            n.name,
+            n.state,
+            if done.is_empty() {
+                "already in line".to_string()
+            } else {
+                done.join("; ")
+            }
+        ),
+    );
+    Ok(())
+}
+
+/// A notification that reality has already overtaken (see the module docs).
+pub fn is_stale(state: VrrpState, holds_vip: bool) -> bool {
+    matches!(
+        (state, holds_vip),
+        (VrrpState::Backup, true) | (VrrpState::Master, false)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_has_the_documented_action() {
+        assert_eq!(action_for(VrrpState::Backup), Action::Accept);
+        assert_eq!(action_for(VrrpState::Master), Action::ReleaseAndClear);
+        assert_eq!(action_for(VrrpState::Stop), Action::ReleaseAndClear);
+        assert_eq!(action_for(VrrpState::Deleted), Action::ReleaseAndClear);
+        assert_eq!(action_for(VrrpState::Fault), Action::Nothing);
+    }
+
+    #[test]
+    fn out_of_order_calls_are_recognised_as_stale() {
+        assert!(is_stale(VrrpState::Backup, true));
+        assert!(is_stale(VrrpState::Master, false));
+        assert!(!is_stale(VrrpState::Backup, false));
+        assert!(!is_stale(VrrpState::Master, true));
+        assert!(!is_stale(VrrpState::Stop, true) && !is_stale(VrrpState::Stop, false));
+    }
+}

@@ -1,0 +1,142 @@
+//! keepalived's `notify` wired to `drain-agent notify` in the lab, as keepalived/ ships it: the
+//! BACKUP node accepts diverted traffic by itself, so a drain needs no manual `accept`, and the
+//! new MASTER releases that state on its own after the failover.
+
+use std::time::{Duration, Instant};
+
+use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions};
+use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
+
+/// Does the node carry the agent's `local VIP/32 dev lo` route (protocol 211)?
+fn accepting(lab: &Lab, node: Node) -> bool {
+    let out = lab
+        .exec(
+            &lab.node_ns(node),
+            &["ip", "route", "show", "table", "main", "proto", "211"],
+        )
+        .unwrap();
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+fn arp_ignore(lab: &Lab, node: Node) -> String {
+    let out = lab
+        .exec(
+            &lab.node_ns(node),
+            &["sysctl", "-n", "net.ipv4.conf.eth0.arp_ignore"],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn notify_prepares_the_backup_and_releases_it_once_master() {
+    if !can_run_lab("notify_e2e", &[]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions {
+        agent_notify: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    // At start-up lb1 went BACKUP then MASTER, lb2 BACKUP; the notify calls may finish out of
+    // order, but each checks its state against the VIP it holds.
+    wait_for("lb2 (BACKUP) to accept", || {
+        accepting(&lab, Node::Lb2) && arp_ignore(&lab, Node::Lb2) == "1"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !accepting(&lab, Node::Lb1),
+        "the MASTER carries no acceptance state"
+    );
+    assert_eq!(arp_ignore(&lab, Node::Lb1), "0");
+
+    // No manual accept: the drain relies on what notify did.
+    let opts = AgentOptions {
+        no_accept: true,
+        ..AgentOptions::default()
+    };
+    let r = scenario::run_in(
+        &mut lab,
+        "drain-agent-notify",
+        &default_load(),
+        Duration::from_millis(2500),
+        drain_agent(opts),
+    )
+    .unwrap();
+    let agent = r.event.agent.as_ref().unwrap();
+    assert_eq!(agent.exit_code, 0, "{}", agent.stderr);
+    assert_eq!(
+        r.broken,
+        0,
+        "{:?}",
+        r.load.failures.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(r.worst_setup_ms < 100.0);
+    // lb2 became MASTER: its notify released the acceptance state.
+    wait_for("lb2 (MASTER) to release", || {
+        !accepting(&lab, Node::Lb2) && arp_ignore(&lab, Node::Lb2) == "0"
+    });
+
+    // Two notify calls at once (keepalived does not serialise them): both succeed, the state is
+    // made once. lb1 is in FAULT (drained) and holds no VIP, so BACKUP is not stale for it.
+    let run = |lab: &Lab| {
+        lab.agent(Node::Lb1, &["notify", "INSTANCE", "VI_1", "BACKUP", "150"])
+            .unwrap()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run(&lab));
+        let b = s.spawn(|| run(&lab));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let routes = lab
+        .exec(
+            &lab.node_ns(Node::Lb1),
+            &["ip", "route", "show", "table", "main", "proto", "211"],
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&routes.stdout).lines().count(), 1);
+
+    // Malformed arguments: one line, exit 2, nothing changed.
+    let before = lab.host_snapshot(Node::Lb1).unwrap();
+    let bad = lab
+        .agent(Node::Lb1, &["notify", "INSTANCE", "VI_1", "BOGUS", "100"])
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("BOGUS"), "{err}");
+    assert_eq!(before, lab.host_snapshot(Node::Lb1).unwrap());
+
+    // Back in service: lb1 preempts (MASTER: releases), lb2 goes BACKUP (accepts again).
+    let out = lab.agent(Node::Lb1, &["undrain"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wait_vip_owner(Node::Lb1, Duration::from_secs(10))
+        .unwrap();
+    wait_for("lb1 (MASTER again) to release", || {
+        !accepting(&lab, Node::Lb1) && arp_ignore(&lab, Node::Lb1) == "0"
+    });
+    wait_for("lb2 (BACKUP again) to accept", || {
+        accepting(&lab, Node::Lb2) && arp_ignore(&lab, Node::Lb2) == "1"
+    });
+}
