@@ -132,6 +132,17 @@ pub struct Failover {
     /// until the peer's gratuitous ARP reaches them (FIELD-NOTES pitfall 8).
     #[serde(default = "defaults::post_wait")]
     pub post_wait: HumanDuration,
+    /// The file keepalived's `track_file` block watches. Required by `method: track-file`; with
+    /// `link-down` it is optional and only used by `undrain` to write `return_weight`.
+    #[serde(default)]
+    pub track_file: Option<StateDir>,
+    /// What `undrain` writes to the track file (value x the block's weight is added to the
+    /// priority). 0 restores the node's full priority at once; in a *preempting* pair, give the
+    /// node that returns a value that keeps it below its peer (e.g. -51 for priorities 150/100 and
+    /// weight 1), so it comes back as BACKUP instead of grabbing the VIP and cutting every
+    /// connection the peer serves; `notify` resets it to 0 once the node is MASTER again.
+    #[serde(default)]
+    pub return_weight: TrackValue,
 }
 
 /// The way the agent makes keepalived fail over.
@@ -142,6 +153,9 @@ pub enum FailoverMethod {
     /// Down the tracked interface; keepalived enters FAULT and sends a priority-0 advert.
     #[default]
     LinkDown,
+    /// Write -254 to `failover.track_file` (keepalived's `track_file`): FAULT without touching
+    /// any interface.
+    TrackFile,
 }
 
 /// `firewall:` section.
@@ -267,6 +281,8 @@ mod defaults {
             method: FailoverMethod::LinkDown,
             timeout: failover_timeout(),
             post_wait: post_wait(),
+            track_file: None,
+            return_weight: super::TrackValue::default(),
         }
     }
     pub(super) fn chain_prefix() -> ChainPrefix {
@@ -394,6 +410,18 @@ impl Config {
             return Err(invalid(
                 "firewall.mark",
                 format!("{mark:#010x} has bits outside firewall.mark_mask {mask:#010x}"),
+            ));
+        }
+        if self.failover.method == FailoverMethod::TrackFile && self.failover.track_file.is_none() {
+            return Err(invalid(
+                "failover.track_file",
+                "is required by failover.method: track-file".to_string(),
+            ));
+        }
+        if self.failover.return_weight.get() != 0 && self.failover.track_file.is_none() {
+            return Err(invalid(
+                "failover.return_weight",
+                "needs failover.track_file to write it to".to_string(),
             ));
         }
         if !self.vips.ports().any(|p| p == self.peer_probe.port) {
@@ -990,6 +1018,29 @@ impl TryFrom<String> for StateDir {
     }
 }
 scalar_newtype!(StateDir, "an absolute path", |s| s.0.display());
+
+/// A value for keepalived's track file that does not mean FAULT: -253..=0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrackValue(i32);
+
+impl TrackValue {
+    /// The value.
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for TrackValue {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        match text.trim().parse::<i32>() {
+            Ok(v) if (-253..=0).contains(&v) => Ok(TrackValue(v)),
+            Ok(v) => reject(format!("{v} is outside -253..=0 (-254 and below mean FAULT to keepalived; a positive value would raise the priority)")),
+            Err(_) => reject(format!("{text:?} is not an integer")),
+        }
+    }
+}
+scalar_newtype!(TrackValue, "an integer in -253..=0", |s| s.0);
 
 #[cfg(test)]
 mod tests {

@@ -130,6 +130,11 @@ pub trait Host {
     fn count(&mut self) -> Result<SocketCount, HostError>;
     /// Adds (`present`) or removes the `local VIP/32 dev lo` route.
     fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError>;
+    /// Writes keepalived's track file atomically (the value keepalived multiplies by the block's
+    /// weight; -254 means FAULT).
+    fn write_track_file(&mut self, path: &std::path::Path, value: i32) -> Result<(), HostError>;
+    /// Reads the track file (`None` if it does not exist: keepalived reads that as 0).
+    fn read_track_file(&mut self, path: &std::path::Path) -> Result<Option<i32>, HostError>;
     /// Reads a sysctl (key relative to /proc/sys).
     fn sysctl_read(&mut self, key: &str) -> Result<String, HostError>;
     /// Writes a sysctl.
@@ -161,8 +166,12 @@ pub struct Policy {
     pub failover_timeout: Duration,
     /// Keep diverting this long after the peer owns the VIP.
     pub post_wait: Duration,
-    /// Fail over even if this node does not hold the VIP (nothing to drain then).
-    pub skip_failover: bool,
+    /// keepalived's track file, if configured (`failover.track_file`).
+    pub track_file: Option<std::path::PathBuf>,
+    /// Fail over by writing FAULT to the track file instead of downing the tracked interface.
+    pub trigger_track_file: bool,
+    /// What `undrain` writes to the track file (see `failover.return_weight`).
+    pub return_weight: i32,
 }
 
 /// Why the drain stopped waiting.
@@ -220,10 +229,10 @@ pub enum Event {
         /// Sockets left (idle ones, or any at the deadline).
         remaining: usize,
     },
-    /// The tracked interface was set down.
+    /// keepalived was made to give up the VIPs.
     FailoverTriggered {
-        /// Interface.
-        ifname: String,
+        /// How: `trk0 down`, or `track file /path = -254`.
+        trigger: String,
     },
     /// The peer answers ARP for every VIP and this node holds none.
     PeerOwnsVip {
@@ -351,6 +360,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The track-file value keepalived reads as FAULT (value x weight clamped to -254).
+pub const TRACK_FAULT: i32 = -254;
+
 /// Runs the whole drain cycle. Returns only when the node is out of service and every transient
 /// change is undone, or with an error after rolling back.
 pub fn drain(
@@ -412,7 +424,12 @@ fn preflight(
             e.change
         )));
     }
+    let faulted = match &p.track_file {
+        Some(path) => h.read_track_file(path)?.is_some_and(|v| v <= TRACK_FAULT),
+        None => false,
+    };
     if !h.link_up(&p.tracked_interface)?
+        || faulted
         || j.entries().iter().any(|e| e.change.is_maintenance_state())
     {
         return Err(DrainError::AlreadyDrained(p.tracked_interface.clone()));
@@ -558,13 +575,21 @@ fn failover(
     p: &Policy,
     ev: &mut dyn FnMut(Event),
 ) -> Result<f64, DrainError> {
-    j.record(Change::LinkDown {
-        ifname: p.tracked_interface.clone(),
-    })?;
-    h.set_link(&p.tracked_interface, false)?;
-    ev(Event::FailoverTriggered {
-        ifname: p.tracked_interface.clone(),
-    });
+    let trigger = match (&p.track_file, p.trigger_track_file) {
+        (Some(path), true) => {
+            j.record(Change::TrackFault { path: path.clone() })?;
+            h.write_track_file(path, TRACK_FAULT)?;
+            format!("track file {} = {TRACK_FAULT}", path.display())
+        }
+        _ => {
+            j.record(Change::LinkDown {
+                ifname: p.tracked_interface.clone(),
+            })?;
+            h.set_link(&p.tracked_interface, false)?;
+            format!("{} down", p.tracked_interface)
+        }
+    };
+    ev(Event::FailoverTriggered { trigger });
     let t = h.now();
     loop {
         let mut pending = None;
@@ -678,6 +703,18 @@ pub fn undrain(
     if keep_link_down {
         return cleanup(h, j, plan);
     }
+    // The track file first, so a preempting node is already demoted (`return_weight`) when its
+    // FAULT clears below: it comes back as BACKUP instead of taking the VIP from the peer.
+    if let Some(path) = &p.track_file {
+        if h.read_track_file(path)? != Some(p.return_weight) {
+            h.write_track_file(path, p.return_weight)?;
+        }
+        for e in j.entries().to_vec() {
+            if matches!(e.change, Change::TrackFault { .. }) {
+                j.forget(&e.change)?;
+            }
+        }
+    }
     undo_all(h, j, plan)?;
     if !h.link_up(&p.tracked_interface)? {
         h.set_link(&p.tracked_interface, true)?;
@@ -741,6 +778,7 @@ pub fn undo(h: &mut dyn Host, plan: &DivertPlan, c: &Change) -> Result<(), HostE
                 .map_err(|e| HostError::other("remove divert", e))
         }
         Change::LinkDown { ifname } => h.set_link(ifname, true),
+        Change::TrackFault { path } => h.write_track_file(path, 0),
         Change::LocalRoute { addr } => h.local_route(*addr, false),
         Change::Sysctl { key, previous } => h.sysctl_write(key, previous),
     }

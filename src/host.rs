@@ -306,6 +306,19 @@ impl Host for SystemHost {
         }
     }
 
+    fn write_track_file(&mut self, path: &std::path::Path, value: i32) -> Result<(), HostError> {
+        tracing::info!(path = %path.display(), value, "track file");
+        crate::keepalived::TrackFile::new(path)
+            .write(value)
+            .map_err(|e| HostError::other(format!("track file {}", path.display()), e))
+    }
+
+    fn read_track_file(&mut self, path: &std::path::Path) -> Result<Option<i32>, HostError> {
+        crate::keepalived::TrackFile::new(path)
+            .read()
+            .map_err(|e| HostError::other(format!("track file {}", path.display()), e))
+    }
+
     fn sysctl_read(&mut self, k: &str) -> Result<String, HostError> {
         self.sysctl.read(&key(k)?).map_err(sysctl_err)
     }

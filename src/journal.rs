@@ -63,6 +63,12 @@ pub enum Change {
         /// Interface name.
         ifname: String,
     },
+    /// FAULT (-254) was written to keepalived's track file to make it fail over. Like
+    /// `LinkDown`, kept after the drain and undone by `undrain`.
+    TrackFault {
+        /// The track file.
+        path: std::path::PathBuf,
+    },
     /// A `local ADDR/32 dev lo` route so this node accepts diverted traffic for a VIP.
     LocalRoute {
         /// The VIP.
@@ -81,7 +87,7 @@ impl Change {
     /// True for the changes a drain keeps after it finished (the node stays out of service until
     /// `undrain`).
     pub fn is_maintenance_state(&self) -> bool {
-        matches!(self, Change::LinkDown { .. })
+        matches!(self, Change::LinkDown { .. } | Change::TrackFault { .. })
     }
 }
 

@@ -62,7 +62,13 @@ pub fn policy(cfg: &Config) -> Policy {
         rollback_grace: cfg.drain.rollback_grace.get(),
         failover_timeout: cfg.failover.timeout.get(),
         post_wait: cfg.failover.post_wait.get(),
-        skip_failover: false,
+        track_file: cfg
+            .failover
+            .track_file
+            .as_ref()
+            .map(|p| p.as_path().to_path_buf()),
+        trigger_track_file: cfg.failover.method == crate::config::FailoverMethod::TrackFile,
+        return_weight: cfg.failover.return_weight.get(),
     }
 }
 
@@ -148,7 +154,7 @@ impl Output {
                 "drain done: {reason:?} after {:.1} s, {remaining} left",
                 elapsed_ms / 1000.0
             ),
-            Event::FailoverTriggered { ifname } => format!("failover: {ifname} down"),
+            Event::FailoverTriggered { trigger } => format!("failover: {trigger}"),
             Event::PeerOwnsVip { after_ms } => {
                 format!("peer owns the VIP ({after_ms:.0} ms after the trigger)")
             }

@@ -4,7 +4,7 @@
 //! | state | action |
 //! |---|---|
 //! | BACKUP | accept diverted traffic for the VIPs (what `accept` does) |
-//! | MASTER | release that acceptance (the VIP is on an interface now); remove a stale divert |
+//! | MASTER | release that acceptance (the VIP is on an interface now); remove a stale divert; reset a `return_weight` demotion in the track file to 0 |
 //! | STOP, DELETED | release; remove a stale divert |
 //! | FAULT | nothing: a node in FAULT receives no traffic for the VIP, and if it is in FAULT because a drain downed its tracked interface, the drain (or `undrain`) owns what follows |
 //!
@@ -103,6 +103,20 @@ pub fn run(g: &GlobalOpts, a: &NotifyCliArgs) -> Result<(), Failure> {
     match action {
         Action::Accept => done.extend(accept(&cfg, &state, &mut host)?),
         Action::ReleaseAndClear => {
+            if n.state == VrrpState::Master {
+                // Back as MASTER after an undrain that demoted this node (`return_weight`, so it
+                // would not preempt its peer): restore the full priority.
+                if let Some(path) = &cfg.failover.track_file {
+                    let value = host.read_track_file(path.as_path())?;
+                    if value.is_some_and(|v| v < 0 && v > cycle::TRACK_FAULT) {
+                        host.write_track_file(path.as_path(), 0)?;
+                        done.push(format!(
+                            "full priority restored ({} = 0)",
+                            path.as_path().display()
+                        ));
+                    }
+                }
+            }
             let undone = release(&cfg, &state, &mut host)?;
             if undone > 0 {
                 done.push(format!("released {undone} acceptance change(s)"));

@@ -98,6 +98,8 @@ pub struct FakeHost {
     pub fail_op: Option<String>,
     pub routes: BTreeSet<Ipv4Addr>,
     pub sysctls: BTreeMap<String, String>,
+    /// keepalived track files.
+    pub track: BTreeMap<std::path::PathBuf, i32>,
 }
 
 impl FakeHost {
@@ -128,6 +130,7 @@ impl FakeHost {
             fail_op: None,
             routes: BTreeSet::new(),
             sysctls: BTreeMap::new(),
+            track: BTreeMap::new(),
         }
     }
 
@@ -241,6 +244,19 @@ impl Host for FakeHost {
             self.routes.remove(&vip);
         }
         Ok(())
+    }
+    fn write_track_file(&mut self, path: &std::path::Path, value: i32) -> Result<(), HostError> {
+        self.call(format!("track {} {value}", path.display()));
+        self.fail("track")?;
+        self.track.insert(path.to_path_buf(), value);
+        // keepalived: -254 is FAULT, which the fake models like the link going down.
+        if value <= super::TRACK_FAULT {
+            self.link_down_at = Some(self.t());
+        }
+        Ok(())
+    }
+    fn read_track_file(&mut self, path: &std::path::Path) -> Result<Option<i32>, HostError> {
+        Ok(self.track.get(path).copied())
     }
     fn sysctl_read(&mut self, key: &str) -> Result<String, HostError> {
         Ok(self.sysctls.get(key).cloned().unwrap_or_else(|| "0".into()))

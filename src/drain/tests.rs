@@ -41,7 +41,9 @@ fn policy() -> Policy {
         rollback_grace: S(2),
         failover_timeout: S(5),
         post_wait: S(1),
-        skip_failover: false,
+        track_file: None,
+        trigger_track_file: false,
+        return_weight: 0,
     }
 }
 
@@ -517,5 +519,62 @@ fn undrain_without_a_journal_still_removes_our_names_and_brings_the_link_up() {
             .any(|c| c.starts_with("restore") || c.starts_with("link")),
         "{:?}",
         &h.call_log()[calls..]
+    );
+}
+
+#[test]
+fn track_file_trigger_writes_fault_and_undrain_writes_the_return_weight() {
+    let mut p = policy();
+    let path = std::path::PathBuf::from("/var/lib/drain-agent/keepalived.track");
+    p.track_file = Some(path.clone());
+    p.trigger_track_file = true;
+    p.return_weight = -51;
+    let mut r = run(FakeHost::new(), p.clone());
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    assert_eq!(r.host.track[&path], TRACK_FAULT);
+    assert!(
+        r.host.links["trk0"],
+        "the interface is left alone with the track-file trigger"
+    );
+    assert!(r.host.call_log().iter().all(|c| !c.starts_with("link")));
+    // Already drained: a second drain is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut j2 = Journal::open(&dir.path().join("j.json")).unwrap();
+    let e = drain(&mut r.host, &mut j2, &plan(), &p, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, DrainError::AlreadyDrained(_)), "{e}");
+    // undrain demotes (the value is written before anything else clears the fault) and forgets
+    // the fault.
+    undrain(&mut r.host, &mut r.journal, &plan(), &p, false, &mut |_| {}).unwrap();
+    assert_eq!(r.host.track[&path], -51);
+    assert!(r.journal.is_empty());
+    let log = r.host.call_log();
+    assert_eq!(
+        log.iter().rfind(|c| c.starts_with("track")).unwrap(),
+        &format!("track {} -51", path.display())
+    );
+}
+
+#[test]
+fn link_down_undrain_demotes_before_bringing_the_link_up() {
+    let mut p = policy();
+    let path = std::path::PathBuf::from("/t/track");
+    p.track_file = Some(path.clone());
+    p.return_weight = -51;
+    let mut r = run(FakeHost::new(), p.clone());
+    assert!(r.result.is_ok());
+    assert!(!r.host.links["trk0"]);
+    undrain(&mut r.host, &mut r.journal, &plan(), &p, false, &mut |_| {}).unwrap();
+    let log = r.host.call_log();
+    let demote = log
+        .iter()
+        .position(|c| c == "track /t/track -51")
+        .expect("demoted");
+    let up = log
+        .iter()
+        .position(|c| c == "link trk0 up")
+        .expect("link up");
+    assert!(
+        demote < up,
+        "a preempting node must be demoted before its fault clears: {log:?}"
     );
 }

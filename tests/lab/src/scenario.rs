@@ -461,9 +461,11 @@ ingress_interface: {ingress}
 peer: {peer}
 tracked_interface: {tracked}
 failover:
-  method: link-down
+  method: {method}
   timeout: 10s
   post_wait: {post_wait}
+  track_file: {track}
+  return_weight: {ret}
 drain:
   deadline: {deadline}
   idle_threshold: {idle}
@@ -482,6 +484,18 @@ state_dir: {dir}/agent-state-{node}
             peer = node.peer().addr(),
             tracked = crate::topology::TRACKED_IF,
             post_wait = c.post_wait,
+            method = if self.opts.track_file_trigger {
+                "track-file"
+            } else {
+                "link-down"
+            },
+            track = self.track_file(node).display(),
+            // In a preempting pair lb1 (150) must come back below lb2 (100): 150 - 51 = 99.
+            ret = if !self.opts.nopreempt && node == Node::Lb1 {
+                -51
+            } else {
+                0
+            },
             deadline = c.deadline,
             idle = c.idle_threshold,
             grace = c.rollback_grace,

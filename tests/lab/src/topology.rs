@@ -117,6 +117,8 @@ pub struct LabOptions {
     /// Wire keepalived's notify to `drain-agent notify` on both nodes (with the default agent
     /// configuration), as keepalived/ does in production.
     pub agent_notify: bool,
+    /// The agent fails over through keepalived's track file instead of the tracked interface.
+    pub track_file_trigger: bool,
 }
 
 impl Default for LabOptions {
@@ -127,6 +129,7 @@ impl Default for LabOptions {
             extra_vrrp: Vec::new(),
             ready_timeout: Duration::from_secs(20),
             agent_notify: false,
+            track_file_trigger: false,
         }
     }
 }
@@ -138,6 +141,8 @@ pub struct Lab {
     pub id: String,
     /// State directory (configs, logs, pid files).
     pub dir: PathBuf,
+    /// The options it was built with.
+    pub opts: LabOptions,
     children: Vec<(String, Child)>,
     torn_down: bool,
 }
@@ -182,6 +187,7 @@ impl Lab {
         let mut lab = Lab {
             id,
             dir,
+            opts: opts.clone(),
             children: Vec::new(),
             torn_down: false,
         };
@@ -413,8 +419,13 @@ impl Lab {
         self.dir.join(format!("keepalived-{node}.conf"))
     }
 
+    /// The keepalived track file of a node (`track_file` block, weight 1); a missing file is 0.
+    pub fn track_file(&self, node: Node) -> PathBuf {
+        self.dir.join(format!("track-{node}"))
+    }
+
     fn write_keepalived_config(&self, node: Node, opts: &LabOptions) -> Result<()> {
-        let text = keepalived_config(node, opts, &self.notify_script());
+        let text = keepalived_config(node, opts, &self.notify_script(), &self.track_file(node));
         fs::write(self.keepalived_config_path(node), text)?;
         Ok(())
     }
@@ -786,7 +797,12 @@ backend echo
 }
 
 /// keepalived configuration of a lab node: one VRRP instance, VIP on eth0, tracking trk0.
-pub fn keepalived_config(node: Node, opts: &LabOptions, notify: &Path) -> String {
+pub fn keepalived_config(
+    node: Node,
+    opts: &LabOptions,
+    notify: &Path,
+    track_file: &Path,
+) -> String {
     let (state, prio) = match (node, opts.nopreempt) {
         (Node::Lb1, false) => ("MASTER", 150),
         (Node::Lb2, false) => ("BACKUP", 100),
@@ -814,6 +830,13 @@ global_defs {{
     vrrp_garp_master_repeat 3
 }}
 
+# The agent's second failover trigger (and the demotion a returning preempting node gets):
+# value x weight is added to the priority, -254 is FAULT, a missing file is 0.
+track_file drain_agent {{
+    file \"{track}\"
+    weight 1
+}}
+
 vrrp_instance VI_1 {{
     state {state}
     interface {ingress}
@@ -822,6 +845,9 @@ vrrp_instance VI_1 {{
     advert_int {advert}
 {nopreempt}    track_interface {{
         {tracked}
+    }}
+    track_file {{
+        drain_agent
     }}
     virtual_ipaddress {{
         {vip}/{plen} dev {ingress}
@@ -835,6 +861,7 @@ vrrp_instance VI_1 {{
         vip = addr::VIP,
         plen = addr::PREFIX_LEN,
         notify = notify.display(),
+        track = track_file.display(),
     )
 }
 
@@ -1027,13 +1054,18 @@ mod tests {
             nopreempt: true,
             ..LabOptions::default()
         };
-        let a = keepalived_config(Node::Lb1, &opts, Path::new("/n"));
-        let b = keepalived_config(Node::Lb2, &opts, Path::new("/n"));
+        let a = keepalived_config(Node::Lb1, &opts, Path::new("/n"), Path::new("/t"));
+        let b = keepalived_config(Node::Lb2, &opts, Path::new("/n"), Path::new("/t"));
         assert!(
             a.contains("state BACKUP") && a.contains("nopreempt") && a.contains("priority 150")
         );
         assert!(b.contains("state BACKUP") && b.contains("priority 100"));
-        let p = keepalived_config(Node::Lb1, &LabOptions::default(), Path::new("/n"));
+        let p = keepalived_config(
+            Node::Lb1,
+            &LabOptions::default(),
+            Path::new("/n"),
+            Path::new("/t"),
+        );
         assert!(p.contains("state MASTER") && !p.contains("nopreempt"));
     }
 }

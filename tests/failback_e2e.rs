@@ -1,0 +1,171 @@
+//! Failback, end to end, under one continuous mixed load: drain lb1 (lb2 becomes MASTER), do
+//! maintenance on lb1 (HAProxy killed and started again, like `systemctl restart`), `undrain`
+//! lb1, then drain lb2 back to lb1 with the same command, and `undrain` lb2. keepalived's notify
+//! calls `drain-agent notify` as keepalived/ ships it, so no step prepares a peer by hand.
+//! Zero broken flows over the whole sequence, for a preempting and a `nopreempt` pair, with both
+//! failover triggers (tracked interface down, keepalived track file).
+
+use std::time::{Duration, Instant};
+
+use drain_lab::scenario::{self, default_load, Clock, Event, EventOutcome};
+use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
+
+fn accepting(lab: &Lab, node: Node) -> bool {
+    let out = lab
+        .exec(
+            &lab.node_ns(node),
+            &["ip", "route", "show", "table", "main", "proto", "211"],
+        )
+        .unwrap();
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > Duration::from_secs(15) {
+            anyhow::bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn agent_ok(
+    lab: &Lab,
+    o: &mut EventOutcome,
+    clock: &Clock,
+    node: Node,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let out = lab.agent(node, args)?;
+    o.note(
+        clock,
+        format!(
+            "{node}: drain-agent {} exited {}",
+            args.join(" "),
+            out.status.code().unwrap_or(-1)
+        ),
+    );
+    if !out.status.success() {
+        anyhow::bail!(
+            "{node}: drain-agent {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn sequence(lab: &mut Lab, clock: &Clock) -> anyhow::Result<EventOutcome> {
+    let mut o = EventOutcome::default();
+    // Prepared by notify at start-up: lb2 is BACKUP and accepts.
+    wait_for("lb2 accepting", || accepting(lab, Node::Lb2))?;
+    agent_ok(lab, &mut o, clock, Node::Lb1, &["drain"])?;
+    lab.wait_vip_owner(Node::Lb2, Duration::from_secs(5))?;
+    // Maintenance on lb1: HAProxy killed and started again.
+    lab.kill("haproxy-lb1")?;
+    std::thread::sleep(Duration::from_millis(500));
+    lab.start_haproxy(Node::Lb1)?;
+    o.note(clock, "lb1: HAProxy restarted");
+    std::thread::sleep(Duration::from_millis(500));
+    agent_ok(lab, &mut o, clock, Node::Lb1, &["undrain"])?;
+    // lb1 must come back as BACKUP (nopreempt, or demoted by return_weight) and accept.
+    wait_for("lb1 accepting as BACKUP", || accepting(lab, Node::Lb1))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    if lab.vip_owner()? != Some(Node::Lb2) {
+        anyhow::bail!("lb1 took the VIP back on undrain: preemption would cut lb2's connections");
+    }
+    o.note(clock, "lb1 back as BACKUP, lb2 still MASTER");
+    agent_ok(lab, &mut o, clock, Node::Lb2, &["drain"])?;
+    lab.wait_vip_owner(Node::Lb1, Duration::from_secs(5))?;
+    agent_ok(lab, &mut o, clock, Node::Lb2, &["undrain"])?;
+    wait_for("lb2 accepting as BACKUP", || accepting(lab, Node::Lb2))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    if lab.vip_owner()? != Some(Node::Lb1) {
+        anyhow::bail!("lb2 took the VIP back on undrain");
+    }
+    o.note(clock, "back to the start: lb1 MASTER, lb2 BACKUP");
+    Ok(o)
+}
+
+fn failback(nopreempt: bool, track_file_trigger: bool) {
+    let name = format!("failback nopreempt={nopreempt} track_file={track_file_trigger}");
+    if !can_run_lab(&name, &[]) {
+        return;
+    }
+    let opts = LabOptions {
+        nopreempt,
+        track_file_trigger,
+        agent_notify: true,
+        ..LabOptions::default()
+    };
+    let mut lab = Lab::up(&opts).unwrap();
+    let before = (
+        lab.host_snapshot(Node::Lb1).unwrap(),
+        lab.host_snapshot(Node::Lb2).unwrap(),
+    );
+    let mut load = default_load();
+    load.duration_ms = 30_000;
+    let r = scenario::run_in(
+        &mut lab,
+        "failback",
+        &load,
+        Duration::from_millis(2500),
+        Event::Custom(Box::new(sequence)),
+    )
+    .unwrap();
+    println!(
+        "{name}\n{}",
+        scenario::comparison_table(std::slice::from_ref(&r))
+    );
+    for (t, n) in &r.event.timeline {
+        println!("  {t:>8.0} ms  {n}");
+    }
+    assert!(
+        r.broken == 0,
+        "{name}: {} broken: {:?}",
+        r.broken,
+        r.load.failures.iter().take(10).collect::<Vec<_>>()
+    );
+    assert!(
+        r.worst_setup_ms < 100.0,
+        "{name}: setup stall {} ms",
+        r.worst_setup_ms
+    );
+    assert_eq!(r.vip_owner_after, Some(Node::Lb1));
+    // lb1's full priority is back (its notify reset the demotion once MASTER): track files read 0.
+    for node in Node::ALL {
+        let v = std::fs::read_to_string(lab.track_file(node)).unwrap_or_default();
+        assert!(
+            v.trim().is_empty() || v.trim() == "0",
+            "{node} track file holds {v:?}"
+        );
+    }
+    let after = (
+        lab.host_snapshot(Node::Lb1).unwrap(),
+        lab.host_snapshot(Node::Lb2).unwrap(),
+    );
+    // Acceptance state sits on whichever node is BACKUP, as at the start.
+    assert_eq!(before, after, "{name}: hosts differ from the start");
+}
+
+#[test]
+fn failback_nopreempt_link_down() {
+    failback(true, false);
+}
+
+#[test]
+fn failback_preempt_link_down() {
+    failback(false, false);
+}
+
+#[test]
+fn failback_nopreempt_track_file() {
+    failback(true, true);
+}
+
+#[test]
+fn failback_preempt_track_file() {
+    failback(false, true);
+}
