@@ -108,10 +108,10 @@ fn validate_name(name: &str) -> Result<(), NetnsError> {
 /// namespace, and keep belonging to it after `f` returns (a socket's namespace is fixed at
 /// creation). The calling thread is never moved. If `f` panics, the panic is resumed on the
 /// calling thread so test assertions inside `f` report normally.
-pub fn in_netns<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, NetnsError> {
+///
+/// The thread is scoped (joined before this returns), so `f` may borrow from the caller — a
+/// listener to accept on, a plan to install — and need not be `'static`.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
     validate_name(name)?;
     let path = format!("{NETNS_RUN_DIR}/{name}");
     // Opened here, not in the thread, so a missing namespace is reported before any thread starts.
@@ -119,40 +119,81 @@ pub fn in_netns<T: Send + 'static>(
         name: name.to_owned(),
         source,
     })?;
-    let owned_name = name.to_owned();
-    let handle = std::thread::Builder::new()
-        // Thread names are truncated to 15 bytes by the kernel; this is for debuggers only.
-        .name(format!("netns:{name}"))
-        .spawn(move || -> Result<T, NetnsError> {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
-                name: owned_name,
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            // Thread names are truncated to 15 bytes by the kernel; this is for debuggers only.
+            .name(format!("netns:{name}"))
+            .spawn_scoped(scope, move || -> Result<T, NetnsError> {
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+                    name: name.to_owned(),
+                    source,
+                })?;
+                drop(file);
+                Ok(f())
+            })
+            .map_err(|source| NetnsError::Spawn {
+                name: name.to_owned(),
                 source,
             })?;
-            drop(file);
-            Ok(f())
-        })
-        .map_err(|source| NetnsError::Spawn {
-            name: name.to_owned(),
-            source,
-        })?;
-    match handle.join() {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+        // Joined explicitly, so a panic in `f` is resumed here with its own message rather
+        // than replaced by the scope's generic "a scoped thread panicked".
+        match handle.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Returns true when the caller may run a privileged (root) test; otherwise prints why the test
 /// is skipped and returns false. With `CI=true` in the environment a missing root is a failure
 /// (panic), because CI must run every kernel test.
 pub fn require_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
+    nix::unistd::geteuid().is_root()
+        || skip(
+            test,
+            "needs root (network namespaces, setns, raw sockets)",
+            ci(),
+        )
+}
+
+/// Returns true when the program `bin` is installed (an executable file in a `PATH` directory);
+/// otherwise prints why `test` is skipped and returns false. With `CI=true` a missing program is
+/// a failure (panic): CI installs everything with `tests/deps.sh` and must run every test.
+pub fn require_tool(test: &str, bin: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    find_executable(bin, &path).is_some()
+        || skip(
+            test,
+            &format!("`{bin}` is not installed (run tests/deps.sh)"),
+            ci(),
+        )
+}
+
+/// Whether the environment says this is CI, where no test may skip.
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Prints one line saying that `test` is skipped and why, and returns false; under CI panics
+/// with the same reason instead, because a skip there would hide a whole tier of tests.
+fn skip(test: &str, reason: &str, ci: bool) -> bool {
+    if ci {
+        panic!("{test}: {reason}, and CI=true forbids skipping");
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root (network namespaces, setns, raw sockets) and CI=true forbids skipping");
-    }
-    eprintln!("skipping {test}: needs root (network namespaces, setns, raw sockets)");
+    eprintln!("skipping {test}: {reason}");
     false
+}
+
+/// The first file named `bin` in the directories of `path` (a `PATH`-style list) that has an
+/// execute bit, like the shell's `command -v` but without starting a shell.
+fn find_executable(bin: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|dir| dir.join(bin))
+        .find(|file| {
+            std::fs::metadata(file)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Counter that makes scratch namespace names unique within this process; the pid makes them
@@ -187,16 +228,25 @@ impl ScratchNetns {
         &self.name
     }
 
+    /// The command `ip netns exec NAME ARGV...`, not yet started, for callers that need to set
+    /// its environment or stdio, or to spawn it and keep it running. `ip netns exec` execs
+    /// `argv`, so a spawned child's pid is the program's own.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(argv);
+        cmd
+    }
+
     /// Runs `argv` inside the namespace with `ip netns exec` and returns its output, whatever its
     /// exit status.
     pub fn run(&self, argv: &[&str]) -> Result<Output, NetnsError> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(argv);
-        cmd.output().map_err(|source| NetnsError::Command {
-            name: self.name.clone(),
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            source,
-        })
+        self.command(argv)
+            .output()
+            .map_err(|source| NetnsError::Command {
+                name: self.name.clone(),
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                source,
+            })
     }
 
     /// Like [`run`](Self::run) but fails unless the command exits 0; returns its stdout.
@@ -205,11 +255,8 @@ impl ScratchNetns {
         check_output(&self.name, argv, out)
     }
 
-    /// Runs `f` on a thread inside this namespace; see [`in_netns`].
-    pub fn enter<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, NetnsError> {
+    /// Runs `f` on a thread inside this namespace (`f` may borrow); see [`in_netns`].
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
         in_netns(&self.name, f)
     }
 
@@ -295,6 +342,38 @@ mod tests {
             );
         }
         validate_name("da-test-1-0").unwrap();
+    }
+
+    #[test]
+    fn a_skip_prints_and_returns_false_outside_ci() {
+        assert!(!skip("some_test", "needs something", false));
+    }
+
+    #[test]
+    #[should_panic(expected = "some_test: needs something, and CI=true forbids skipping")]
+    fn a_skip_is_a_failure_under_ci() {
+        skip("some_test", "needs something", true);
+    }
+
+    #[test]
+    fn only_executable_files_in_path_count_as_installed() {
+        use std::os::unix::fs::PermissionsExt;
+        let first = tempfile::tempdir().unwrap();
+        let second = tempfile::tempdir().unwrap();
+        let write = |dir: &tempfile::TempDir, name: &str, mode: u32| {
+            let file = dir.path().join(name);
+            std::fs::write(&file, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            file
+        };
+        write(&first, "tool", 0o644);
+        let runnable = write(&second, "tool", 0o755);
+        std::fs::create_dir(first.path().join("subdir")).unwrap();
+        let path = std::env::join_paths([first.path(), second.path()]).unwrap();
+        // The non-executable file earlier in PATH is passed over, as the shell would.
+        assert_eq!(find_executable("tool", &path), Some(runnable));
+        assert_eq!(find_executable("subdir", &path), None);
+        assert_eq!(find_executable("absent", &path), None);
     }
 
     #[test]

@@ -22,7 +22,6 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{diff, journals, snapshot, MiniPair, NODE_IP, PEER_IP, VIP};
 use drain_agent::drain::exit;
@@ -171,27 +170,30 @@ struct Outcome {
 }
 
 fn run_in(ns: &ScratchNetns, runner: &Runner, args: &[&str]) -> Outcome {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns.name()]);
-    match runner {
-        Runner::Plain => {}
-        Runner::Nobody => {
-            cmd.args([
-                "setpriv",
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-            ]);
-        }
+    let path_env;
+    let mut argv: Vec<&str> = match runner {
+        Runner::Plain => vec![],
+        Runner::Nobody => vec![
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+        ],
         Runner::Path(dir) => {
-            cmd.args(["env", &format!("PATH={dir}")]);
+            path_env = format!("PATH={dir}");
+            vec!["env", &path_env]
         }
-    }
-    cmd.arg(BIN).args(args);
+    };
+    argv.push(BIN);
+    argv.extend_from_slice(args);
     // The binary's own settings must not leak in from the test's environment: RUST_LOG would add
     // log lines to stderr, DRAIN_AGENT_CONFIG is always overridden by -c anyway.
-    cmd.env_remove("RUST_LOG").env_remove("DRAIN_AGENT_CONFIG");
-    let out = cmd.output().expect("run ip netns exec");
+    let out = ns
+        .command(&argv)
+        .env_remove("RUST_LOG")
+        .env_remove("DRAIN_AGENT_CONFIG")
+        .output()
+        .expect("run ip netns exec");
     Outcome {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

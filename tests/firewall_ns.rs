@@ -9,111 +9,44 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drain_agent::config::Config;
 use drain_agent::firewall::{self, Firewall, FirewallError, SystemFirewall};
+use drain_agent::netns::{require_root, ScratchNetns};
 use drain_agent::plan::{DivertPlan, Phase};
 
-/// Returns false (after saying why) when the test cannot run; panics instead under CI=true.
-fn can_run() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let why = "needs root to create network namespaces and change their firewall";
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true but not root: {why}");
-    }
-    eprintln!("skipping: {why}");
-    false
+/// A scratch namespace for `purpose`; panics (with the cause) if it cannot be made.
+fn netns(purpose: &str) -> ScratchNetns {
+    ScratchNetns::new(purpose).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// `ARGV` inside `ns`; panics with the command, namespace and stderr unless it exits 0.
+fn exec(ns: &ScratchNetns, argv: &[&str]) -> String {
+    ns.run_ok(argv).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A network namespace deleted on drop, even when the test fails.
-struct Netns(String);
-
-impl Netns {
-    fn new(purpose: &str) -> Netns {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "da-{purpose}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn name(&self) -> &str {
-        &self.0
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["ip", "-n", self.name()];
-        all.extend(args);
-        run(&all)
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let mut all = vec!["ip", "netns", "exec", self.name()];
-        all.extend(args);
-        run(&all)
-    }
-
-    /// Runs `f` on a thread that has entered this namespace: sockets it creates and processes
-    /// it starts belong to the namespace.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name());
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).unwrap();
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                f()
-            })
-            .join()
-            .unwrap()
-        })
-    }
-
-    /// Everything a reader of the firewall could see: all iptables tables (without the
-    /// timestamp comments), all ipsets, the whole nftables ruleset.
-    fn firewall_state(&self) -> String {
-        let save: String = self
-            .exec(&["iptables-save"])
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        format!(
-            "{save}--- ipset\n{}--- nft\n{}",
-            self.exec(&["ipset", "list"]),
-            self.exec(&["nft", "list", "ruleset"])
-        )
-    }
+/// `ip ARGS` inside `ns`; panics like [`exec`].
+fn ip(ns: &ScratchNetns, args: &[&str]) -> String {
+    exec(ns, &[&["ip"], args].concat())
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// Everything a reader of the firewall in `ns` could see: all iptables tables (without the
+/// timestamp comments), all ipsets, the whole nftables ruleset.
+fn firewall_state(ns: &ScratchNetns) -> String {
+    let save: String = exec(ns, &["iptables-save"])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    format!(
+        "{save}--- ipset\n{}--- nft\n{}",
+        exec(ns, &["ipset", "list"]),
+        exec(ns, &["nft", "list", "ruleset"])
+    )
 }
 
 fn plan_for(peer: &str, ports: &str) -> DivertPlan {
@@ -125,17 +58,20 @@ fn plan_for(peer: &str, ports: &str) -> DivertPlan {
 }
 
 /// One namespace with an ingress veth (both ends inside it: the rules only name it).
-fn lone_node() -> Netns {
-    let ns = Netns::new("fw");
-    ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
+fn lone_node() -> ScratchNetns {
+    let ns = netns("fw");
+    ip(
+        &ns,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ],
+    );
     ns
 }
 
-fn round_trip(ns: &Netns) {
+fn round_trip(ns: &ScratchNetns) {
     let plan = plan_for("198.18.0.12", "80, 7");
-    let before = ns.firewall_state();
+    let before = firewall_state(ns);
     ns.enter(|| {
         let mut fw = SystemFirewall::new();
         let had_table = fw.mangle_table_present().unwrap();
@@ -155,59 +91,66 @@ fn round_trip(ns: &Netns) {
             plan.expected_rules(Phase::Withdrawn)
         );
         firewall::remove(&mut fw, &plan, !receipt.mangle_table_was_present).unwrap();
-    });
-    assert_eq!(ns.firewall_state(), before);
+    })
+    .unwrap();
+    assert_eq!(firewall_state(ns), before);
 }
 
 #[test]
 fn round_trip_in_a_namespace_that_never_had_a_mangle_table() {
-    if !can_run() {
+    if !require_root("round_trip_in_a_namespace_that_never_had_a_mangle_table") {
         return;
     }
     let ns = lone_node();
-    assert!(!ns.enter(|| SystemFirewall::new().mangle_table_present().unwrap()));
+    assert!(!ns
+        .enter(|| SystemFirewall::new().mangle_table_present().unwrap())
+        .unwrap());
     round_trip(&ns);
-    assert!(!ns.exec(&["nft", "list", "tables"]).contains("mangle"));
+    assert!(!exec(&ns, &["nft", "list", "tables"]).contains("mangle"));
 }
 
 #[test]
 fn round_trip_next_to_a_user_rule_in_an_existing_mangle_table() {
-    if !can_run() {
+    if !require_root("round_trip_next_to_a_user_rule_in_an_existing_mangle_table") {
         return;
     }
     let ns = lone_node();
-    ns.exec(&[
-        "iptables",
-        "-t",
-        "mangle",
-        "-A",
-        "PREROUTING",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-j",
-        "MARK",
-        "--set-mark",
-        "5",
-    ]);
-    ns.exec(&["ipset", "create", "user-set", "hash:ip"]);
-    assert!(ns.enter(|| SystemFirewall::new().mangle_table_present().unwrap()));
-    round_trip(&ns);
+    exec(
+        &ns,
+        &[
+            "iptables",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+            "-j",
+            "MARK",
+            "--set-mark",
+            "5",
+        ],
+    );
+    exec(&ns, &["ipset", "create", "user-set", "hash:ip"]);
     assert!(ns
-        .exec(&["iptables-save", "-t", "mangle"])
+        .enter(|| SystemFirewall::new().mangle_table_present().unwrap())
+        .unwrap());
+    round_trip(&ns);
+    assert!(exec(&ns, &["iptables-save", "-t", "mangle"])
         .contains("-A PREROUTING -p udp -m udp --dport 53 -j MARK --set-xmark 0x5/0xffffffff"));
 }
 
 #[test]
 fn a_preexisting_set_name_is_refused_with_nothing_changed() {
-    if !can_run() {
+    if !require_root("a_preexisting_set_name_is_refused_with_nothing_changed") {
         return;
     }
     let ns = lone_node();
     // The second of our sets, so a plain `ipset restore` would already have created the first.
-    ns.exec(&["ipset", "create", "DRAIN-7", "hash:ip"]);
-    let before = ns.firewall_state();
+    exec(&ns, &["ipset", "create", "DRAIN-7", "hash:ip"]);
+    let before = firewall_state(&ns);
     let err = ns
         .enter(|| {
             firewall::install(
@@ -215,31 +158,35 @@ fn a_preexisting_set_name_is_refused_with_nothing_changed() {
                 &plan_for("198.18.0.12", "80, 7"),
             )
         })
+        .unwrap()
         .unwrap_err();
     assert!(
         matches!(&err, FirewallError::SetsExist { names } if names == &["DRAIN-7"]),
         "{err}"
     );
-    assert_eq!(ns.firewall_state(), before);
+    assert_eq!(firewall_state(&ns), before);
 }
 
 #[test]
 fn a_preexisting_chain_is_refused_with_nothing_changed() {
-    if !can_run() {
+    if !require_root("a_preexisting_chain_is_refused_with_nothing_changed") {
         return;
     }
     let ns = lone_node();
-    ns.exec(&["iptables", "-t", "mangle", "-N", "DRAIN-NEW"]);
-    ns.exec(&[
-        "iptables",
-        "-t",
-        "mangle",
-        "-A",
-        "DRAIN-NEW",
-        "-j",
-        "ACCEPT",
-    ]);
-    let before = ns.firewall_state();
+    exec(&ns, &["iptables", "-t", "mangle", "-N", "DRAIN-NEW"]);
+    exec(
+        &ns,
+        &[
+            "iptables",
+            "-t",
+            "mangle",
+            "-A",
+            "DRAIN-NEW",
+            "-j",
+            "ACCEPT",
+        ],
+    );
+    let before = firewall_state(&ns);
     let err = ns
         .enter(|| {
             firewall::install(
@@ -247,14 +194,15 @@ fn a_preexisting_chain_is_refused_with_nothing_changed() {
                 &plan_for("198.18.0.12", "80, 7"),
             )
         })
+        .unwrap()
         .unwrap_err();
     assert!(matches!(err, FirewallError::ChainsExist { .. }), "{err}");
-    assert_eq!(ns.firewall_state(), before);
+    assert_eq!(firewall_state(&ns), before);
 }
 
 #[test]
 fn the_mangle_table_is_kept_when_something_else_landed_in_it() {
-    if !can_run() {
+    if !require_root("the_mangle_table_is_kept_when_something_else_landed_in_it") {
         return;
     }
     let ns = lone_node();
@@ -272,17 +220,19 @@ fn the_mangle_table_is_kept_when_something_else_landed_in_it() {
             .save_mangle()
             .unwrap()
             .contains("-A OUTPUT -p udp -j ACCEPT"));
-    });
+    })
+    .unwrap();
 }
 
 #[test]
 fn iptables_restore_failure_names_the_binary_and_the_cause() {
-    if !can_run() {
+    if !require_root("iptables_restore_failure_names_the_binary_and_the_cause") {
         return;
     }
     let ns = lone_node();
     let err = ns
         .enter(|| SystemFirewall::new().restore("*mangle\n-A NO-SUCH-CHAIN -j ACCEPT\nCOMMIT\n"))
+        .unwrap()
         .unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -300,34 +250,37 @@ const PORT: u16 = 7;
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Lab {
-    client: Netns,
-    lb: Netns,
-    peer: Netns,
-    _switch: Netns,
+    client: ScratchNetns,
+    lb: ScratchNetns,
+    peer: ScratchNetns,
+    _switch: ScratchNetns,
 }
 
 fn lab() -> Lab {
-    let switch = Netns::new("sw");
-    switch.ip(&["link", "add", "br0", "type", "bridge"]);
-    switch.ip(&["link", "set", "br0", "up"]);
+    let switch = netns("sw");
+    ip(&switch, &["link", "add", "br0", "type", "bridge"]);
+    ip(&switch, &["link", "set", "br0", "up"]);
     let node = |purpose: &str, addr: &str| {
-        let ns = Netns::new(purpose);
+        let ns = netns(purpose);
         let port = format!("s{purpose}");
-        switch.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
-        switch.ip(&["link", "set", &port, "master", "br0", "up"]);
-        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
+        ip(
+            &switch,
+            &[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ],
+        );
+        ip(&switch, &["link", "set", &port, "master", "br0", "up"]);
+        ip(&ns, &["addr", "add", addr, "dev", "eth0"]);
+        ip(&ns, &["link", "set", "eth0", "up"]);
         ns
     };
     let client = node("cl", "198.18.0.1/24");
@@ -335,10 +288,16 @@ fn lab() -> Lab {
     let peer = node("pe", "198.18.0.12/24");
     // lb is MASTER: it holds the VIP. The peer is BACKUP: local route plus ARP silence, as
     // PeerPlan prescribes (namespace-local sysctls).
-    lb.ip(&["addr", "add", "198.18.0.100/32", "dev", "eth0"]);
-    peer.ip(&["route", "add", "local", "198.18.0.100/32", "dev", "lo"]);
-    peer.exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=1"]);
-    peer.exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.arp_announce=2"]);
+    ip(&lb, &["addr", "add", "198.18.0.100/32", "dev", "eth0"]);
+    ip(
+        &peer,
+        &["route", "add", "local", "198.18.0.100/32", "dev", "lo"],
+    );
+    exec(&peer, &["sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=1"]);
+    exec(
+        &peer,
+        &["sysctl", "-qw", "net.ipv4.conf.eth0.arp_announce=2"],
+    );
     Lab {
         client,
         lb,
@@ -355,8 +314,10 @@ struct Server {
 }
 
 impl Server {
-    fn start(ns: &Netns, name: &'static str) -> Server {
-        let listener = ns.enter(|| TcpListener::bind(SocketAddrV4::new(VIP, PORT)).unwrap());
+    fn start(ns: &ScratchNetns, name: &'static str) -> Server {
+        let listener = ns
+            .enter(|| TcpListener::bind(SocketAddrV4::new(VIP, PORT)).unwrap())
+            .unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -416,8 +377,8 @@ struct Conn {
 
 impl Conn {
     /// Connects from the client namespace, from `port` if given (0 = any).
-    fn open(client: &Netns, port: u16) -> Conn {
-        let stream = client.enter(|| connect_from(port));
+    fn open(client: &ScratchNetns, port: u16) -> Conn {
+        let stream = client.enter(|| connect_from(port)).unwrap();
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let mut reader = BufReader::new(stream);
         let mut greeting = String::new();
@@ -474,7 +435,7 @@ fn connect_from(port: u16) -> TcpStream {
 
 #[test]
 fn traffic_is_split_by_when_the_syn_arrived() {
-    if !can_run() {
+    if !require_root("traffic_is_split_by_when_the_syn_arrived") {
         return;
     }
     let lab = lab();
@@ -490,6 +451,7 @@ fn traffic_is_split_by_when_the_syn_arrived() {
     let receipt = lab
         .lb
         .enter(|| firewall::install(&mut SystemFirewall::new(), &plan))
+        .unwrap()
         .unwrap();
 
     // New flows go to the peer, every packet of them; the old flow stays, every packet of it.
@@ -503,6 +465,7 @@ fn traffic_is_split_by_when_the_syn_arrived() {
 
     lab.lb
         .enter(|| firewall::withdraw(&mut SystemFirewall::new(), &plan))
+        .unwrap()
         .unwrap();
 
     // After the withdraw: new flows are local again, the diverted one keeps going to the peer.
@@ -531,6 +494,7 @@ fn traffic_is_split_by_when_the_syn_arrived() {
                 !receipt.mangle_table_was_present,
             )
         })
+        .unwrap()
         .unwrap();
     // Without the divert, everything is local.
     let after = Conn::open(&lab.client, 0);

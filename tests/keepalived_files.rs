@@ -10,7 +10,7 @@ use std::process::Command;
 
 use drain_agent::config::Config;
 use drain_agent::keepalived::{DEFAULT_FIFO_PATH, DEFAULT_TRACK_FILE_PATH};
-use drain_agent::netns::{require_root, ScratchNetns};
+use drain_agent::netns::{require_root, require_tool, ScratchNetns};
 
 fn shipped(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -155,25 +155,6 @@ fn keepalived_check(ns: &ScratchNetns, file: &Path) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
     )
-}
-
-fn have(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Whether a test that needs `bin` can run; panics under CI=true, where it must.
-fn require_tool(test: &str, bin: &str) -> bool {
-    if have(bin) {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: `{bin}` is missing and CI=true forbids skipping (run tests/deps.sh)");
-    }
-    eprintln!("skipping {test}: `{bin}` is not installed");
-    false
 }
 
 #[test]

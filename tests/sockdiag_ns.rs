@@ -4,8 +4,8 @@
 //! "VIP", 198.18.7.2 another local service address, 198.18.7.10/11 clients. Both ends of every
 //! connection live in the test process.
 
-#[path = "support/sockdiag_netns.rs"]
-mod netns;
+#[path = "support/sockets.rs"]
+mod sockets;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -13,10 +13,11 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use drain_agent::netns::{require_root, ScratchNetns};
 use drain_agent::sockdiag::{
     Counts, DestroyWatcher, NetlinkSockDiag, SocketCounter, SocketFilter, TcpState,
 };
-use netns::{connect_from, listen, require_root, NetNs};
+use sockets::{add_lo_addr, connect_from, listen};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 1);
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 2);
@@ -83,10 +84,10 @@ fn count_until(
     }
 }
 
-fn iptables(ns: &NetNs, rule: &[&str]) {
+fn iptables(ns: &ScratchNetns, rule: &[&str]) {
     let mut argv = vec!["iptables", "-w"];
     argv.extend_from_slice(rule);
-    ns.exec(&argv);
+    ns.run_ok(&argv).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -94,11 +95,11 @@ fn counts_only_the_filtered_served_sockets_through_their_lifecycle() {
     if !require_root("counts_only_the_filtered_served_sockets_through_their_lifecycle") {
         return;
     }
-    let ns = NetNs::new("sdlife");
+    let ns = ScratchNetns::new("sdlife").unwrap();
     for a in [VIP, OTHER, CLIENT] {
-        ns.add_lo_addr(a);
+        add_lo_addr(&ns, a);
     }
-    ns.run(|| {
+    ns.enter(|| {
         let l80 = listen(ep(VIP, 80), 64).unwrap();
         let l81 = listen(ep(VIP, 81), 64).unwrap();
         let lo80 = listen(ep(OTHER, 80), 64).unwrap();
@@ -198,7 +199,8 @@ fn counts_only_the_filtered_served_sockets_through_their_lifecycle() {
         let c = count_until(&mut d, &filter(&[VIP], &[81]), None, |c| c.total == 0);
         assert_eq!(c.total, 0);
         assert_eq!(c.by_state, BTreeMap::new());
-    });
+    })
+    .unwrap();
 }
 
 #[test]
@@ -206,12 +208,12 @@ fn idle_means_no_data_and_no_acks_from_the_client() {
     if !require_root("idle_means_no_data_and_no_acks_from_the_client") {
         return;
     }
-    let ns = NetNs::new("sdidle");
+    let ns = ScratchNetns::new("sdidle").unwrap();
     for a in [VIP, CLIENT] {
-        ns.add_lo_addr(a);
+        add_lo_addr(&ns, a);
     }
-    let l = ns.run(|| listen(ep(VIP, 80), 16).unwrap());
-    let mut conns = ns.run(|| open(&l, CLIENT, 4));
+    let l = ns.enter(|| listen(ep(VIP, 80), 16).unwrap()).unwrap();
+    let mut conns = ns.enter(|| open(&l, CLIENT, 4)).unwrap();
     let [silent, download, zombie, upload] = [0, 1, 2, 3].map(|i| local_port(&conns[i].0));
     // The zombie's client vanished: nothing it sends arrives any more (no ACKs).
     iptables(
@@ -241,7 +243,7 @@ fn idle_means_no_data_and_no_acks_from_the_client() {
     conns[1].0.read_exact(&mut buf).unwrap();
     conns[3].1.read_exact(&mut buf).unwrap();
 
-    ns.run(|| {
+    ns.enter(|| {
         let mut d = NetlinkSockDiag::new().unwrap();
         let vip80 = filter(&[VIP], &[80]);
         let c = d.count(&vip80, Some(Duration::from_secs(1))).unwrap();
@@ -262,7 +264,8 @@ fn idle_means_no_data_and_no_acks_from_the_client() {
         assert!(idle_of(zombie) > 1000, "zombie: {samples:?}");
         assert!(idle_of(download) < 1000, "download: {samples:?}");
         assert!(idle_of(upload) < 1000, "upload: {samples:?}");
-    });
+    })
+    .unwrap();
     conns.clear();
 }
 
@@ -271,9 +274,9 @@ fn request_sockets_in_syn_recv_are_counted() {
     if !require_root("request_sockets_in_syn_recv_are_counted") {
         return;
     }
-    let ns = NetNs::new("sdsyn");
+    let ns = ScratchNetns::new("sdsyn").unwrap();
     for a in [VIP, CLIENT_B] {
-        ns.add_lo_addr(a);
+        add_lo_addr(&ns, a);
     }
     // The client's handshake ACK (ACK without SYN or RST) never reaches us, so our side stays
     // a request socket in SYN_RECV while the client believes it is connected.
@@ -294,10 +297,12 @@ fn request_sockets_in_syn_recv_are_counted() {
         "DROP",
     ];
     iptables(&ns, &[&["-A"], &drop_ack[..]].concat());
-    let l = ns.run(|| listen(ep(VIP, 80), 16).unwrap());
-    let mut client = ns.run(|| connect_from(ep(CLIENT_B, 0), ep(VIP, 80)).unwrap());
+    let l = ns.enter(|| listen(ep(VIP, 80), 16).unwrap()).unwrap();
+    let mut client = ns
+        .enter(|| connect_from(ep(CLIENT_B, 0), ep(VIP, 80)).unwrap())
+        .unwrap();
 
-    ns.run(|| {
+    ns.enter(|| {
         let mut d = NetlinkSockDiag::new().unwrap();
         let vip80 = filter(&[VIP], &[80]);
         for kernel_filter in [true, false] {
@@ -314,18 +319,20 @@ fn request_sockets_in_syn_recv_are_counted() {
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].state, s[0].idle_ms), (TcpState::SynRecv, None));
         assert_eq!(*s[0].remote.ip(), CLIENT_B);
-    });
+    })
+    .unwrap();
 
     // Let the ACK through; the client's next segment completes the handshake.
     iptables(&ns, &[&["-D"], &drop_ack[..]].concat());
     client.write_all(b"x").unwrap();
-    ns.run(|| {
+    ns.enter(|| {
         let mut d = NetlinkSockDiag::new().unwrap();
         let c = count_until(&mut d, &filter(&[VIP], &[80]), None, |c| {
             c.by_state.get(&TcpState::Established) == Some(&1)
         });
         assert_eq!(c.by_state, states(&[(TcpState::Established, 1)]));
-    });
+    })
+    .unwrap();
     let (_server, _) = l.accept().unwrap();
 }
 
@@ -334,11 +341,11 @@ fn destroy_watcher_wakes_on_a_closed_connection_but_not_on_a_dropped_request() {
     if !require_root("destroy_watcher_wakes_on_a_closed_connection_but_not_on_a_dropped_request") {
         return;
     }
-    let ns = NetNs::new("sddestroy");
+    let ns = ScratchNetns::new("sddestroy").unwrap();
     for a in [VIP, CLIENT, CLIENT_B] {
-        ns.add_lo_addr(a);
+        add_lo_addr(&ns, a);
     }
-    ns.run(|| {
+    ns.enter(|| {
         let l80 = listen(ep(VIP, 80), 16).unwrap();
         let _l81 = listen(ep(VIP, 81), 16).unwrap();
         let mut w80 = DestroyWatcher::new(filter(&[VIP], &[80])).unwrap();
@@ -373,7 +380,8 @@ fn destroy_watcher_wakes_on_a_closed_connection_but_not_on_a_dropped_request() {
         );
         assert_eq!((s[0].state, s[0].idle_ms), (TcpState::FinWait2, None));
         drop(c);
-    });
+    })
+    .unwrap();
 
     // A request socket that goes away (the client resets it) is not a full socket; measured
     // on 6.18: no destroy event.
@@ -390,7 +398,7 @@ fn destroy_watcher_wakes_on_a_closed_connection_but_not_on_a_dropped_request() {
         "DROP",
     ];
     iptables(&ns, &[&["-A"], &drop_ack[..]].concat());
-    ns.run(|| {
+    ns.enter(|| {
         let l = listen(ep(VIP, 82), 16).unwrap();
         let mut w = DestroyWatcher::new(filter(&[VIP], &[82])).unwrap();
         let mut d = NetlinkSockDiag::new().unwrap();
@@ -417,7 +425,8 @@ fn destroy_watcher_wakes_on_a_closed_connection_but_not_on_a_dropped_request() {
              the DestroyWatcher docs"
         );
         drop(l);
-    });
+    })
+    .unwrap();
 }
 
 #[test]
@@ -425,11 +434,11 @@ fn dual_stack_listener_sockets_are_counted_when_v4_mapped_is_on() {
     if !require_root("dual_stack_listener_sockets_are_counted_when_v4_mapped_is_on") {
         return;
     }
-    let ns = NetNs::new("sdmapped");
+    let ns = ScratchNetns::new("sdmapped").unwrap();
     for a in [VIP, CLIENT] {
-        ns.add_lo_addr(a);
+        add_lo_addr(&ns, a);
     }
-    ns.run(|| {
+    ns.enter(|| {
         // [::]:80 with IPV6_V6ONLY off (the default) also accepts IPv4: its connections are
         // AF_INET6 sockets with ::ffff:198.18.7.1 as local address.
         let l = TcpListener::bind("[::]:80").unwrap();
@@ -451,5 +460,6 @@ fn dual_stack_listener_sockets_are_counted_when_v4_mapped_is_on() {
         assert!(s
             .iter()
             .all(|s| s.local == ep(VIP, 80) && *s.remote.ip() == CLIENT));
-    });
+    })
+    .unwrap();
 }

@@ -161,8 +161,7 @@ fn main() {
         eprintln!("divert bench: not run (use `cargo bench --bench divert`)");
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping the divert benchmark: needs root (network namespaces, iptables)");
+    if !drain_agent::netns::require_root("divert benchmark") {
         return;
     }
     let pair = common::MiniPair::new("divbench");

@@ -14,8 +14,8 @@
 //! time, each with its own short-lived listeners (SO_REUSEADDR lets the next one bind the VIP
 //! ports again while earlier connections live on), and exit when their stdin closes.
 
-#[path = "../support/sockdiag_netns.rs"]
-mod netns;
+#[path = "../support/sockets.rs"]
+mod sockets;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,9 +23,10 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use drain_agent::netns::{require_root, ScratchNetns, NETNS_RUN_DIR};
 use drain_agent::sockdiag::{NetlinkSockDiag, SocketCounter, SocketFilter};
-use netns::{connect_from, listen, raise_nofile_to_hard, require_root, NetNs};
 use nix::sched::{setns, CloneFlags};
+use sockets::{add_lo_addr, connect_from, listen, raise_nofile_to_hard};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 1);
 const VIP_PORTS: [u16; 2] = [80, 443];
@@ -69,7 +70,10 @@ fn holder(spec: &str) {
         panic!("{HOLDER_ENV}={spec:?}: want NETNS FIRST COUNT");
     };
     let (first, count): (usize, usize) = (first.parse().unwrap(), count.parse().unwrap());
-    let path = format!("/run/netns/{ns}");
+    // The whole (single-threaded) holder process moves, not just a worker thread as
+    // `in_netns` would do: `ip netns pids` then lists it, so the namespace's guard can kill a
+    // holder that outlived the benchmark.
+    let path = format!("{NETNS_RUN_DIR}/{ns}");
     setns(File::open(&path).expect(&path), CloneFlags::CLONE_NEWNET).expect("setns");
     raise_nofile_to_hard().expect("raise RLIMIT_NOFILE");
     let started = Instant::now();
@@ -114,7 +118,7 @@ struct Holders {
 
 impl Holders {
     /// Spawns holders until `n` connections exist, `per_holder` at a time.
-    fn grow_to(&mut self, ns: &NetNs, n: usize, per_holder: usize) {
+    fn grow_to(&mut self, ns: &ScratchNetns, n: usize, per_holder: usize) {
         let exe = std::env::current_exe().expect("current_exe");
         while self.made < n {
             let count = (n - self.made).min(per_holder);
@@ -163,17 +167,9 @@ fn time<T>(mut f: impl FnMut() -> T) -> (f64, T) {
 }
 
 /// Runs a shell pipeline inside the namespace and returns its output as a number.
-fn shell_count(ns: &NetNs, pipeline: &str) -> usize {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "sh", "-c", pipeline])
-        .output()
-        .expect("spawn ip netns exec");
-    assert!(
-        out.status.success(),
-        "{pipeline}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+fn shell_count(ns: &ScratchNetns, pipeline: &str) -> usize {
+    ns.run_ok(&["sh", "-c", pipeline])
+        .unwrap_or_else(|e| panic!("{e}"))
         .trim()
         .parse()
         .unwrap_or_else(|e| panic!("{pipeline}: {e}"))
@@ -201,10 +197,10 @@ fn main() {
     }
     // Each holder keeps both ends of its connections, plus a few descriptors of its own.
     let per_holder = (raise_nofile_to_hard().expect("raise RLIMIT_NOFILE") as usize - 100) / 2;
-    let ns = NetNs::new("sdbench");
-    ns.add_lo_addr(VIP);
+    let ns = ScratchNetns::new("sdbench").unwrap_or_else(|e| panic!("{e}"));
+    add_lo_addr(&ns, VIP);
     for c in CLIENTS {
-        ns.add_lo_addr(c);
+        add_lo_addr(&ns, c);
     }
     let filter = SocketFilter::new(vec![VIP], VIP_PORTS.to_vec());
     let ss_filtered = format!(
@@ -240,7 +236,7 @@ fn main() {
             holders.children.len(),
             t.elapsed().as_secs_f64()
         );
-        ns.run(|| {
+        ns.enter(|| {
             let mut d = NetlinkSockDiag::new().expect("sock_diag socket");
             // The last case matches nothing: what the kernel's walk over the namespace's
             // sockets costs by itself, before any reply is built.
@@ -260,7 +256,8 @@ fn main() {
                 rows[i].ms.push(ms);
                 rows[i].counted.push(c.total);
             }
-        });
+        })
+        .unwrap();
         for (i, pipeline) in [
             "ss -Htn state established | wc -l",
             ss_filtered.as_str(),
