@@ -74,7 +74,7 @@ impl HostError {
 }
 
 /// What a SYN probe of the peer saw.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "answer")]
 pub enum PeerAnswer {
     /// SYN-ACK from the VIP via the peer: it accepts the VIP's traffic.
@@ -175,7 +175,7 @@ pub struct Policy {
 }
 
 /// Why the drain stopped waiting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DrainReason {
     /// No socket left.
@@ -187,7 +187,7 @@ pub enum DrainReason {
 }
 
 /// Events reported while the cycle runs (printed live, or as JSON lines with `--json`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     /// Preflight passed.

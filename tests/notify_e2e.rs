@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions};
+use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain};
 use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
 
 /// Does the node carry the agent's `local VIP/32 dev lo` route (protocol 211)?
@@ -124,19 +124,77 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
     assert!(err.contains("BOGUS"), "{err}");
     assert_eq!(before, lab.host_snapshot(Node::Lb1).unwrap());
 
-    // Back in service: lb1 preempts (MASTER: releases), lb2 goes BACKUP (accepts again).
+    // Back in service: the lab pair preempts, so undrain demotes lb1 (return_weight) and it comes
+    // back as BACKUP — accepting, as notify BACKUP makes it — while lb2 keeps the VIP and its
+    // connections. (tests/failback_e2e.rs drains the VIP back.)
     let out = lab.agent(Node::Lb1, &["undrain"]).unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    lab.wait_vip_owner(Node::Lb1, Duration::from_secs(10))
-        .unwrap();
-    wait_for("lb1 (MASTER again) to release", || {
-        !accepting(&lab, Node::Lb1) && arp_ignore(&lab, Node::Lb1) == "0"
+    wait_for("lb1 (BACKUP) to accept", || {
+        accepting(&lab, Node::Lb1) && arp_ignore(&lab, Node::Lb1) == "1"
     });
-    wait_for("lb2 (BACKUP again) to accept", || {
-        accepting(&lab, Node::Lb2) && arp_ignore(&lab, Node::Lb2) == "1"
-    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        lab.vip_owner().unwrap(),
+        Some(Node::Lb2),
+        "lb1 did not preempt"
+    );
+    assert!(
+        !accepting(&lab, Node::Lb2),
+        "the MASTER carries no acceptance state"
+    );
+}
+
+#[test]
+fn keepalived_restarting_on_the_peer_mid_drain_breaks_nothing() {
+    if !can_run_lab("keepalived_restart_mid_drain", &[]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions {
+        agent_notify: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    wait_for("lb2 (BACKUP) to accept", || accepting(&lab, Node::Lb2));
+    // lb2 serves diverted flows when its keepalived stops (notify STOP) and starts again
+    // (notify BACKUP): the acceptance they depend on must stay in place throughout.
+    let opts = AgentOptions {
+        no_accept: true,
+        during: vec![(
+            Duration::from_millis(1000),
+            DuringDrain::RestartKeepalived(Node::Lb2),
+        )],
+        ..AgentOptions::default()
+    };
+    let r = scenario::run_in(
+        &mut lab,
+        "keepalived-restart",
+        &default_load(),
+        Duration::from_millis(2500),
+        drain_agent(opts),
+    )
+    .unwrap();
+    let agent = r.event.agent.as_ref().unwrap();
+    assert_eq!(
+        agent.exit_code, 0,
+        "{}\n{:?}",
+        agent.stderr, r.event.timeline
+    );
+    assert_eq!(
+        r.broken,
+        0,
+        "{:?}",
+        r.load.failures.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(r.worst_setup_ms < 100.0);
+    assert!(r
+        .event
+        .timeline
+        .iter()
+        .any(|(_, n)| n.contains("lb2: keepalived started")));
+    assert_eq!(r.vip_owner_after, Some(Node::Lb2));
+    wait_for("lb2 (MASTER) to release", || !accepting(&lab, Node::Lb2));
 }

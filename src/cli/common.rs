@@ -107,6 +107,65 @@ pub fn no_interrupts() -> Arc<AtomicU32> {
     Arc::new(AtomicU32::new(0))
 }
 
+/// If a daemon serves the control socket, sends it `req`, prints its events and result as a
+/// local run would, and returns the command's outcome; `None` when there is no daemon (run here).
+/// SIGINT/SIGTERM close the connection, which tells the daemon to roll a drain back.
+pub fn forward(
+    g: &GlobalOpts,
+    req: &crate::control::Request,
+) -> Result<Option<Result<(), Failure>>, Failure> {
+    use crate::control::{call, ControlError};
+    if g.local || !g.socket.exists() {
+        return Ok(None);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::INTERNAL, format!("tokio: {e}")))?;
+    let out = Output::new(g.json);
+    let res = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async move {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            r = call(&g.socket, req, std::time::Duration::from_secs(2), |v| out.forwarded(v)) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term => None,
+        }
+    });
+    match res {
+        None => Ok(Some(Err(Failure::new(
+            exit::INTERRUPTED,
+            "interrupted; the daemon rolls the drain back",
+        )))),
+        // A socket file nobody serves (a daemon that was killed): run here.
+        Some(Err(ControlError::Connect { .. }))
+        | Some(Err(ControlError::ConnectTimeout { .. })) => Ok(None),
+        Some(Err(e)) => Err(Failure::new(exit::INTERNAL, format!("control socket: {e}"))),
+        Some(Ok(o)) if o.exit_code == 0 => {
+            out.result(&o.result, o.result["summary"].as_str().unwrap_or(""));
+            Ok(Some(Ok(())))
+        }
+        Some(Ok(o)) => {
+            if g.json {
+                out.result(&o.result, "");
+            }
+            Ok(Some(Err(Failure::new(
+                o.exit_code,
+                o.result["error"]
+                    .as_str()
+                    .unwrap_or("the daemon reported an error"),
+            ))))
+        }
+    }
+}
+
 /// Output of a command: live events and a final result, as text or JSON lines.
 pub struct Output {
     json: bool,
@@ -162,6 +221,14 @@ impl Output {
             Event::CleanedUp => "divert removed".to_string(),
         };
         println!("{line}");
+    }
+
+    /// Prints an event the daemon sent (JSON as received; text like a local event).
+    pub fn forwarded(&self, v: &serde_json::Value) {
+        match (self.json, serde_json::from_value::<Event>(v.clone())) {
+            (false, Ok(e)) => self.event(&e),
+            _ => println!("{v}"),
+        }
     }
 
     /// Prints the final result: `doc` as JSON, or `text`.

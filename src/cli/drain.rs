@@ -6,7 +6,12 @@ use serde_json::json;
 use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
 use crate::config::PositiveDuration;
-use crate::drain::{self as cycle, DrainError};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::control::{Op, Request};
+use crate::drain::{self as cycle, Event};
 
 /// Arguments of `drain`.
 #[derive(Debug, Args)]
@@ -26,9 +31,37 @@ fn positive(s: &str) -> Result<PositiveDuration, String> {
     PositiveDuration::try_from(s.to_string()).map_err(|e| e.to_string())
 }
 
-/// Runs `drain`.
+/// Runs `drain`: through the daemon when one serves the control socket, else here.
 pub fn run(g: &GlobalOpts, a: &DrainArgs) -> Result<(), Failure> {
-    let mut cfg = common::load_config(g)?;
+    let mut req = Request::new(Op::Drain).with_arg("abort_on_deadline", a.abort_on_deadline);
+    if let Some(d) = a.deadline {
+        req = req.with_arg("deadline", d.to_string());
+    }
+    if let Some(d) = a.idle_threshold {
+        req = req.with_arg("idle_threshold", d.to_string());
+    }
+    if let Some(done) = common::forward(g, &req)? {
+        return done;
+    }
+    let cfg = common::load_config(g)?;
+    let out = Output::new(g.json);
+    let (doc, summary) = execute(&cfg, a, common::install_signal_handlers(), &mut |e| {
+        out.event(e)
+    })?;
+    out.result(&doc, &summary);
+    Ok(())
+}
+
+/// The drain itself, for the CLI and the daemon: takes the lock, runs the cycle reporting each
+/// event to `emit`, records the outcome in the state directory. Returns the result document and
+/// a one-line summary, or the failure (after the same record).
+pub fn execute(
+    cfg: &Config,
+    a: &DrainArgs,
+    interrupts: Arc<AtomicU32>,
+    emit: &mut dyn FnMut(&Event),
+) -> Result<(serde_json::Value, String), Failure> {
+    let mut cfg = cfg.clone();
     if let Some(d) = a.deadline {
         cfg.drain.deadline = d;
     }
@@ -41,16 +74,12 @@ pub fn run(g: &GlobalOpts, a: &DrainArgs) -> Result<(), Failure> {
     let state = common::state_dir(&cfg)?;
     let _lock = state.lock()?;
     let mut journal = state.drain_journal()?;
-    let interrupts = common::install_signal_handlers();
     let mut host = common::system_host(&cfg, interrupts)?;
     let plan = common::plan(&cfg);
     let policy = common::policy(&cfg);
-    let out = Output::new(g.json);
     let span = tracing::info_span!("drain", peer = %cfg.peer.get(), tracked = %cfg.tracked_interface.as_str());
     let _enter = span.enter();
-    let result = cycle::drain(&mut host, &mut journal, &plan, &policy, &mut |e| {
-        out.event(&e)
-    });
+    let result = cycle::drain(&mut host, &mut journal, &plan, &policy, &mut |e| emit(&e));
     let record = match &result {
         Ok(r) => json!({"result": "drained", "report": r}),
         Err(e) => json!({"result": "failed", "exit_code": e.exit_code(), "error": e.to_string()}),
@@ -63,21 +92,37 @@ pub fn run(g: &GlobalOpts, a: &DrainArgs) -> Result<(), Failure> {
     );
     match result {
         Ok(r) => {
-            out.result(&record, &format!(
-                "drained: {:?} after {:.1} s ({} left), peer owned the VIP {:.0} ms after the trigger; divert removed; {} stays down until `drain-agent undrain`",
+            let summary = format!(
+                "drained: {:?} after {:.1} s ({} left), peer owned the VIP {:.0} ms after the trigger; divert removed; the node stays out of service until `drain-agent undrain`",
                 r.reason,
                 r.drain_ms / 1000.0,
                 r.abandoned,
                 r.failover_ms,
-                cfg.tracked_interface.as_str()
-            ));
-            Ok(())
+            );
+            Ok((record, summary))
         }
-        Err(e @ DrainError::Host(_)) | Err(e) => {
-            if g.json {
-                out.result(&record, "");
-            }
-            Err(e.into())
-        }
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Drain arguments from a control-socket request.
+pub fn args_from_request(req: &Request) -> Result<DrainArgs, String> {
+    let dur = |key: &str| -> Result<Option<PositiveDuration>, String> {
+        match req.args.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => {
+                positive(s).map(Some).map_err(|e| format!("{key}: {e}"))
+            }
+            Some(other) => Err(format!("{key}: expected a duration string, got {other}")),
+        }
+    };
+    Ok(DrainArgs {
+        abort_on_deadline: req
+            .args
+            .get("abort_on_deadline")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        deadline: dur("deadline")?,
+        idle_threshold: dur("idle_threshold")?,
+    })
 }

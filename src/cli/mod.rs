@@ -12,6 +12,7 @@ mod check;
 mod common;
 mod drain;
 mod notify;
+mod run;
 mod status;
 mod undrain;
 
@@ -43,6 +44,13 @@ pub struct GlobalOpts {
     /// Log filter (tracing EnvFilter syntax; RUST_LOG overrides).
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,
+    /// The daemon's control socket: `drain`, `undrain` and `status` go through the daemon when
+    /// one serves it, and run here otherwise.
+    #[arg(long, global = true, env = "DRAIN_AGENT_SOCKET", default_value = crate::control::DEFAULT_SOCKET_PATH)]
+    pub socket: PathBuf,
+    /// Run here even if a daemon serves the control socket.
+    #[arg(long, global = true)]
+    pub local: bool,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = crate::observability::LogFormat::Text)]
     pub log_format: crate::observability::LogFormat,
@@ -68,6 +76,9 @@ enum Command {
     /// keepalived's notify hook: TYPE NAME STATE [PRIORITY]. Accepts diverted traffic while
     /// BACKUP, releases it (and clears a stale divert) on MASTER/STOP/DELETED. Idempotent.
     Notify(notify::NotifyCliArgs),
+    /// The daemon: follows keepalived's vrrp_notify_fifo, serves the control socket, and on start
+    /// repairs what an interrupted drain left (a divert no drain owns).
+    Run(run::RunArgs),
 }
 
 /// A failed command: one line and its exit code.
@@ -131,5 +142,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Accept(a) => accept::run_accept(g, a),
         Command::Release(a) => accept::run_release(g, a),
         Command::Notify(a) => notify::run(g, a),
+        Command::Run(a) => run::run(g, a),
     }
 }

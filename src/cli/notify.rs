@@ -5,7 +5,7 @@
 //! |---|---|
 //! | BACKUP | accept diverted traffic for the VIPs (what `accept` does) |
 //! | MASTER | release that acceptance (the VIP is on an interface now); remove a stale divert; reset a `return_weight` demotion in the track file to 0 |
-//! | STOP, DELETED | release; remove a stale divert |
+//! | STOP, DELETED | release, unless diverted connections are still served here (keepalived restarting on a BACKUP mid-drain must not cut them); remove a stale divert |
 //! | FAULT | nothing: a node in FAULT receives no traffic for the VIP, and if it is in FAULT because a drain downed its tracked interface, the drain (or `undrain`) owns what follows |
 //!
 //! keepalived does not wait for notify scripts, so two can run at once and finish out of order
@@ -28,6 +28,7 @@ use serde_json::json;
 use super::accept::{accept, release};
 use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
+use crate::config::Config;
 use crate::drain::{self as cycle, exit, Host};
 use crate::keepalived::{NotifyArgs, VrrpState};
 
@@ -66,19 +67,25 @@ pub fn action_for(state: VrrpState) -> Action {
 pub fn run(g: &GlobalOpts, a: &NotifyCliArgs) -> Result<(), Failure> {
     let n = NotifyArgs::parse(&a.args).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     let cfg = common::load_config(g)?;
+    let (doc, text) = apply(&cfg, &n)?;
+    Output::new(g.json).result(&doc, &text);
+    Ok(())
+}
+
+/// Brings this node in line with VRRP state `n` (for the notify hook and the daemon's FIFO
+/// follower alike); returns the result document and a one-line summary.
+pub fn apply(cfg: &Config, n: &NotifyArgs) -> Result<(serde_json::Value, String), Failure> {
     let action = action_for(n.state);
-    let out = Output::new(g.json);
     let summary = |done: &[String]| json!({"result": "notified", "state": n.state.to_string(), "instance": n.name, "changes": done});
     if action == Action::Nothing {
-        out.result(
-            &summary(&[]),
-            &format!("notify {} {}: nothing to do", n.name, n.state),
-        );
-        return Ok(());
+        return Ok((
+            summary(&[]),
+            format!("notify {} {}: nothing to do", n.name, n.state),
+        ));
     }
-    let state = common::state_dir(&cfg)?;
+    let state = common::state_dir(cfg)?;
     let _lock = state.lock_wait(LOCK_WAIT)?;
-    let mut host = common::system_host(&cfg, common::no_interrupts())?;
+    let mut host = common::system_host(cfg, common::no_interrupts())?;
     let _span = tracing::info_span!("notify", instance = %n.name, state = %n.state).entered();
     let mut holds_vip = false;
     for v in cfg.vips.iter() {
@@ -90,18 +97,17 @@ pub fn run(g: &GlobalOpts, a: &NotifyCliArgs) -> Result<(), Failure> {
         } else {
             "this node holds no VIP"
         };
-        out.result(
-            &summary(&[]),
-            &format!(
+        return Ok((
+            summary(&[]),
+            format!(
                 "notify {} {}: stale ({why}), nothing to do",
                 n.name, n.state
             ),
-        );
-        return Ok(());
+        ));
     }
     let mut done = Vec::new();
     match action {
-        Action::Accept => done.extend(accept(&cfg, &state, &mut host)?),
+        Action::Accept => done.extend(accept(cfg, &state, &mut host)?),
         Action::ReleaseAndClear => {
             if n.state == VrrpState::Master {
                 // Back as MASTER after an undrain that demoted this node (`return_weight`, so it
@@ -117,11 +123,22 @@ pub fn run(g: &GlobalOpts, a: &NotifyCliArgs) -> Result<(), Failure> {
                     }
                 }
             }
-            let undone = release(&cfg, &state, &mut host)?;
-            if undone > 0 {
-                done.push(format!("released {undone} acceptance change(s)"));
+            // keepalived stopping (or restarting) on a BACKUP that serves flows diverted to it
+            // must not cut them: without the VIP on an interface, the local route is what keeps
+            // them alive. Release only once no VIP socket is left; the next BACKUP call (after a
+            // restart) finds the state in place, and `release` is there for a node leaving for good.
+            let serving = if holds_vip { 0 } else { host.count()?.total };
+            if serving > 0 {
+                done.push(format!(
+                    "acceptance kept: {serving} diverted connection(s) still served here"
+                ));
+            } else {
+                let undone = release(cfg, &state, &mut host)?;
+                if undone > 0 {
+                    done.push(format!("released {undone} acceptance change(s)"));
+                }
             }
-            let plan = common::plan(&cfg);
+            let plan = common::plan(cfg);
             let save = host
                 .firewall()
                 .save_mangle()
@@ -134,7 +151,7 @@ pub fn run(g: &GlobalOpts, a: &NotifyCliArgs) -> Result<(), Failure> {
                     &mut host,
                     &mut journal,
                     &plan,
-                    &common::policy(&cfg),
+                    &common::policy(cfg),
                     true,
                     &mut |_| {},
                 )?;
@@ -143,20 +160,17 @@ pub fn run(g: &GlobalOpts, a: &NotifyCliArgs) -> Result<(), Failure> {
         }
         Action::Nothing => {}
     }
-    out.result(
-        &summary(&done),
-        &format!(
-            "notify {} {}: {}",
-            n.name,
-            n.state,
-            if done.is_empty() {
-                "already in line".to_string()
-            } else {
-                done.join("; ")
-            }
-        ),
+    let text = format!(
+        "notify {} {}: {}",
+        n.name,
+        n.state,
+        if done.is_empty() {
+            "already in line".to_string()
+        } else {
+            done.join("; ")
+        }
     );
-    Ok(())
+    Ok((summary(&done), text))
 }
 
 /// A notification that reality has already overtaken (see the module docs).

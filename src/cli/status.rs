@@ -12,9 +12,22 @@ use crate::drain::Host;
 #[derive(Debug, Args)]
 pub struct StatusArgs {}
 
-/// Runs `status`.
+/// Runs `status`: through the daemon when one serves the control socket, else here.
 pub fn run(g: &GlobalOpts, _a: &StatusArgs) -> Result<(), Failure> {
+    if let Some(done) =
+        common::forward(g, &crate::control::Request::new(crate::control::Op::Status))?
+    {
+        return done;
+    }
     let cfg = common::load_config(g)?;
+    let (doc, text) = document(&cfg)?;
+    Output::new(g.json).result(&doc, &text);
+    Ok(())
+}
+
+/// The status document and its text form, for the CLI and the daemon.
+pub fn document(cfg: &crate::config::Config) -> Result<(serde_json::Value, String), Failure> {
+    let cfg = cfg.clone();
     let state = common::state_dir(&cfg)?;
     let mut host = common::system_host(&cfg, common::no_interrupts())?;
     let prefix = format!("{}-", cfg.firewall.chain_prefix.as_str());
@@ -100,6 +113,6 @@ pub fn run(g: &GlobalOpts, _a: &StatusArgs) -> Result<(), Failure> {
             text.push_str(&format!(" ({e})"));
         }
     }
-    Output::new(g.json).result(&doc, text.trim_end());
-    Ok(())
+    let text = text.trim_end().to_string();
+    Ok((doc, text))
 }

@@ -15,6 +15,12 @@ pub struct UpArgs {
     /// keepalived `nopreempt` on both nodes.
     #[arg(long)]
     pub nopreempt: bool,
+    /// Run drain-agent's daemon on both nodes (following keepalived's FIFO).
+    #[arg(long)]
+    pub daemon: bool,
+    /// Wire keepalived's notify to `drain-agent notify`.
+    #[arg(long)]
+    pub agent_notify: bool,
 }
 
 /// `drain-lab cleanup`: removes namespaces, processes and state of killed lab runs.
@@ -68,6 +74,8 @@ pub fn up(a: &UpArgs) -> Result<()> {
     teardown_on_signal();
     let lab = Lab::up(&LabOptions {
         nopreempt: a.nopreempt,
+        daemon: a.daemon,
+        agent_notify: a.agent_notify,
         ..LabOptions::default()
     })?;
     for role in ["cl", "lb1", "lb2", "be", "sw"] {

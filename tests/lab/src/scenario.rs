@@ -406,6 +406,12 @@ pub enum DuringDrain {
     Kill,
     /// `drain-agent undrain` on lb1; its exit code is noted.
     Undrain,
+    /// keepalived on a node stops gracefully (SIGTERM: notify STOP runs) and starts again.
+    RestartKeepalived(Node),
+    /// SIGKILL to the daemon on a node (a crash).
+    KillDaemon(Node),
+    /// Starts the daemon on a node again.
+    StartDaemon(Node),
 }
 
 /// How to run drain-agent in the `drain-agent` scenario.
@@ -510,10 +516,13 @@ state_dir: {dir}/agent-state-{node}
     pub fn agent(&self, node: Node, args: &[&str]) -> Result<std::process::Output> {
         let bin = find_bin("drain-agent")?;
         let cfg = self.dir.join(format!("agent-{node}.yaml"));
+        let sock = self.control_socket(node);
         let mut argv = vec![
             bin.to_str().unwrap().to_string(),
             "-c".into(),
             cfg.to_str().unwrap().to_string(),
+            "--socket".into(),
+            sock.to_str().unwrap().to_string(),
         ];
         argv.extend(args.iter().map(|s| s.to_string()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -557,6 +566,8 @@ fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOu
         .arg(&bin)
         .arg("-c")
         .arg(&cfg)
+        .arg("--socket")
+        .arg(lab.control_socket(Node::Lb1))
         .args(["--json", "drain"])
         .args(&opts.args);
     let t0 = Instant::now();
@@ -618,6 +629,20 @@ fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOu
                     nix::unistd::Pid::from_raw(child.id() as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 )?;
+            }
+            DuringDrain::RestartKeepalived(node) => {
+                lab.stop(&format!("keepalived-{node}"))?;
+                o.note(clock, format!("{node}: keepalived stopped"));
+                lab.start_keepalived(node)?;
+                o.note(clock, format!("{node}: keepalived started"));
+            }
+            DuringDrain::KillDaemon(node) => {
+                lab.kill(&format!("agent-{node}"))?;
+                o.note(clock, format!("{node}: daemon killed (SIGKILL)"));
+            }
+            DuringDrain::StartDaemon(node) => {
+                lab.start_daemon(node)?;
+                o.note(clock, format!("{node}: daemon started"));
             }
             DuringDrain::Undrain => {
                 let out = lab.agent(Node::Lb1, &["undrain"])?;

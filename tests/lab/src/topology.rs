@@ -119,6 +119,9 @@ pub struct LabOptions {
     pub agent_notify: bool,
     /// The agent fails over through keepalived's track file instead of the tracked interface.
     pub track_file_trigger: bool,
+    /// Run `drain-agent run` (the daemon) on both nodes, following keepalived's
+    /// `vrrp_notify_fifo`, as keepalived/ ships it; the CLI then goes through its control socket.
+    pub daemon: bool,
 }
 
 impl Default for LabOptions {
@@ -130,6 +133,7 @@ impl Default for LabOptions {
             ready_timeout: Duration::from_secs(20),
             agent_notify: false,
             track_file_trigger: false,
+            daemon: false,
         }
     }
 }
@@ -255,9 +259,14 @@ impl Lab {
             self.write_haproxy_config(node)?;
             self.start_haproxy(node)?;
         }
-        if opts.agent_notify {
+        if opts.agent_notify || opts.daemon {
             for node in Node::ALL {
                 self.write_agent_config(node, &crate::scenario::AgentConfig::default())?;
+            }
+        }
+        if opts.daemon {
+            for node in Node::ALL {
+                self.start_daemon(node)?;
             }
         }
         self.write_notify_script(opts.agent_notify)?;
@@ -328,6 +337,22 @@ impl Lab {
     /// Pids of the processes the lab started (not their children: keepalived forks its VRRP process).
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|(_, c)| c.id()).collect()
+    }
+
+    /// Stops a process started with [`Lab::spawn`] gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self, name: &str) -> Result<()> {
+        let pos = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| anyhow!("no process {name}"))?;
+        let (_, mut child) = self.children.remove(pos);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        child.wait()?;
+        Ok(())
     }
 
     /// Kills a process started with [`Lab::spawn`] (SIGKILL, like a crash or `systemctl kill`).
@@ -419,13 +444,67 @@ impl Lab {
         self.dir.join(format!("keepalived-{node}.conf"))
     }
 
+    /// The daemon's control socket of a node.
+    pub fn control_socket(&self, node: Node) -> PathBuf {
+        self.dir.join(format!("ctl-{node}.sock"))
+    }
+
+    /// keepalived's `vrrp_notify_fifo` of a node.
+    pub fn notify_fifo(&self, node: Node) -> PathBuf {
+        self.dir.join(format!("fifo-{node}"))
+    }
+
+    /// Starts `drain-agent run` on a node (process name `agent-<node>`).
+    pub fn start_daemon(&mut self, node: Node) -> Result<()> {
+        let bin = find_bin("drain-agent")?;
+        let cfg = self.dir.join(format!("agent-{node}.yaml"));
+        let (sock, fifo) = (self.control_socket(node), self.notify_fifo(node));
+        let ns = self.node_ns(node);
+        let argv = [
+            bin.to_str().unwrap(),
+            "-c",
+            cfg.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "--log-level",
+            "info",
+            "run",
+            "--fifo",
+            fifo.to_str().unwrap(),
+        ];
+        self.spawn(&format!("agent-{node}"), &ns, &argv)?;
+        // Serving once the socket exists (reconcile runs first).
+        let start = Instant::now();
+        while !sock.exists() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "drain-agent run on {node} did not create {}",
+                    sock.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// The keepalived track file of a node (`track_file` block, weight 1); a missing file is 0.
     pub fn track_file(&self, node: Node) -> PathBuf {
         self.dir.join(format!("track-{node}"))
     }
 
     fn write_keepalived_config(&self, node: Node, opts: &LabOptions) -> Result<()> {
-        let text = keepalived_config(node, opts, &self.notify_script(), &self.track_file(node));
+        let mut text = keepalived_config(node, opts, &self.notify_script(), &self.track_file(node));
+        if opts.daemon {
+            // The ordered channel the daemon follows (keepalived creates the FIFO).
+            text = text.replacen(
+                "global_defs {\n",
+                &format!(
+                    "global_defs {{\n    vrrp_notify_fifo {}\n",
+                    self.notify_fifo(node).display()
+                ),
+                1,
+            );
+        }
         fs::write(self.keepalived_config_path(node), text)?;
         Ok(())
     }
@@ -586,6 +665,9 @@ impl Lab {
                 .map(strip_counters)
                 .collect();
             if argv.starts_with(&["ip", "route"]) {
+                // IPv6 link-local routes come back by themselves a moment (DAD) after a link
+                // goes up again; the agent never touches IPv6.
+                lines.retain(|l| !l.contains("fe80::"));
                 // A link going down and up re-adds its IPv6 link-local routes at the end of the
                 // listing: the same routes in another order.
                 lines.sort();

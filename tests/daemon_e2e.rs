@@ -1,0 +1,147 @@
+//! The daemon, `drain-agent run`, on both lab nodes as keepalived/ ships it: it follows
+//! keepalived's `vrrp_notify_fifo` (so the BACKUP accepts and the new MASTER releases on their
+//! own) and serves the control socket the CLI's `drain`, `undrain` and `status` go through.
+
+use std::time::{Duration, Instant};
+
+use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain};
+use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
+
+fn accepting(lab: &Lab, node: Node) -> bool {
+    let out = lab
+        .exec(
+            &lab.node_ns(node),
+            &["ip", "route", "show", "table", "main", "proto", "211"],
+        )
+        .unwrap();
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_daemon_follows_the_fifo_and_runs_the_clis_drain() {
+    if !can_run_lab("daemon_fifo_and_socket", &[]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions {
+        daemon: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    wait_for("lb2 (BACKUP, from the FIFO) to accept", || {
+        accepting(&lab, Node::Lb2)
+    });
+    let status = lab.agent(Node::Lb1, &["--json", "status"]).unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["mode"], "in-service", "{doc}");
+    assert!(
+        doc["summary"].is_string(),
+        "the answer came from the daemon: {doc}"
+    );
+
+    let opts = AgentOptions {
+        no_accept: true,
+        ..AgentOptions::default()
+    };
+    let r = scenario::run_in(
+        &mut lab,
+        "drain-agent-daemon",
+        &default_load(),
+        Duration::from_millis(2500),
+        drain_agent(opts),
+    )
+    .unwrap();
+    let agent = r.event.agent.as_ref().unwrap();
+    assert_eq!(agent.exit_code, 0, "{}", agent.stderr);
+    assert!(
+        agent.event("diverted").is_some() && agent.event("cleaned-up").is_some(),
+        "events streamed from the daemon"
+    );
+    assert_eq!(agent.result().unwrap()["result"], "drained");
+    assert_eq!(
+        r.broken,
+        0,
+        "{:?}",
+        r.load.failures.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(r.worst_setup_ms < 100.0);
+    wait_for("lb2 (MASTER, from the FIFO) to release", || {
+        !accepting(&lab, Node::Lb2)
+    });
+}
+
+#[test]
+fn a_daemon_killed_mid_drain_repairs_on_restart_without_breaking_flows() {
+    if !can_run_lab("daemon_killed_mid_drain", &[]) {
+        return;
+    }
+    let mut lab = Lab::up(&LabOptions {
+        daemon: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    wait_for("lb2 to accept", || accepting(&lab, Node::Lb2));
+    let before = lab.host_snapshot(Node::Lb1).unwrap();
+    // The daemon dies with its drain's divert installed; started again, it finds the divert no
+    // drain owns and withdraws it gracefully: flows already at lb2 finish there.
+    let opts = AgentOptions {
+        no_accept: true,
+        during: vec![
+            (
+                Duration::from_millis(1000),
+                DuringDrain::KillDaemon(Node::Lb1),
+            ),
+            (
+                Duration::from_millis(1500),
+                DuringDrain::StartDaemon(Node::Lb1),
+            ),
+        ],
+        ..AgentOptions::default()
+    };
+    let r = scenario::run_in(
+        &mut lab,
+        "daemon-killed",
+        &default_load(),
+        Duration::from_millis(2500),
+        drain_agent(opts),
+    )
+    .unwrap();
+    let agent = r.event.agent.as_ref().unwrap();
+    assert_ne!(
+        agent.exit_code, 0,
+        "the CLI lost its daemon mid-drain and must say so"
+    );
+    assert_eq!(
+        r.broken,
+        0,
+        "{:?}\n{:?}",
+        r.load.failures.iter().take(5).collect::<Vec<_>>(),
+        r.event.timeline
+    );
+    assert!(r.worst_setup_ms < 100.0);
+    assert_eq!(
+        r.vip_owner_after,
+        Some(Node::Lb1),
+        "the drain never reached the failover"
+    );
+    assert_eq!(
+        before,
+        lab.host_snapshot(Node::Lb1).unwrap(),
+        "the restarted daemon left nothing behind"
+    );
+}
