@@ -2,30 +2,13 @@
 //! keepalived's `vrrp_notify_fifo` (so the BACKUP accepts and the new MASTER releases on their
 //! own) and serves the control socket the CLI's `drain`, `undrain` and `status` go through.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain};
-use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
+use drain_lab::topology::{can_run_lab, wait_until, Lab, LabOptions, Node};
 
-fn accepting(lab: &Lab, node: Node) -> bool {
-    let out = lab
-        .exec(
-            &lab.node_ns(node),
-            &["ip", "route", "show", "table", "main", "proto", "211"],
-        )
-        .unwrap();
-    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(10), cond).unwrap();
 }
 
 #[test]
@@ -39,7 +22,7 @@ fn the_daemon_follows_the_fifo_and_runs_the_clis_drain() {
     })
     .unwrap();
     wait_for("lb2 (BACKUP, from the FIFO) to accept", || {
-        accepting(&lab, Node::Lb2)
+        lab.accepting(Node::Lb2).unwrap()
     });
     let status = lab.agent(Node::Lb1, &["--json", "status"]).unwrap();
     assert!(
@@ -81,7 +64,7 @@ fn the_daemon_follows_the_fifo_and_runs_the_clis_drain() {
     );
     assert!(r.worst_setup_ms < 100.0);
     wait_for("lb2 (MASTER, from the FIFO) to release", || {
-        !accepting(&lab, Node::Lb2)
+        !lab.accepting(Node::Lb2).unwrap()
     });
 }
 
@@ -95,7 +78,7 @@ fn a_daemon_killed_mid_drain_repairs_on_restart_without_breaking_flows() {
         ..LabOptions::default()
     })
     .unwrap();
-    wait_for("lb2 to accept", || accepting(&lab, Node::Lb2));
+    wait_for("lb2 to accept", || lab.accepting(Node::Lb2).unwrap());
     let before = lab.host_snapshot(Node::Lb1).unwrap();
     // The daemon dies with its drain's divert installed; started again, it finds the divert no
     // drain owns and withdraws it gracefully: flows already at lb2 finish there.

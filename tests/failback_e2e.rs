@@ -5,31 +5,10 @@
 //! Zero broken flows over the whole sequence, for a preempting and a `nopreempt` pair, with both
 //! failover triggers (tracked interface down, keepalived track file).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drain_lab::scenario::{self, default_load, Clock, Event, EventOutcome};
-use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
-
-fn accepting(lab: &Lab, node: Node) -> bool {
-    let out = lab
-        .exec(
-            &lab.node_ns(node),
-            &["ip", "route", "show", "table", "main", "proto", "211"],
-        )
-        .unwrap();
-    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > Duration::from_secs(15) {
-            anyhow::bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
+use drain_lab::topology::{can_run_lab, wait_until, Lab, LabOptions, Node};
 
 fn agent_ok(
     lab: &Lab,
@@ -60,7 +39,9 @@ fn agent_ok(
 fn sequence(lab: &mut Lab, clock: &Clock) -> anyhow::Result<EventOutcome> {
     let mut o = EventOutcome::default();
     // Prepared by notify at start-up: lb2 is BACKUP and accepts.
-    wait_for("lb2 accepting", || accepting(lab, Node::Lb2))?;
+    wait_until("lb2 accepting", Duration::from_secs(15), || {
+        lab.accepting(Node::Lb2).unwrap()
+    })?;
     agent_ok(lab, &mut o, clock, Node::Lb1, &["drain"])?;
     lab.wait_vip_owner(Node::Lb2, Duration::from_secs(5))?;
     // Maintenance on lb1: HAProxy killed and started again.
@@ -71,7 +52,9 @@ fn sequence(lab: &mut Lab, clock: &Clock) -> anyhow::Result<EventOutcome> {
     std::thread::sleep(Duration::from_millis(500));
     agent_ok(lab, &mut o, clock, Node::Lb1, &["undrain"])?;
     // lb1 must come back as BACKUP (nopreempt, or demoted by return_weight) and accept.
-    wait_for("lb1 accepting as BACKUP", || accepting(lab, Node::Lb1))?;
+    wait_until("lb1 accepting as BACKUP", Duration::from_secs(15), || {
+        lab.accepting(Node::Lb1).unwrap()
+    })?;
     std::thread::sleep(Duration::from_millis(1500));
     if lab.vip_owner()? != Some(Node::Lb2) {
         anyhow::bail!("lb1 took the VIP back on undrain: preemption would cut lb2's connections");
@@ -80,7 +63,9 @@ fn sequence(lab: &mut Lab, clock: &Clock) -> anyhow::Result<EventOutcome> {
     agent_ok(lab, &mut o, clock, Node::Lb2, &["drain"])?;
     lab.wait_vip_owner(Node::Lb1, Duration::from_secs(5))?;
     agent_ok(lab, &mut o, clock, Node::Lb2, &["undrain"])?;
-    wait_for("lb2 accepting as BACKUP", || accepting(lab, Node::Lb2))?;
+    wait_until("lb2 accepting as BACKUP", Duration::from_secs(15), || {
+        lab.accepting(Node::Lb2).unwrap()
+    })?;
     std::thread::sleep(Duration::from_millis(1500));
     if lab.vip_owner()? != Some(Node::Lb1) {
         anyhow::bail!("lb2 took the VIP back on undrain");

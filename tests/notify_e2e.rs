@@ -2,20 +2,13 @@
 //! BACKUP node accepts diverted traffic by itself, so a drain needs no manual `accept`, and the
 //! new MASTER releases that state on its own after the failover.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain};
-use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
+use drain_lab::topology::{can_run_lab, wait_until, Lab, LabOptions, Node};
 
-/// Does the node carry the agent's `local VIP/32 dev lo` route (protocol 211)?
-fn accepting(lab: &Lab, node: Node) -> bool {
-    let out = lab
-        .exec(
-            &lab.node_ns(node),
-            &["ip", "route", "show", "table", "main", "proto", "211"],
-        )
-        .unwrap();
-    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(10), cond).unwrap();
 }
 
 fn arp_ignore(lab: &Lab, node: Node) -> String {
@@ -26,17 +19,6 @@ fn arp_ignore(lab: &Lab, node: Node) -> String {
         )
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -52,11 +34,11 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
     // At start-up lb1 went BACKUP then MASTER, lb2 BACKUP; the notify calls may finish out of
     // order, but each checks its state against the VIP it holds.
     wait_for("lb2 (BACKUP) to accept", || {
-        accepting(&lab, Node::Lb2) && arp_ignore(&lab, Node::Lb2) == "1"
+        lab.accepting(Node::Lb2).unwrap() && arp_ignore(&lab, Node::Lb2) == "1"
     });
     std::thread::sleep(Duration::from_secs(1));
     assert!(
-        !accepting(&lab, Node::Lb1),
+        !lab.accepting(Node::Lb1).unwrap(),
         "the MASTER carries no acceptance state"
     );
     assert_eq!(arp_ignore(&lab, Node::Lb1), "0");
@@ -85,7 +67,7 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
     assert!(r.worst_setup_ms < 100.0);
     // lb2 became MASTER: its notify released the acceptance state.
     wait_for("lb2 (MASTER) to release", || {
-        !accepting(&lab, Node::Lb2) && arp_ignore(&lab, Node::Lb2) == "0"
+        !lab.accepting(Node::Lb2).unwrap() && arp_ignore(&lab, Node::Lb2) == "0"
     });
 
     // Two notify calls at once (keepalived does not serialise them): both succeed, the state is
@@ -134,7 +116,7 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_for("lb1 (BACKUP) to accept", || {
-        accepting(&lab, Node::Lb1) && arp_ignore(&lab, Node::Lb1) == "1"
+        lab.accepting(Node::Lb1).unwrap() && arp_ignore(&lab, Node::Lb1) == "1"
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -143,7 +125,7 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
         "lb1 did not preempt"
     );
     assert!(
-        !accepting(&lab, Node::Lb2),
+        !lab.accepting(Node::Lb2).unwrap(),
         "the MASTER carries no acceptance state"
     );
 }
@@ -158,7 +140,9 @@ fn keepalived_restarting_on_the_peer_mid_drain_breaks_nothing() {
         ..LabOptions::default()
     })
     .unwrap();
-    wait_for("lb2 (BACKUP) to accept", || accepting(&lab, Node::Lb2));
+    wait_for("lb2 (BACKUP) to accept", || {
+        lab.accepting(Node::Lb2).unwrap()
+    });
     // lb2 serves diverted flows when its keepalived stops (notify STOP) and starts again
     // (notify BACKUP): the acceptance they depend on must stay in place throughout.
     let opts = AgentOptions {
@@ -196,5 +180,7 @@ fn keepalived_restarting_on_the_peer_mid_drain_breaks_nothing() {
         .iter()
         .any(|(_, n)| n.contains("lb2: keepalived started")));
     assert_eq!(r.vip_owner_after, Some(Node::Lb2));
-    wait_for("lb2 (MASTER) to release", || !accepting(&lab, Node::Lb2));
+    wait_for("lb2 (MASTER) to release", || {
+        !lab.accepting(Node::Lb2).unwrap()
+    });
 }

@@ -48,6 +48,29 @@ pub fn plan(cfg: &Config) -> DivertPlan {
     DivertPlan::new(cfg)
 }
 
+/// Withdraws gracefully and removes a divert no running drain owns — one a killed drain left on
+/// the host or in the journal — leaving the tracked interface as it is. The caller holds the
+/// lock, which proves no drain runs. Returns whether there was one.
+pub fn clear_orphaned_divert(
+    cfg: &Config,
+    state: &StateDir,
+    host: &mut SystemHost,
+) -> Result<bool, Failure> {
+    use crate::drain::{self as cycle, Host, HostError};
+    let mut journal = state.drain_journal()?;
+    let plan = plan(cfg);
+    let save = host.firewall().save_mangle().map_err(HostError::from)?;
+    let orphaned = !plan.existing_chains(&save).is_empty()
+        || journal
+            .entries()
+            .iter()
+            .any(|e| !e.change.is_maintenance_state());
+    if orphaned {
+        cycle::undrain(host, &mut journal, &plan, &policy(cfg), true, &mut |_| {})?;
+    }
+    Ok(orphaned)
+}
+
 /// The drain policy from `cfg`.
 pub fn policy(cfg: &Config) -> Policy {
     Policy {

@@ -138,24 +138,8 @@ pub fn apply(cfg: &Config, n: &NotifyArgs) -> Result<(serde_json::Value, String)
                     done.push(format!("released {undone} acceptance change(s)"));
                 }
             }
-            let plan = common::plan(cfg);
-            let save = host
-                .firewall()
-                .save_mangle()
-                .map_err(crate::drain::HostError::from)?;
-            if !plan.existing_chains(&save).is_empty() {
-                // Left by a drain that died: no drain runs (we hold the lock). Withdraw it the
-                // graceful way; the tracked interface is left as it is.
-                let mut journal = state.drain_journal()?;
-                cycle::undrain(
-                    &mut host,
-                    &mut journal,
-                    &plan,
-                    &common::policy(cfg),
-                    true,
-                    &mut |_| {},
-                )?;
-                done.push("removed a stale divert".to_string());
+            if common::clear_orphaned_divert(cfg, &state, &mut host)? {
+                done.push("removed a divert no drain owns".to_string());
             }
         }
         Action::Nothing => {}

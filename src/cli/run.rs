@@ -20,7 +20,7 @@ use super::common;
 use super::{drain, notify, status, undrain, Failure, GlobalOpts};
 use crate::config::Config;
 use crate::control::{ControlServer, EventSink, Handler, Op, Outcome, Peer, Request};
-use crate::drain::{self as cycle, exit, Event};
+use crate::drain::{exit, Event};
 use crate::keepalived::{FifoEvent, FifoLine, NotifyFifo, DEFAULT_FIFO_PATH};
 
 /// Arguments of `run`.
@@ -82,30 +82,13 @@ pub fn reconcile(cfg: &Config) -> Result<Vec<String>, Failure> {
     let state = common::state_dir(cfg)?;
     let _lock = state.lock_wait(notify::LOCK_WAIT)?;
     let mut host = common::system_host(cfg, common::no_interrupts())?;
-    let mut journal = state.drain_journal()?;
-    let plan = common::plan(cfg);
     let mut lines = Vec::new();
-    let save = cycle::Host::firewall(&mut host)
-        .save_mangle()
-        .map_err(cycle::HostError::from)?;
-    let installed = !plan.existing_chains(&save).is_empty();
-    let transient = journal
-        .entries()
-        .iter()
-        .any(|e| !e.change.is_maintenance_state());
-    if installed || transient {
-        cycle::undrain(
-            &mut host,
-            &mut journal,
-            &plan,
-            &common::policy(cfg),
-            true,
-            &mut |_| {},
-        )?;
+    if common::clear_orphaned_divert(cfg, &state, &mut host)? {
         lines.push(
             "repaired: a divert left by an interrupted drain was withdrawn and removed".to_string(),
         );
     }
+    let journal = state.drain_journal()?;
     for e in journal.entries() {
         lines.push(format!(
             "kept: {:?} (the node stays drained until `drain-agent undrain`)",

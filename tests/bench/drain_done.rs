@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drain_lab::scenario::AgentConfig;
-use drain_lab::topology::{addr, can_run_lab, find_bin, Lab, LabOptions, Node};
+use drain_lab::topology::{addr, can_run_lab, find_bin, wait_until, Lab, LabOptions, Node};
 
 fn unix_ms() -> f64 {
     SystemTime::now()
@@ -67,20 +67,12 @@ fn once(lab: &Lab, x: &str, node: Node) -> f64 {
     let out = lab.agent(node, &["undrain"]).unwrap();
     assert!(out.status.success());
     // The drained node comes back as BACKUP (notify makes it accept): the next drain's peer.
-    let t = std::time::Instant::now();
-    loop {
-        let out = lab
-            .exec(&lab.node_ns(node), &["ip", "route", "show", "proto", "211"])
-            .unwrap();
-        if !out.stdout.is_empty() {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{node} did not come back as an accepting BACKUP"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the drained node to accept as BACKUP",
+        Duration::from_secs(10),
+        || lab.accepting(node).unwrap(),
+    )
+    .unwrap();
     done.expect("drained event") - closed_at.unwrap()
 }
 

@@ -608,6 +608,16 @@ impl Lab {
         bail!("{node} did not take the VIP within {timeout:?}")
     }
 
+    /// Does the node carry drain-agent's acceptance route (`local VIP/32 dev lo`, protocol 211),
+    /// i.e. does it accept diverted traffic?
+    pub fn accepting(&self, node: Node) -> Result<bool> {
+        let out = self.exec(
+            &self.node_ns(node),
+            &["ip", "route", "show", "table", "main", "proto", "211"],
+        )?;
+        Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+    }
+
     /// Sets the tracked interface of a node down or up (what an operator's `ip link set dummy0 down`
     /// does in production).
     pub fn set_tracked(&self, node: Node, up: bool) -> Result<()> {
@@ -781,6 +791,18 @@ fn remove_namespace(ns: &str) {
         .args(["netns", "del", ns])
         .stderr(Stdio::null())
         .status();
+}
+
+/// Polls `cond` every 50 ms until it holds, failing after `timeout` with `what` in the message.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Names of all network namespaces under /run/netns.
