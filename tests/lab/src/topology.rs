@@ -339,14 +339,19 @@ impl Lab {
         self.children.iter().map(|(_, c)| c.id()).collect()
     }
 
-    /// Stops a process started with [`Lab::spawn`] gracefully (SIGTERM) and waits for it.
-    pub fn stop(&mut self, name: &str) -> Result<()> {
+    /// Removes a process started with [`Lab::spawn`] from the lab's list, to stop or kill it.
+    fn take_child(&mut self, name: &str) -> Result<Child> {
         let pos = self
             .children
             .iter()
             .position(|(n, _)| n == name)
             .ok_or_else(|| anyhow!("no process {name}"))?;
-        let (_, mut child) = self.children.remove(pos);
+        Ok(self.children.remove(pos).1)
+    }
+
+    /// Stops a process started with [`Lab::spawn`] gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self, name: &str) -> Result<()> {
+        let mut child = self.take_child(name)?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -357,12 +362,7 @@ impl Lab {
 
     /// Kills a process started with [`Lab::spawn`] (SIGKILL, like a crash or `systemctl kill`).
     pub fn kill(&mut self, name: &str) -> Result<()> {
-        let pos = self
-            .children
-            .iter()
-            .position(|(n, _)| n == name)
-            .ok_or_else(|| anyhow!("no process {name}"))?;
-        let (_, mut child) = self.children.remove(pos);
+        let mut child = self.take_child(name)?;
         let _ = child.kill();
         let _ = child.wait();
         Ok(())
