@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::firewall::{self, Firewall, FirewallError};
+use crate::firewall::{self, Firewall, FirewallError, InstallReceipt};
 use crate::journal::{Change, Journal, JournalError};
+use crate::plan::sets::{DivertCounters, RecordStats};
 use crate::plan::DivertPlan;
 
 /// What kind of failure a host operation had; decides the exit code.
@@ -212,6 +213,42 @@ pub enum Event {
         idle: usize,
         /// Per state.
         by_state: BTreeMap<String, usize>,
+        /// New flows recorded and diverted to the peer so far (as of the last look at the sets).
+        #[serde(default)]
+        diverted_flows: u64,
+    },
+    /// The diverted-flow record of a port got its next, larger member (see
+    /// [`crate::plan::sets`]): the record keeps ahead of the traffic.
+    RecordGrown {
+        /// The member set created.
+        set: String,
+        /// Flows the port's record held when it grew.
+        recorded: u64,
+        /// Flows the port's record can hold now.
+        room: u64,
+    },
+    /// Keeping the record ahead of the traffic failed (the divert itself is unchanged; if it
+    /// keeps failing, new flows may go unrecorded, which is counted and reported).
+    RecordTendFailed {
+        /// Why.
+        error: String,
+    },
+    /// SYNs of new flows could not be recorded (capacity reached, or the record did not grow in
+    /// time): before the seal they are served locally, after it they are dropped and the client
+    /// retransmits to the new owner.
+    Unrecorded {
+        /// Unrecorded SYNs since the divert, all ports.
+        syns: u64,
+        /// Flows recorded so far.
+        recorded: u64,
+        /// The configured capacity per port.
+        capacity: u32,
+    },
+    /// The drain is over: from now on an unrecorded SYN is dropped instead of starting a local
+    /// flow; the final count follows.
+    Sealed {
+        /// Milliseconds since the divert.
+        elapsed_ms: f64,
     },
     /// A peer probe failed.
     PeerProbeFailed {
@@ -239,6 +276,19 @@ pub enum Event {
         /// Milliseconds after the trigger.
         after_ms: f64,
     },
+    /// The divert's totals, read just before it is removed.
+    DivertTotals {
+        /// Flows recorded and diverted to the peer.
+        diverted_flows: u64,
+        /// Packets diverted to the peer.
+        diverted_packets: u64,
+        /// SYNs that could not be recorded (0 unless the capacity was reached).
+        unrecorded_syns: u64,
+        /// Of those, the ones dropped after the seal.
+        sealed_drops: u64,
+        /// Kernel memory the record held, bytes.
+        record_bytes: u64,
+    },
     /// New flows are served locally again.
     Withdrawn {
         /// Why.
@@ -263,6 +313,12 @@ pub struct DrainReport {
     pub install_ms: f64,
     /// Sockets left when the node went out of service (idle ones or deadline leftovers).
     pub abandoned: usize,
+    /// Flows recorded and diverted to the peer.
+    pub diverted_flows: u64,
+    /// SYNs that could not be recorded (0 unless the capacity was reached).
+    pub unrecorded_syns: u64,
+    /// Of those, the ones dropped after the seal (each a ~1 s retransmit for its client).
+    pub sealed_drops: u64,
 }
 
 /// Why a drain did not complete. Each maps to a documented exit code ([`DrainError::exit_code`]).
@@ -373,9 +429,9 @@ pub fn drain(
     ev: &mut dyn FnMut(Event),
 ) -> Result<DrainReport, DrainError> {
     let start = h.now();
-    preflight(h, j, plan, p, ev)?;
+    let receipt = preflight(h, j, plan, p, ev)?;
     let t = h.now();
-    if let Err(e) = install(h, j, plan) {
+    if let Err(e) = install(h, j, plan, &receipt) {
         // firewall::install undoes its own partial work; cleanup then only forgets the entry
         // (or reports what could not be undone).
         return Err(match cleanup(h, j, plan) {
@@ -385,11 +441,16 @@ pub fn drain(
     }
     let install_ms = ms(h.now() - t);
     ev(Event::Diverted { install_ms });
-    let (reason, remaining, drain_ms) = match watch(h, p, ev) {
+    let mut tender = Tender::new(h.now());
+    let (reason, remaining, drain_ms) = match watch(h, plan, p, ev, &mut tender) {
         Ok(w) => w,
-        Err(e) => return Err(rollback(h, j, plan, p, ev, e)),
+        Err(e) => {
+            tender.totals(h, plan, ev);
+            return Err(rollback(h, j, plan, p, ev, e));
+        }
     };
-    let failover = failover(h, j, p, ev);
+    let failover = failover(h, j, plan, p, ev, &mut tender);
+    let totals = tender.totals(h, plan, ev);
     let cleaned = cleanup(h, j, plan);
     if cleaned.is_ok() {
         ev(Event::CleanedUp);
@@ -403,17 +464,148 @@ pub fn drain(
         total_ms: ms(h.now() - start),
         install_ms,
         abandoned: remaining,
+        diverted_flows: totals.0.entries(),
+        unrecorded_syns: totals.1.unrecorded_syns(),
+        sealed_drops: totals.1.sealed_drops,
     })
 }
 
-/// Checks everything that can be checked before changing anything.
+/// Keeps the diverted-flow record ahead of the traffic while the divert is in place (grows it
+/// every [`firewall::TEND_INTERVAL`]) and watches its counters (every second), reporting what
+/// changes. Failures are reported, never fatal: the divert itself is already in place.
+struct Tender {
+    next_tend: Duration,
+    next_count: Duration,
+    stats: RecordStats,
+    /// When `stats` was read.
+    stats_at: Duration,
+    /// New flows per second per port, from the last two looks.
+    rates: BTreeMap<u16, f64>,
+    counters: DivertCounters,
+    last_error: Option<String>,
+}
+
+/// How often the divert's counters are read while it is in place.
+const COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Tender {
+    fn new(now: Duration) -> Tender {
+        Tender {
+            next_tend: now,
+            next_count: now + COUNT_INTERVAL,
+            stats: RecordStats::default(),
+            stats_at: now,
+            rates: BTreeMap::new(),
+            counters: DivertCounters::default(),
+            last_error: None,
+        }
+    }
+
+    /// Does what is due.
+    fn tick(&mut self, h: &mut dyn Host, plan: &DivertPlan, ev: &mut dyn FnMut(Event)) {
+        let now = h.now();
+        if now >= self.next_tend {
+            self.next_tend = now + firewall::TEND_INTERVAL;
+            // Grow early enough for the flows expected before the look after next.
+            let horizon = 2.0 * firewall::TEND_INTERVAL.as_secs_f64();
+            let rates = self.rates.clone();
+            let lookahead =
+                move |port: u16| (rates.get(&port).copied().unwrap_or(0.0) * horizon).ceil() as u64;
+            match firewall::tend(h.firewall(), plan, lookahead) {
+                Ok(t) => {
+                    let dt = (now - self.stats_at).as_secs_f64();
+                    if dt > 0.0 && !self.stats.ports.is_empty() {
+                        for (new, old) in t.stats.ports.iter().zip(&self.stats.ports) {
+                            let rate = new.entries().saturating_sub(old.entries()) as f64 / dt;
+                            self.rates.insert(new.port, rate);
+                        }
+                    }
+                    self.stats_at = now;
+                    for set in &t.grown {
+                        let rec = t
+                            .stats
+                            .ports
+                            .iter()
+                            .find(|r| set.starts_with(&format!("{}-", plan.set_name(r.port))));
+                        let added = plan
+                            .member_schedule()
+                            .get(rec.map_or(0, |r| r.members.len()))
+                            .map_or(0, |m| u64::from(m.maxelem));
+                        ev(Event::RecordGrown {
+                            set: set.clone(),
+                            recorded: rec.map_or(0, |r| r.entries()),
+                            room: rec.map_or(0, |r| r.room()) + added,
+                        });
+                    }
+                    self.stats = t.stats;
+                }
+                Err(e) => self.failed(e, ev),
+            }
+        }
+        if now >= self.next_count {
+            self.next_count = now + COUNT_INTERVAL;
+            self.count(h, plan, ev);
+        }
+    }
+
+    /// Reads the counters; reports SYNs that went unrecorded since the last look.
+    fn count(&mut self, h: &mut dyn Host, plan: &DivertPlan, ev: &mut dyn FnMut(Event)) {
+        match firewall::counters(h.firewall(), plan) {
+            Ok(c) => {
+                if c.unrecorded_syns() > self.counters.unrecorded_syns() {
+                    ev(Event::Unrecorded {
+                        syns: c.unrecorded_syns(),
+                        recorded: self.stats.entries(),
+                        capacity: plan.capacity(),
+                    });
+                }
+                self.counters = c;
+            }
+            Err(e) => self.failed(e, ev),
+        }
+    }
+
+    fn failed(&mut self, e: FirewallError, ev: &mut dyn FnMut(Event)) {
+        let error = e.to_string();
+        if self.last_error.as_ref() != Some(&error) {
+            ev(Event::RecordTendFailed {
+                error: error.clone(),
+            });
+            self.last_error = Some(error);
+        }
+    }
+
+    /// The final look before the divert goes: the record's fill and the counters, reported.
+    fn totals(
+        &mut self,
+        h: &mut dyn Host,
+        plan: &DivertPlan,
+        ev: &mut dyn FnMut(Event),
+    ) -> (RecordStats, DivertCounters) {
+        self.count(h, plan, ev);
+        if let Ok(terse) = h.firewall().ipset_list_terse() {
+            self.stats = plan.record_stats(&terse);
+        }
+        ev(Event::DivertTotals {
+            diverted_flows: self.stats.entries(),
+            diverted_packets: self.counters.diverted_packets,
+            unrecorded_syns: self.counters.unrecorded_syns(),
+            sealed_drops: self.counters.sealed_drops,
+            record_bytes: self.stats.bytes(),
+        });
+        (self.stats.clone(), self.counters.clone())
+    }
+}
+
+/// Checks everything that can be checked before changing anything; returns what the install
+/// needs to know of the firewall as it is.
 fn preflight(
     h: &mut dyn Host,
     j: &Journal,
     plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
-) -> Result<(), DrainError> {
+) -> Result<InstallReceipt, DrainError> {
     if let Some(e) = j
         .entries()
         .iter()
@@ -439,22 +631,22 @@ fn preflight(
             return Err(DrainError::NotMaster(*vip));
         }
     }
-    let names = h.firewall().ipset_names().map_err(HostError::from)?;
-    let sets = plan.existing_sets(&names);
-    if !sets.is_empty() {
-        return Err(DrainError::Leftovers(format!(
-            "ipset {} already exists",
-            sets.join(", ")
-        )));
-    }
-    let save = h.firewall().save_mangle().map_err(HostError::from)?;
-    let chains = plan.existing_chains(&save);
-    if !chains.is_empty() {
-        return Err(DrainError::Leftovers(format!(
-            "iptables chain {} already exists",
-            chains.join(", ")
-        )));
-    }
+    let receipt = match firewall::prepare(h.firewall(), plan) {
+        Ok(r) => r,
+        Err(FirewallError::SetsExist { names }) => {
+            return Err(DrainError::Leftovers(format!(
+                "ipset {} already exists",
+                names.join(", ")
+            )))
+        }
+        Err(FirewallError::ChainsExist { chains }) => {
+            return Err(DrainError::Leftovers(format!(
+                "iptables chain {} already exists",
+                chains.join(", ")
+            )))
+        }
+        Err(e) => return Err(HostError::from(e).into()),
+    };
     let answer = h.probe_peer()?;
     if !matches!(answer, PeerAnswer::Accepted { .. }) {
         let why = match answer {
@@ -468,31 +660,37 @@ fn preflight(
         peer: answer,
         sockets,
     });
-    Ok(())
+    Ok(receipt)
 }
 
 /// Installs the divert (sets, then the rules in one transaction, then a read-back), recording it
-/// in the journal first. [`firewall::install`] undoes its own partial work on failure.
-fn install(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), DrainError> {
-    let table_was_present = h
-        .firewall()
-        .mangle_table_present()
-        .map_err(HostError::from)?;
+/// in the journal first. [`firewall::apply_install`] undoes its own partial work on failure.
+fn install(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    receipt: &InstallReceipt,
+) -> Result<(), DrainError> {
     j.record(Change::Divert {
         prefix: plan.prefix().to_string(),
-        drop_mangle_table: !table_was_present,
+        drop_mangle_table: !receipt.mangle_table_was_present,
     })?;
-    firewall::install(h.firewall(), plan).map_err(HostError::from)?;
+    firewall::apply_install(h.firewall(), plan, receipt).map_err(HostError::from)?;
     Ok(())
 }
 
-/// Waits for the drain; returns (reason, sockets left, ms since divert).
+/// Waits for the drain; returns (reason, sockets left, ms since divert). When the drain is over
+/// it seals the divert and counts once more: a flow that started locally just before the seal
+/// (an unrecorded SYN) is waited for too, and none can start after it.
 fn watch(
     h: &mut dyn Host,
+    plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
+    tender: &mut Tender,
 ) -> Result<(DrainReason, usize, f64), DrainError> {
     let start = h.now();
+    let mut sealed = false;
     let mut next_probe = start + p.probe_interval;
     let mut fails = 0u32;
     let mut last: Option<(usize, usize)> = None;
@@ -520,6 +718,7 @@ fn watch(
             }
             next_probe = h.now() + p.probe_interval;
         }
+        tender.tick(h, plan, ev);
         let before_count = h.now();
         let c = h.count()?;
         let now = h.now();
@@ -531,6 +730,7 @@ fn watch(
                 remaining: c.total,
                 idle: c.idle,
                 by_state: c.by_state.clone(),
+                diverted_flows: tender.stats.entries(),
             });
             last = Some((c.total, c.idle));
             last_report = now;
@@ -547,6 +747,14 @@ fn watch(
         } else {
             None
         };
+        if reason.is_some() && !sealed {
+            firewall::seal(h.firewall(), plan).map_err(HostError::from)?;
+            sealed = true;
+            ev(Event::Sealed {
+                elapsed_ms: ms(h.now() - start),
+            });
+            continue;
+        }
         if let Some(reason) = reason {
             ev(Event::Drained {
                 reason,
@@ -572,8 +780,10 @@ fn watch(
 fn failover(
     h: &mut dyn Host,
     j: &mut Journal,
+    plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
+    tender: &mut Tender,
 ) -> Result<f64, DrainError> {
     let trigger = match (&p.track_file, p.trigger_track_file) {
         (Some(path), true) => {
@@ -609,18 +819,28 @@ fn failover(
                 ev(Event::PeerOwnsVip {
                     after_ms: ms(waited),
                 });
-                h.sleep(p.post_wait);
+                // Clients whose ARP cache still points here keep sending until it expires.
+                let until = h.now() + p.post_wait;
+                while h.now() < until {
+                    tender.tick(h, plan, ev);
+                    h.sleep(FAILOVER_POLL.min(until.saturating_sub(h.now())));
+                }
                 return Ok(ms(waited));
             }
             Some(why) if waited >= p.failover_timeout => {
                 return Err(DrainError::FailoverUnconfirmed(p.failover_timeout, why))
             }
-            Some(_) => h.sleep(Duration::from_millis(20)),
+            Some(_) => {
+                tender.tick(h, plan, ev);
+                h.sleep(FAILOVER_POLL);
+            }
         }
     }
 }
 
-/// Abort path: new flows local again at once, already-diverted flows keep going to the peer for
+/// How often the failover wait looks at the VIP's owner.
+const FAILOVER_POLL: Duration = Duration::from_millis(20);
+
 /// Abort path: new flows local again at once, already-diverted flows keep going to the peer for
 /// the grace period (a further interrupt cuts it short), then everything is removed.
 fn rollback(

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::plan::sets::{DivertCounters, RecordStats};
 use crate::plan::{DivertPlan, Phase, ReadBackError};
 
 /// Errors of the firewall adapter. Display is one line.
@@ -139,10 +140,14 @@ pub trait Firewall {
     fn restore(&mut self, text: &str) -> Result<(), FirewallError>;
     /// Returns `iptables-save -t mangle`.
     fn save_mangle(&mut self) -> Result<String, FirewallError>;
+    /// Returns `iptables-save -c -t mangle` (each rule with its `[packets:bytes]`).
+    fn save_mangle_counters(&mut self) -> Result<String, FirewallError>;
     /// Applies an `ipset restore` text (not transactional).
     fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError>;
     /// Names of all ipsets (`ipset list -n`).
     fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError>;
+    /// Every set's header and fill, without members (`ipset list -t`).
+    fn ipset_list_terse(&mut self) -> Result<String, FirewallError>;
     /// Whether nftables has a `table ip mangle`.
     fn mangle_table_present(&mut self) -> Result<bool, FirewallError>;
     /// Deletes `table ip mangle` if it holds nothing but empty built-in chains with policy
@@ -362,6 +367,14 @@ impl Firewall for SystemFirewall {
         self.run(&self.binaries.iptables_save, &["-t", "mangle"], None)
     }
 
+    fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
+        self.run(&self.binaries.iptables_save, &["-c", "-t", "mangle"], None)
+    }
+
+    fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
+        self.run(&self.binaries.ipset, &["list", "-t"], None)
+    }
+
     fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
         self.run(&self.binaries.ipset, &["restore"], Some(text))
             .map(drop)
@@ -404,21 +417,28 @@ impl Firewall for SystemFirewall {
     }
 }
 
-/// What [`install`] observed before changing anything; the caller journals it and hands
-/// `mangle_table_was_present` back to [`remove`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`prepare`] observed before anything was changed; the caller journals it, hands it to
+/// [`apply_install`], and hands `mangle_table_was_present` back to [`remove`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallReceipt {
     /// Whether `table ip mangle` existed before the install created it.
     pub mangle_table_was_present: bool,
 }
 
-/// Installs the divert all-or-nothing: refuses if any of our sets or chains exists, creates the
-/// sets, applies the rules in one transaction, reads them back. On any failure, undoes what it
-/// did and returns the cause.
+/// Installs the divert all-or-nothing: [`prepare`], then [`apply_install`].
 pub fn install(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<InstallReceipt, FirewallError> {
+    let receipt = prepare(fw, plan)?;
+    apply_install(fw, plan, &receipt)?;
+    Ok(receipt)
+}
+
+/// Everything the install must know before it changes anything: whether the mangle table exists
+/// (so removal knows whether to drop it again), and that none of our sets or chains exists (a
+/// set may belong to something else; a `:CHAIN` line in `--noflush` mode would silently flush an
+/// existing chain). Changes nothing.
+pub fn prepare(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<InstallReceipt, FirewallError> {
     let mangle_table_was_present = fw.mangle_table_present()?;
-    let sets_before = fw.ipset_names()?;
-    let conflicting = plan.existing_sets(&sets_before);
+    let conflicting = plan.existing_sets(&fw.ipset_names()?);
     if !conflicting.is_empty() {
         return Err(FirewallError::SetsExist { names: conflicting });
     }
@@ -426,11 +446,20 @@ pub fn install(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<InstallReceip
     if !chains.is_empty() {
         return Err(FirewallError::ChainsExist { chains });
     }
-    let receipt = InstallReceipt {
+    Ok(InstallReceipt {
         mangle_table_was_present,
-    };
+    })
+}
+
+/// Creates the sets (one `ipset restore`), applies the rules in one transaction and reads them
+/// back. On any failure, undoes what it did and returns the cause.
+pub fn apply_install(
+    fw: &mut dyn Firewall,
+    plan: &DivertPlan,
+    receipt: &InstallReceipt,
+) -> Result<(), FirewallError> {
     let undo = |fw: &mut dyn Firewall, cause: FirewallError| {
-        let cleanup = match remove(fw, plan, !mangle_table_was_present) {
+        let cleanup = match remove(fw, plan, !receipt.mangle_table_was_present) {
             Ok(()) => return cause,
             Err(teardown) => teardown.errors,
         };
@@ -439,26 +468,42 @@ pub fn install(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<InstallReceip
             cleanup,
         }
     };
-    // Sets first: a rule naming a missing set is rejected. One call per set, because `ipset
-    // restore` is not transactional: on a failure, exactly the sets created so far are ours to
-    // destroy (a set of our name that appeared meanwhile is not).
-    let mut created: Vec<&str> = Vec::new();
+    // Sets first: a rule naming a missing set is rejected. All in one `ipset restore`, which is
+    // not transactional: it stops at the first failing line and keeps the lines before it, and
+    // names that line ("Error in line N"), so exactly the sets those lines created are ours to
+    // destroy (a set of one of our names that appeared meanwhile, the usual cause, is not).
     let create = plan.ipset_create();
-    for line in create.lines() {
-        if let Err(cause) = fw.ipset_restore(&format!("{line}\n")) {
-            if created.is_empty() {
-                return Err(cause);
-            }
-            let destroy: String = created.iter().map(|s| format!("destroy {s}\n")).collect();
-            return Err(match fw.ipset_restore(&destroy) {
-                Ok(()) => cause,
-                Err(e) => FirewallError::InstallCleanup {
-                    cause: Box::new(cause),
-                    cleanup: vec![e],
-                },
-            });
-        }
-        created.extend(line.split_whitespace().nth(1));
+    if let Err(cause) = fw.ipset_restore(&create) {
+        let created: Vec<String> = match failed_line(&cause) {
+            Some(n) => create
+                .lines()
+                .take(n.saturating_sub(1))
+                .filter_map(DivertPlan::created_by)
+                .map(String::from)
+                .collect(),
+            // Killed, or a message we do not know: every set of the plan that exists now was
+            // made by this call, since [`prepare`] saw none of them (the drain lock keeps other
+            // drain-agent runs out).
+            None => match fw.ipset_names() {
+                Ok(now) => plan.existing_sets(&now),
+                Err(e) => {
+                    return Err(FirewallError::InstallCleanup {
+                        cause: Box::new(cause),
+                        cleanup: vec![e],
+                    })
+                }
+            },
+        };
+        let Some(destroy) = plan.ipset_destroy_observed(&created) else {
+            return Err(cause);
+        };
+        return Err(match fw.ipset_restore(&destroy) {
+            Ok(()) => cause,
+            Err(e) => FirewallError::InstallCleanup {
+                cause: Box::new(cause),
+                cleanup: vec![e],
+            },
+        });
     }
     if let Err(cause) = fw.restore(&plan.install_rules()) {
         return Err(undo(fw, cause));
@@ -466,7 +511,67 @@ pub fn install(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<InstallReceip
     if let Err(cause) = verify(fw, plan, Phase::Installed) {
         return Err(undo(fw, cause));
     }
-    Ok(receipt)
+    Ok(())
+}
+
+/// The line `ipset restore` reports as the one that failed (`… Error in line N: …`).
+fn failed_line(e: &FirewallError) -> Option<usize> {
+    let FirewallError::Failed { stderr, .. } = e else {
+        return None;
+    };
+    let rest = &stderr[stderr.find("Error in line ")? + "Error in line ".len()..];
+    rest.split(':').next()?.trim().parse().ok()
+}
+
+/// Seals the divert at the end of the drain (an unrecorded SYN is dropped from now on instead of
+/// starting a local flow) and verifies.
+pub fn seal(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<(), FirewallError> {
+    fw.restore(&plan.seal_rules())?;
+    verify(fw, plan, Phase::Sealed)
+}
+
+/// What [`tend`] saw and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tended {
+    /// The record as observed before growing it.
+    pub stats: RecordStats,
+    /// Members created by this call.
+    pub grown: Vec<String>,
+}
+
+/// Keeps the diverted-flow record ahead of the traffic: reads every set's fill and appends the
+/// next member to each port whose newest member is half full, or will be once `lookahead(port)`
+/// more flows arrived ([`DivertPlan::ipset_grow`]). Must run while the divert is installed, often
+/// enough that no member fills between two calls (the drain calls it every [`TEND_INTERVAL`]).
+pub fn tend(
+    fw: &mut dyn Firewall,
+    plan: &DivertPlan,
+    lookahead: impl Fn(u16) -> u64,
+) -> Result<Tended, FirewallError> {
+    let stats = plan.record_stats(&fw.ipset_list_terse()?);
+    let Some(text) = plan.ipset_grow(&stats, lookahead) else {
+        return Ok(Tended {
+            stats,
+            grown: Vec::new(),
+        });
+    };
+    fw.ipset_restore(&text)?;
+    let grown = text
+        .lines()
+        .filter_map(DivertPlan::created_by)
+        .map(String::from)
+        .collect();
+    Ok(Tended { stats, grown })
+}
+
+/// How often the drain tends the record. The first member holds 65 536 flows and gets a successor
+/// at half of that, so up to 160 000 new flows/s one interval cannot fill it before the next look;
+/// later members are 8 times larger each, and grow earlier at the rate they fill.
+pub const TEND_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Reads the divert's packet counters.
+pub fn counters(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<DivertCounters, FirewallError> {
+    Ok(plan.counters(&fw.save_mangle_counters()?))
 }
 
 /// Reads `iptables-save -t mangle` back and checks it shows exactly what `phase` should.
@@ -548,10 +653,14 @@ pub enum FirewallCall {
     Restore(String),
     /// [`Firewall::save_mangle`].
     SaveMangle,
+    /// [`Firewall::save_mangle_counters`].
+    SaveMangleCounters,
     /// [`Firewall::ipset_restore`] with its text.
     IpsetRestore(String),
     /// [`Firewall::ipset_names`].
     IpsetNames,
+    /// [`Firewall::ipset_list_terse`].
+    IpsetListTerse,
     /// [`Firewall::mangle_table_present`].
     MangleTablePresent,
     /// [`Firewall::drop_mangle_table_if_empty`].
@@ -565,10 +674,14 @@ pub enum FakeOp {
     Restore,
     /// [`Firewall::save_mangle`].
     SaveMangle,
+    /// [`Firewall::save_mangle_counters`].
+    SaveMangleCounters,
     /// [`Firewall::ipset_restore`].
     IpsetRestore,
     /// [`Firewall::ipset_names`].
     IpsetNames,
+    /// [`Firewall::ipset_list_terse`].
+    IpsetListTerse,
     /// [`Firewall::mangle_table_present`].
     MangleTablePresent,
     /// [`Firewall::drop_mangle_table_if_empty`].
@@ -578,14 +691,17 @@ pub enum FakeOp {
 /// A fake firewall for tests without root: records every call, can fail chosen calls, and
 /// models the kernel state well enough for the texts [`crate::plan`] writes: restore transactions
 /// (`:C`, `-A`, `-I`, `-D`, `-F`, `-X`, all-or-nothing; `:C` flushes an existing chain as the
-/// real one does), ipset `create`/`destroy` (line by line, *not* transactional, as the real one),
-/// references to missing sets or chains, and the mangle table's presence.
+/// real one does), ipset `create`/`add`/`destroy` of hash and list sets with their fill (line by
+/// line, *not* transactional, naming the failing line, as the real one), references to missing
+/// sets or chains, the mangle table's presence, and the rules' packet counters. [`FakeFirewall::syns`]
+/// plays SYNs through the rules the way the kernel would for the shapes the plan writes.
 #[derive(Debug, Default)]
 pub struct FakeFirewall {
     /// Every call, in order.
     pub calls: Vec<FirewallCall>,
-    failures: BTreeMap<FakeOp, VecDeque<FirewallError>>,
+    failures: BTreeMap<FakeOp, VecDeque<Option<FirewallError>>>,
     state: FakeState,
+    syns_played: BTreeMap<u16, u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -596,6 +712,23 @@ struct FakeState {
     /// User chains' rules, sorted by name as iptables-save lists them.
     user: BTreeMap<String, Vec<String>>,
     sets: Vec<String>,
+    /// What each set is and holds.
+    set_info: BTreeMap<String, FakeSet>,
+    /// Packet counters by rule line (`-A CHAIN spec`).
+    counters: BTreeMap<String, u64>,
+}
+
+/// A set in the fake.
+#[derive(Debug, Clone)]
+enum FakeSet {
+    Hash {
+        hashsize: u64,
+        maxelem: u64,
+        entries: u64,
+    },
+    List {
+        members: Vec<String>,
+    },
 }
 
 /// Targets that are extensions, not chains.
@@ -611,8 +744,21 @@ impl FakeFirewall {
 
     /// Makes the next call of `op` fail with `error` (queued: several calls fail in order).
     pub fn fail_next(&mut self, op: FakeOp, error: FirewallError) -> &mut Self {
-        self.failures.entry(op).or_default().push_back(error);
+        self.failures.entry(op).or_default().push_back(Some(error));
         self
+    }
+
+    /// Lets `skip` calls of `op` succeed, then fails the next one with `error`.
+    pub fn fail_later(&mut self, op: FakeOp, skip: usize, error: FirewallError) -> &mut Self {
+        let queue = self.failures.entry(op).or_default();
+        queue.extend(std::iter::repeat_with(|| None).take(skip));
+        queue.push_back(Some(error));
+        self
+    }
+
+    /// SYNs played to `port` so far ([`FakeFirewall::syns`]).
+    pub fn syns_played(&self, port: u16) -> u64 {
+        self.syns_played.get(&port).copied().unwrap_or(0)
     }
 
     /// Whether `table ip mangle` exists now.
@@ -628,8 +774,8 @@ impl FakeFirewall {
     fn begin(&mut self, op: FakeOp, call: FirewallCall) -> Result<(), FirewallError> {
         self.calls.push(call);
         match self.failures.get_mut(&op).and_then(VecDeque::pop_front) {
-            Some(e) => Err(e),
-            None => Ok(()),
+            Some(Some(e)) => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -659,6 +805,113 @@ impl FakeFirewall {
         }
         out.push("COMMIT".into());
         out.into_iter().map(|l| l + "\n").collect()
+    }
+
+    /// What `ipset list -t` would print now, without recording a call.
+    pub fn ipset_terse_text(&self) -> String {
+        let mut out = String::new();
+        for name in &self.state.sets {
+            match &self.state.set_info[name] {
+                FakeSet::Hash {
+                    hashsize,
+                    maxelem,
+                    entries,
+                } => out.push_str(&format!(
+                    "Name: {name}\nType: hash:ip,port,ip\nRevision: 6\nHeader: family inet hashsize {hashsize} maxelem {maxelem} bucketsize 12 initval 0x1\nSize in memory: {}\nReferences: 1\nNumber of entries: {entries}\n\n",
+                    200 + 40 * entries
+                )),
+                FakeSet::List { members } => out.push_str(&format!(
+                    "Name: {name}\nType: list:set\nRevision: 3\nHeader: size 8\nSize in memory: 128\nReferences: 1\nNumber of entries: {}\n\n",
+                    members.len()
+                )),
+            }
+        }
+        out
+    }
+
+    /// Entries of a hash set (0 if it is not one).
+    pub fn set_entries(&self, name: &str) -> u64 {
+        match self.state.set_info.get(name) {
+            Some(FakeSet::Hash { entries, .. }) => *entries,
+            _ => 0,
+        }
+    }
+
+    /// Plays `n` new flows' SYNs to `port` through the rules, the way the kernel would for the
+    /// shapes the plan writes: the SYN rule sends them to the record chain, where `--add-set` into
+    /// a list fills the first member with room, `--match-set` diverts what was recorded, `--del-set`
+    /// records nothing, `-j <chain>` counts them in that chain's rule for the port, and `-j DROP`
+    /// ends them. Counters move as the kernel's would. Returns how many were recorded.
+    pub fn syns(&mut self, port: u16, n: u64) -> u64 {
+        *self.syns_played.entry(port).or_default() += n;
+        let st = &mut self.state;
+        let syn_marker = "--tcp-flags FIN,SYN,RST,ACK SYN -j ";
+        let Some((pre, syn_rule)) = st.user.iter().find_map(|(c, rules)| {
+            rules
+                .iter()
+                .find(|r| r.contains(syn_marker))
+                .map(|r| (c.clone(), r.clone()))
+        }) else {
+            return 0;
+        };
+        let new = syn_rule.rsplit(' ').next().unwrap_or_default().to_string();
+        *st.counters
+            .entry(format!("-A {pre} {syn_rule}"))
+            .or_default() += n;
+        let dport = format!("--dport {port} ");
+        let mut left = n;
+        let mut recorded = 0;
+        for rule in st.user.get(&new).cloned().unwrap_or_default() {
+            if left == 0 {
+                break;
+            }
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            let arg = |flag: &str| words.windows(2).find(|w| w[0] == flag).map(|w| w[1]);
+            let for_port = rule.contains(&dport) || !rule.contains("--dport");
+            if !for_port {
+                continue;
+            }
+            let line = format!("-A {new} {rule}");
+            if let Some(list) = arg("--add-set") {
+                let members = match st.set_info.get(list) {
+                    Some(FakeSet::List { members }) => members.clone(),
+                    _ => vec![list.to_string()],
+                };
+                for m in members {
+                    if let Some(FakeSet::Hash {
+                        maxelem, entries, ..
+                    }) = st.set_info.get_mut(&m)
+                    {
+                        let take = (left - recorded).min(maxelem.saturating_sub(*entries));
+                        *entries += take;
+                        recorded += take;
+                    }
+                }
+                *st.counters.entry(line).or_default() += left;
+            } else if arg("--match-set").is_some() {
+                *st.counters.entry(line).or_default() += recorded;
+                if let Some(div) = arg("-j") {
+                    if let Some(first) = st.user.get(div).and_then(|r| r.first()) {
+                        *st.counters.entry(format!("-A {div} {first}")).or_default() += recorded;
+                    }
+                }
+                left -= recorded;
+            } else if arg("--del-set").is_some() {
+                *st.counters.entry(line).or_default() += left;
+            } else if rule == "-j DROP" {
+                *st.counters.entry(line).or_default() += left;
+                left = 0;
+            } else if let Some(chain) = arg("-j") {
+                *st.counters.entry(line).or_default() += left;
+                let counting = format!("-p tcp -m tcp --dport {port}");
+                if st.user.get(chain).is_some_and(|r| r.contains(&counting)) {
+                    *st.counters
+                        .entry(format!("-A {chain} {counting}"))
+                        .or_default() += left;
+                }
+            }
+        }
+        recorded
     }
 }
 
@@ -751,10 +1004,13 @@ impl FakeState {
                     .ok_or("Bad rule (does a matching rule exist in that chain?)")?;
                 rules.remove(at);
             }
-            "-F" => self
-                .chain_mut(chain)
-                .ok_or_else(|| format!("Chain '{chain}' does not exist"))?
-                .clear(),
+            "-F" => {
+                self.chain_mut(chain)
+                    .ok_or_else(|| format!("Chain '{chain}' does not exist"))?
+                    .clear();
+                let head = format!("-A {chain} ");
+                self.counters.retain(|line, _| !line.starts_with(&head));
+            }
             "-X" => {
                 match self.user.get(chain) {
                     None => return Err(format!("Chain '{chain}' does not exist")),
@@ -816,30 +1072,70 @@ impl Firewall for FakeFirewall {
         // Line by line, keeping what succeeded before an error, like the real `ipset restore`.
         for (i, line) in text.lines().enumerate() {
             let words: Vec<&str> = line.split_whitespace().collect();
-            let fail = |what: String| Self::failed("ipset", i + 1, what);
+            let fail = |what: String| FirewallError::Failed {
+                binary: "ipset".into(),
+                args: "restore".into(),
+                status: "exit code 1".into(),
+                stderr: format!("ipset v7.17: Error in line {}: {what}", i + 1),
+            };
+            let st = &mut self.state;
             match words.as_slice() {
                 [] => {}
-                ["create", name, ..] => {
-                    if self.state.sets.iter().any(|s| s == name) {
+                ["create", name, kind, opts @ ..] => {
+                    if st.sets.iter().any(|s| s == name) {
                         return Err(fail(
                             "Set cannot be created: set with the same name already exists".into(),
                         ));
                     }
-                    self.state.sets.push(name.to_string());
+                    let opt = |key: &str, default: u64| {
+                        opts.windows(2)
+                            .find(|w| w[0] == key)
+                            .and_then(|w| w[1].parse().ok())
+                            .unwrap_or(default)
+                    };
+                    let set = if *kind == "list:set" {
+                        FakeSet::List {
+                            members: Vec::new(),
+                        }
+                    } else {
+                        FakeSet::Hash {
+                            hashsize: opt("hashsize", 1024).next_power_of_two(),
+                            maxelem: opt("maxelem", 65536),
+                            entries: 0,
+                        }
+                    };
+                    st.sets.push(name.to_string());
+                    st.set_info.insert(name.to_string(), set);
+                }
+                ["add", list, member] => {
+                    if !st.set_info.contains_key(*member) {
+                        return Err(fail(
+                            "Set to be added/deleted/tested as element does not exist.".into(),
+                        ));
+                    }
+                    match st.set_info.get_mut(*list) {
+                        Some(FakeSet::List { members }) => members.push(member.to_string()),
+                        Some(_) => return Err(fail(format!("not a list:set: {list}"))),
+                        None => {
+                            return Err(fail("The set with the given name does not exist".into()))
+                        }
+                    }
                 }
                 ["destroy", name] => {
-                    let at = self
-                        .state
-                        .sets
-                        .iter()
-                        .position(|s| s == name)
-                        .ok_or_else(|| fail("The set with the given name does not exist".into()))?;
-                    if self.state.references(name) {
+                    let at =
+                        st.sets.iter().position(|s| s == name).ok_or_else(|| {
+                            fail("The set with the given name does not exist".into())
+                        })?;
+                    let in_list = st.set_info.values().any(
+                        |s| matches!(s, FakeSet::List { members } if members.iter().any(|m| m == name)),
+                    );
+                    if st.references(name) || in_list {
                         return Err(fail(format!(
                             "Set cannot be destroyed: it is in use by a kernel component: {name}"
                         )));
                     }
-                    self.state.sets.remove(at);
+                    st.sets.remove(at);
+                    st.set_info.remove(*name);
                 }
                 _ => return Err(fail(format!("unknown command {line:?}"))),
             }
@@ -850,6 +1146,24 @@ impl Firewall for FakeFirewall {
     fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
         self.begin(FakeOp::IpsetNames, FirewallCall::IpsetNames)?;
         Ok(self.state.sets.clone())
+    }
+
+    fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
+        self.begin(FakeOp::IpsetListTerse, FirewallCall::IpsetListTerse)?;
+        Ok(self.ipset_terse_text())
+    }
+
+    fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
+        self.begin(FakeOp::SaveMangleCounters, FirewallCall::SaveMangleCounters)?;
+        Ok(self
+            .mangle_text()
+            .lines()
+            .map(|l| match self.state.counters.get(l) {
+                Some(n) => format!("[{n}:0] {l}\n"),
+                None if l.starts_with("-A ") => format!("[0:0] {l}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect())
     }
 
     fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
@@ -919,7 +1233,10 @@ tracked_interface: trk0
             let p = plan();
             let receipt = install(&mut fw, &p).unwrap();
             assert_eq!(receipt.mangle_table_was_present, before.2);
-            assert_eq!(fw.sets(), ["DRAIN-80", "DRAIN-7"]);
+            assert_eq!(
+                fw.sets(),
+                ["DRAIN-80-0", "DRAIN-80", "DRAIN-7-0", "DRAIN-7"]
+            );
             verify(&mut fw, &p, Phase::Installed).unwrap();
             withdraw(&mut fw, &p).unwrap();
             assert!(verify(&mut fw, &p, Phase::Installed).is_err());
@@ -944,12 +1261,7 @@ tracked_interface: trk0
                 FirewallCall::MangleTablePresent,
                 FirewallCall::IpsetNames,
                 FirewallCall::SaveMangle,
-                FirewallCall::IpsetRestore(
-                    "create DRAIN-80 hash:ip,port,ip family inet maxelem 1048576\n".into()
-                ),
-                FirewallCall::IpsetRestore(
-                    "create DRAIN-7 hash:ip,port,ip family inet maxelem 1048576\n".into()
-                ),
+                FirewallCall::IpsetRestore(p.ipset_create()),
                 FirewallCall::Restore(p.install_rules()),
                 FirewallCall::SaveMangle,
             ]
@@ -1031,13 +1343,20 @@ tracked_interface: trk0
             self.inner.save_mangle()
         }
         fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
-            if text.starts_with(&format!("create {} ", self.foreign)) {
-                self.inner.state.sets.push(self.foreign.clone());
+            if text.contains(&format!("create {} ", self.foreign)) {
+                self.inner
+                    .ipset_restore(&format!("create {} hash:ip\n", self.foreign))?;
             }
             self.inner.ipset_restore(text)
         }
         fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
             self.inner.ipset_names()
+        }
+        fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
+            self.inner.ipset_list_terse()
+        }
+        fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
+            self.inner.save_mangle_counters()
         }
         fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
             self.inner.mangle_table_present()
@@ -1078,6 +1397,12 @@ tracked_interface: trk0
         fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
             self.0.ipset_names()
         }
+        fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
+            self.0.ipset_list_terse()
+        }
+        fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
+            self.0.save_mangle_counters()
+        }
         fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
             self.0.mangle_table_present()
         }
@@ -1117,6 +1442,76 @@ tracked_interface: trk0
         assert!(fw
             .mangle_text()
             .contains("-A PREROUTING -p udp -m udp --dport 53 -j ACCEPT"));
+    }
+
+    #[test]
+    fn tend_grows_a_port_once_its_newest_member_is_half_full() {
+        let mut fw = FakeFirewall::new();
+        let p = plan();
+        install(&mut fw, &p).unwrap();
+        fw.syns(80, 32_767);
+        let t = tend(&mut fw, &p, |_| 0).unwrap();
+        assert!(t.grown.is_empty(), "{t:?}");
+        assert_eq!(t.stats.entries(), 32_767);
+        fw.syns(80, 1);
+        assert_eq!(tend(&mut fw, &p, |_| 0).unwrap().grown, ["DRAIN-80-1"]);
+        // Member 0 takes flows until it is full, then member 1 does; nothing is lost.
+        assert_eq!(fw.syns(80, 40_000), 40_000);
+        assert_eq!(fw.set_entries("DRAIN-80-0"), 65_536);
+        assert_eq!(fw.set_entries("DRAIN-80-1"), 32_768 + 40_000 - 65_536);
+        assert!(tend(&mut fw, &p, |_| 0).unwrap().grown.is_empty());
+        assert_eq!(counters(&mut fw, &p).unwrap().unrecorded_syns(), 0);
+        remove(&mut fw, &p, true).unwrap();
+        assert!(fw.sets().is_empty(), "lists and members all destroyed");
+    }
+
+    #[test]
+    fn counters_count_unrecorded_syns_exactly_and_survive_the_seal() {
+        let mut fw = FakeFirewall::new();
+        let p = DivertPlan::new(
+            &Config::from_str(
+                &format!("{CONFIG}firewall:\n  max_diverted_flows: 1024\n"),
+                "test",
+            )
+            .unwrap(),
+        );
+        install(&mut fw, &p).unwrap();
+        assert_eq!(fw.syns(80, 1000), 1000);
+        assert_eq!(fw.syns(80, 100), 24);
+        let c = counters(&mut fw, &p).unwrap();
+        assert_eq!(c.syns, 1100);
+        assert_eq!(c.unrecorded_by_port, [(80, 76), (7, 0)]);
+        assert_eq!(c.diverted_packets, 1024);
+        assert_eq!(c.sealed_drops, 0);
+        seal(&mut fw, &p).unwrap();
+        fw.syns(80, 10);
+        let c = counters(&mut fw, &p).unwrap();
+        assert_eq!(
+            c.unrecorded_syns(),
+            86,
+            "P-MISS is not rewritten by the seal"
+        );
+        assert_eq!(c.sealed_drops, 10);
+        withdraw(&mut fw, &p).unwrap();
+        fw.syns(80, 10);
+        assert_eq!(counters(&mut fw, &p).unwrap().unrecorded_syns(), 86);
+    }
+
+    #[test]
+    fn a_set_creation_that_fails_without_a_line_undoes_what_exists() {
+        let mut fw = FakeFirewall::new();
+        fw.fail_next(
+            FakeOp::IpsetRestore,
+            FirewallError::Timeout {
+                binary: "ipset".into(),
+                args: "restore".into(),
+                after: Duration::from_secs(10),
+            },
+        );
+        let err = install(&mut fw, &plan()).unwrap_err();
+        assert!(matches!(err, FirewallError::Timeout { .. }), "{err}");
+        assert!(fw.sets().is_empty());
+        assert!(!fw.mangle_table_exists());
     }
 
     #[test]

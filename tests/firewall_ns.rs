@@ -84,6 +84,22 @@ fn round_trip(ns: &ScratchNetns) {
             plan.owned_lines(&saved),
             plan.expected_rules(Phase::Installed)
         );
+        // The record grows: member 1 is appended to each port's list (forced here by
+        // handing `ipset_grow` a member 0 that looks half full).
+        let mut stats = plan.record_stats(&fw.ipset_list_terse().unwrap());
+        assert_eq!(stats.members(), 3, "member 0 of each port: {stats:?}");
+        for rec in &mut stats.ports {
+            rec.members[0].entries = rec.members[0].maxelem;
+        }
+        fw.ipset_restore(&plan.ipset_grow(&stats, |_| 0).unwrap())
+            .unwrap();
+        assert_eq!(
+            plan.record_stats(&fw.ipset_list_terse().unwrap()).members(),
+            6
+        );
+        firewall::seal(&mut fw, &plan).unwrap();
+        let saved = fw.save_mangle().unwrap();
+        assert_eq!(plan.owned_lines(&saved), plan.expected_rules(Phase::Sealed));
         firewall::withdraw(&mut fw, &plan).unwrap();
         let saved = fw.save_mangle().unwrap();
         assert_eq!(

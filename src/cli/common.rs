@@ -219,10 +219,40 @@ impl Output {
                 elapsed_ms,
                 remaining,
                 idle,
+                diverted_flows,
                 ..
             } => format!(
-                "draining: {remaining} connection(s) left ({idle} idle) after {:.1} s",
+                "draining: {remaining} connection(s) left ({idle} idle) after {:.1} s; {diverted_flows} new flow(s) diverted",
                 elapsed_ms / 1000.0
+            ),
+            Event::RecordGrown {
+                set,
+                recorded,
+                room,
+            } => format!(
+                "diverted-flow record grown: {set} added ({recorded} recorded, room for {room})"
+            ),
+            Event::RecordTendFailed { error } => {
+                format!("warning: cannot grow the diverted-flow record: {error}")
+            }
+            Event::Unrecorded {
+                syns,
+                recorded,
+                capacity,
+            } => format!(
+                "WARNING: {syns} SYN(s) could not be recorded ({recorded} flows recorded, capacity {capacity} per port): served here until the seal, dropped after it"
+            ),
+            Event::Sealed { elapsed_ms } => format!(
+                "drain over after {:.1} s: divert sealed, final count",
+                elapsed_ms / 1000.0
+            ),
+            Event::DivertTotals {
+                diverted_flows,
+                diverted_packets,
+                unrecorded_syns,
+                ..
+            } => format!(
+                "diverted {diverted_flows} new flow(s) ({diverted_packets} packets); {unrecorded_syns} SYN(s) unrecorded"
             ),
             Event::PeerProbeFailed {
                 consecutive,

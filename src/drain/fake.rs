@@ -36,8 +36,10 @@ impl Firewall for TimedFirewall {
             "restore withdraw"
         } else if text.contains("-X ") {
             "restore remove"
-        } else {
+        } else if text.contains("-I PREROUTING") {
             "restore install"
+        } else {
+            "restore seal"
         };
         self.note(what);
         self.clock.set(self.clock.get() + Duration::from_millis(5));
@@ -50,6 +52,9 @@ impl Firewall for TimedFirewall {
     fn save_mangle(&mut self) -> Result<String, FirewallError> {
         self.inner.save_mangle()
     }
+    fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
+        self.inner.save_mangle_counters()
+    }
     fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
         self.note(if text.starts_with("create") {
             "ipset create"
@@ -60,6 +65,9 @@ impl Firewall for TimedFirewall {
     }
     fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
         self.inner.ipset_names()
+    }
+    fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
+        self.inner.ipset_list_terse()
     }
     fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
         self.inner.mangle_table_present()
@@ -100,6 +108,10 @@ pub struct FakeHost {
     pub sysctls: BTreeMap<String, String>,
     /// keepalived track files.
     pub track: BTreeMap<std::path::PathBuf, i32>,
+    /// New connections per second arriving for port 80 while the divert is in place, played
+    /// through the firewall fake's rules as the clock moves.
+    pub syn_rate: f64,
+    syn_debt: f64,
 }
 
 impl FakeHost {
@@ -131,6 +143,8 @@ impl FakeHost {
             routes: BTreeSet::new(),
             sysctls: BTreeMap::new(),
             track: BTreeMap::new(),
+            syn_rate: 0.0,
+            syn_debt: 0.0,
         }
     }
 
@@ -161,6 +175,17 @@ impl FakeHost {
         self.clock.set(self.clock.get() + d);
     }
 
+    /// Time passes while the host sleeps: new connections arrive.
+    fn pass(&mut self, d: Duration) {
+        self.advance(d);
+        self.syn_debt += self.syn_rate * d.as_secs_f64();
+        let n = self.syn_debt.floor();
+        if n >= 1.0 {
+            self.syn_debt -= n;
+            self.fw.inner.syns(80, n as u64);
+        }
+    }
+
     fn call(&self, what: String) {
         self.calls.borrow_mut().push(what);
     }
@@ -176,7 +201,7 @@ impl Host for FakeHost {
         self.t()
     }
     fn sleep(&mut self, d: Duration) {
-        self.advance(d);
+        self.pass(d);
     }
     fn interrupts(&self) -> u32 {
         self.interrupts_at

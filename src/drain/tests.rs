@@ -55,13 +55,15 @@ struct Run {
     _dir: tempfile::TempDir,
 }
 
-fn run(mut host: FakeHost, p: Policy) -> Run {
+fn run(host: FakeHost, p: Policy) -> Run {
+    run_plan(host, p, &plan())
+}
+
+fn run_plan(mut host: FakeHost, p: Policy, plan: &DivertPlan) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let mut journal = Journal::open(&dir.path().join("j.json")).unwrap();
     let mut events = Vec::new();
-    let result = drain(&mut host, &mut journal, &plan(), &p, &mut |e| {
-        events.push(e)
-    });
+    let result = drain(&mut host, &mut journal, plan, &p, &mut |e| events.push(e));
     Run {
         host,
         journal,
@@ -137,10 +139,12 @@ fn drains_fails_over_and_removes_everything() {
     assert!(pos("ipset create") < pos("restore install"));
     assert_eq!(
         c.iter().filter(|x| x.starts_with("ipset create")).count(),
-        2,
-        "one set per port: {c:?}"
+        1,
+        "every port's record in one ipset restore, no growth without traffic: {c:?}"
     );
-    assert!(pos("restore install") < pos("link trk0 down"));
+    // The drain is sealed before the failover.
+    assert!(pos("restore install") < pos("restore seal"));
+    assert!(pos("restore seal") < pos("link trk0 down"));
     assert!(pos("link trk0 down") < pos("restore remove"));
     assert!(pos("restore remove") < pos("ipset destroy"));
     assert!(matches!(r.events.last(), Some(Event::CleanedUp)));
@@ -396,7 +400,7 @@ fn crash_leftovers_are_undone_by_undo_all() {
     let mut h = FakeHost::new();
     {
         let mut j = Journal::open(&path).unwrap();
-        install(&mut h, &mut j, &plan()).unwrap();
+        install_fresh(&mut h, &mut j).unwrap();
         j.record(Change::LinkDown {
             ifname: "trk0".into(),
         })
@@ -474,7 +478,7 @@ fn undrain_after_a_crash_withdraws_gracefully_then_removes_everything() {
     let dir = tempfile::tempdir().unwrap();
     let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
     let mut h = FakeHost::new();
-    install(&mut h, &mut j, &plan()).unwrap();
+    install_fresh(&mut h, &mut j).unwrap();
     let mut events = Vec::new();
     undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |e| {
         events.push(e)
@@ -501,7 +505,7 @@ fn undrain_without_a_journal_still_removes_our_names_and_brings_the_link_up() {
     {
         // The journal is lost (another disk, a wiped state dir): only the host shows the divert.
         let mut lost = Journal::open(&dir.path().join("lost.json")).unwrap();
-        install(&mut h, &mut lost, &plan()).unwrap();
+        install_fresh(&mut h, &mut lost).unwrap();
     }
     h.set_link("trk0", false).unwrap();
     let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
@@ -577,4 +581,123 @@ fn link_down_undrain_demotes_before_bringing_the_link_up() {
         demote < up,
         "a preempting node must be demoted before its fault clears: {log:?}"
     );
+}
+
+/// Installs the divert as the drain does (journal first), as a crashed drain would leave it.
+fn install_fresh(h: &mut FakeHost, j: &mut Journal) -> Result<(), DrainError> {
+    let receipt = firewall::prepare(h.firewall(), &plan()).map_err(HostError::from)?;
+    install(h, j, &plan(), &receipt)
+}
+
+/// The test plan with another per-port capacity.
+fn plan_with_capacity(capacity: u32) -> DivertPlan {
+    let cfg = crate::config::Config::from_str(
+        &format!("vips:\n  - address: 198.18.0.100\n    ports: [80, 7]\ningress_interface: eth0\npeer: 198.18.0.12\ntracked_interface: trk0\nfirewall:\n  max_diverted_flows: {capacity}\n"),
+        "test",
+    )
+    .unwrap();
+    DivertPlan::new(&cfg)
+}
+
+fn grown(r: &Run) -> Vec<String> {
+    r.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RecordGrown { set, .. } => Some(set.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_record_grows_ahead_of_a_high_rate_and_records_every_flow() {
+    // 20 000 new flows/s for a 4 s drain and the failover after it: 110 000+ flows.
+    let mut h = FakeHost::new();
+    h.syn_rate = 20_000.0;
+    h.conns = vec![conn(Some(4000), false)];
+    let r = run(h, policy());
+    let rep = r.result.as_ref().unwrap();
+    // Member 1 before member 0 is half full: at the rate it fills it would be before the
+    // look after next.
+    assert_eq!(grown(&r), ["DRAIN-80-1"], "{:?}", r.events);
+    assert!(r.events.iter().any(|e| matches!(
+        e,
+        Event::RecordGrown { recorded, .. } if *recorded < 32_768 && *recorded > 20_000
+    )));
+    assert_eq!(rep.unrecorded_syns, 0, "{rep:?}");
+    assert_eq!(rep.sealed_drops, 0);
+    let syns = r.host.fw.inner.syns_played(80);
+    assert!(syns > 80_000, "{syns}");
+    assert_eq!(rep.diverted_flows, syns, "every SYN recorded");
+    assert!(!r
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Unrecorded { .. })));
+    assert!(r.events.iter().any(|e| matches!(
+        e,
+        Event::Progress { diverted_flows, .. } if *diverted_flows > 0
+    )));
+    assert_no_divert_left(&r, None);
+}
+
+#[test]
+fn a_full_record_is_reported_served_locally_then_dropped_after_the_seal() {
+    // Capacity 1024 per port at 2 000 flows/s: full after half a second.
+    let mut h = FakeHost::new();
+    h.syn_rate = 2_000.0;
+    h.conns = vec![conn(Some(2000), false)];
+    let r = run_plan(h, policy(), &plan_with_capacity(1024));
+    let rep = r.result.as_ref().unwrap();
+    let syns = r.host.fw.inner.syns_played(80);
+    assert_eq!(rep.diverted_flows, 1024);
+    assert_eq!(rep.unrecorded_syns, syns - 1024, "counted exactly: {rep:?}");
+    assert!(
+        rep.sealed_drops > 0 && rep.sealed_drops < rep.unrecorded_syns,
+        "{rep:?}"
+    );
+    assert!(grown(&r).is_empty(), "no room to grow at capacity 1024");
+    let unrecorded = r
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::Unrecorded { .. }))
+        .expect("reported while it happens");
+    let sealed = r
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::Sealed { .. }))
+        .unwrap();
+    assert!(unrecorded < sealed);
+    assert!(matches!(
+        r.events.iter().rev().find(|e| matches!(e, Event::DivertTotals { .. })),
+        Some(Event::DivertTotals { unrecorded_syns, .. }) if *unrecorded_syns == rep.unrecorded_syns
+    ));
+}
+
+#[test]
+fn the_seal_comes_after_the_drain_and_before_drained_and_the_trigger() {
+    let mut h = FakeHost::new();
+    h.conns = vec![conn(Some(300), false)];
+    let r = run(h, policy());
+    assert!(r.result.is_ok());
+    let at = |f: fn(&Event) -> bool| r.events.iter().position(f).unwrap();
+    let sealed = at(|e| matches!(e, Event::Sealed { .. }));
+    assert!(at(|e| matches!(e, Event::Diverted { .. })) < sealed);
+    assert!(sealed < at(|e| matches!(e, Event::Drained { .. })));
+    assert!(sealed < at(|e| matches!(e, Event::FailoverTriggered { .. })));
+}
+
+#[test]
+fn a_failed_seal_rolls_back() {
+    let mut h = FakeHost::new();
+    h.conns = vec![conn(Some(300), false)];
+    // Install's transaction succeeds, the seal's fails.
+    h.fw.inner.fail_later(FakeOp::Restore, 1, restore_failure());
+    let r = run(h, policy());
+    assert!(
+        matches!(r.result, Err(DrainError::Host(_))),
+        "{:?}",
+        r.result
+    );
+    assert!(r.host.links["trk0"], "never failed over");
+    assert_no_divert_left(&r, None);
 }

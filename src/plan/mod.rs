@@ -22,8 +22,16 @@
 //! is diverted. Every packet of an unrecorded flow, which includes every flow that existed before
 //! the rules, even one whose handshake was under way, stays local.
 //!
-//! If a set is full, the add fails, the SYN is not recorded, the match that follows fails and the
-//! flow is served locally: a slower drain, never a broken flow.
+//! The record must hold every diverted flow: a SYN that is not recorded falls through to "local",
+//! and once the VIP has left this node "local" means the kernel drops it. How the record is built
+//! so that it does not lose flows (a hash set fed from the packet path never grows by itself) is
+//! in [`sets`]. Should a SYN still go unrecorded (the configured capacity is reached, or the agent
+//! stopped growing the record), it is counted exactly in `P-MISS` and:
+//! - while the node still serves (**installed**), it is served locally: a slower drain, never a
+//!   broken flow — the drain's socket count sees it;
+//! - once the drain is over (**sealed**, just before the final count and the failover), it is
+//!   dropped, counted: no new local flow can start that the failover would then cut, and the
+//!   client's retransmitted SYN reaches the new owner (a 1 s stall, reported, never a reset).
 //!
 //! Diverting a packet = set the mark (so other rules can recognise it), `TEE --gateway PEER` (the
 //! clone is sent to the peer's MAC, still addressed to the VIP; the peer accepts it through a local
@@ -37,12 +45,15 @@
 //! -m multiport --dports PORTS`), inserted first so no other mangle rule can end the traversal
 //! before ours:
 //! - `P-PRE`: a SYN goes to `P-NEW`; any packet of a recorded flow goes to `P-DIV`.
-//! - `P-NEW`: record the SYN's flow, then send it to `P-DIV` if the record is there. After a
-//!   withdraw (peer lost, or abort), `P-NEW` instead *deletes* the record of a SYN's flow: a client
-//!   that reuses the port of a finished diverted flow must have its new flow served locally.
+//! - `P-NEW`: record the SYN's flow, then send it to `P-DIV` if the record is there; a SYN left
+//!   unrecorded goes through `P-MISS` (and, sealed, is dropped). After a withdraw (peer lost, or
+//!   abort), `P-NEW` instead *deletes* the record of a SYN's flow: a client that reuses the port
+//!   of a finished diverted flow must have its new flow served locally.
+//! - `P-MISS`: one rule per port without a target: its packet counters are the exact count of
+//!   unrecorded SYNs. Never rewritten while the divert exists, so the count survives the seal.
 //! - `P-DIV`: mark, TEE, DROP.
-//! - sets `P-<port>`: `hash:ip,port,ip`, matched `src,src,dst`, no timeout (records live until the
-//!   agent destroys the set).
+//! - sets `P-<port>`: a `list:set` of `hash:ip,port,ip` members `P-<port>-<k>`, matched
+//!   `src,src,dst`, no timeout (records live until the agent destroys the sets); see [`sets`].
 //!
 //! The texts are written in exactly the form `iptables-save` (iptables-nft 1.8.9) prints them
 //! (`--syn` is printed as `--tcp-flags FIN,SYN,RST,ACK SYN`, `-m tcp` is made explicit, `-d` comes
@@ -52,9 +63,12 @@ use std::net::Ipv4Addr;
 
 use crate::config::Config;
 
-/// Chain-name suffixes: entry, new-flow and divert chains.
+pub mod sets;
+
+/// Chain-name suffixes: entry, new-flow, unrecorded-SYN and divert chains.
 const PRE: &str = "PRE";
 const NEW: &str = "NEW";
+const MISS: &str = "MISS";
 const DIV: &str = "DIV";
 
 /// Longest chain name iptables accepts (XT_EXTENSION_MAXNAMELEN - 1).
@@ -65,8 +79,11 @@ pub const MAX_SET_NAME_LEN: usize = 31;
 /// Which state of the divert the read-back checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// New flows are recorded and diverted.
+    /// New flows are recorded and diverted; a SYN that cannot be recorded is served locally.
     Installed,
+    /// As installed, but a SYN that cannot be recorded is dropped (the drain is over: no new flow
+    /// may start locally any more).
+    Sealed,
     /// New flows stay local; flows already recorded are still diverted.
     Withdrawn,
 }
@@ -143,9 +160,14 @@ impl DivertPlan {
         &self.prefix
     }
 
-    /// Our chains, in the order iptables-save lists them (sorted by name): DIV, NEW, PRE.
-    pub fn chains(&self) -> [String; 3] {
-        [self.chain(DIV), self.chain(NEW), self.chain(PRE)]
+    /// Our chains, in the order iptables-save lists them (sorted by name): DIV, MISS, NEW, PRE.
+    pub fn chains(&self) -> [String; 4] {
+        [
+            self.chain(DIV),
+            self.chain(MISS),
+            self.chain(NEW),
+            self.chain(PRE),
+        ]
     }
 
     /// The entry chain PREROUTING jumps to.
@@ -153,12 +175,33 @@ impl DivertPlan {
         self.chain(PRE)
     }
 
-    /// Name of the set recording diverted flows to `port`.
+    /// The chain that records new flows (the only one a phase change rewrites).
+    pub fn new_chain(&self) -> String {
+        self.chain(NEW)
+    }
+
+    /// The chain that counts unrecorded SYNs.
+    pub fn miss_chain(&self) -> String {
+        self.chain(MISS)
+    }
+
+    /// The chain that diverts a packet.
+    pub fn div_chain(&self) -> String {
+        self.chain(DIV)
+    }
+
+    /// Name of the list set recording diverted flows to `port` (the name the rules use; its
+    /// members are [`DivertPlan::member_name`]).
     pub fn set_name(&self, port: u16) -> String {
         format!("{}-{port}", self.prefix)
     }
 
-    /// All our set names, one per distinct VIP port.
+    /// The VIP ports, one record each, in order of first appearance.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// Our list set names, one per distinct VIP port.
     pub fn set_names(&self) -> Vec<String> {
         self.ports.iter().map(|&p| self.set_name(p)).collect()
     }
@@ -181,12 +224,8 @@ impl DivertPlan {
 
     /// Rule lines of P-PRE (without the `-A CHAIN ` head).
     fn pre_rules(&self) -> Vec<String> {
-        let (new, div) = (self.chain(NEW), self.chain(DIV));
-        // `--tcp-flags FIN,SYN,RST,ACK SYN` is `--syn` as iptables-save prints it: a SYN without
-        // ACK, i.e. only the client's first handshake packet.
-        let mut rules = vec![format!(
-            "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j {new}"
-        )];
+        let div = self.chain(DIV);
+        let mut rules = vec![self.syn_rule()];
         for &port in &self.ports {
             rules.push(format!(
                 "-p tcp -m tcp --dport {port} -m set --match-set {} src,src,dst -j {div}",
@@ -196,10 +235,43 @@ impl DivertPlan {
         rules
     }
 
+    /// The P-PRE rule that sends SYNs to P-NEW. `--tcp-flags FIN,SYN,RST,ACK SYN` is `--syn` as
+    /// iptables-save prints it: a SYN without ACK, i.e. only the client's first handshake packet.
+    fn syn_rule(&self) -> String {
+        format!(
+            "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j {}",
+            self.chain(NEW)
+        )
+    }
+
+    /// The P-MISS rule counting `port`'s unrecorded SYNs (no target: it only counts).
+    fn miss_rule(port: u16) -> String {
+        format!("-p tcp -m tcp --dport {port}")
+    }
+
+    fn miss_rules(&self) -> Vec<String> {
+        self.ports.iter().map(|&p| Self::miss_rule(p)).collect()
+    }
+
     /// Rule lines of P-NEW while installed: record, then divert if recorded. `--exist` so a
-    /// retransmitted SYN re-adds silently; the match after the add is what fails when the set is
-    /// full, leaving the flow local.
+    /// retransmitted SYN re-adds silently; the match after the add is what fails when no member
+    /// would take the record, and such a SYN is counted in P-MISS and served locally.
     fn new_rules_installed(&self) -> Vec<String> {
+        let mut rules = self.record_rules();
+        rules.push(format!("-j {}", self.chain(MISS)));
+        rules
+    }
+
+    /// Rule lines of P-NEW once sealed: as installed, but an unrecorded SYN is dropped after it
+    /// is counted.
+    fn new_rules_sealed(&self) -> Vec<String> {
+        let mut rules = self.new_rules_installed();
+        rules.push("-j DROP".to_string());
+        rules
+    }
+
+    /// Per port: record the SYN's flow, divert it if recorded.
+    fn record_rules(&self) -> Vec<String> {
         let div = self.chain(DIV);
         let mut rules = Vec::new();
         for &port in &self.ports {
@@ -229,6 +301,14 @@ impl DivertPlan {
             .collect()
     }
 
+    fn new_rules(&self, phase: Phase) -> Vec<String> {
+        match phase {
+            Phase::Installed => self.new_rules_installed(),
+            Phase::Sealed => self.new_rules_sealed(),
+            Phase::Withdrawn => self.new_rules_withdrawn(),
+        }
+    }
+
     fn div_rules(&self) -> Vec<String> {
         vec![
             // MARK --set-xmark V/M computes (mark & !M) ^ V; with V inside M that sets our bits
@@ -246,11 +326,21 @@ impl DivertPlan {
     /// The `iptables-restore --noflush` transaction that installs the divert. The sets must exist
     /// first ([`DivertPlan::ipset_create`]): a rule naming a missing set is rejected.
     pub fn install_rules(&self) -> String {
-        let (pre, new, div) = (self.chain(PRE), self.chain(NEW), self.chain(DIV));
+        let (pre, new, miss, div) = (
+            self.chain(PRE),
+            self.chain(NEW),
+            self.chain(MISS),
+            self.chain(DIV),
+        );
         let mut lines = vec!["*mangle".to_string()];
-        lines.extend([&pre, &new, &div].iter().map(|c| format!(":{c} - [0:0]")));
+        lines.extend(
+            [&pre, &new, &miss, &div]
+                .iter()
+                .map(|c| format!(":{c} - [0:0]")),
+        );
         lines.extend(Self::appended(&pre, &self.pre_rules()));
         lines.extend(Self::appended(&new, &self.new_rules_installed()));
+        lines.extend(Self::appended(&miss, &self.miss_rules()));
         lines.extend(Self::appended(&div, &self.div_rules()));
         // Insert at 1, 2, ... so the jumps come first in PREROUTING and in configuration order.
         for (i, spec) in self.jump_specs().iter().enumerate() {
@@ -260,14 +350,27 @@ impl DivertPlan {
         text(lines)
     }
 
+    /// The transaction that rewrites P-NEW for `phase`, as one transaction (a SYN sees either
+    /// the old rules or the new ones).
+    fn new_chain_swap(&self, phase: Phase) -> String {
+        let new = self.chain(NEW);
+        let mut lines = vec!["*mangle".to_string(), format!("-F {new}")];
+        lines.extend(Self::appended(&new, &self.new_rules(phase)));
+        lines.push("COMMIT".into());
+        text(lines)
+    }
+
+    /// The transaction that seals the divert at the end of the drain: from then on a SYN that
+    /// cannot be recorded is dropped (counted) instead of starting a local flow the failover
+    /// would cut.
+    pub fn seal_rules(&self) -> String {
+        self.new_chain_swap(Phase::Sealed)
+    }
+
     /// The transaction that stops diverting new flows while flows already diverted keep going to
     /// the peer (peer lost, or drain aborted).
     pub fn withdraw_rules(&self) -> String {
-        let new = self.chain(NEW);
-        let mut lines = vec!["*mangle".to_string(), format!("-F {new}")];
-        lines.extend(Self::appended(&new, &self.new_rules_withdrawn()));
-        lines.push("COMMIT".into());
-        text(lines)
+        self.new_chain_swap(Phase::Withdrawn)
     }
 
     /// The transaction that removes every rule and chain [`DivertPlan::install_rules`] created.
@@ -280,7 +383,7 @@ impl DivertPlan {
                 .iter()
                 .map(|spec| format!("-D PREROUTING {spec}")),
         );
-        let order = [self.chain(PRE), self.chain(NEW), self.chain(DIV)];
+        let order = self.removal_order();
         // Flush all before deleting any: a chain still referenced by a rule cannot be deleted.
         lines.extend(order.iter().map(|c| format!("-F {c}")));
         lines.extend(order.iter().map(|c| format!("-X {c}")));
@@ -305,7 +408,8 @@ impl DivertPlan {
         }
         let present = self.existing_chains(saved);
         // Flush before delete, entry chain first (same order as remove_rules).
-        let order: Vec<&String> = [self.chain(PRE), self.chain(NEW), self.chain(DIV)]
+        let order: Vec<&String> = self
+            .removal_order()
             .iter()
             .filter_map(|c| present.iter().find(|p| *p == c))
             .collect();
@@ -316,6 +420,16 @@ impl DivertPlan {
         }
         lines.push("COMMIT".into());
         Some(text(lines))
+    }
+
+    /// Our chains from the entry chain down to the chains it reaches.
+    fn removal_order(&self) -> [String; 4] {
+        [
+            self.chain(PRE),
+            self.chain(NEW),
+            self.chain(MISS),
+            self.chain(DIV),
+        ]
     }
 
     /// Whether a saved rule line jumps (`-j`) or goes (`-g`) to one of our chains.
@@ -339,57 +453,58 @@ impl DivertPlan {
             .collect()
     }
 
-    /// The names in `existing` (output of `ipset list -n`) that follow our naming pattern
-    /// `P-<port>`, for any port: a conflict, because `ipset restore` is not transactional, the
-    /// sets may belong to something else, and a left-over from an earlier configuration must be
-    /// cleared by a removal first (which owns every `P-<port>` name).
+    /// The names in `existing` (output of `ipset list -n`) that follow our naming pattern,
+    /// `P-<port>` or `P-<port>-<k>`, for any port: a conflict, because the sets may belong to
+    /// something else, and a left-over from an earlier configuration must be cleared by a removal
+    /// first (which owns every such name).
     pub fn existing_sets(&self, existing: &[String]) -> Vec<String> {
         existing
             .iter()
-            .filter(|name| self.is_our_set(name))
+            .filter(|name| self.is_our_set(name).is_some())
             .cloned()
             .collect()
     }
 
-    /// Whether `name` is `P-<port>` with a canonical decimal port.
-    fn is_our_set(&self, name: &str) -> bool {
-        name.strip_prefix(&self.prefix)
-            .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(|port| port.parse::<u16>().is_ok_and(|p| p.to_string() == port))
+    /// Whether `name` is `P-<port>` (`Some(false)`: a list) or `P-<port>-<k>` (`Some(true)`: a
+    /// member), with a canonical decimal port and index.
+    fn is_our_set(&self, name: &str) -> Option<bool> {
+        let rest = name.strip_prefix(&self.prefix)?.strip_prefix('-')?;
+        let (port, member) = match rest.split_once('-') {
+            Some((port, k)) => (port, Some(k)),
+            None => (rest, None),
+        };
+        port.parse::<u16>().ok().filter(|p| p.to_string() == port)?;
+        match member {
+            None => Some(false),
+            Some(k) => k
+                .parse::<u8>()
+                .ok()
+                .filter(|i| i.to_string() == k)
+                .map(|_| true),
+        }
     }
 
-    /// `ipset restore` text creating our sets. Without `-exist` on purpose: a set of that name
-    /// that already exists is an error naming it, never silently adopted.
-    pub fn ipset_create(&self) -> String {
-        text(self.set_names().into_iter().map(|s| {
-            format!(
-                "create {s} hash:ip,port,ip family inet maxelem {}",
-                self.max_flows
-            )
-        }))
-    }
-
-    /// `ipset restore` text destroying our sets (after the rules using them are gone).
-    pub fn ipset_destroy(&self) -> String {
-        text(self.set_names().into_iter().map(|s| format!("destroy {s}")))
-    }
-
-    /// `ipset restore` text destroying every set in `existing` that is ours: named `P-<port>` for
-    /// any port, so sets left by an earlier configuration with other ports go too. `None` if none.
+    /// `ipset restore` text destroying every set in `existing` that is ours, lists before their
+    /// members (a member in a list is in use and cannot be destroyed), so sets left by an earlier
+    /// configuration with other ports go too. `None` if none.
     pub fn ipset_destroy_observed(&self, existing: &[String]) -> Option<String> {
-        let ours = self.existing_sets(existing);
+        let mut ours: Vec<(bool, &String)> = existing
+            .iter()
+            .filter_map(|n| self.is_our_set(n).map(|member| (member, n)))
+            .collect();
         if ours.is_empty() {
             return None;
         }
-        Some(text(ours.iter().map(|s| format!("destroy {s}"))))
+        ours.sort_by_key(|(member, _)| *member);
+        Some(text(ours.iter().map(|(_, s)| format!("destroy {s}"))))
     }
 
     /// The lines `iptables-save -t mangle` shows for our chains and jumps in `phase`, in the order
     /// it prints them: chain declarations (sorted by name), the PREROUTING jumps, then each of our
     /// chains' rules (chains sorted by name).
     pub fn expected_rules(&self, phase: Phase) -> Vec<String> {
-        let [div, new, pre] = self.chains();
-        let mut lines: Vec<String> = [&div, &new, &pre]
+        let [div, miss, new, pre] = self.chains();
+        let mut lines: Vec<String> = [&div, &miss, &new, &pre]
             .iter()
             .map(|c| format!(":{c} - [0:0]"))
             .collect();
@@ -399,11 +514,8 @@ impl DivertPlan {
                 .map(|s| format!("-A PREROUTING {s}")),
         );
         lines.extend(Self::appended(&div, &self.div_rules()));
-        let new_rules = match phase {
-            Phase::Installed => self.new_rules_installed(),
-            Phase::Withdrawn => self.new_rules_withdrawn(),
-        };
-        lines.extend(Self::appended(&new, &new_rules));
+        lines.extend(Self::appended(&miss, &self.miss_rules()));
+        lines.extend(Self::appended(&new, &self.new_rules(phase)));
         lines.extend(Self::appended(&pre, &self.pre_rules()));
         lines
     }
@@ -548,7 +660,7 @@ firewall:
   chain_prefix: LBDRAIN
   mark: 0x100
   mark_mask: 0xf00
-  max_diverted_flows: 65536
+  max_diverted_flows: 100000
 ";
 
     fn plan_from(text: &str) -> DivertPlan {
@@ -594,6 +706,11 @@ firewall:
     }
 
     #[test]
+    fn golden_seal() {
+        golden("seal.txt", &golden_plan().seal_rules());
+    }
+
+    #[test]
     fn golden_remove() {
         golden("remove.txt", &golden_plan().remove_rules());
     }
@@ -602,7 +719,29 @@ firewall:
     fn golden_ipset() {
         let p = golden_plan();
         golden("ipset-create.txt", &p.ipset_create());
-        golden("ipset-destroy.txt", &p.ipset_destroy());
+        // Port 80's member 0 half full, port 7's nearly empty, port 443 at its last member.
+        let terse = "Name: LBDRAIN-80-0\nType: hash:ip,port,ip\nHeader: family inet hashsize 65536 maxelem 65536 bucketsize 12 initval 0x1\nSize in memory: 400000\nReferences: 1\nNumber of entries: 32768\n\n\
+            Name: LBDRAIN-80\nType: list:set\nHeader: size 4\nNumber of entries: 1\n\n\
+            Name: LBDRAIN-7-0\nType: hash:ip,port,ip\nHeader: family inet hashsize 65536 maxelem 65536 bucketsize 12\nNumber of entries: 3\n\n\
+            Name: LBDRAIN-7\nType: list:set\nHeader: size 4\nNumber of entries: 1\n\n\
+            Name: LBDRAIN-443-0\nType: hash:ip,port,ip\nHeader: family inet hashsize 65536 maxelem 65536 bucketsize 12\nNumber of entries: 65536\n\n\
+            Name: LBDRAIN-443-1\nType: hash:ip,port,ip\nHeader: family inet hashsize 65536 maxelem 34464 bucketsize 12\nNumber of entries: 20000\n\n\
+            Name: LBDRAIN-443\nType: list:set\nHeader: size 4\nNumber of entries: 2\n";
+        let stats = p.record_stats(terse);
+        assert_eq!(stats.entries(), 32768 + 3 + 65536 + 20000);
+        assert_eq!(stats.ports[0].members[0].bytes(), 400000 + 8 * 65536);
+        golden("ipset-grow.txt", &p.ipset_grow(&stats, |_| 0).unwrap());
+        let mut all: Vec<String> = Vec::new();
+        for port in p.ports() {
+            for m in p.member_schedule() {
+                all.push(p.member_name(*port, m.index));
+            }
+            all.push(p.set_name(*port));
+        }
+        golden(
+            "ipset-destroy.txt",
+            &p.ipset_destroy_observed(&all).unwrap(),
+        );
     }
 
     #[test]
@@ -611,6 +750,10 @@ firewall:
         golden(
             "expected-installed.txt",
             &text(p.expected_rules(Phase::Installed)),
+        );
+        golden(
+            "expected-sealed.txt",
+            &text(p.expected_rules(Phase::Sealed)),
         );
         golden(
             "expected-withdrawn.txt",
@@ -660,6 +803,9 @@ firewall:
         for set in sets {
             assert!(set.len() <= MAX_SET_NAME_LEN, "{set}");
         }
+        let last = p.member_schedule().len() - 1;
+        let member = p.member_name(65535, last);
+        assert!(member.len() <= MAX_SET_NAME_LEN, "{member}");
     }
 
     /// What iptables-save printed in a scratch namespace after install_rules, with a user rule
@@ -758,7 +904,7 @@ firewall:
             Err(ReadBackError::NotFirst {
                 found: vec![
                     user.trim_end().to_string(),
-                    p.expected_rules(Phase::Installed)[3].clone()
+                    p.expected_rules(Phase::Installed)[4].clone()
                 ]
             })
         );
@@ -814,20 +960,24 @@ firewall:
     fn observed_set_destruction_takes_only_prefix_dash_port() {
         let p = golden_plan();
         let names: Vec<String> = [
+            "LBDRAIN-80-0",
             "LBDRAIN-80",
             "LBDRAIN-8080",
             "LBDRAIN-x",
             "LBDRAIN-080",
+            "LBDRAIN-80-01",
+            "LBDRAIN-80-x",
             "LBDRAINX-1",
             "other",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Lists first: a member still in a list is in use and cannot be destroyed.
         assert_eq!(
             p.ipset_destroy_observed(&names).unwrap(),
-            "destroy LBDRAIN-80\ndestroy LBDRAIN-8080\n"
+            "destroy LBDRAIN-80\ndestroy LBDRAIN-8080\ndestroy LBDRAIN-80-0\n"
         );
-        assert_eq!(p.ipset_destroy_observed(&names[5..]), None);
+        assert_eq!(p.ipset_destroy_observed(&names[7..]), None);
     }
 }
