@@ -16,6 +16,7 @@ use crate::firewall::{self, Firewall, FirewallError, InstallReceipt};
 use crate::journal::{Change, Journal, JournalError};
 use crate::plan::sets::{DivertCounters, RecordStats};
 use crate::plan::DivertPlan;
+use crate::record::{self, RecordKeeper};
 
 /// What kind of failure a host operation had; decides the exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -213,7 +214,8 @@ pub enum Event {
         idle: usize,
         /// Per state.
         by_state: BTreeMap<String, usize>,
-        /// New flows recorded and diverted to the peer so far (as of the last look at the sets).
+        /// New flows diverted to the peer so far (their SYNs, as of the last look at the
+        /// counters, once a second).
         #[serde(default)]
         diverted_flows: u64,
     },
@@ -278,8 +280,11 @@ pub enum Event {
     },
     /// The divert's totals, read just before it is removed.
     DivertTotals {
-        /// Flows recorded and diverted to the peer.
+        /// New flows diverted to the peer (their SYNs; a retransmitted SYN counts again).
         diverted_flows: u64,
+        /// Distinct (client address, client port, VIP) records: a client that reuses a port
+        /// for a new flow reuses its record.
+        recorded_flows: u64,
         /// Packets diverted to the peer.
         diverted_packets: u64,
         /// SYNs that could not be recorded (0 unless the capacity was reached).
@@ -313,8 +318,10 @@ pub struct DrainReport {
     pub install_ms: f64,
     /// Sockets left when the node went out of service (idle ones or deadline leftovers).
     pub abandoned: usize,
-    /// Flows recorded and diverted to the peer.
+    /// New flows diverted to the peer (their SYNs; a retransmitted SYN counts again).
     pub diverted_flows: u64,
+    /// Distinct (client address, client port, VIP) records the divert held.
+    pub recorded_flows: u64,
     /// SYNs that could not be recorded (0 unless the capacity was reached).
     pub unrecorded_syns: u64,
     /// Of those, the ones dropped after the seal (each a ~1 s retransmit for its client).
@@ -464,136 +471,75 @@ pub fn drain(
         total_ms: ms(h.now() - start),
         install_ms,
         abandoned: remaining,
-        diverted_flows: totals.0.entries(),
+        diverted_flows: totals.1.diverted_syns,
+        recorded_flows: totals.0.entries(),
         unrecorded_syns: totals.1.unrecorded_syns(),
         sealed_drops: totals.1.sealed_drops,
     })
 }
 
-/// Keeps the diverted-flow record ahead of the traffic while the divert is in place (grows it
-/// every [`firewall::TEND_INTERVAL`]) and watches its counters (every second), reporting what
-/// changes. Failures are reported, never fatal: the divert itself is already in place.
+/// The drain's side of the [`RecordKeeper`]: turns what it finds into events.
 struct Tender {
-    next_tend: Duration,
-    next_count: Duration,
-    stats: RecordStats,
-    /// When `stats` was read.
-    stats_at: Duration,
-    /// New flows per second per port, from the last two looks.
-    rates: BTreeMap<u16, f64>,
-    counters: DivertCounters,
-    last_error: Option<String>,
+    keeper: RecordKeeper,
 }
-
-/// How often the divert's counters are read while it is in place.
-const COUNT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Tender {
     fn new(now: Duration) -> Tender {
         Tender {
-            next_tend: now,
-            next_count: now + COUNT_INTERVAL,
-            stats: RecordStats::default(),
-            stats_at: now,
-            rates: BTreeMap::new(),
-            counters: DivertCounters::default(),
-            last_error: None,
+            keeper: RecordKeeper::new(now),
         }
     }
 
-    /// Does what is due.
+    /// Does what is due and reports it.
     fn tick(&mut self, h: &mut dyn Host, plan: &DivertPlan, ev: &mut dyn FnMut(Event)) {
         let now = h.now();
-        if now >= self.next_tend {
-            self.next_tend = now + firewall::TEND_INTERVAL;
-            // Grow early enough for the flows expected before the look after next.
-            let horizon = 2.0 * firewall::TEND_INTERVAL.as_secs_f64();
-            let rates = self.rates.clone();
-            let lookahead =
-                move |port: u16| (rates.get(&port).copied().unwrap_or(0.0) * horizon).ceil() as u64;
-            match firewall::tend(h.firewall(), plan, lookahead) {
-                Ok(t) => {
-                    let dt = (now - self.stats_at).as_secs_f64();
-                    if dt > 0.0 && !self.stats.ports.is_empty() {
-                        for (new, old) in t.stats.ports.iter().zip(&self.stats.ports) {
-                            let rate = new.entries().saturating_sub(old.entries()) as f64 / dt;
-                            self.rates.insert(new.port, rate);
-                        }
-                    }
-                    self.stats_at = now;
-                    for set in &t.grown {
-                        let rec = t
-                            .stats
-                            .ports
-                            .iter()
-                            .find(|r| set.starts_with(&format!("{}-", plan.set_name(r.port))));
-                        let added = plan
-                            .member_schedule()
-                            .get(rec.map_or(0, |r| r.members.len()))
-                            .map_or(0, |m| u64::from(m.maxelem));
-                        ev(Event::RecordGrown {
-                            set: set.clone(),
-                            recorded: rec.map_or(0, |r| r.entries()),
-                            room: rec.map_or(0, |r| r.room()) + added,
-                        });
-                    }
-                    self.stats = t.stats;
-                }
-                Err(e) => self.failed(e, ev),
-            }
-        }
-        if now >= self.next_count {
-            self.next_count = now + COUNT_INTERVAL;
-            self.count(h, plan, ev);
-        }
+        let news = self.keeper.tick(h.firewall(), plan, now);
+        Self::report(news, plan, ev);
     }
 
-    /// Reads the counters; reports SYNs that went unrecorded since the last look.
-    fn count(&mut self, h: &mut dyn Host, plan: &DivertPlan, ev: &mut dyn FnMut(Event)) {
-        match firewall::counters(h.firewall(), plan) {
-            Ok(c) => {
-                if c.unrecorded_syns() > self.counters.unrecorded_syns() {
-                    ev(Event::Unrecorded {
-                        syns: c.unrecorded_syns(),
-                        recorded: self.stats.entries(),
-                        capacity: plan.capacity(),
-                    });
-                }
-                self.counters = c;
-            }
-            Err(e) => self.failed(e, ev),
-        }
-    }
-
-    fn failed(&mut self, e: FirewallError, ev: &mut dyn FnMut(Event)) {
-        let error = e.to_string();
-        if self.last_error.as_ref() != Some(&error) {
-            ev(Event::RecordTendFailed {
-                error: error.clone(),
+    fn report(news: record::News, plan: &DivertPlan, ev: &mut dyn FnMut(Event)) {
+        for g in news.grown {
+            ev(Event::RecordGrown {
+                set: g.set,
+                recorded: g.recorded,
+                room: g.room,
             });
-            self.last_error = Some(error);
+        }
+        if let Some(syns) = news.unrecorded {
+            ev(Event::Unrecorded {
+                syns,
+                recorded: news.recorded,
+                capacity: plan.capacity(),
+            });
+        }
+        if let Some(error) = news.error {
+            ev(Event::RecordTendFailed { error });
         }
     }
 
-    /// The final look before the divert goes: the record's fill and the counters, reported.
+    /// New flows diverted as of the last look at the counters.
+    fn diverted(&self) -> u64 {
+        self.keeper.counters().diverted_syns
+    }
+
+    /// The final look before the divert goes, reported.
     fn totals(
         &mut self,
         h: &mut dyn Host,
         plan: &DivertPlan,
         ev: &mut dyn FnMut(Event),
     ) -> (RecordStats, DivertCounters) {
-        self.count(h, plan, ev);
-        if let Ok(terse) = h.firewall().ipset_list_terse() {
-            self.stats = plan.record_stats(&terse);
-        }
+        let (news, stats, counters) = self.keeper.final_look(h.firewall(), plan);
+        Self::report(news, plan, ev);
         ev(Event::DivertTotals {
-            diverted_flows: self.stats.entries(),
-            diverted_packets: self.counters.diverted_packets,
-            unrecorded_syns: self.counters.unrecorded_syns(),
-            sealed_drops: self.counters.sealed_drops,
-            record_bytes: self.stats.bytes(),
+            diverted_flows: counters.diverted_syns,
+            recorded_flows: stats.entries(),
+            diverted_packets: counters.diverted_packets,
+            unrecorded_syns: counters.unrecorded_syns(),
+            sealed_drops: counters.sealed_drops,
+            record_bytes: stats.bytes(),
         });
-        (self.stats.clone(), self.counters.clone())
+        (stats, counters)
     }
 }
 
@@ -730,7 +676,7 @@ fn watch(
                 remaining: c.total,
                 idle: c.idle,
                 by_state: c.by_state.clone(),
-                diverted_flows: tender.stats.entries(),
+                diverted_flows: tender.diverted(),
             });
             last = Some((c.total, c.idle));
             last_report = now;

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::plan::sets::{DivertCounters, RecordStats};
+use crate::plan::sets::DivertCounters;
 use crate::plan::{DivertPlan, Phase, ReadBackError};
 
 /// Errors of the firewall adapter. Display is one line.
@@ -530,45 +530,6 @@ pub fn seal(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<(), FirewallErro
     verify(fw, plan, Phase::Sealed)
 }
 
-/// What [`tend`] saw and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tended {
-    /// The record as observed before growing it.
-    pub stats: RecordStats,
-    /// Members created by this call.
-    pub grown: Vec<String>,
-}
-
-/// Keeps the diverted-flow record ahead of the traffic: reads every set's fill and appends the
-/// next member to each port whose newest member is half full, or will be once `lookahead(port)`
-/// more flows arrived ([`DivertPlan::ipset_grow`]). Must run while the divert is installed, often
-/// enough that no member fills between two calls (the drain calls it every [`TEND_INTERVAL`]).
-pub fn tend(
-    fw: &mut dyn Firewall,
-    plan: &DivertPlan,
-    lookahead: impl Fn(u16) -> u64,
-) -> Result<Tended, FirewallError> {
-    let stats = plan.record_stats(&fw.ipset_list_terse()?);
-    let Some(text) = plan.ipset_grow(&stats, lookahead) else {
-        return Ok(Tended {
-            stats,
-            grown: Vec::new(),
-        });
-    };
-    fw.ipset_restore(&text)?;
-    let grown = text
-        .lines()
-        .filter_map(DivertPlan::created_by)
-        .map(String::from)
-        .collect();
-    Ok(Tended { stats, grown })
-}
-
-/// How often the drain tends the record. The first member holds 65 536 flows and gets a successor
-/// at half of that, so up to 160 000 new flows/s one interval cannot fill it before the next look;
-/// later members are 8 times larger each, and grow earlier at the rate they fill.
-pub const TEND_INTERVAL: Duration = Duration::from_millis(200);
-
 /// Reads the divert's packet counters.
 pub fn counters(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<DivertCounters, FirewallError> {
     Ok(plan.counters(&fw.save_mangle_counters()?))
@@ -891,8 +852,8 @@ impl FakeFirewall {
             } else if arg("--match-set").is_some() {
                 *st.counters.entry(line).or_default() += recorded;
                 if let Some(div) = arg("-j") {
-                    if let Some(first) = st.user.get(div).and_then(|r| r.first()) {
-                        *st.counters.entry(format!("-A {div} {first}")).or_default() += recorded;
+                    for r in st.user.get(div).cloned().unwrap_or_default() {
+                        *st.counters.entry(format!("-A {div} {r}")).or_default() += recorded;
                     }
                 }
                 left -= recorded;
@@ -1445,27 +1406,6 @@ tracked_interface: trk0
     }
 
     #[test]
-    fn tend_grows_a_port_once_its_newest_member_is_half_full() {
-        let mut fw = FakeFirewall::new();
-        let p = plan();
-        install(&mut fw, &p).unwrap();
-        fw.syns(80, 32_767);
-        let t = tend(&mut fw, &p, |_| 0).unwrap();
-        assert!(t.grown.is_empty(), "{t:?}");
-        assert_eq!(t.stats.entries(), 32_767);
-        fw.syns(80, 1);
-        assert_eq!(tend(&mut fw, &p, |_| 0).unwrap().grown, ["DRAIN-80-1"]);
-        // Member 0 takes flows until it is full, then member 1 does; nothing is lost.
-        assert_eq!(fw.syns(80, 40_000), 40_000);
-        assert_eq!(fw.set_entries("DRAIN-80-0"), 65_536);
-        assert_eq!(fw.set_entries("DRAIN-80-1"), 32_768 + 40_000 - 65_536);
-        assert!(tend(&mut fw, &p, |_| 0).unwrap().grown.is_empty());
-        assert_eq!(counters(&mut fw, &p).unwrap().unrecorded_syns(), 0);
-        remove(&mut fw, &p, true).unwrap();
-        assert!(fw.sets().is_empty(), "lists and members all destroyed");
-    }
-
-    #[test]
     fn counters_count_unrecorded_syns_exactly_and_survive_the_seal() {
         let mut fw = FakeFirewall::new();
         let p = DivertPlan::new(
@@ -1481,6 +1421,7 @@ tracked_interface: trk0
         let c = counters(&mut fw, &p).unwrap();
         assert_eq!(c.syns, 1100);
         assert_eq!(c.unrecorded_by_port, [(80, 76), (7, 0)]);
+        assert_eq!(c.diverted_syns, 1024);
         assert_eq!(c.diverted_packets, 1024);
         assert_eq!(c.sealed_drops, 0);
         seal(&mut fw, &p).unwrap();

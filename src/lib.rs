@@ -14,5 +14,6 @@ pub mod netns;
 pub mod observability;
 pub mod plan;
 pub mod probe;
+pub mod record;
 pub mod sockdiag;
 pub mod sysctl;

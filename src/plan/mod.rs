@@ -51,7 +51,7 @@
 //!   of a finished diverted flow must have its new flow served locally.
 //! - `P-MISS`: one rule per port without a target: its packet counters are the exact count of
 //!   unrecorded SYNs. Never rewritten while the divert exists, so the count survives the seal.
-//! - `P-DIV`: mark, TEE, DROP.
+//! - `P-DIV`: count the SYNs (the new flows diverted), mark, TEE, DROP.
 //! - sets `P-<port>`: a `list:set` of `hash:ip,port,ip` members `P-<port>-<k>`, matched
 //!   `src,src,dst`, no timeout (records live until the agent destroys the sets); see [`sets`].
 //!
@@ -309,8 +309,11 @@ impl DivertPlan {
         }
     }
 
+    /// Rule lines of P-DIV: count SYNs (the new flows diverted: P-DIV is never rewritten, so
+    /// the count survives the seal and the withdraw), mark, TEE, drop.
     fn div_rules(&self) -> Vec<String> {
         vec![
+            "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN".to_string(),
             // MARK --set-xmark V/M computes (mark & !M) ^ V; with V inside M that sets our bits
             // and leaves the others alone.
             format!("-j MARK --set-xmark {:#x}/{:#x}", self.mark, self.mask),

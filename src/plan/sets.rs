@@ -47,7 +47,7 @@ use super::DivertPlan;
 /// Measured on the 2-core VM: four such sets are created in one `ipset restore` in ~3 ms, the same
 /// as 16 384-bucket sets; from 1 MiB on the kernel takes fresh pages from vmalloc and the cost
 /// grows with the size. Half of it, 32 768 flows, is the headroom before the first growth: at
-/// one look every [`crate::firewall::TEND_INTERVAL`] (200 ms) that covers 160 000 new flows/s.
+/// one look every [`crate::record::TEND_INTERVAL`] (200 ms) that covers 160 000 new flows/s.
 pub const FIRST_MEMBER_HASHSIZE: u32 = 65_536;
 /// Each member has this many times the buckets of the one before.
 pub const GROWTH_FACTOR: u32 = 8;
@@ -208,6 +208,9 @@ pub struct DivertCounters {
     pub syns: u64,
     /// SYNs no member would record, per VIP port (plan order).
     pub unrecorded_by_port: Vec<(u16, u64)>,
+    /// SYNs diverted to the peer: the new flows diverted (a SYN the client retransmitted
+    /// counts again).
+    pub diverted_syns: u64,
     /// Packets diverted to the peer (TEE'd and dropped here).
     pub diverted_packets: u64,
     /// Unrecorded SYNs dropped after the seal (the client retransmits them to the new owner).
@@ -436,7 +439,8 @@ impl DivertPlan {
                 .iter()
                 .map(|&port| (port, find(&format!("-A {miss} {}", Self::miss_rule(port)))))
                 .collect(),
-            diverted_packets: find(&format!("-A {div} {}", self.div_rules()[0])),
+            diverted_syns: find(&format!("-A {div} {}", self.div_rules()[0])),
+            diverted_packets: find(&format!("-A {div} {}", self.div_rules()[1])),
             sealed_drops: find(&format!("-A {new} -j DROP")),
         }
     }
@@ -508,6 +512,7 @@ mod tests {
             [7:420] -A DRAIN-MISS -p tcp -m tcp --dport 80\n\
             [0:0] -A DRAIN-MISS -p tcp -m tcp --dport 7\n\
             [3:180] -A DRAIN-NEW -j DROP\n\
+            [800:48000] -A DRAIN-DIV -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN\n\
             [4000:240000] -A DRAIN-DIV -j MARK --set-xmark 0x1d000000/0xff000000\n\
             [4000:240000] -A DRAIN-DIV -j TEE --gateway 198.18.0.12\nCOMMIT\n";
         let c = plan().counters(saved);
@@ -516,6 +521,7 @@ mod tests {
             DivertCounters {
                 syns: 1200,
                 unrecorded_by_port: vec![(80, 7), (7, 0)],
+                diverted_syns: 800,
                 diverted_packets: 4000,
                 sealed_drops: 3,
             }

@@ -39,12 +39,23 @@ pub struct ScenarioArgs {
     /// Write every result as JSON to this directory.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
-    /// Short-request rate (per second).
-    #[arg(long, default_value_t = 500.0)]
-    pub short_rate: f64,
-    /// Echo-session rate (per second).
-    #[arg(long, default_value_t = 10.0)]
-    pub echo_rate: f64,
+    /// The load: `default` (500 short/s, 10 echo sessions/s of 3 s, 8 s, event at 2.5 s) or
+    /// `scale` (3000 short/s, 50 echo sessions/s of 11 s, 26 s, event at 11 s, with a steady
+    /// baseline before it).
+    #[arg(long, default_value = "default")]
+    pub load: String,
+    /// Short-request rate (per second), overriding the load's.
+    #[arg(long)]
+    pub short_rate: Option<f64>,
+    /// Echo-session rate (per second), overriding the load's.
+    #[arg(long)]
+    pub echo_rate: Option<f64>,
+    /// Milliseconds between two chunks of an echo session, overriding the load's.
+    #[arg(long)]
+    pub echo_interval_ms: Option<u64>,
+    /// Fail over through keepalived's track file instead of the tracked interface.
+    #[arg(long)]
+    pub track_file: bool,
 }
 
 /// Blocks SIGINT/SIGTERM in this thread (and the threads it spawns later) and returns a thread
@@ -111,9 +122,20 @@ pub fn scenarios(a: &ScenarioArgs) -> Result<Vec<ScenarioResult>> {
     } else {
         a.names.clone()
     };
-    let mut load = default_load();
-    load.short.rate_per_s = a.short_rate;
-    load.echo.sessions_per_s = a.echo_rate;
+    let (mut load, event_at) = match a.load.as_str() {
+        "default" => (default_load(), Duration::from_millis(2500)),
+        "scale" => (scenario::scale_load(), scenario::SCALE_EVENT_AT),
+        other => anyhow::bail!("unknown load {other} (default, scale)"),
+    };
+    if let Some(r) = a.short_rate {
+        load.short.rate_per_s = r;
+    }
+    if let Some(r) = a.echo_rate {
+        load.echo.sessions_per_s = r;
+    }
+    if let Some(i) = a.echo_interval_ms {
+        load.echo.interval_ms = i;
+    }
     let mut results = Vec::new();
     for name in &names {
         let event = match name.as_str() {
@@ -126,14 +148,18 @@ pub fn scenarios(a: &ScenarioArgs) -> Result<Vec<ScenarioResult>> {
             ),
         };
         eprintln!(
-            "== scenario {name}: lab up, {} s of mixed load, event at 2.5 s",
-            load.duration_ms / 1000
+            "== scenario {name}: lab up, {} s of mixed load, event at {:.1} s",
+            load.duration_ms / 1000,
+            event_at.as_secs_f64()
         );
         let r = scenario::run(
             name,
-            &LabOptions::default(),
+            &LabOptions {
+                track_file_trigger: a.track_file,
+                ..LabOptions::default()
+            },
             &load,
-            Duration::from_millis(2500),
+            event_at,
             event,
         )
         .with_context(|| format!("scenario {name}"))?;

@@ -104,6 +104,10 @@ pub struct ScenarioResult {
     pub worst_setup_ms: f64,
     /// p99 of short-request latency (ms).
     pub p99_short_ms: f64,
+    /// p99.9 of the connection setups of the run's steady baseline (flows started before the
+    /// spec's `baseline_until_ms`), if it has one.
+    #[serde(default)]
+    pub baseline_setup_p999_ms: Option<f64>,
     /// Which node held the VIP when the load ended.
     pub vip_owner_after: Option<Node>,
     /// The event's own report.
@@ -126,6 +130,23 @@ pub fn default_load() -> LoadSpec {
         "slow": { "downloads_per_s": 2.0, "ms": 3000, "bytes": 30000 },
     }))
     .expect("the default load spec is valid")
+}
+
+/// When the drain starts in a [`scale_load`] run: by then the echo sessions opened since the
+/// start are all still open (50/s × 11 s = 550).
+pub const SCALE_EVENT_AT: Duration = Duration::from_millis(11_000);
+
+/// The high-rate mixed load: 3000 short HTTP requests/s, 50 echo sessions/s of 11 s (so ≥ 500
+/// are open when the drain starts at [`SCALE_EVENT_AT`]), keep-alive sessions and slow
+/// downloads, for 26 s; flows started before the drain are the run's steady baseline.
+pub fn scale_load() -> LoadSpec {
+    let mut load = default_load();
+    load.duration_ms = 26_000;
+    load.short.rate_per_s = 3000.0;
+    load.echo.sessions_per_s = 50.0;
+    load.echo.session_ms = 11_000;
+    load.baseline_until_ms = Some(SCALE_EVENT_AT.as_millis() as u64);
+    load
 }
 
 /// Runs a scenario in a fresh lab (torn down before returning, whatever happens).
@@ -210,6 +231,8 @@ fn summarise(
             .collect(),
         worst_setup_ms: load.setup_latency_ms.max,
         p99_short_ms: load.short_latency_ms.p99,
+        baseline_setup_p999_ms: (load.setup_latency_baseline_ms.count > 0)
+            .then_some(load.setup_latency_baseline_ms.p999),
         vip_owner_after: owner,
         event,
         load,

@@ -34,6 +34,22 @@ pub struct LoadReport {
     pub totals: Totals,
     /// connect() durations of every established connection, all classes.
     pub setup_latency_ms: LatencySummary,
+    /// connect() durations of the connections started before the spec's `baseline_until_ms`
+    /// (all zero without one).
+    #[serde(default)]
+    pub setup_latency_baseline_ms: LatencySummary,
+    /// connect() durations of the connections started at or after `baseline_until_ms`.
+    #[serde(default)]
+    pub setup_latency_after_baseline_ms: LatencySummary,
+    /// Handshakes as the kernel timed them (see `FlowRecord::handshake_ms`), all classes.
+    #[serde(default)]
+    pub handshake_ms: LatencySummary,
+    /// The same, of the connections started before `baseline_until_ms`.
+    #[serde(default)]
+    pub handshake_baseline_ms: LatencySummary,
+    /// The same, of the connections started at or after `baseline_until_ms`.
+    #[serde(default)]
+    pub handshake_after_baseline_ms: LatencySummary,
     /// Start (before connect) to last response byte of every ok short flow.
     pub short_latency_ms: LatencySummary,
     /// Flows started (by start time) and ended ok or failed (by end time) per 100 ms.
@@ -193,6 +209,12 @@ pub struct TimelineBucket {
     pub ok: u64,
     /// Flows that failed in it.
     pub failed: u64,
+    /// Slowest connect() of the flows that started in it.
+    #[serde(default)]
+    pub setup_max_ms: f64,
+    /// Slowest kernel-timed handshake of the flows that started in it.
+    #[serde(default)]
+    pub handshake_max_ms: f64,
 }
 
 /// A flow that did not end ok.
@@ -280,10 +302,19 @@ impl LoadReport {
                 ""
             }
         );
-        for (name, l) in [
+        let mut summaries = vec![
             ("setup ms", &self.setup_latency_ms),
             ("short ms", &self.short_latency_ms),
-        ] {
+        ];
+        if self.setup_latency_baseline_ms.count > 0 {
+            summaries.push(("baseline setup ms", &self.setup_latency_baseline_ms));
+            summaries.push((
+                "after baseline setup ms",
+                &self.setup_latency_after_baseline_ms,
+            ));
+        }
+        summaries.push(("handshake ms", &self.handshake_ms));
+        for (name, l) in summaries {
             let _ = writeln!(
                 out,
                 "{name}: n={} p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
@@ -330,6 +361,9 @@ pub(crate) fn build(
     let mut classes = ClassReports::default();
     let mut totals = Totals::default();
     let mut setups = Vec::new();
+    // [setup, handshake] × [before the baseline's end, after it]
+    let mut split: [[Vec<f64>; 2]; 2] = Default::default();
+    let mut handshakes = Vec::new();
     let mut short_latency = Vec::new();
     let mut lags: [Vec<f64>; 4] = Default::default();
     let mut on_time = [0u64; 4];
@@ -375,8 +409,26 @@ pub(crate) fn build(
                 detail: r.detail.clone(),
             });
         }
+        let phase = match spec.baseline_until_ms {
+            Some(until) if r.start_ms < until as f64 => Some(0),
+            Some(_) => Some(1),
+            None => None,
+        };
+        if let Some(hs) = r.handshake_ms {
+            handshakes.push(hs);
+            if let Some(p) = phase {
+                split[1][p].push(hs);
+            }
+            let i = bucket(&mut timeline, r.start_ms);
+            timeline[i].handshake_max_ms = timeline[i].handshake_max_ms.max(hs);
+        }
         if let Some(setup_ms) = r.setup_ms {
             setups.push(setup_ms);
+            if let Some(p) = phase {
+                split[0][p].push(setup_ms);
+            }
+            let i = bucket(&mut timeline, r.start_ms);
+            timeline[i].setup_max_ms = timeline[i].setup_max_ms.max(setup_ms);
             slowest.push(SlowSetup {
                 class: r.class,
                 start_ms: r.start_ms,
@@ -410,6 +462,13 @@ pub(crate) fn build(
         classes,
         totals,
         setup_latency_ms: LatencySummary::from_samples(setups),
+        setup_latency_baseline_ms: LatencySummary::from_samples(std::mem::take(&mut split[0][0])),
+        setup_latency_after_baseline_ms: LatencySummary::from_samples(std::mem::take(
+            &mut split[0][1],
+        )),
+        handshake_ms: LatencySummary::from_samples(handshakes),
+        handshake_baseline_ms: LatencySummary::from_samples(std::mem::take(&mut split[1][0])),
+        handshake_after_baseline_ms: LatencySummary::from_samples(std::mem::take(&mut split[1][1])),
         short_latency_ms: LatencySummary::from_samples(short_latency),
         timeline,
         failures,
@@ -438,6 +497,7 @@ mod tests {
             start_ms: start,
             end_ms: end,
             setup_ms: (outcome != Outcome::Refused).then_some(id as f64),
+            handshake_ms: (outcome != Outcome::Refused).then_some(id as f64 / 2.0),
             outcome,
             detail: if outcome == Outcome::Ok {
                 String::new()
@@ -505,6 +565,35 @@ mod tests {
         let table = r.table();
         assert!(table.contains("BROKEN 3"), "{table}");
         assert!(table.contains("reset"), "{table}");
+    }
+
+    #[test]
+    fn baseline_setups_and_per_bucket_worst_setup() {
+        let spec = LoadSpec {
+            baseline_until_ms: Some(100),
+            ..LoadSpec::default()
+        };
+        // Setup ms = id: flows 0 and 4 start before 100 ms, 1 and 2 after; 3 has no setup.
+        let records = vec![
+            rec(0, FlowClass::Short, 0.0, 5.0, Outcome::Ok),
+            rec(1, FlowClass::Short, 150.0, 260.0, Outcome::Ok),
+            rec(2, FlowClass::Echo, 120.0, 3100.0, Outcome::Ok),
+            rec(3, FlowClass::Short, 10.0, 11.0, Outcome::Refused),
+            rec(4, FlowClass::Slow, 50.0, 55.0, Outcome::Ok),
+        ];
+        let r = build(&spec, &records, 3200.0, false, vec![]);
+        assert_eq!(r.setup_latency_baseline_ms.count, 2);
+        assert_eq!(r.setup_latency_baseline_ms.max, 4.0);
+        assert_eq!(r.setup_latency_after_baseline_ms.count, 2);
+        assert_eq!(r.setup_latency_after_baseline_ms.max, 2.0);
+        assert_eq!(r.handshake_baseline_ms.max, 2.0);
+        assert_eq!(r.handshake_after_baseline_ms.max, 1.0);
+        assert_eq!(r.timeline[0].handshake_max_ms, 2.0);
+        assert_eq!(r.setup_latency_ms.max, 4.0);
+        assert_eq!(r.timeline[0].setup_max_ms, 4.0);
+        assert_eq!(r.timeline[1].setup_max_ms, 2.0);
+        let none = build(&LoadSpec::default(), &records, 3200.0, false, vec![]);
+        assert_eq!(none.setup_latency_baseline_ms.count, 0);
     }
 
     #[test]

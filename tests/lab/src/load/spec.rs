@@ -73,6 +73,10 @@ pub struct LoadSpec {
     pub connect_timeout_ms: u64,
     /// How much longer than its nominal length a flow may take before it counts as a timeout.
     pub flow_slack_ms: u64,
+    /// Flows started before this (ms from the run's start) are the run's steady baseline: their
+    /// setup latencies are summarised apart, so a test can hold what happens later to what the
+    /// same lab did before, in the same run.
+    pub baseline_until_ms: Option<u64>,
 }
 
 impl Default for LoadSpec {
@@ -88,6 +92,7 @@ impl Default for LoadSpec {
             slow: SlowSpec::default(),
             connect_timeout_ms: 5000,
             flow_slack_ms: 5000,
+            baseline_until_ms: None,
         }
     }
 }

@@ -102,6 +102,7 @@ pub fn quiet_spec(http_port: u16, echo_port: u16) -> LoadSpec {
         },
         connect_timeout_ms: 1000,
         flow_slack_ms: 1000,
+        baseline_until_ms: None,
     }
 }
 
