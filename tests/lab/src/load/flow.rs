@@ -678,6 +678,26 @@ async fn echo_session(
     conn.close_cleanly("the echoed bytes", progress).await
 }
 
+/// (handshake RTT in ms, retransmissions) of a just-connected socket, from `TCP_INFO`: right
+/// after the handshake the smoothed RTT is the SYN to SYN-ACK sample itself.
+fn handshake(stream: &TcpStream) -> Option<(f64, u32)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` describe a buffer of the size passed; the fd is the stream's.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| (f64::from(info.tcpi_rtt) / 1000.0, info.tcpi_total_retrans))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,24 +748,4 @@ mod tests {
         p.at("reading the response body", 10, 64);
         assert_eq!(p.describe(), "reading the response body (10 of 64 bytes)");
     }
-}
-
-/// (handshake RTT in ms, retransmissions) of a just-connected socket, from `TCP_INFO`: right
-/// after the handshake the smoothed RTT is the SYN to SYN-ACK sample itself.
-fn handshake(stream: &TcpStream) -> Option<(f64, u32)> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: tcp_info is plain data; zeroed is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` and `len` describe a buffer of the size passed; the fd is the stream's.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut libc::tcp_info as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    (rc == 0).then(|| (f64::from(info.tcpi_rtt) / 1000.0, info.tcpi_total_retrans))
 }
