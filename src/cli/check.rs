@@ -14,6 +14,19 @@ pub struct CheckArgs {
     /// Skip the peer probe (e.g. when the peer is known to be down for maintenance).
     #[arg(long)]
     pub no_peer: bool,
+    /// New connections per second to plan the diverted-flow record for (default: the rate this
+    /// node accepts connections at, measured over one second).
+    #[arg(long, value_parser = rate)]
+    pub rate: Option<f64>,
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a rate (new connections per second, >= 0)"
+        )),
+    }
 }
 
 struct Checks {
@@ -25,6 +38,11 @@ impl Checks {
     fn ok(&mut self, name: &str, detail: impl Into<String>) {
         self.rows
             .push(json!({"check": name, "ok": true, "detail": detail.into()}));
+    }
+    /// Not a failure (the exit code stays 0), but something the operator should act on.
+    fn warn(&mut self, name: &str, detail: impl Into<String>) {
+        self.rows
+            .push(json!({"check": name, "ok": true, "warning": true, "detail": detail.into()}));
     }
     fn fail(&mut self, name: &str, code: u8, detail: impl Into<String>) {
         let detail = detail.into();
@@ -69,7 +87,11 @@ pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<(), Failure> {
         .map(|r| {
             format!(
                 "{} {}: {}",
-                if r["ok"] == true { "ok  " } else { "FAIL" },
+                match (r["ok"] == true, r["warning"] == true) {
+                    (true, false) => "ok  ",
+                    (true, true) => "WARN",
+                    _ => "FAIL",
+                },
                 r["check"].as_str().unwrap_or(""),
                 r["detail"].as_str().unwrap_or("")
             )
@@ -106,6 +128,7 @@ fn check_host(cfg: &crate::config::Config, a: &CheckArgs, c: &mut Checks) {
         Ok(detail) => c.ok("kernel", detail),
         Err(e) => c.fail("kernel", exit::ENVIRONMENT, e),
     }
+    check_capacity(cfg, a, c);
     match host.count() {
         Ok(n) => c.ok(
             "sock_diag",
@@ -161,6 +184,53 @@ fn check_host(cfg: &crate::config::Config, a: &CheckArgs, c: &mut Checks) {
         ),
         Err(e) => c.fail("peer", exit::ENVIRONMENT, e.to_string()),
     }
+}
+
+/// Whether the diverted-flow record can hold every flow a drain may divert: the new connections
+/// per second (given, or measured from this namespace's `PassiveOpens` over one second) times the
+/// longest a divert stays in place (deadline + failover timeout + post-wait), all on one port.
+fn check_capacity(cfg: &crate::config::Config, a: &CheckArgs, c: &mut Checks) {
+    use crate::plan::sets::full_record_bytes;
+    let (rate, how) = match a.rate {
+        Some(r) => (r, "given"),
+        None => match measure_rate() {
+            Ok(r) => (r, "measured over 1 s"),
+            Err(e) => {
+                return c.warn(
+                    "capacity",
+                    format!("cannot measure the connection rate ({e}); pass --rate"),
+                )
+            }
+        },
+    };
+    let window =
+        cfg.drain.deadline.get() + cfg.failover.timeout.get() + cfg.failover.post_wait.get();
+    let expected = rate * window.as_secs_f64();
+    let capacity = cfg.firewall.max_diverted_flows.get();
+    let full_mib = full_record_bytes(capacity) as f64 / f64::from(1 << 20);
+    let facts = format!(
+        "{rate:.0} new connections/s ({how}) for up to {:.0} s (drain.deadline + failover.timeout + failover.post_wait) = {expected:.0} flows; room for {capacity} per port ({full_mib:.1} MiB of kernel memory per port when full)",
+        window.as_secs_f64()
+    );
+    if expected >= f64::from(capacity) {
+        c.warn("capacity", format!("{facts}: a long drain would fill the record; new flows would then stay here (the drain takes longer) and, after the seal, wait 1 s for a retransmit; raise firewall.max_diverted_flows or lower drain.deadline"));
+    } else if expected >= 0.5 * f64::from(capacity) {
+        c.warn(
+            "capacity",
+            format!("{facts}: over half the room; consider raising firewall.max_diverted_flows"),
+        );
+    } else {
+        c.ok("capacity", facts);
+    }
+}
+
+/// New connections per second this namespace accepts, over one second.
+fn measure_rate() -> std::io::Result<f64> {
+    let t0 = std::time::Instant::now();
+    let before = crate::sockdiag::passive_opens()?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let after = crate::sockdiag::passive_opens()?;
+    Ok(after.saturating_sub(before) as f64 / t0.elapsed().as_secs_f64())
 }
 
 fn which(bin: &str) -> Option<std::path::PathBuf> {

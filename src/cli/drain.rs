@@ -93,10 +93,12 @@ pub fn execute(
     match result {
         Ok(r) => {
             let summary = format!(
-                "drained: {:?} after {:.1} s ({} left), peer owned the VIP {:.0} ms after the trigger; divert removed; the node stays out of service until `drain-agent undrain`",
+                "drained: {:?} after {:.1} s ({} left), {} new flow(s) diverted ({} SYN(s) unrecorded), peer owned the VIP {:.0} ms after the trigger; divert removed; the node stays out of service until `drain-agent undrain`",
                 r.reason,
                 r.drain_ms / 1000.0,
                 r.abandoned,
+                r.diverted_flows,
+                r.unrecorded_syns,
                 r.failover_ms,
             );
             Ok((record, summary))

@@ -43,6 +43,8 @@ pub fn document(cfg: &crate::config::Config) -> Result<(serde_json::Value, Strin
         .into_iter()
         .filter(|n| n.starts_with(&prefix))
         .collect();
+    let plan = common::plan(&cfg);
+    let divert = divert_state(&mut host, &plan);
     let tracked_up = host.link_up(cfg.tracked_interface.as_str())?;
     let mut vips = Vec::new();
     for v in cfg.vips.iter() {
@@ -71,6 +73,7 @@ pub fn document(cfg: &crate::config::Config) -> Result<(serde_json::Value, Strin
         "vips": vips,
         "divert_rules": rules,
         "divert_sets": sets,
+        "divert": divert,
         "drain_journal": drain_j.entries(),
         "accept_journal": accept_j.entries(),
         "last_drain": last,
@@ -99,6 +102,17 @@ pub fn document(cfg: &crate::config::Config) -> Result<(serde_json::Value, Strin
         rules.len(),
         sets.len()
     ));
+    if !divert.is_null() {
+        text.push_str(&format!(
+            "divert {}: {} new flow(s) diverted, {} recorded (capacity {} per port, {:.1} MiB), {} SYN(s) unrecorded\n",
+            divert["phase"].as_str().unwrap_or("incomplete"),
+            divert["diverted_flows"],
+            divert["recorded_flows"],
+            divert["capacity_per_port"],
+            divert["record_bytes"].as_f64().unwrap_or(0.0) / f64::from(1 << 20),
+            divert["unrecorded_syns"],
+        ));
+    }
     text.push_str(&format!(
         "recorded changes: {} (drain), {} (accept)\n",
         drain_j.entries().len(),
@@ -115,4 +129,35 @@ pub fn document(cfg: &crate::config::Config) -> Result<(serde_json::Value, Strin
     }
     let text = text.trim_end().to_string();
     Ok((doc, text))
+}
+
+/// The divert as the kernel has it now: its phase (installed, sealed, withdrawn; `null` if its
+/// rules match none), the record's fill and the counters. `Null` when no divert is there.
+fn divert_state(
+    host: &mut crate::host::SystemHost,
+    plan: &crate::plan::DivertPlan,
+) -> serde_json::Value {
+    let fw = host.firewall();
+    let Ok(saved) = fw.save_mangle() else {
+        return serde_json::Value::Null;
+    };
+    if plan.existing_chains(&saved).is_empty() {
+        return serde_json::Value::Null;
+    }
+    let stats = fw
+        .ipset_list_terse()
+        .map(|t| plan.record_stats(&t))
+        .unwrap_or_default();
+    let counters = crate::firewall::counters(fw, plan).unwrap_or_default();
+    json!({
+        "phase": plan.observed_phase(&saved),
+        "diverted_flows": counters.diverted_syns,
+        "diverted_packets": counters.diverted_packets,
+        "recorded_flows": stats.entries(),
+        "record_members": stats.members(),
+        "record_bytes": stats.bytes(),
+        "capacity_per_port": plan.capacity(),
+        "unrecorded_syns": counters.unrecorded_syns(),
+        "sealed_drops": counters.sealed_drops,
+    })
 }

@@ -77,7 +77,8 @@ pub const MAX_CHAIN_NAME_LEN: usize = 28;
 pub const MAX_SET_NAME_LEN: usize = 31;
 
 /// Which state of the divert the read-back checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// New flows are recorded and diverted; a SYN that cannot be recorded is served locally.
     Installed,
@@ -571,6 +572,16 @@ impl DivertPlan {
     }
 }
 
+impl DivertPlan {
+    /// Which phase `saved` (output of `iptables-save -t mangle`) shows our rules in, if exactly
+    /// one phase's rules are there; `None` if nothing of ours is there or something else is.
+    pub fn observed_phase(&self, saved: &str) -> Option<Phase> {
+        [Phase::Installed, Phase::Sealed, Phase::Withdrawn]
+            .into_iter()
+            .find(|&phase| self.check_read_back(phase, saved).is_ok())
+    }
+}
+
 /// Stable-sorts saved lines by (kind, chain): declarations first, then rules chain by chain.
 fn group_by_chain(lines: &[String]) -> Vec<&String> {
     let mut sorted: Vec<&String> = lines.iter().collect();
@@ -856,6 +867,21 @@ firewall:
             p.check_read_back(Phase::Withdrawn, &saved),
             Err(ReadBackError::Differs { .. })
         ));
+    }
+
+    #[test]
+    fn the_observed_phase_is_the_one_whose_rules_are_there() {
+        let p = golden_plan();
+        let saved = saved_installed(&p);
+        assert_eq!(p.observed_phase(&saved), Some(Phase::Installed));
+        let sealed = saved.replace(
+            "-A LBDRAIN-NEW -j LBDRAIN-MISS\n",
+            "-A LBDRAIN-NEW -j LBDRAIN-MISS\n-A LBDRAIN-NEW -j DROP\n",
+        );
+        assert_eq!(p.observed_phase(&sealed), Some(Phase::Sealed));
+        let broken = saved.replace("-A LBDRAIN-DIV -j DROP\n", "");
+        assert_eq!(p.observed_phase(&broken), None);
+        assert_eq!(p.observed_phase("*mangle\nCOMMIT\n"), None);
     }
 
     #[test]

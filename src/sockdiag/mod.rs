@@ -18,6 +18,25 @@ mod fake;
 mod netlink;
 mod wire;
 
+/// TCP connections this network namespace has accepted since it exists (`PassiveOpens` in
+/// `/proc/net/snmp`, which is per namespace): sampled twice, the rate of new connections.
+pub fn passive_opens() -> io::Result<u64> {
+    parse_passive_opens(&std::fs::read_to_string("/proc/net/snmp")?).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "/proc/net/snmp: no Tcp PassiveOpens",
+        )
+    })
+}
+
+/// `PassiveOpens` from the two `Tcp:` lines of `/proc/net/snmp` (names, then values).
+fn parse_passive_opens(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let at = names.split_whitespace().position(|n| n == "PassiveOpens")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -390,6 +409,15 @@ pub enum SockDiagError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passive_opens_are_read_from_the_tcp_lines() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 2 64\n\
+            Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n\
+            Tcp: 1 200 120000 -1 12 3456 0\nUdp: InDatagrams\nUdp: 5\n";
+        assert_eq!(super::parse_passive_opens(snmp), Some(3456));
+        assert_eq!(super::parse_passive_opens("Tcp: PassiveOpens\n"), None);
+    }
+
     use super::*;
 
     fn sample(state: TcpState, local: &str, idle_ms: Option<u32>) -> SocketSample {
