@@ -31,8 +31,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## Benchmarks (root; ~35 min): the divert, sock_diag and drain-done benches, then the drain at
+## 500, 1500, 3000/s and the highest steady rate, 10 runs each. Everything lands in target/bench:
+## report.md (tables), bench.json (every run), drain-timeline.svg and drain-rates.svg.
+BENCH_OUT ?= target/bench
 bench: deps build
-	$(CARGO) bench --workspace
+	mkdir -p $(BENCH_OUT)
+	$(CARGO) bench --bench divert | tee $(BENCH_OUT)/divert.txt
+	$(CARGO) bench --bench sockdiag | tee $(BENCH_OUT)/sockdiag.txt
+	$(CARGO) bench --bench drain_done | tee $(BENCH_OUT)/drain_done.txt
+	$(RELEASE)/drain-lab bench --out $(BENCH_OUT)
 
 ## Removes namespaces, processes and state left by a killed lab run.
 clean-lab:

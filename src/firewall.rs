@@ -14,7 +14,8 @@
 //!   list of sets to destroy.
 //! - A namespace that never had a mangle table has no `table ip mangle` in nftables, yet
 //!   `iptables-save -t mangle` still prints a `*mangle` section with the five built-in chains; a
-//!   plain `iptables-save` prints nothing for it. So presence is asked of `nft`, not of iptables.
+//!   plain `iptables-save` prints nothing for it. So presence is asked of nftables (over netlink,
+//!   [`crate::nftables`]), not of iptables.
 //! - Installing creates the table; removing our chains leaves `table ip mangle` with an empty
 //!   PREROUTING base chain behind, so `iptables-save` would differ from before. If the table was
 //!   absent before, [`remove`] drops it again, but only while it holds nothing but empty
@@ -73,6 +74,14 @@ pub enum FirewallError {
         args: String,
         /// The timeout.
         after: Duration,
+    },
+    /// Asking the kernel over netlink failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What was asked.
+        what: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
     },
     /// A tool's output could not be understood.
     #[error("{binary}: unexpected output: {detail}")]
@@ -391,13 +400,13 @@ impl Firewall for SystemFirewall {
     }
 
     fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
-        let items = self.nft_json(&["-j", "list", "tables", "ip"])?;
-        Ok(items.iter().any(|item| {
-            item.get("table")
-                .and_then(|t| t.get("name"))
-                .and_then(|n| n.as_str())
-                == Some("mangle")
-        }))
+        let tables = crate::nftables::tables(crate::nftables::NFPROTO_IPV4).map_err(|source| {
+            FirewallError::Netlink {
+                what: "listing the nftables tables of family ip",
+                source,
+            }
+        })?;
+        Ok(tables.iter().any(|t| t == "mangle"))
     }
 
     fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod keepalived;
 pub mod links;
 pub mod netns;
+pub mod nftables;
 pub mod observability;
 pub mod plan;
 pub mod probe;

@@ -219,7 +219,7 @@ fn main() {
             ("  of which ipset create (1 call, all sets)", |s| {
                 s.ipset_create
             }),
-            ("  of which conflict checks (nft, ipset, save)", |s| {
+            ("  of which conflict checks (netlink, ipset, save)", |s| {
                 s.prechecks
             }),
             ("  of which read-back (iptables-save)", |s| s.read_back),

@@ -4,6 +4,7 @@
 //! ([`scenario`]).
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod load;
 pub mod netns;

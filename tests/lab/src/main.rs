@@ -30,6 +30,8 @@ enum Command {
     Scenario(cli::ScenarioArgs),
     /// The live demo: every scenario, then the comparison table.
     Demo(cli::ScenarioArgs),
+    /// The drain at several rates, several runs each: a table, JSON and plots (`make bench`).
+    Bench(drain_lab::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,13 @@ fn main() -> ExitCode {
         Command::Cleanup(a) => Some(cli::cleanup(a).map(|_| ExitCode::SUCCESS)),
         Command::Scenario(a) | Command::Demo(a) => {
             Some(cli::scenarios(a).map(|_| ExitCode::SUCCESS))
+        }
+        Command::Bench(a) => {
+            eprintln!(
+                "drain-lab bench: about {} min",
+                drain_lab::bench::estimate(a).as_secs() / 60
+            );
+            Some(drain_lab::bench::run(a).map(|_| ExitCode::SUCCESS))
         }
         _ => None,
     };
@@ -66,7 +75,11 @@ fn main() -> ExitCode {
                 args.run().await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Up(_) | Command::Cleanup(_) | Command::Scenario(_) | Command::Demo(_) => {
+            Command::Up(_)
+            | Command::Cleanup(_)
+            | Command::Scenario(_)
+            | Command::Demo(_)
+            | Command::Bench(_) => {
                 unreachable!("handled above")
             }
             Command::Load(args) => {

@@ -114,6 +114,67 @@ pub struct ScenarioResult {
     pub event: EventOutcome,
     /// The full load report.
     pub load: LoadReport,
+    /// What the nodes saw while the load ran, if the run was sampled ([`run_sampled`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<NodeSamples>,
+}
+
+/// Every [`SAMPLE_INTERVAL`] on the scenario clock: how many connections each LB node had
+/// accepted so far (`PassiveOpens` of its namespace), so a plot can show who served new flows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeSamples {
+    /// (t_ms, accepted so far) on lb1.
+    pub lb1: Vec<(f64, u64)>,
+    /// (t_ms, accepted so far) on lb2.
+    pub lb2: Vec<(f64, u64)>,
+}
+
+/// How often [`NodeSamples`] are taken.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Samples `PassiveOpens` of one namespace on a thread inside it until `stop`.
+fn sample_node(
+    ns: String,
+    start: Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(f64, u64)>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let Ok(fd) = fs::File::open(format!("/run/netns/{ns}")) else {
+            return out;
+        };
+        if nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+            return out;
+        }
+        // /proc/net follows the process's namespace; thread-self follows this thread's.
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(n) = fs::read_to_string("/proc/thread-self/net/snmp")
+                .ok()
+                .and_then(|t| passive_opens(&t))
+            {
+                out.push((start.elapsed().as_secs_f64() * 1000.0, n));
+            }
+            std::thread::sleep(SAMPLE_INTERVAL);
+        }
+        out
+    })
+}
+
+/// Stops the samplers however the scenario ends.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `PassiveOpens` from `/proc/net/snmp`'s two `Tcp:` lines.
+fn passive_opens(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let at = names.split_whitespace().position(|n| n == "PassiveOpens")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// The mixed load every scenario uses unless told otherwise: ≥ 500 short HTTP requests/s plus long
@@ -169,6 +230,29 @@ pub fn run_in(
     event_at: Duration,
     event: Event,
 ) -> Result<ScenarioResult> {
+    run_inner(lab, name, load, event_at, event, false)
+}
+
+/// Runs a scenario in a fresh lab, sampling what each LB node accepts ([`NodeSamples`]).
+pub fn run_sampled(
+    name: &str,
+    opts: &LabOptions,
+    load: &LoadSpec,
+    event_at: Duration,
+    event: Event,
+) -> Result<ScenarioResult> {
+    let mut lab = Lab::up(opts)?;
+    run_inner(&mut lab, name, load, event_at, event, true)
+}
+
+fn run_inner(
+    lab: &mut Lab,
+    name: &str,
+    load: &LoadSpec,
+    event_at: Duration,
+    event: Event,
+    sample: bool,
+) -> Result<ScenarioResult> {
     let spec_path = lab.dir.join(format!("load-{name}.json"));
     let out_path = lab.dir.join(format!("report-{name}.json"));
     fs::write(&spec_path, serde_json::to_vec_pretty(load)?)?;
@@ -176,6 +260,12 @@ pub fn run_in(
     let clock = Clock {
         start: Instant::now(),
     };
+    let stop = StopOnDrop(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+        false,
+    )));
+    let samplers = sample.then(|| {
+        [Node::Lb1, Node::Lb2].map(|n| sample_node(lab.node_ns(n), clock.start, stop.0.clone()))
+    });
     std::thread::sleep(event_at);
     let outcome = match event {
         Event::None => Ok(EventOutcome::default()),
@@ -193,9 +283,16 @@ pub fn run_in(
             lab.log_tail()
         );
     }
+    drop(stop);
+    let samples = samplers.map(|[lb1, lb2]| NodeSamples {
+        lb1: lb1.join().unwrap_or_default(),
+        lb2: lb2.join().unwrap_or_default(),
+    });
     let report: LoadReport =
         serde_json::from_slice(&fs::read(&out_path)?).context("parsing the load report")?;
-    Ok(summarise(name, report, outcome, lab.vip_owner()?))
+    let mut r = summarise(name, report, outcome, lab.vip_owner()?);
+    r.samples = samples;
+    Ok(r)
 }
 
 fn start_load(lab: &Lab, spec: &PathBuf, out: &PathBuf) -> Result<Child> {
@@ -236,6 +333,7 @@ fn summarise(
         vip_owner_after: owner,
         event,
         load,
+        samples: None,
     }
 }
 
