@@ -171,7 +171,7 @@ pub struct FirewallSettings {
     /// The mark bits the agent owns; `mark` must lie inside it.
     #[serde(default = "defaults::mark_mask")]
     pub mark_mask: MarkMask,
-    /// ipset `maxelem` of each per-port set: how many diverted flows can be recorded.
+    /// How many diverted flows each VIP port's record holds.
     #[serde(default = "defaults::max_diverted_flows")]
     pub max_diverted_flows: SetCapacity,
 }
@@ -940,8 +940,10 @@ impl TryFrom<String> for MarkMask {
 }
 scalar_newtype!(MarkMask, "a 32-bit mask", |s| format!("{:#010x}", s.0));
 
-/// ipset `maxelem`, 1024..=16777216. When a set is full, a new flow is simply not recorded and
-/// stays local (a degraded drain, never a broken flow), so this only bounds memory.
+/// How many diverted flows each VIP port's record holds, 1024..=16777216 (see
+/// [`crate::plan::sets`] for how the record grows to it and what it costs). Should it fill, a
+/// new flow is not recorded: it is served locally until the drain is over, and dropped (counted,
+/// reported; the client's retransmitted SYN reaches the new owner) after the seal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetCapacity(u32);
 

@@ -846,6 +846,7 @@ pub fn undrain(
     keep_link_down: bool,
     ev: &mut dyn FnMut(Event),
 ) -> Result<(), DrainError> {
+    h.firewall().require_tools().map_err(HostError::from)?;
     let save = h.firewall().save_mangle().map_err(HostError::from)?;
     if !plan.existing_chains(&save).is_empty() {
         withdraw_and_wait(

@@ -145,6 +145,12 @@ pub struct TeardownError {
 
 /// The operations the agent needs from iptables, ipset and nft.
 pub trait Firewall {
+    /// Fails with [`FirewallError::MissingBinary`] unless every tool a whole divert cycle uses is
+    /// there, so a missing one stops a drain before anything is changed (`nft` is needed only to
+    /// drop the mangle table at the very end, too late to find out then).
+    fn require_tools(&mut self) -> Result<(), FirewallError> {
+        Ok(())
+    }
     /// Applies an `iptables-restore --noflush` text as one transaction.
     fn restore(&mut self, text: &str) -> Result<(), FirewallError>;
     /// Returns `iptables-save -t mangle`.
@@ -366,7 +372,35 @@ pub fn mangle_listing_is_empty(items: &[serde_json::Value]) -> bool {
     })
 }
 
+/// `bin` as given if it names a path, else the first executable `bin` in `PATH`.
+pub fn find_in_path(bin: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if bin.components().count() > 1 {
+        return executable(bin).then(|| bin.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| executable(p))
+}
+
 impl Firewall for SystemFirewall {
+    fn require_tools(&mut self) -> Result<(), FirewallError> {
+        let b = &self.binaries;
+        for bin in [&b.iptables_restore, &b.iptables_save, &b.ipset, &b.nft] {
+            if find_in_path(bin).is_none() {
+                return Err(FirewallError::MissingBinary {
+                    binary: bin.display().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn restore(&mut self, text: &str) -> Result<(), FirewallError> {
         self.run(&self.binaries.iptables_restore, &["--noflush"], Some(text))
             .map(drop)
@@ -446,6 +480,7 @@ pub fn install(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<InstallReceip
 /// set may belong to something else; a `:CHAIN` line in `--noflush` mode would silently flush an
 /// existing chain). Changes nothing.
 pub fn prepare(fw: &mut dyn Firewall, plan: &DivertPlan) -> Result<InstallReceipt, FirewallError> {
+    fw.require_tools()?;
     let mangle_table_was_present = fw.mangle_table_present()?;
     let conflicting = plan.existing_sets(&fw.ipset_names()?);
     if !conflicting.is_empty() {

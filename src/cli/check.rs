@@ -67,7 +67,7 @@ pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<(), Failure> {
         Err(f) => c.fail("privileges", f.code, f.message),
     }
     for bin in ["iptables-restore", "iptables-save", "ipset", "nft"] {
-        match which(bin) {
+        match crate::firewall::find_in_path(std::path::Path::new(bin)) {
             Some(p) => c.ok("binary", format!("{bin}: {}", p.display())),
             None => c.fail(
                 "binary",
@@ -231,13 +231,6 @@ fn measure_rate() -> std::io::Result<f64> {
     std::thread::sleep(std::time::Duration::from_secs(1));
     let after = crate::sockdiag::passive_opens()?;
     Ok(after.saturating_sub(before) as f64 / t0.elapsed().as_secs_f64())
-}
-
-fn which(bin: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
 }
 
 /// Has iptables-restore parse the exact divert transaction (and ipset the exact sets) without
