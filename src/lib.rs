@@ -10,7 +10,6 @@ pub mod host;
 pub mod journal;
 pub mod keepalived;
 pub mod links;
-pub mod netns;
 pub mod nftables;
 pub mod observability;
 pub mod plan;

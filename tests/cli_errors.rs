@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use common::{diff, journals, snapshot, MiniPair, NODE_IP, PEER_IP, VIP};
 use drain_agent::drain::exit;
-use drain_agent::netns::{require_root, ScratchNetns};
+use drain_test_support::netns::{require_root, ScratchNetns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drain-agent");
 

@@ -206,7 +206,7 @@ fn a_zombie_socket_does_not_hold_the_drain() {
     // a FIN: its link goes down, the process keeps the socket. lb1 keeps an ESTABLISHED socket
     // whose client never answers again.
     let x = lab.add_client(1).unwrap();
-    let zombie = drain_lab::netns::in_netns(&x, || {
+    let zombie = drain_test_support::netns::in_netns(&x, || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect((addr::VIP, addr::ECHO_PORT)).unwrap();
         s.write_all(b"hi").unwrap();

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use drain_agent::config::Config;
 use drain_agent::firewall::{self, Firewall, FirewallError, SystemFirewall};
-use drain_agent::netns::{require_root, ScratchNetns};
 use drain_agent::plan::{DivertPlan, Phase};
+use drain_test_support::netns::{require_root, ScratchNetns};
 
 /// A scratch namespace for `purpose`; panics (with the cause) if it cannot be made.
 fn netns(purpose: &str) -> ScratchNetns {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use drain_agent::control::{
     call, ControlError, ControlServer, EventSink, Handler, Op, Outcome, Peer, Request,
 };
-use drain_agent::netns::require_root;
+use drain_test_support::netns::require_root;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use drain_agent::config::Config;
 use drain_agent::keepalived::{DEFAULT_FIFO_PATH, DEFAULT_TRACK_FILE_PATH};
-use drain_agent::netns::{require_root, require_tool, ScratchNetns};
+use drain_test_support::netns::{require_root, require_tool, ScratchNetns};
 
 fn shipped(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

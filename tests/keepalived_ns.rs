@@ -13,7 +13,7 @@ use drain_agent::keepalived::{
     FifoEvent, FifoLine, NotifyArgs, NotifyFifo, TrackFile, VrrpKind, VrrpState, DEFAULT_FIFO_PATH,
     DEFAULT_TRACK_FILE_PATH,
 };
-use drain_agent::netns::{require_root, require_tool, ScratchNetns};
+use drain_test_support::netns::{require_root, require_tool, ScratchNetns};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

@@ -14,11 +14,11 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 use drain_agent::links::{Links, LinksError, RtnlLinks, ROUTE_PROTO};
-use drain_agent::netns::{require_root, ScratchNetns};
 use drain_agent::probe::{
     arp_resolve, arp_resolve_all, format_mac, syn_probe, MacAddr, ProbeError, ProbeResult,
 };
 use drain_agent::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
+use drain_test_support::netns::{require_root, ScratchNetns};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 1);
 const B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 2);

@@ -10,8 +10,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-#[path = "support/synthetic.rs"]
-mod synthetic;
+use drain_test_support::synthetic;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use drain_agent::config::Config;
 use drain_agent::firewall::{self, Firewall, SystemFirewall};
-use drain_agent::netns::{require_root, ScratchNetns};
 use drain_agent::plan::sets::{DivertCounters, RecordStats};
 use drain_agent::plan::DivertPlan;
 use drain_agent::record::RecordKeeper;
+use drain_test_support::netns::{require_root, ScratchNetns};
 use synthetic::{frame, parse_mac, Segment, Wire};
 
 /// Distinct flows fed through the divert.

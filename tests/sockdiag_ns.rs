@@ -4,8 +4,7 @@
 //! "VIP", 198.18.7.2 another local service address, 198.18.7.10/11 clients. Both ends of every
 //! connection live in the test process.
 
-#[path = "support/sockets.rs"]
-mod sockets;
+use drain_test_support::sockets;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -13,10 +12,10 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use drain_agent::netns::{require_root, ScratchNetns};
 use drain_agent::sockdiag::{
     Counts, DestroyWatcher, NetlinkSockDiag, SocketCounter, SocketFilter, TcpState,
 };
+use drain_test_support::netns::{require_root, ScratchNetns};
 use sockets::{add_lo_addr, connect_from, listen};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 1);

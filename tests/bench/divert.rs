@@ -167,7 +167,7 @@ fn main() {
         eprintln!("divert bench: not run (use `cargo bench --bench divert`)");
         return;
     }
-    if !drain_agent::netns::require_root("divert benchmark") {
+    if !drain_test_support::netns::require_root("divert benchmark") {
         return;
     }
     let pair = common::MiniPair::new("divbench");

@@ -25,7 +25,7 @@ fn unix_ms() -> f64 {
 /// One drain of `node` (the current MASTER) with one connection closed 300 ms after the divert,
 /// then `undrain`; returns ms from the close to the drain being declared done.
 fn once(lab: &Lab, x: &str, node: Node) -> f64 {
-    let conn = drain_lab::netns::in_netns(x, || {
+    let conn = drain_test_support::netns::in_netns(x, || {
         let mut s = TcpStream::connect((addr::VIP, addr::ECHO_PORT)).unwrap();
         s.write_all(b"x").unwrap();
         let mut b = [0u8; 1];

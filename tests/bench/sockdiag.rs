@@ -14,8 +14,7 @@
 //! time, each with its own short-lived listeners (SO_REUSEADDR lets the next one bind the VIP
 //! ports again while earlier connections live on), and exit when their stdin closes.
 
-#[path = "../support/sockets.rs"]
-mod sockets;
+use drain_test_support::sockets;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,8 +22,8 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drain_agent::netns::{require_root, ScratchNetns, NETNS_RUN_DIR};
 use drain_agent::sockdiag::{NetlinkSockDiag, SocketCounter, SocketFilter};
+use drain_test_support::netns::{require_root, ScratchNetns, NETNS_RUN_DIR};
 use nix::sched::{setns, CloneFlags};
 use sockets::{add_lo_addr, connect_from, listen, raise_nofile_to_hard};
 

@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use drain_agent::netns::ScratchNetns;
+use drain_test_support::netns::ScratchNetns;
 
 /// The node's own address on eth0.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);

@@ -7,6 +7,5 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod load;
-pub mod netns;
 pub mod scenario;
 pub mod topology;

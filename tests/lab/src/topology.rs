@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::netns;
+use drain_test_support::netns;
 
 /// Prefix of every namespace and state directory a lab creates.
 pub const PREFIX: &str = "dl-";
@@ -987,17 +987,14 @@ pub fn run(argv: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
+/// `bin` in `PATH`, or in the sbin directories a non-root `PATH` often lacks.
 fn which(bin: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in
-        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-    {
-        let p = dir.join(bin);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!("`{bin}` not found in PATH")
+    let dirs =
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]);
+    let search = std::env::join_paths(dirs)?;
+    drain_test_support::find_executable(bin, &search)
+        .with_context(|| format!("`{bin}` not found in PATH"))
 }
 
 /// Fails unless running as root (the lab creates namespaces).

@@ -1,4 +1,5 @@
-//! Running code inside a named network namespace, and disposable namespaces for tests.
+//! Running code inside a named network namespace, disposable namespaces for tests, and the skips
+//! of privileged tests.
 //!
 //! Kernel fact this module is built on: the network namespace is a property of the *thread*
 //! (task), not of the process. `setns(fd, CLONE_NEWNET)` is allowed in a multi-threaded process
@@ -186,7 +187,7 @@ fn skip(test: &str, reason: &str, ci: bool) -> bool {
 
 /// The first file named `bin` in the directories of `path` (a `PATH`-style list) that has an
 /// execute bit, like the shell's `command -v` but without starting a shell.
-fn find_executable(bin: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+pub fn find_executable(bin: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     std::env::split_paths(path)
         .map(|dir| dir.join(bin))

@@ -1,9 +1,6 @@
 //! Synthetic TCP segments on the wire: many distinct client flows' SYNs (and the ACKs that would
 //! follow) sent as raw Ethernet frames from a scratch namespace, paced, so the divert's record can
 //! be fed hundreds of thousands of flows in seconds without that many real sockets.
-//!
-//! Included with `#[path]` by the kernel tests that need it.
-#![allow(dead_code)] // each includer uses a different subset
 
 use std::io;
 use std::net::Ipv4Addr;

@@ -1,15 +1,12 @@
 //! Socket helpers for the sock_diag kernel test and benchmark: TCP sockets bound to chosen
 //! addresses, test addresses on a scratch namespace's `lo`, and a raised descriptor limit. The
-//! namespaces themselves are [`drain_agent::netns::ScratchNetns`].
-//!
-//! Included with `#[path]` by `tests/sockdiag_ns.rs` and `tests/bench/sockdiag.rs`.
-#![allow(dead_code)] // each includer uses a different subset
+//! namespaces themselves are [`crate::netns::ScratchNetns`].
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use drain_agent::netns::ScratchNetns;
+use crate::netns::ScratchNetns;
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
 
 /// Adds `addr/32` to `lo` in `ns`; panics with the cause on failure.
