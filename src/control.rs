@@ -10,7 +10,7 @@
 //! server ← {"result":{...},"exit_code":0}             exactly one final line, then the server closes
 //! ```
 //!
-//! The exit code is the one the CLI exits with ([`crate::drain::exit`]), so a drain run through
+//! The exit code is the one the CLI exits with ([`crate::ops::exit`]), so a drain run through
 //! the daemon reports exactly like one run directly.
 //!
 //! Access: the socket file is mode 0600 in a root-only directory, created under a temporary name
@@ -37,7 +37,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::drain::exit;
+use crate::ops::exit;
 
 /// Where the daemon listens: in its systemd `RuntimeDirectory` (mode 0700).
 pub const DEFAULT_SOCKET_PATH: &str = "/run/drain-agent/control.sock";

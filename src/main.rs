@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("drain-agent: error: {}", usage_error_line(&e));
-            return ExitCode::from(drain_agent::drain::exit::USAGE);
+            return ExitCode::from(drain_agent::ops::exit::USAGE);
         }
     };
     match drain_agent::cli::run(cli) {

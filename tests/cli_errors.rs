@@ -24,7 +24,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::{diff, journals, snapshot, MiniPair, NODE_IP, PEER_IP, VIP};
-use drain_agent::drain::exit;
+use drain_agent::ops::exit;
 use drain_test_support::netns::{require_root, ScratchNetns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drain-agent");

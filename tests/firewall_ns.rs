@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drain_agent::config::Config;
-use drain_agent::firewall::{self, Firewall, FirewallError, SystemFirewall};
+use drain_agent::ops::divert::{self, DivertError};
 use drain_agent::plan::{DivertPlan, Phase};
+use drain_agent::sys::firewall::{Firewall, SystemFirewall};
 use drain_test_support::netns::{require_root, ScratchNetns};
 
 /// A scratch namespace for `purpose`; panics (with the cause) if it cannot be made.
@@ -75,7 +76,7 @@ fn round_trip(ns: &ScratchNetns) {
     ns.enter(|| {
         let mut fw = SystemFirewall::new();
         let had_table = fw.mangle_table_present().unwrap();
-        let receipt = firewall::install(&mut fw, &plan).unwrap();
+        let receipt = divert::install(&mut fw, &plan).unwrap();
         assert_eq!(receipt.mangle_table_was_present, had_table);
         // Literal, ordered comparison: the plan's lines are iptables-save's canonical form and
         // its order of chains.
@@ -97,16 +98,16 @@ fn round_trip(ns: &ScratchNetns) {
             plan.record_stats(&fw.ipset_list_terse().unwrap()).members(),
             6
         );
-        firewall::seal(&mut fw, &plan).unwrap();
+        divert::seal(&mut fw, &plan).unwrap();
         let saved = fw.save_mangle().unwrap();
         assert_eq!(plan.owned_lines(&saved), plan.expected_rules(Phase::Sealed));
-        firewall::withdraw(&mut fw, &plan).unwrap();
+        divert::withdraw(&mut fw, &plan).unwrap();
         let saved = fw.save_mangle().unwrap();
         assert_eq!(
             plan.owned_lines(&saved),
             plan.expected_rules(Phase::Withdrawn)
         );
-        firewall::remove(&mut fw, &plan, !receipt.mangle_table_was_present).unwrap();
+        divert::remove(&mut fw, &plan, !receipt.mangle_table_was_present).unwrap();
     })
     .unwrap();
     assert_eq!(firewall_state(ns), before);
@@ -169,7 +170,7 @@ fn a_preexisting_set_name_is_refused_with_nothing_changed() {
     let before = firewall_state(&ns);
     let err = ns
         .enter(|| {
-            firewall::install(
+            divert::install(
                 &mut SystemFirewall::new(),
                 &plan_for("198.18.0.12", "80, 7"),
             )
@@ -177,7 +178,7 @@ fn a_preexisting_set_name_is_refused_with_nothing_changed() {
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(&err, FirewallError::SetsExist { names } if names == &["DRAIN-7"]),
+        matches!(&err, DivertError::SetsExist { names } if names == &["DRAIN-7"]),
         "{err}"
     );
     assert_eq!(firewall_state(&ns), before);
@@ -205,14 +206,14 @@ fn a_preexisting_chain_is_refused_with_nothing_changed() {
     let before = firewall_state(&ns);
     let err = ns
         .enter(|| {
-            firewall::install(
+            divert::install(
                 &mut SystemFirewall::new(),
                 &plan_for("198.18.0.12", "80, 7"),
             )
         })
         .unwrap()
         .unwrap_err();
-    assert!(matches!(err, FirewallError::ChainsExist { .. }), "{err}");
+    assert!(matches!(err, DivertError::ChainsExist { .. }), "{err}");
     assert_eq!(firewall_state(&ns), before);
 }
 
@@ -225,12 +226,12 @@ fn the_mangle_table_is_kept_when_something_else_landed_in_it() {
     let plan = plan_for("198.18.0.12", "80");
     ns.enter(|| {
         let mut fw = SystemFirewall::new();
-        let receipt = firewall::install(&mut fw, &plan).unwrap();
+        let receipt = divert::install(&mut fw, &plan).unwrap();
         assert!(!receipt.mangle_table_was_present);
         // Someone else starts using the table during the drain.
         fw.restore("*mangle\n-A OUTPUT -p udp -j ACCEPT\nCOMMIT\n")
             .unwrap();
-        firewall::remove(&mut fw, &plan, true).unwrap();
+        divert::remove(&mut fw, &plan, true).unwrap();
         assert!(fw.mangle_table_present().unwrap());
         assert!(fw
             .save_mangle()
@@ -466,7 +467,7 @@ fn traffic_is_split_by_when_the_syn_arrived() {
 
     let receipt = lab
         .lb
-        .enter(|| firewall::install(&mut SystemFirewall::new(), &plan))
+        .enter(|| divert::install(&mut SystemFirewall::new(), &plan))
         .unwrap()
         .unwrap();
 
@@ -480,7 +481,7 @@ fn traffic_is_split_by_when_the_syn_arrived() {
     second.close();
 
     lab.lb
-        .enter(|| firewall::withdraw(&mut SystemFirewall::new(), &plan))
+        .enter(|| divert::withdraw(&mut SystemFirewall::new(), &plan))
         .unwrap()
         .unwrap();
 
@@ -504,7 +505,7 @@ fn traffic_is_split_by_when_the_syn_arrived() {
 
     lab.lb
         .enter(|| {
-            firewall::remove(
+            divert::remove(
                 &mut SystemFirewall::new(),
                 &plan,
                 !receipt.mangle_table_was_present,

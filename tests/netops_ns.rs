@@ -13,11 +13,11 @@ use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
-use drain_agent::links::{Links, LinksError, RtnlLinks, ROUTE_PROTO};
-use drain_agent::probe::{
+use drain_agent::sys::links::{Links, LinksError, RtnlLinks, ROUTE_PROTO};
+use drain_agent::sys::probe::{
     arp_resolve, arp_resolve_all, format_mac, syn_probe, MacAddr, ProbeError, ProbeResult,
 };
-use drain_agent::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
+use drain_agent::sys::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
 use drain_test_support::netns::{require_root, ScratchNetns};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 1);

@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use drain_agent::config::Config;
-use drain_agent::firewall::{self, Firewall, SystemFirewall};
+use drain_agent::ops::divert;
+use drain_agent::ops::record::RecordKeeper;
 use drain_agent::plan::sets::{DivertCounters, RecordStats};
 use drain_agent::plan::DivertPlan;
-use drain_agent::record::RecordKeeper;
+use drain_agent::sys::firewall::{Firewall, SystemFirewall};
 use drain_test_support::netns::{require_root, ScratchNetns};
 use synthetic::{frame, parse_mac, Segment, Wire};
 
@@ -90,7 +91,7 @@ fn look(node: &ScratchNetns, plan: &DivertPlan) -> (RecordStats, DivertCounters)
         let mut fw = SystemFirewall::new();
         (
             plan.record_stats(&fw.ipset_list_terse().unwrap()),
-            firewall::counters(&mut fw, plan).unwrap(),
+            divert::counters(&mut fw, plan).unwrap(),
         )
     })
     .unwrap()
@@ -101,7 +102,7 @@ struct Bench {
     pair: common::MiniPair,
     plan: DivertPlan,
     before: String,
-    receipt: firewall::InstallReceipt,
+    receipt: divert::InstallReceipt,
     node_mac: [u8; 6],
     peer_mac: [u8; 6],
 }
@@ -131,7 +132,7 @@ impl Bench {
         let plan = plan(capacity);
         let receipt = pair
             .node
-            .enter(|| firewall::install(&mut SystemFirewall::new(), &plan))
+            .enter(|| divert::install(&mut SystemFirewall::new(), &plan))
             .unwrap()
             .unwrap();
         Bench {
@@ -213,7 +214,7 @@ impl Bench {
         self.pair
             .node
             .enter(|| {
-                firewall::remove(
+                divert::remove(
                     &mut SystemFirewall::new(),
                     plan,
                     !receipt.mangle_table_was_present,
@@ -296,7 +297,7 @@ fn a_full_record_counts_every_unrecorded_syn_and_drops_them_once_sealed() {
     bench
         .pair
         .node
-        .enter(|| firewall::seal(&mut SystemFirewall::new(), &bench.plan))
+        .enter(|| divert::seal(&mut SystemFirewall::new(), &bench.plan))
         .unwrap()
         .unwrap();
     bench.send(&bench.frames(&flows[4000..], Segment::Syn), false);

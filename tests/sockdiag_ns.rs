@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use drain_agent::sockdiag::{
+use drain_agent::sys::sockdiag::{
     Counts, DestroyWatcher, NetlinkSockDiag, SocketCounter, SocketFilter, TcpState,
 };
 use drain_test_support::netns::{require_root, ScratchNetns};

@@ -10,9 +10,9 @@ use serde_json::json;
 use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
 use crate::config::Config;
-use crate::drain::{self as cycle, Host};
-use crate::host::SystemHost;
-use crate::journal::{Change, StateDir};
+use crate::ops::{self as cycle, Host};
+use crate::sys::host::SystemHost;
+use crate::sys::journal::{Change, StateDir};
 
 /// Arguments of `accept`.
 #[derive(Debug, Args)]

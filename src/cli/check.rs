@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
-use crate::drain::{exit, Host, PeerAnswer};
+use crate::ops::{exit, Host, PeerAnswer};
 
 /// Arguments of `check`.
 #[derive(Debug, Args)]
@@ -67,7 +67,7 @@ pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<(), Failure> {
         Err(f) => c.fail("privileges", f.code, f.message),
     }
     for bin in ["iptables-restore", "iptables-save", "ipset", "nft"] {
-        match crate::firewall::find_in_path(std::path::Path::new(bin)) {
+        match crate::sys::firewall::find_in_path(std::path::Path::new(bin)) {
             Some(p) => c.ok("binary", format!("{bin}: {}", p.display())),
             None => c.fail(
                 "binary",
@@ -227,9 +227,9 @@ fn check_capacity(cfg: &crate::config::Config, a: &CheckArgs, c: &mut Checks) {
 /// New connections per second this namespace accepts, over one second.
 fn measure_rate() -> std::io::Result<f64> {
     let t0 = std::time::Instant::now();
-    let before = crate::sockdiag::passive_opens()?;
+    let before = crate::sys::sockdiag::passive_opens()?;
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let after = crate::sockdiag::passive_opens()?;
+    let after = crate::sys::sockdiag::passive_opens()?;
     Ok(after.saturating_sub(before) as f64 / t0.elapsed().as_secs_f64())
 }
 

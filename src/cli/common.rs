@@ -6,10 +6,10 @@ use std::sync::{Arc, OnceLock};
 
 use super::{Failure, GlobalOpts};
 use crate::config::Config;
-use crate::drain::{exit, Event, Policy};
-use crate::host::SystemHost;
-use crate::journal::StateDir;
+use crate::ops::{exit, Event, Policy};
 use crate::plan::DivertPlan;
+use crate::sys::host::SystemHost;
+use crate::sys::journal::StateDir;
 
 /// Loads and validates the configuration.
 pub fn load_config(g: &GlobalOpts) -> Result<Config, Failure> {
@@ -56,7 +56,7 @@ pub fn clear_orphaned_divert(
     state: &StateDir,
     host: &mut SystemHost,
 ) -> Result<bool, Failure> {
-    use crate::drain::{self as cycle, Host, HostError};
+    use crate::ops::{self as cycle, Host, HostError};
     let mut journal = state.drain_journal()?;
     let plan = plan(cfg);
     let save = host.firewall().save_mangle().map_err(HostError::from)?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::control::{Op, Request};
-use crate::drain::{self as cycle, Event};
+use crate::ops::{self as cycle, Event};
 
 /// Arguments of `drain`.
 #[derive(Debug, Args)]
@@ -84,7 +84,7 @@ pub fn execute(
         Ok(r) => json!({"result": "drained", "report": r}),
         Err(e) => json!({"result": "failed", "exit_code": e.exit_code(), "error": e.to_string()}),
     };
-    let _ = crate::journal::write_atomic(
+    let _ = crate::sys::journal::write_atomic(
         &state.last_run_path(),
         serde_json::to_string_pretty(&record)
             .unwrap_or_default()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::drain::exit;
+use crate::ops::exit;
 
 mod accept;
 mod check;
@@ -100,8 +100,8 @@ impl Failure {
     }
 }
 
-impl From<crate::drain::DrainError> for Failure {
-    fn from(e: crate::drain::DrainError) -> Failure {
+impl From<crate::ops::DrainError> for Failure {
+    fn from(e: crate::ops::DrainError) -> Failure {
         Failure {
             code: e.exit_code(),
             message: e.to_string(),
@@ -109,15 +109,15 @@ impl From<crate::drain::DrainError> for Failure {
     }
 }
 
-impl From<crate::drain::HostError> for Failure {
-    fn from(e: crate::drain::HostError) -> Failure {
-        crate::drain::DrainError::Host(e).into()
+impl From<crate::ops::HostError> for Failure {
+    fn from(e: crate::ops::HostError) -> Failure {
+        crate::ops::DrainError::Host(e).into()
     }
 }
 
-impl From<crate::journal::JournalError> for Failure {
-    fn from(e: crate::journal::JournalError) -> Failure {
-        crate::drain::DrainError::Journal(e).into()
+impl From<crate::sys::journal::JournalError> for Failure {
+    fn from(e: crate::sys::journal::JournalError) -> Failure {
+        crate::ops::DrainError::Journal(e).into()
     }
 }
 

@@ -29,8 +29,8 @@ use super::accept::{accept, release};
 use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
 use crate::config::Config;
-use crate::drain::{self as cycle, exit, Host};
 use crate::keepalived::{NotifyArgs, VrrpState};
+use crate::ops::{self as cycle, exit, Host};
 
 /// How long `notify` waits for another operation to finish before giving up (exit 6).
 pub const LOCK_WAIT: Duration = Duration::from_secs(20);

@@ -20,8 +20,8 @@ use super::common;
 use super::{drain, notify, status, undrain, Failure, GlobalOpts};
 use crate::config::Config;
 use crate::control::{ControlServer, EventSink, Handler, Op, Outcome, Peer, Request};
-use crate::drain::{exit, Event};
 use crate::keepalived::{FifoEvent, FifoLine, NotifyFifo, DEFAULT_FIFO_PATH};
+use crate::ops::{exit, Event};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]

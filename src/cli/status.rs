@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
-use crate::drain::Host;
+use crate::ops::Host;
 
 /// Arguments of `status`.
 #[derive(Debug, Args)]
@@ -34,12 +34,12 @@ pub fn document(cfg: &crate::config::Config) -> Result<(serde_json::Value, Strin
     let save = host
         .firewall()
         .save_mangle()
-        .map_err(crate::drain::HostError::from)?;
+        .map_err(crate::ops::HostError::from)?;
     let rules: Vec<&str> = save.lines().filter(|l| l.contains(&prefix)).collect();
     let sets: Vec<String> = host
         .firewall()
         .ipset_names()
-        .map_err(crate::drain::HostError::from)?
+        .map_err(crate::ops::HostError::from)?
         .into_iter()
         .filter(|n| n.starts_with(&prefix))
         .collect();
@@ -134,7 +134,7 @@ pub fn document(cfg: &crate::config::Config) -> Result<(serde_json::Value, Strin
 /// The divert as the kernel has it now: its phase (installed, sealed, withdrawn; `null` if its
 /// rules match none), the record's fill and the counters. `Null` when no divert is there.
 fn divert_state(
-    host: &mut crate::host::SystemHost,
+    host: &mut crate::sys::host::SystemHost,
     plan: &crate::plan::DivertPlan,
 ) -> serde_json::Value {
     let fw = host.firewall();
@@ -148,7 +148,7 @@ fn divert_state(
         .ipset_list_terse()
         .map(|t| plan.record_stats(&t))
         .unwrap_or_default();
-    let counters = crate::firewall::counters(fw, plan).unwrap_or_default();
+    let counters = crate::ops::divert::counters(fw, plan).unwrap_or_default();
     json!({
         "phase": plan.observed_phase(&saved),
         "diverted_flows": counters.diverted_syns,

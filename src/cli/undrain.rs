@@ -10,7 +10,7 @@ use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
 use crate::config::Config;
 use crate::control::{Op, Request};
-use crate::drain::{self as cycle, Event};
+use crate::ops::{self as cycle, Event};
 
 /// Arguments of `undrain`.
 #[derive(Debug, Args)]

@@ -572,6 +572,16 @@ impl DivertPlan {
     }
 }
 
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Installed => "installed",
+            Phase::Sealed => "sealed",
+            Phase::Withdrawn => "withdrawn",
+        })
+    }
+}
+
 impl DivertPlan {
     /// Which phase `saved` (output of `iptables-save -t mangle`) shows our rules in, if exactly
     /// one phase's rules are there; `None` if nothing of ours is there or something else is.

@@ -17,8 +17,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use drain_agent::config::Config;
-use drain_agent::firewall::{self, Firewall, FirewallError, SystemFirewall};
+use drain_agent::ops::divert;
 use drain_agent::plan::DivertPlan;
+use drain_agent::sys::firewall::{Firewall, FirewallError, SystemFirewall};
 
 const N: usize = 50;
 
@@ -95,7 +96,7 @@ fn measure(plan: &DivertPlan) -> Sample {
         calls: Vec::new(),
     };
     let t = Instant::now();
-    let receipt = firewall::install(&mut fw, plan).expect("install the divert");
+    let receipt = divert::install(&mut fw, plan).expect("install the divert");
     let install = ms(t.elapsed());
     let mut s = Sample {
         install,
@@ -122,7 +123,7 @@ fn measure(plan: &DivertPlan) -> Sample {
     }
     let installed_calls = fw.calls.len();
     let t = Instant::now();
-    firewall::remove(&mut fw, plan, !receipt.mangle_table_was_present).expect("remove the divert");
+    divert::remove(&mut fw, plan, !receipt.mangle_table_was_present).expect("remove the divert");
     s.remove = ms(t.elapsed());
     for (name, d) in &fw.calls[installed_calls..] {
         let d = ms(*d);

@@ -22,7 +22,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drain_agent::sockdiag::{NetlinkSockDiag, SocketCounter, SocketFilter};
+use drain_agent::sys::sockdiag::{NetlinkSockDiag, SocketCounter, SocketFilter};
 use drain_test_support::netns::{require_root, ScratchNetns, NETNS_RUN_DIR};
 use nix::sched::{setns, CloneFlags};
 use sockets::{add_lo_addr, connect_from, listen, raise_nofile_to_hard};

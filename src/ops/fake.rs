@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
-use crate::firewall::{FakeFirewall, Firewall, FirewallError};
+use crate::sys::firewall::{FakeFirewall, Firewall, FirewallError};
 
 /// The firewall fake, stamped with the fake clock.
 #[derive(Debug)]

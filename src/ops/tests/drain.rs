@@ -2,10 +2,14 @@
 
 use std::time::Duration;
 
-use super::fake::{Conn, FakeHost};
-use super::*;
-use crate::firewall::FakeOp;
-use crate::journal::Journal;
+use crate::ops::divert;
+use crate::ops::drain::install;
+use crate::ops::fake::{Conn, FakeHost};
+use crate::ops::*;
+use crate::plan::DivertPlan;
+use crate::sys::firewall::{FakeOp, FirewallError};
+use crate::sys::journal::{Change, Journal};
+use crate::sys::process::ProcessError;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -20,12 +24,12 @@ fn plan() -> DivertPlan {
 }
 
 fn restore_failure() -> FirewallError {
-    FirewallError::Failed {
+    FirewallError::Process(ProcessError::Failed {
         binary: "iptables-restore".into(),
         args: "--noflush".into(),
         status: "exit code 1".into(),
         stderr: "injected".into(),
-    }
+    })
 }
 
 fn policy() -> Policy {
@@ -585,7 +589,7 @@ fn link_down_undrain_demotes_before_bringing_the_link_up() {
 
 /// Installs the divert as the drain does (journal first), as a crashed drain would leave it.
 fn install_fresh(h: &mut FakeHost, j: &mut Journal) -> Result<(), DrainError> {
-    let receipt = firewall::prepare(h.firewall(), &plan()).map_err(HostError::from)?;
+    let receipt = divert::prepare(h.firewall(), &plan()).map_err(HostError::from)?;
     install(h, j, &plan(), &receipt)
 }
 

@@ -101,7 +101,7 @@ impl SocketCounter for FakeCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockdiag::TcpState;
+    use crate::sys::sockdiag::TcpState;
     use std::net::Ipv4Addr;
 
     fn sock(state: TcpState, local: &str, idle_ms: Option<u32>) -> SocketSample {

@@ -10,9 +10,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::firewall::{self, Firewall, FirewallError};
+use super::divert::{self, DivertError};
 use crate::plan::sets::{DivertCounters, RecordStats};
 use crate::plan::DivertPlan;
+use crate::sys::firewall::Firewall;
 
 /// How often the record is tended. The first member holds 65 536 flows and gets a successor at
 /// half of that, so up to 160 000 new flows/s one interval cannot fill it before the next look;
@@ -161,7 +162,7 @@ impl RecordKeeper {
     }
 
     fn count(&mut self, fw: &mut dyn Firewall, plan: &DivertPlan, news: &mut News) {
-        match firewall::counters(fw, plan) {
+        match divert::counters(fw, plan) {
             Ok(c) => {
                 if c.unrecorded_syns() > self.counters.unrecorded_syns() {
                     news.unrecorded = Some(c.unrecorded_syns());
@@ -172,7 +173,8 @@ impl RecordKeeper {
         }
     }
 
-    fn failed(&mut self, e: FirewallError, news: &mut News) {
+    fn failed(&mut self, e: impl Into<DivertError>, news: &mut News) {
+        let e: DivertError = e.into();
         let error = e.to_string();
         if self.last_error.as_ref() != Some(&error) {
             news.error = Some(error.clone());
@@ -185,7 +187,8 @@ impl RecordKeeper {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::firewall::{install, remove, FakeFirewall};
+    use crate::ops::divert::{install, remove};
+    use crate::sys::firewall::{FakeFirewall, FirewallError};
 
     fn plan() -> DivertPlan {
         DivertPlan::new(
@@ -264,14 +267,14 @@ mod tests {
         assert_eq!(k.tick(&mut fw, &p, COUNT_INTERVAL).unrecorded, Some(76));
         assert_eq!(k.tick(&mut fw, &p, 2 * COUNT_INTERVAL).unrecorded, None);
         fw.fail_next(
-            crate::firewall::FakeOp::IpsetListTerse,
+            crate::sys::firewall::FakeOp::IpsetListTerse,
             FirewallError::BadOutput {
                 binary: "ipset".into(),
                 detail: "x".into(),
             },
         );
         fw.fail_next(
-            crate::firewall::FakeOp::IpsetListTerse,
+            crate::sys::firewall::FakeOp::IpsetListTerse,
             FirewallError::BadOutput {
                 binary: "ipset".into(),
                 detail: "x".into(),

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::drain::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
-use crate::firewall::{Firewall, SystemFirewall};
-use crate::links::{Links, LinksError, RtnlLinks};
-use crate::probe::{self, MacAddr, ProbeError, ProbeResult};
-use crate::sockdiag::{
+use crate::ops::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
+use crate::sys::firewall::{Firewall, SystemFirewall};
+use crate::sys::links::{Links, LinksError, RtnlLinks};
+use crate::sys::probe::{self, MacAddr, ProbeError, ProbeResult};
+use crate::sys::sockdiag::{
     DestroyWatcher, NetlinkSockDiag, SockDiagError, SocketCounter, SocketFilter,
 };
-use crate::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
+use crate::sys::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
 
 /// The host the agent runs on.
 pub struct SystemHost {

@@ -1,0 +1,401 @@
+//! The drain cycle as a state machine over a [`Host`]: preflight → divert → watch → seal → fail
+//! over → clean up, with rollback on every abort path. Everything the cycle does to the host goes
+//! through the `Host` trait, so the whole machine is unit-tested against a scripted fake world
+//! (connections that close, a peer that dies, keepalived that moves the VIP) without root.
+//!
+//! Every host change is recorded in the [`Journal`] before it is made; undo is idempotent and is
+//! the same code whether it runs at the end of a drain, on rollback, or after a crash (`undrain`).
+
+use std::time::Duration;
+
+use super::divert::{self, InstallReceipt};
+use super::record::{self, RecordKeeper};
+use super::undrain::{cleanup, withdraw_and_wait};
+use super::{
+    ms, DrainError, DrainReason, DrainReport, Event, Host, HostError, PeerAnswer, Policy,
+    TRACK_FAULT,
+};
+use crate::plan::sets::{DivertCounters, RecordStats};
+use crate::plan::DivertPlan;
+use crate::sys::journal::{Change, Journal};
+
+/// Runs the whole drain cycle. Returns only when the node is out of service and every transient
+/// change is undone, or with an error after rolling back.
+pub fn drain(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+) -> Result<DrainReport, DrainError> {
+    let start = h.now();
+    let receipt = preflight(h, j, plan, p, ev)?;
+    let t = h.now();
+    if let Err(e) = install(h, j, plan, &receipt) {
+        // firewall::install undoes its own partial work; cleanup then only forgets the entry
+        // (or reports what could not be undone).
+        return Err(match cleanup(h, j, plan) {
+            Ok(()) => e,
+            Err(c) => c,
+        });
+    }
+    let install_ms = ms(h.now() - t);
+    ev(Event::Diverted { install_ms });
+    let mut tender = Tender::new(h.now());
+    let (reason, remaining, drain_ms) = match watch(h, plan, p, ev, &mut tender) {
+        Ok(w) => w,
+        Err(e) => {
+            tender.totals(h, plan, ev);
+            return Err(rollback(h, j, plan, p, ev, e));
+        }
+    };
+    let failover = failover(h, j, plan, p, ev, &mut tender);
+    let totals = tender.totals(h, plan, ev);
+    let cleaned = cleanup(h, j, plan);
+    if cleaned.is_ok() {
+        ev(Event::CleanedUp);
+    }
+    let failover_ms = failover?;
+    cleaned?;
+    Ok(DrainReport {
+        reason,
+        drain_ms,
+        failover_ms,
+        total_ms: ms(h.now() - start),
+        install_ms,
+        abandoned: remaining,
+        diverted_flows: totals.1.diverted_syns,
+        recorded_flows: totals.0.entries(),
+        unrecorded_syns: totals.1.unrecorded_syns(),
+        sealed_drops: totals.1.sealed_drops,
+    })
+}
+
+/// The drain's side of the [`RecordKeeper`]: turns what it finds into events.
+struct Tender {
+    keeper: RecordKeeper,
+}
+
+impl Tender {
+    fn new(now: Duration) -> Tender {
+        Tender {
+            keeper: RecordKeeper::new(now),
+        }
+    }
+
+    /// Does what is due and reports it.
+    fn tick(&mut self, h: &mut dyn Host, plan: &DivertPlan, ev: &mut dyn FnMut(Event)) {
+        let now = h.now();
+        let news = self.keeper.tick(h.firewall(), plan, now);
+        Self::report(news, plan, ev);
+    }
+
+    fn report(news: record::News, plan: &DivertPlan, ev: &mut dyn FnMut(Event)) {
+        for g in news.grown {
+            ev(Event::RecordGrown {
+                set: g.set,
+                recorded: g.recorded,
+                room: g.room,
+            });
+        }
+        if let Some(syns) = news.unrecorded {
+            ev(Event::Unrecorded {
+                syns,
+                recorded: news.recorded,
+                capacity: plan.capacity(),
+            });
+        }
+        if let Some(error) = news.error {
+            ev(Event::RecordTendFailed { error });
+        }
+    }
+
+    /// New flows diverted as of the last look at the counters.
+    fn diverted(&self) -> u64 {
+        self.keeper.counters().diverted_syns
+    }
+
+    /// The final look before the divert goes, reported.
+    fn totals(
+        &mut self,
+        h: &mut dyn Host,
+        plan: &DivertPlan,
+        ev: &mut dyn FnMut(Event),
+    ) -> (RecordStats, DivertCounters) {
+        let (news, stats, counters) = self.keeper.final_look(h.firewall(), plan);
+        Self::report(news, plan, ev);
+        ev(Event::DivertTotals {
+            diverted_flows: counters.diverted_syns,
+            recorded_flows: stats.entries(),
+            diverted_packets: counters.diverted_packets,
+            unrecorded_syns: counters.unrecorded_syns(),
+            sealed_drops: counters.sealed_drops,
+            record_bytes: stats.bytes(),
+        });
+        (stats, counters)
+    }
+}
+
+/// Checks everything that can be checked before changing anything; returns what the install
+/// needs to know of the firewall as it is.
+fn preflight(
+    h: &mut dyn Host,
+    j: &Journal,
+    plan: &DivertPlan,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+) -> Result<InstallReceipt, DrainError> {
+    if let Some(e) = j
+        .entries()
+        .iter()
+        .find(|e| !e.change.is_maintenance_state())
+    {
+        return Err(DrainError::Leftovers(format!(
+            "journal records {:?}",
+            e.change
+        )));
+    }
+    let faulted = match &p.track_file {
+        Some(path) => h.read_track_file(path)?.is_some_and(|v| v <= TRACK_FAULT),
+        None => false,
+    };
+    if !h.link_up(&p.tracked_interface)?
+        || faulted
+        || j.entries().iter().any(|e| e.change.is_maintenance_state())
+    {
+        return Err(DrainError::AlreadyDrained(p.tracked_interface.clone()));
+    }
+    for vip in &p.vips {
+        if !h.vip_local(*vip)? {
+            return Err(DrainError::NotMaster(*vip));
+        }
+    }
+    let receipt = match divert::prepare(h.firewall(), plan) {
+        Ok(r) => r,
+        Err(divert::DivertError::SetsExist { names }) => {
+            return Err(DrainError::Leftovers(format!(
+                "ipset {} already exists",
+                names.join(", ")
+            )))
+        }
+        Err(divert::DivertError::ChainsExist { chains }) => {
+            return Err(DrainError::Leftovers(format!(
+                "iptables chain {} already exists",
+                chains.join(", ")
+            )))
+        }
+        Err(e) => return Err(HostError::from(e).into()),
+    };
+    let answer = h.probe_peer()?;
+    if !matches!(answer, PeerAnswer::Accepted { .. }) {
+        let why = match answer {
+            PeerAnswer::Refused => "refuses connections to the VIP (RST): is HAProxy running there, and did you run `drain-agent accept` on it?",
+            _ => "does not answer for the VIP: is it up, and did you run `drain-agent accept` on it?",
+        };
+        return Err(DrainError::PeerNotReady(format!("{} {why}", p.peer)));
+    }
+    let sockets = h.count()?.total;
+    ev(Event::Ready {
+        peer: answer,
+        sockets,
+    });
+    Ok(receipt)
+}
+
+/// Installs the divert (sets, then the rules in one transaction, then a read-back), recording it
+/// in the journal first. [`firewall::apply_install`] undoes its own partial work on failure.
+pub(crate) fn install(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    receipt: &InstallReceipt,
+) -> Result<(), DrainError> {
+    j.record(Change::Divert {
+        prefix: plan.prefix().to_string(),
+        drop_mangle_table: !receipt.mangle_table_was_present,
+    })?;
+    divert::apply_install(h.firewall(), plan, receipt).map_err(HostError::from)?;
+    Ok(())
+}
+
+/// Waits for the drain; returns (reason, sockets left, ms since divert). When the drain is over
+/// it seals the divert and counts once more: a flow that started locally just before the seal
+/// (an unrecorded SYN) is waited for too, and none can start after it.
+fn watch(
+    h: &mut dyn Host,
+    plan: &DivertPlan,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+    tender: &mut Tender,
+) -> Result<(DrainReason, usize, f64), DrainError> {
+    let start = h.now();
+    let mut sealed = false;
+    let mut next_probe = start + p.probe_interval;
+    let mut fails = 0u32;
+    let mut last: Option<(usize, usize)> = None;
+    let mut last_report = start;
+    loop {
+        if h.interrupts() > 0 {
+            return Err(DrainError::Interrupted);
+        }
+        let now = h.now();
+        if now >= next_probe {
+            let answer = h.probe_peer().unwrap_or(PeerAnswer::NoAnswer);
+            if matches!(answer, PeerAnswer::Accepted { .. }) {
+                fails = 0;
+            } else {
+                fails += 1;
+                ev(Event::PeerProbeFailed {
+                    consecutive: fails,
+                    answer: format!("{answer:?}"),
+                });
+                if fails >= p.probe_failures {
+                    return Err(DrainError::PeerLost(format!(
+                        "{fails} probes failed, last: {answer:?}"
+                    )));
+                }
+            }
+            next_probe = h.now() + p.probe_interval;
+        }
+        tender.tick(h, plan, ev);
+        let before_count = h.now();
+        let c = h.count()?;
+        let now = h.now();
+        let count_took = now - before_count;
+        let elapsed = now - start;
+        if last != Some((c.total, c.idle)) || now - last_report >= Duration::from_secs(1) {
+            ev(Event::Progress {
+                elapsed_ms: ms(elapsed),
+                remaining: c.total,
+                idle: c.idle,
+                by_state: c.by_state.clone(),
+                diverted_flows: tender.diverted(),
+            });
+            last = Some((c.total, c.idle));
+            last_report = now;
+        }
+        let reason = if c.total == 0 {
+            Some(DrainReason::Empty)
+        } else if c.total == c.idle {
+            Some(DrainReason::OnlyIdle)
+        } else if elapsed >= p.deadline {
+            if p.abort_on_deadline {
+                return Err(DrainError::DeadlineAbort(p.deadline, c.total));
+            }
+            Some(DrainReason::Deadline)
+        } else {
+            None
+        };
+        if reason.is_some() && !sealed {
+            divert::seal(h.firewall(), plan).map_err(HostError::from)?;
+            sealed = true;
+            ev(Event::Sealed {
+                elapsed_ms: ms(h.now() - start),
+            });
+            continue;
+        }
+        if let Some(reason) = reason {
+            ev(Event::Drained {
+                reason,
+                elapsed_ms: ms(elapsed),
+                remaining: c.total,
+            });
+            return Ok((reason, c.total, ms(elapsed)));
+        }
+        let until_probe = next_probe.saturating_sub(now);
+        // A count over ~100k sockets costs ~100 ms of kernel time (see the sockdiag bench):
+        // never spend more than half the time counting.
+        let pause = p
+            .poll_interval
+            .max(count_took)
+            .min(until_probe)
+            .max(Duration::from_millis(1));
+        h.wait_for_change(pause);
+    }
+}
+
+/// Triggers the failover and waits until the peer owns every VIP; keeps the divert meanwhile
+/// (clients keep sending to this node until the peer's gratuitous ARP lands: FIELD-NOTES 8).
+fn failover(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+    tender: &mut Tender,
+) -> Result<f64, DrainError> {
+    let trigger = match (&p.track_file, p.trigger_track_file) {
+        (Some(path), true) => {
+            j.record(Change::TrackFault { path: path.clone() })?;
+            h.write_track_file(path, TRACK_FAULT)?;
+            format!("track file {} = {TRACK_FAULT}", path.display())
+        }
+        _ => {
+            j.record(Change::LinkDown {
+                ifname: p.tracked_interface.clone(),
+            })?;
+            h.set_link(&p.tracked_interface, false)?;
+            format!("{} down", p.tracked_interface)
+        }
+    };
+    ev(Event::FailoverTriggered { trigger });
+    let t = h.now();
+    loop {
+        let mut pending = None;
+        for vip in &p.vips {
+            if h.vip_local(*vip)? {
+                pending = Some(format!("{vip} still configured here"));
+                break;
+            }
+            if !h.peer_owns(*vip)? {
+                pending = Some(format!("the peer does not answer ARP for {vip}"));
+                break;
+            }
+        }
+        let waited = h.now() - t;
+        match pending {
+            None => {
+                ev(Event::PeerOwnsVip {
+                    after_ms: ms(waited),
+                });
+                // Clients whose ARP cache still points here keep sending until it expires.
+                let until = h.now() + p.post_wait;
+                while h.now() < until {
+                    tender.tick(h, plan, ev);
+                    h.sleep(FAILOVER_POLL.min(until.saturating_sub(h.now())));
+                }
+                return Ok(ms(waited));
+            }
+            Some(why) if waited >= p.failover_timeout => {
+                return Err(DrainError::FailoverUnconfirmed(p.failover_timeout, why))
+            }
+            Some(_) => {
+                tender.tick(h, plan, ev);
+                h.sleep(FAILOVER_POLL);
+            }
+        }
+    }
+}
+
+/// How often the failover wait looks at the VIP's owner.
+const FAILOVER_POLL: Duration = Duration::from_millis(20);
+
+/// Abort path: new flows local again at once, already-diverted flows keep going to the peer for
+/// the grace period (a further interrupt cuts it short), then everything is removed.
+fn rollback(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+    why: DrainError,
+) -> DrainError {
+    withdraw_and_wait(h, plan, p.rollback_grace, ev, why.to_string());
+    match cleanup(h, j, plan) {
+        Ok(()) => {
+            ev(Event::CleanedUp);
+            why
+        }
+        Err(e) => e,
+    }
+}

@@ -1,0 +1,184 @@
+//! What the operations report: the live events of a drain (printed as they happen, or as JSON
+//! lines) and the typed results.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// What a SYN probe of the peer saw.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "answer")]
+pub enum PeerAnswer {
+    /// SYN-ACK from the VIP via the peer: it accepts the VIP's traffic.
+    Accepted {
+        /// Round-trip time in milliseconds.
+        rtt_ms: f64,
+    },
+    /// RST: the peer takes packets for the VIP but nothing listens on the port.
+    Refused,
+    /// Nothing came back in time.
+    NoAnswer,
+}
+
+/// The node's sockets on the VIP ports that still hold the drain.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SocketCount {
+    /// Sockets still being served (see [`crate::sys::sockdiag`] for which states count).
+    pub total: usize,
+    /// Of those, the ones whose client was silent longer than the idle threshold.
+    pub idle: usize,
+    /// Per TCP state.
+    pub by_state: BTreeMap<String, usize>,
+}
+
+/// Why the drain stopped waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainReason {
+    /// No socket left.
+    Empty,
+    /// Only sockets idle longer than the threshold left.
+    OnlyIdle,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// Events reported while the cycle runs (printed live, or as JSON lines with `--json`).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// Preflight passed.
+    Ready {
+        /// The peer's answer to the preflight probe.
+        peer: PeerAnswer,
+        /// Sockets before the divert.
+        sockets: usize,
+    },
+    /// The divert is installed and verified.
+    Diverted {
+        /// Milliseconds the install transaction (sets + rules + read-back) took.
+        install_ms: f64,
+    },
+    /// Sockets left.
+    Progress {
+        /// Milliseconds since the divert.
+        elapsed_ms: f64,
+        /// Sockets still served.
+        remaining: usize,
+        /// Of which idle.
+        idle: usize,
+        /// Per state.
+        by_state: BTreeMap<String, usize>,
+        /// New flows diverted to the peer so far (their SYNs, as of the last look at the
+        /// counters, once a second).
+        #[serde(default)]
+        diverted_flows: u64,
+    },
+    /// The diverted-flow record of a port got its next, larger member (see
+    /// [`crate::plan::sets`]): the record keeps ahead of the traffic.
+    RecordGrown {
+        /// The member set created.
+        set: String,
+        /// Flows the port's record held when it grew.
+        recorded: u64,
+        /// Flows the port's record can hold now.
+        room: u64,
+    },
+    /// Keeping the record ahead of the traffic failed (the divert itself is unchanged; if it
+    /// keeps failing, new flows may go unrecorded, which is counted and reported).
+    RecordTendFailed {
+        /// Why.
+        error: String,
+    },
+    /// SYNs of new flows could not be recorded (capacity reached, or the record did not grow in
+    /// time): before the seal they are served locally, after it they are dropped and the client
+    /// retransmits to the new owner.
+    Unrecorded {
+        /// Unrecorded SYNs since the divert, all ports.
+        syns: u64,
+        /// Flows recorded so far.
+        recorded: u64,
+        /// The configured capacity per port.
+        capacity: u32,
+    },
+    /// The drain is over: from now on an unrecorded SYN is dropped instead of starting a local
+    /// flow; the final count follows.
+    Sealed {
+        /// Milliseconds since the divert.
+        elapsed_ms: f64,
+    },
+    /// A peer probe failed.
+    PeerProbeFailed {
+        /// Consecutive failures so far.
+        consecutive: u32,
+        /// What was seen.
+        answer: String,
+    },
+    /// The drain wait ended.
+    Drained {
+        /// Why.
+        reason: DrainReason,
+        /// Milliseconds since the divert.
+        elapsed_ms: f64,
+        /// Sockets left (idle ones, or any at the deadline).
+        remaining: usize,
+    },
+    /// keepalived was made to give up the VIPs.
+    FailoverTriggered {
+        /// How: `trk0 down`, or `track file /path = -254`.
+        trigger: String,
+    },
+    /// The peer answers ARP for every VIP and this node holds none.
+    PeerOwnsVip {
+        /// Milliseconds after the trigger.
+        after_ms: f64,
+    },
+    /// The divert's totals, read just before it is removed.
+    DivertTotals {
+        /// New flows diverted to the peer (their SYNs; a retransmitted SYN counts again).
+        diverted_flows: u64,
+        /// Distinct (client address, client port, VIP) records: a client that reuses a port
+        /// for a new flow reuses its record.
+        recorded_flows: u64,
+        /// Packets diverted to the peer.
+        diverted_packets: u64,
+        /// SYNs that could not be recorded (0 unless the capacity was reached).
+        unrecorded_syns: u64,
+        /// Of those, the ones dropped after the seal.
+        sealed_drops: u64,
+        /// Kernel memory the record held, bytes.
+        record_bytes: u64,
+    },
+    /// New flows are served locally again.
+    Withdrawn {
+        /// Why.
+        reason: String,
+    },
+    /// Every transient change is undone.
+    CleanedUp,
+}
+
+/// How a completed drain went.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DrainReport {
+    /// Why the wait ended.
+    pub reason: DrainReason,
+    /// Milliseconds from divert to the end of the wait.
+    pub drain_ms: f64,
+    /// Milliseconds from the trigger until the peer owned the VIP.
+    pub failover_ms: f64,
+    /// Milliseconds the whole cycle took.
+    pub total_ms: f64,
+    /// Milliseconds the divert install took.
+    pub install_ms: f64,
+    /// Sockets left when the node went out of service (idle ones or deadline leftovers).
+    pub abandoned: usize,
+    /// New flows diverted to the peer (their SYNs; a retransmitted SYN counts again).
+    pub diverted_flows: u64,
+    /// Distinct (client address, client port, VIP) records the divert held.
+    pub recorded_flows: u64,
+    /// SYNs that could not be recorded (0 unless the capacity was reached).
+    pub unrecorded_syns: u64,
+    /// Of those, the ones dropped after the seal (each a ~1 s retransmit for its client).
+    pub sealed_drops: u64,
+}

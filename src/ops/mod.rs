@@ -1,0 +1,270 @@
+//! The service layer: every operation the agent performs — drain, undrain, accept and release on
+//! the peer, keepalived's notify, the daemon's reconcile, status, check — written once, against
+//! the [`Host`] trait, and returning typed results. The CLI and the daemon call these and only
+//! render what they return; the kernel is reached only through [`Host`] (whose real
+//! implementation, [`crate::sys::host::SystemHost`], composes the adapters in [`crate::sys`]).
+//! What to change is computed by the pure planner, [`crate::plan`]; every change to a host is
+//! recorded in a [`Journal`] before it is made, so it can be undone after a crash.
+//!
+//! Each operation is unit-tested against a scripted fake world (`fake`), without root.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::sys::firewall::{Firewall, FirewallError};
+use crate::sys::journal::JournalError;
+
+pub mod divert;
+pub mod drain;
+pub mod event;
+pub mod record;
+pub mod undrain;
+
+pub use drain::drain;
+pub use event::{DrainReason, DrainReport, Event, PeerAnswer, SocketCount};
+pub use undrain::{cleanup, undo, undo_all, undrain};
+
+/// What kind of failure a host operation had; decides the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostErrorKind {
+    /// A binary the agent runs (iptables-restore, ipset, nft) is missing.
+    MissingBinary,
+    /// A network interface named in the config does not exist.
+    MissingInterface,
+    /// The kernel refused: not root / no CAP_NET_ADMIN.
+    Permission,
+    /// Anything else.
+    Other,
+}
+
+/// A failed host operation: what was attempted and why it failed, in one line.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{op}: {cause}")]
+pub struct HostError {
+    /// The operation, e.g. `iptables-restore (install divert)`.
+    pub op: String,
+    /// The cause, e.g. the tool's first stderr line.
+    pub cause: String,
+    /// Classification for the exit code.
+    pub kind: HostErrorKind,
+}
+
+impl From<FirewallError> for HostError {
+    fn from(e: FirewallError) -> HostError {
+        let kind = if e.is_missing_binary() {
+            HostErrorKind::MissingBinary
+        } else if e.is_permission() {
+            HostErrorKind::Permission
+        } else {
+            HostErrorKind::Other
+        };
+        HostError {
+            op: "firewall".into(),
+            cause: e.to_string(),
+            kind,
+        }
+    }
+}
+
+impl From<divert::DivertError> for HostError {
+    fn from(e: divert::DivertError) -> HostError {
+        match e {
+            divert::DivertError::Firewall(f) => f.into(),
+            other => HostError::other("firewall", other),
+        }
+    }
+}
+
+impl HostError {
+    /// An error of kind `Other`.
+    pub fn other(op: impl Into<String>, cause: impl ToString) -> HostError {
+        HostError {
+            op: op.into(),
+            cause: cause.to_string(),
+            kind: HostErrorKind::Other,
+        }
+    }
+}
+
+/// Everything the drain cycle needs from the host. The real implementation composes the
+/// firewall, links, sock_diag and probe adapters; tests use a scripted fake.
+pub trait Host {
+    /// Monotonic time since an arbitrary start.
+    fn now(&self) -> Duration;
+    /// Sleeps (the fake advances its clock).
+    fn sleep(&mut self, d: Duration);
+    /// Waits up to `max` for a sign that the socket count changed (a socket of the VIP's being
+    /// destroyed), so the drain is declared done right after the last connection closes rather
+    /// than up to a poll interval later. May return early for no reason; never waits longer.
+    fn wait_for_change(&mut self, max: Duration) {
+        self.sleep(max);
+    }
+    /// How many interrupts (SIGINT/SIGTERM) arrived: 1 = roll back gracefully, 2+ = roll back now.
+    fn interrupts(&self) -> u32;
+    /// The firewall adapter (iptables-restore/-save, ipset, nft).
+    fn firewall(&mut self) -> &mut dyn Firewall;
+    /// Is the interface administratively up? (Missing interface = error of kind MissingInterface.)
+    fn link_up(&mut self, ifname: &str) -> Result<bool, HostError>;
+    /// Sets the interface up or down.
+    fn set_link(&mut self, ifname: &str, up: bool) -> Result<(), HostError>;
+    /// Is the VIP configured on one of this node's interfaces?
+    fn vip_local(&mut self, vip: Ipv4Addr) -> Result<bool, HostError>;
+    /// Does the peer (and only the peer) answer ARP for the VIP?
+    fn peer_owns(&mut self, vip: Ipv4Addr) -> Result<bool, HostError>;
+    /// One SYN probe of the VIP through the peer.
+    fn probe_peer(&mut self) -> Result<PeerAnswer, HostError>;
+    /// Counts the node's sockets on the VIP ports.
+    fn count(&mut self) -> Result<SocketCount, HostError>;
+    /// Adds (`present`) or removes the `local VIP/32 dev lo` route.
+    fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError>;
+    /// Writes keepalived's track file atomically (the value keepalived multiplies by the block's
+    /// weight; -254 means FAULT).
+    fn write_track_file(&mut self, path: &std::path::Path, value: i32) -> Result<(), HostError>;
+    /// Reads the track file (`None` if it does not exist: keepalived reads that as 0).
+    fn read_track_file(&mut self, path: &std::path::Path) -> Result<Option<i32>, HostError>;
+    /// Reads a sysctl (key relative to /proc/sys).
+    fn sysctl_read(&mut self, key: &str) -> Result<String, HostError>;
+    /// Writes a sysctl.
+    fn sysctl_write(&mut self, key: &str, value: &str) -> Result<(), HostError>;
+}
+
+/// The drain policy (from the config's `drain`, `peer_probe` and `failover` sections).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// The VIPs this node serves.
+    pub vips: Vec<Ipv4Addr>,
+    /// The peer's own address (named in errors about it).
+    pub peer: Ipv4Addr,
+    /// Interface keepalived tracks.
+    pub tracked_interface: String,
+    /// Give up waiting for the drain after this.
+    pub deadline: Duration,
+    /// At the deadline: roll back instead of failing over.
+    pub abort_on_deadline: bool,
+    /// How often to count sockets.
+    pub poll_interval: Duration,
+    /// How often to probe the peer.
+    pub probe_interval: Duration,
+    /// Consecutive failed probes that mean the peer is lost.
+    pub probe_failures: u32,
+    /// On rollback, keep diverting already-diverted flows this long.
+    pub rollback_grace: Duration,
+    /// How long to wait for the peer to own the VIP after the trigger.
+    pub failover_timeout: Duration,
+    /// Keep diverting this long after the peer owns the VIP.
+    pub post_wait: Duration,
+    /// keepalived's track file, if configured (`failover.track_file`).
+    pub track_file: Option<std::path::PathBuf>,
+    /// Fail over by writing FAULT to the track file instead of downing the tracked interface.
+    pub trigger_track_file: bool,
+    /// What `undrain` writes to the track file (see `failover.return_weight`).
+    pub return_weight: i32,
+}
+
+/// Why a drain did not complete. Each maps to a documented exit code ([`DrainError::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// A host operation failed before anything was changed, or while changing (then rolled back).
+    #[error("{0}")]
+    Host(#[from] HostError),
+    /// The state directory failed.
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    /// The peer cannot take the traffic; nothing was changed.
+    #[error("peer not ready: {0}; nothing changed")]
+    PeerNotReady(String),
+    /// This node does not hold the VIP.
+    #[error("this node does not hold VIP {0} (not MASTER?); nothing to drain, nothing changed")]
+    NotMaster(Ipv4Addr),
+    /// The node is already out of service.
+    #[error("already drained: tracked interface {0} is down; run `drain-agent undrain` first")]
+    AlreadyDrained(String),
+    /// An earlier run left changes behind.
+    #[error("leftovers of an earlier run: {0}; run `drain-agent undrain` to remove them")]
+    Leftovers(String),
+    /// The peer stopped answering; the divert was withdrawn and removed.
+    #[error("peer lost during the drain ({0}); divert withdrawn, this node still serves")]
+    PeerLost(String),
+    /// SIGINT/SIGTERM; rolled back.
+    #[error("interrupted; divert withdrawn and removed, this node still serves")]
+    Interrupted,
+    /// Deadline with abort_on_deadline; rolled back.
+    #[error("drain deadline of {0:?} reached with {1} connections left; rolled back (abort_on_deadline)")]
+    DeadlineAbort(Duration, usize),
+    /// The peer did not take the VIP in time.
+    #[error("failover not confirmed within {0:?} ({1}); divert removed, tracked interface left down: check keepalived on both nodes")]
+    FailoverUnconfirmed(Duration, String),
+    /// Some undo steps failed; they stay in the journal.
+    #[error("cleanup incomplete ({0}); the journal keeps what is left, run `drain-agent undrain`")]
+    CleanupIncomplete(String),
+}
+
+/// Exit codes — an API: keepalived and Ansible read them. Documented in the README.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Unexpected internal error.
+    pub const INTERNAL: u8 = 1;
+    /// Bad command-line usage.
+    pub const USAGE: u8 = 2;
+    /// The configuration file is invalid.
+    pub const CONFIG: u8 = 3;
+    /// The environment is not usable (missing binary, interface, privilege, kernel feature).
+    pub const ENVIRONMENT: u8 = 4;
+    /// The peer cannot take the traffic (nothing was changed).
+    pub const PEER_NOT_READY: u8 = 5;
+    /// Another drain-agent operation is running.
+    pub const BUSY: u8 = 6;
+    /// The node's state does not allow it (not MASTER, already drained, leftovers).
+    pub const STATE: u8 = 7;
+    /// The peer was lost during the drain (rolled back).
+    pub const PEER_LOST: u8 = 8;
+    /// Interrupted by a signal (rolled back).
+    pub const INTERRUPTED: u8 = 9;
+    /// Deadline reached with abort_on_deadline (rolled back).
+    pub const DEADLINE: u8 = 10;
+    /// Failover not confirmed in time.
+    pub const FAILOVER: u8 = 11;
+    /// Cleanup incomplete: changes remain (listed in the journal).
+    pub const CLEANUP: u8 = 12;
+}
+
+impl DrainError {
+    /// The documented exit code of this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DrainError::Host(e) => match e.kind {
+                HostErrorKind::Other => exit::INTERNAL,
+                _ => exit::ENVIRONMENT,
+            },
+            DrainError::Journal(JournalError::Busy { .. }) => exit::BUSY,
+            DrainError::Journal(_) => exit::ENVIRONMENT,
+            DrainError::PeerNotReady(_) => exit::PEER_NOT_READY,
+            DrainError::NotMaster(_) | DrainError::AlreadyDrained(_) | DrainError::Leftovers(_) => {
+                exit::STATE
+            }
+            DrainError::PeerLost(_) => exit::PEER_LOST,
+            DrainError::Interrupted => exit::INTERRUPTED,
+            DrainError::DeadlineAbort(..) => exit::DEADLINE,
+            DrainError::FailoverUnconfirmed(..) => exit::FAILOVER,
+            DrainError::CleanupIncomplete(_) => exit::CLEANUP,
+        }
+    }
+}
+
+/// The track-file value keepalived reads as FAULT (value x weight clamped to -254).
+pub const TRACK_FAULT: i32 = -254;
+
+/// Milliseconds of a duration, as the reports and events give them.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
+
+#[cfg(test)]
+mod tests;

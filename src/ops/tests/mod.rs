@@ -1,0 +1,3 @@
+//! The service layer's operations against the fake world (`super::fake`).
+
+mod drain;

@@ -1,0 +1,243 @@
+//! The real firewall adapter: runs iptables-restore/-save, ipset and nft in the calling thread's
+//! network namespace (a child process inherits it), and asks nftables over netlink which tables
+//! exist.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Firewall, FirewallError, MANGLE_BUILTINS};
+use crate::sys::process::{self, ProcessError};
+
+/// Where the real adapter finds its tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    /// `iptables-restore` (iptables-nft).
+    pub iptables_restore: PathBuf,
+    /// `iptables-save` (iptables-nft).
+    pub iptables_save: PathBuf,
+    /// `ipset`.
+    pub ipset: PathBuf,
+    /// `nft`.
+    pub nft: PathBuf,
+}
+
+impl Default for Binaries {
+    /// Names looked up in PATH.
+    fn default() -> Self {
+        Binaries {
+            iptables_restore: "iptables-restore".into(),
+            iptables_save: "iptables-save".into(),
+            ipset: "ipset".into(),
+            nft: "nft".into(),
+        }
+    }
+}
+
+/// The real adapter: runs the tools in the network namespace of the calling thread (a child
+/// process inherits it).
+#[derive(Debug, Clone)]
+pub struct SystemFirewall {
+    binaries: Binaries,
+    timeout: Duration,
+}
+
+impl Default for SystemFirewall {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SystemFirewall {
+    /// Tools from PATH, 10 s timeout per call.
+    pub fn new() -> Self {
+        SystemFirewall {
+            binaries: Binaries::default(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Uses other tool paths.
+    pub fn with_binaries(mut self, binaries: Binaries) -> Self {
+        self.binaries = binaries;
+        self
+    }
+
+    /// Kills a tool that runs longer than `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs `binary args` (feeding `stdin`) with this adapter's timeout.
+    fn run(
+        &self,
+        binary: &std::path::Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, FirewallError> {
+        Ok(process::run(binary, args, stdin, self.timeout)?)
+    }
+
+    fn nft_json(&self, args: &[&str]) -> Result<Vec<serde_json::Value>, FirewallError> {
+        let out = self.run(&self.binaries.nft, args, None)?;
+        let bad = |detail: String| FirewallError::BadOutput {
+            binary: self.binaries.nft.display().to_string(),
+            detail,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| bad(format!("not JSON: {e}")))?;
+        match value.get("nftables").and_then(|v| v.as_array()) {
+            Some(items) => Ok(items.clone()),
+            None => Err(bad("no \"nftables\" array".into())),
+        }
+    }
+}
+
+/// Whether an `nft -j list table ip mangle` listing holds nothing but empty built-in base chains
+/// with policy accept. Any rule, set, map, user chain, or changed policy means someone uses the
+/// table and it must stay.
+pub fn mangle_listing_is_empty(items: &[serde_json::Value]) -> bool {
+    items.iter().all(|item| {
+        let Some(object) = item.as_object() else {
+            return false;
+        };
+        object.iter().all(|(kind, body)| match kind.as_str() {
+            "metainfo" | "table" => true,
+            "chain" => {
+                let name = body.get("name").and_then(|v| v.as_str()).unwrap_or("");
+                MANGLE_BUILTINS.contains(&name)
+                    && body.get("hook").is_some()
+                    && body.get("policy").and_then(|v| v.as_str()) == Some("accept")
+            }
+            _ => false,
+        })
+    })
+}
+
+/// `bin` as given if it names a path, else the first executable `bin` in `PATH`.
+pub fn find_in_path(bin: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if bin.components().count() > 1 {
+        return executable(bin).then(|| bin.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| executable(p))
+}
+
+impl Firewall for SystemFirewall {
+    fn require_tools(&mut self) -> Result<(), FirewallError> {
+        let b = &self.binaries;
+        for bin in [&b.iptables_restore, &b.iptables_save, &b.ipset, &b.nft] {
+            if find_in_path(bin).is_none() {
+                return Err(ProcessError::MissingBinary {
+                    binary: bin.display().to_string(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, text: &str) -> Result<(), FirewallError> {
+        self.run(&self.binaries.iptables_restore, &["--noflush"], Some(text))
+            .map(drop)
+    }
+
+    fn save_mangle(&mut self) -> Result<String, FirewallError> {
+        self.run(&self.binaries.iptables_save, &["-t", "mangle"], None)
+    }
+
+    fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
+        self.run(&self.binaries.iptables_save, &["-c", "-t", "mangle"], None)
+    }
+
+    fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
+        self.run(&self.binaries.ipset, &["list", "-t"], None)
+    }
+
+    fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
+        self.run(&self.binaries.ipset, &["restore"], Some(text))
+            .map(drop)
+    }
+
+    fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
+        let out = self.run(&self.binaries.ipset, &["list", "-n"], None)?;
+        Ok(out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect())
+    }
+
+    fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
+        let tables =
+            crate::sys::firewall::nftables::tables(crate::sys::firewall::nftables::NFPROTO_IPV4)
+                .map_err(|source| FirewallError::Netlink {
+                    what: "listing the nftables tables of family ip",
+                    source,
+                })?;
+        Ok(tables.iter().any(|t| t == "mangle"))
+    }
+
+    fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {
+        if !self.mangle_table_present()? {
+            return Ok(false);
+        }
+        let items = self.nft_json(&["-j", "list", "table", "ip", "mangle"])?;
+        if !mangle_listing_is_empty(&items) {
+            return Ok(false);
+        }
+        self.run(
+            &self.binaries.nft,
+            &["delete", "table", "ip", "mangle"],
+            None,
+        )?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_listing_emptiness() {
+        let parse = |s: &str| -> Vec<serde_json::Value> {
+            serde_json::from_str::<serde_json::Value>(s).unwrap()["nftables"]
+                .as_array()
+                .unwrap()
+                .clone()
+        };
+        // Captured from `nft -j list table ip mangle` after our chains were removed.
+        let empty = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "ip", "name": "mangle", "handle": 1}}, {"chain": {"family": "ip", "table": "mangle", "name": "PREROUTING", "handle": 11, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}]}"#;
+        assert!(mangle_listing_is_empty(&parse(empty)));
+        let drop_policy = empty.replace(r#""policy": "accept""#, r#""policy": "drop""#);
+        assert!(!mangle_listing_is_empty(&parse(&drop_policy)));
+        let user_chain = r#"{"nftables": [{"table": {"family": "ip", "name": "mangle", "handle": 1}}, {"chain": {"family": "ip", "table": "mangle", "name": "FOO", "handle": 1}}]}"#;
+        assert!(!mangle_listing_is_empty(&parse(user_chain)));
+        let rule = r#"{"nftables": [{"rule": {"family": "ip", "table": "mangle", "chain": "PREROUTING", "handle": 2, "expr": []}}]}"#;
+        assert!(!mangle_listing_is_empty(&parse(rule)));
+    }
+
+    #[test]
+    fn missing_binary_is_its_own_error() {
+        let mut fw = SystemFirewall::new().with_binaries(Binaries {
+            iptables_save: "/nonexistent/iptables-save".into(),
+            ..Binaries::default()
+        });
+        let err = fw.save_mangle().unwrap_err();
+        assert!(err.is_missing_binary(), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/iptables-save: not found"),
+            "{err}"
+        );
+    }
+}

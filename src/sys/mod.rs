@@ -1,0 +1,21 @@
+//! The kernel adapters: each a small trait (or a thin function) over one kernel interface, with the
+//! real implementation and, for tests, a recording fake. They move what the planner and the
+//! service layer decided to the kernel and read the kernel back; they decide nothing themselves.
+//!
+//! - [`firewall`]: iptables-restore/-save, ipset, nft (and nftables over netlink);
+//! - [`links`]: links, addresses and routes over rtnetlink;
+//! - [`sockdiag`]: counting the VIP's sockets over netlink sock_diag;
+//! - [`probe`]: the SYN probe of the peer and ARP, over AF_PACKET;
+//! - [`sysctl`]: reading and writing `/proc/sys`;
+//! - [`journal`]: the state directory, its journals and lock;
+//! - [`process`]: the one way a tool is run (timeout, errors naming the tool);
+//! - [`host`]: all of them composed into the service layer's `Host`.
+
+pub mod firewall;
+pub mod host;
+pub mod journal;
+pub mod links;
+pub mod probe;
+pub mod process;
+pub mod sockdiag;
+pub mod sysctl;
