@@ -489,6 +489,12 @@ macro_rules! scalar_newtype {
                 write!(f, "{}", $display)
             }
         }
+        impl serde::Serialize for $ty {
+            /// As written in the configuration (what `Display` prints, which parses back).
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
     };
 }
 
@@ -757,7 +763,7 @@ fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
     Ok(Duration::from_millis(millis))
 }
 
-fn fmt_duration(d: Duration) -> String {
+pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0s".into()

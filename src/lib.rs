@@ -3,7 +3,7 @@
 
 pub mod cli;
 pub mod config;
-pub mod control;
+pub mod daemon;
 pub mod keepalived;
 pub mod observability;
 pub mod ops;

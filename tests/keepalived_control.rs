@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drain_agent::control::{
-    call, ControlError, ControlServer, EventSink, Handler, Op, Outcome, Peer, Request,
+use drain_agent::config::PositiveDuration;
+use drain_agent::daemon::control::{
+    call, ControlError, ControlServer, EventSink, Handler, Outcome, Peer, Request,
 };
+use drain_agent::ops::drain::DrainOptions;
+use drain_agent::ops::undrain::UndrainOptions;
 use drain_test_support::netns::require_root;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -56,16 +59,16 @@ impl FakeHandler {
 impl Handler for FakeHandler {
     fn handle(&self, request: Request, peer: Peer, events: &EventSink) -> Outcome {
         self.seen.lock().unwrap().push((request.clone(), peer));
-        match request.op {
-            Op::Status => Outcome::ok(json!({"state": "serving", "vrrp": "MASTER"})),
-            Op::Undrain => Outcome::error(7, "not drained"),
-            Op::Drain => match &self.drain {
+        match &request {
+            Request::Status => Outcome::ok(json!({"state": "serving", "vrrp": "MASTER"})),
+            Request::Undrain(_) => Outcome::error(7, "not drained"),
+            Request::Drain(args) => match &self.drain {
                 DrainScript::Events(list) => {
                     for e in list {
                         events.send(e.clone());
                     }
                     Outcome {
-                        result: json!({"drained": true, "args": request.args}),
+                        result: json!({"drained": true, "args": args}),
                         exit_code: 7,
                     }
                 }
@@ -141,7 +144,7 @@ impl TestServer {
 }
 
 async fn status(path: &Path) -> Result<Outcome, ControlError> {
-    call(path, &Request::new(Op::Status), CONNECT_TIMEOUT, |_| {}).await
+    call(path, &Request::Status, CONNECT_TIMEOUT, |_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,14 +166,14 @@ async fn status_round_trip() {
     );
     let seen = handler.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].0, Request::new(Op::Status));
+    assert_eq!(seen[0].0, Request::Status);
     assert_eq!(seen[0].1.uid, 0);
     assert_eq!(seen[0].1.pid, Some(std::process::id() as i32));
 
     // An error outcome travels the same way.
     let undrain = call(
         &server.path,
-        &Request::new(Op::Undrain),
+        &Request::Undrain(UndrainOptions::default()),
         CONNECT_TIMEOUT,
         |_| {},
     )
@@ -189,7 +192,10 @@ async fn events_stream_in_order_before_the_result() {
     let handler = FakeHandler::new(DrainScript::Events(events.clone()));
     let mut server = TestServer::start(handler.clone());
     let mut got = Vec::new();
-    let request = Request::new(Op::Drain).with_arg("deadline", "30s");
+    let request = Request::Drain(DrainOptions {
+        deadline: Some(PositiveDuration::try_from("30s".to_string()).unwrap()),
+        ..DrainOptions::default()
+    });
     let outcome = call(&server.path, &request, CONNECT_TIMEOUT, |e| {
         got.push(e.clone())
     })
@@ -216,7 +222,7 @@ async fn events_reach_the_client_while_the_handler_still_runs() {
     let mut got = Vec::new();
     let outcome = call(
         &server.path,
-        &Request::new(Op::Drain),
+        &Request::Drain(DrainOptions::default()),
         CONNECT_TIMEOUT,
         |e| {
             got.push(e.clone());
@@ -342,7 +348,15 @@ async fn shutdown_finishes_requests_in_progress_and_removes_the_socket() {
     let path = server.path.clone();
     let in_flight = tokio::spawn({
         let path = path.clone();
-        async move { call(&path, &Request::new(Op::Drain), CONNECT_TIMEOUT, |_| {}).await }
+        async move {
+            call(
+                &path,
+                &Request::Drain(DrainOptions::default()),
+                CONNECT_TIMEOUT,
+                |_| {},
+            )
+            .await
+        }
     });
     // Shut down once the request is inside the handler.
     let start = std::time::Instant::now();

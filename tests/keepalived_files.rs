@@ -239,7 +239,7 @@ fn systemd_unit_is_valid_and_confined() {
         .iter()
         .any(|l| l.starts_with("Requires=") || l.starts_with("BindsTo=")));
     // The control socket lives in the runtime directory.
-    assert!(drain_agent::control::DEFAULT_SOCKET_PATH.starts_with("/run/drain-agent/"));
+    assert!(drain_agent::daemon::control::DEFAULT_SOCKET_PATH.starts_with("/run/drain-agent/"));
 
     if !require_tool("systemd_unit_is_valid_and_confined", "systemd-analyze") {
         return;

@@ -12,6 +12,7 @@ mod check;
 mod common;
 mod drain;
 mod notify;
+mod render;
 mod run;
 mod status;
 mod undrain;
@@ -46,7 +47,7 @@ pub struct GlobalOpts {
     pub log_level: String,
     /// The daemon's control socket: `drain`, `undrain` and `status` go through the daemon when
     /// one serves it, and run here otherwise.
-    #[arg(long, global = true, env = "DRAIN_AGENT_SOCKET", default_value = crate::control::DEFAULT_SOCKET_PATH)]
+    #[arg(long, global = true, env = "DRAIN_AGENT_SOCKET", default_value = crate::daemon::control::DEFAULT_SOCKET_PATH)]
     pub socket: PathBuf,
     /// Run here even if a daemon serves the control socket.
     #[arg(long, global = true)]
@@ -100,8 +101,8 @@ impl Failure {
     }
 }
 
-impl From<crate::ops::DrainError> for Failure {
-    fn from(e: crate::ops::DrainError) -> Failure {
+impl From<crate::ops::OpError> for Failure {
+    fn from(e: crate::ops::OpError) -> Failure {
         Failure {
             code: e.exit_code(),
             message: e.to_string(),
@@ -111,13 +112,13 @@ impl From<crate::ops::DrainError> for Failure {
 
 impl From<crate::ops::HostError> for Failure {
     fn from(e: crate::ops::HostError) -> Failure {
-        crate::ops::DrainError::Host(e).into()
+        crate::ops::OpError::Host(e).into()
     }
 }
 
 impl From<crate::sys::journal::JournalError> for Failure {
     fn from(e: crate::sys::journal::JournalError) -> Failure {
-        crate::ops::DrainError::Journal(e).into()
+        crate::ops::OpError::Journal(e).into()
     }
 }
 

@@ -8,16 +8,117 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::divert::{self, InstallReceipt};
 use super::record::{self, RecordKeeper};
 use super::undrain::{cleanup, withdraw_and_wait};
 use super::{
-    ms, DrainError, DrainReason, DrainReport, Event, Host, HostError, PeerAnswer, Policy,
-    TRACK_FAULT,
+    ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy, TRACK_FAULT,
 };
+use crate::config::{Config, PositiveDuration};
 use crate::plan::sets::{DivertCounters, RecordStats};
 use crate::plan::DivertPlan;
-use crate::sys::journal::{Change, Journal};
+use crate::sys::journal::{Change, Journal, StateDir};
+
+/// What `drain-agent drain` (or the daemon's drain request) may override of the configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrainOptions {
+    /// Roll back at the deadline instead of failing over.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub abort_on_deadline: bool,
+    /// Override of `drain.deadline`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<PositiveDuration>,
+    /// Override of `drain.idle_threshold`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_threshold: Option<PositiveDuration>,
+}
+
+impl DrainOptions {
+    /// `cfg` with these overrides.
+    pub fn apply(&self, cfg: &Config) -> Config {
+        let mut cfg = cfg.clone();
+        if let Some(d) = self.deadline {
+            cfg.drain.deadline = d;
+        }
+        if let Some(d) = self.idle_threshold {
+            cfg.drain.idle_threshold = d;
+        }
+        if self.abort_on_deadline {
+            cfg.drain.abort_on_deadline = true;
+        }
+        cfg
+    }
+}
+
+/// The result of a drain, as `--json` prints it and `last-drain.json` records it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum DrainOutcome {
+    /// The node is out of service and clean.
+    Drained {
+        /// How it went.
+        report: DrainReport,
+    },
+    /// It did not complete (rolled back, or as the error says).
+    Failed {
+        /// The documented exit code.
+        exit_code: u8,
+        /// The one-line error.
+        error: String,
+    },
+}
+
+impl DrainReport {
+    /// The one line an operator reads at the end of a drain.
+    pub fn summary(&self) -> String {
+        format!(
+            "drained: {} after {:.1} s ({} left), {} new flow(s) diverted ({} SYN(s) unrecorded), peer owned the VIP {:.0} ms after the trigger; divert removed; the node stays out of service until `drain-agent undrain`",
+            self.reason,
+            self.drain_ms / 1000.0,
+            self.abandoned,
+            self.diverted_flows,
+            self.unrecorded_syns,
+            self.failover_ms,
+        )
+    }
+}
+
+/// `drain-agent drain`: takes the lock, runs the cycle with `opts` applied, reporting each event,
+/// and records the outcome in the state directory (`last-drain.json`), success or not.
+pub fn run(
+    cfg: &Config,
+    opts: &DrainOptions,
+    state: &StateDir,
+    h: &mut dyn Host,
+    ev: &mut dyn FnMut(Event),
+) -> Result<DrainReport, OpError> {
+    let cfg = opts.apply(cfg);
+    let _lock = state.lock()?;
+    let mut journal = state.drain_journal()?;
+    let span = tracing::info_span!("drain", peer = %cfg.peer.get(), tracked = %cfg.tracked_interface.as_str());
+    let _enter = span.enter();
+    let result = drain(
+        h,
+        &mut journal,
+        &DivertPlan::new(&cfg),
+        &Policy::from_config(&cfg),
+        ev,
+    );
+    let outcome = match &result {
+        Ok(report) => DrainOutcome::Drained {
+            report: report.clone(),
+        },
+        Err(e) => DrainOutcome::Failed {
+            exit_code: e.exit_code(),
+            error: e.to_string(),
+        },
+    };
+    state.record_last_drain(&outcome);
+    result
+}
 
 /// Runs the whole drain cycle. Returns only when the node is out of service and every transient
 /// change is undone, or with an error after rolling back.
@@ -27,7 +128,7 @@ pub fn drain(
     plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
-) -> Result<DrainReport, DrainError> {
+) -> Result<DrainReport, OpError> {
     let start = h.now();
     let receipt = preflight(h, j, plan, p, ev)?;
     let t = h.now();
@@ -144,16 +245,13 @@ fn preflight(
     plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
-) -> Result<InstallReceipt, DrainError> {
+) -> Result<InstallReceipt, OpError> {
     if let Some(e) = j
         .entries()
         .iter()
         .find(|e| !e.change.is_maintenance_state())
     {
-        return Err(DrainError::Leftovers(format!(
-            "journal records {:?}",
-            e.change
-        )));
+        return Err(OpError::Leftovers(format!("journal records {}", e.change)));
     }
     let faulted = match &p.track_file {
         Some(path) => h.read_track_file(path)?.is_some_and(|v| v <= TRACK_FAULT),
@@ -163,23 +261,23 @@ fn preflight(
         || faulted
         || j.entries().iter().any(|e| e.change.is_maintenance_state())
     {
-        return Err(DrainError::AlreadyDrained(p.tracked_interface.clone()));
+        return Err(OpError::AlreadyDrained(p.tracked_interface.clone()));
     }
     for vip in &p.vips {
         if !h.vip_local(*vip)? {
-            return Err(DrainError::NotMaster(*vip));
+            return Err(OpError::NotMaster(*vip));
         }
     }
     let receipt = match divert::prepare(h.firewall(), plan) {
         Ok(r) => r,
         Err(divert::DivertError::SetsExist { names }) => {
-            return Err(DrainError::Leftovers(format!(
+            return Err(OpError::Leftovers(format!(
                 "ipset {} already exists",
                 names.join(", ")
             )))
         }
         Err(divert::DivertError::ChainsExist { chains }) => {
-            return Err(DrainError::Leftovers(format!(
+            return Err(OpError::Leftovers(format!(
                 "iptables chain {} already exists",
                 chains.join(", ")
             )))
@@ -192,7 +290,7 @@ fn preflight(
             PeerAnswer::Refused => "refuses connections to the VIP (RST): is HAProxy running there, and did you run `drain-agent accept` on it?",
             _ => "does not answer for the VIP: is it up, and did you run `drain-agent accept` on it?",
         };
-        return Err(DrainError::PeerNotReady(format!("{} {why}", p.peer)));
+        return Err(OpError::PeerNotReady(format!("{} {why}", p.peer)));
     }
     let sockets = h.count()?.total;
     ev(Event::Ready {
@@ -209,7 +307,7 @@ pub(crate) fn install(
     j: &mut Journal,
     plan: &DivertPlan,
     receipt: &InstallReceipt,
-) -> Result<(), DrainError> {
+) -> Result<(), OpError> {
     j.record(Change::Divert {
         prefix: plan.prefix().to_string(),
         drop_mangle_table: !receipt.mangle_table_was_present,
@@ -227,7 +325,7 @@ fn watch(
     p: &Policy,
     ev: &mut dyn FnMut(Event),
     tender: &mut Tender,
-) -> Result<(DrainReason, usize, f64), DrainError> {
+) -> Result<(DrainReason, usize, f64), OpError> {
     let start = h.now();
     let mut sealed = false;
     let mut next_probe = start + p.probe_interval;
@@ -236,7 +334,7 @@ fn watch(
     let mut last_report = start;
     loop {
         if h.interrupts() > 0 {
-            return Err(DrainError::Interrupted);
+            return Err(OpError::Interrupted);
         }
         let now = h.now();
         if now >= next_probe {
@@ -247,11 +345,11 @@ fn watch(
                 fails += 1;
                 ev(Event::PeerProbeFailed {
                     consecutive: fails,
-                    answer: format!("{answer:?}"),
+                    answer: answer.to_string(),
                 });
                 if fails >= p.probe_failures {
-                    return Err(DrainError::PeerLost(format!(
-                        "{fails} probes failed, last: {answer:?}"
+                    return Err(OpError::PeerLost(format!(
+                        "{fails} probes failed, last: {answer}"
                     )));
                 }
             }
@@ -280,7 +378,7 @@ fn watch(
             Some(DrainReason::OnlyIdle)
         } else if elapsed >= p.deadline {
             if p.abort_on_deadline {
-                return Err(DrainError::DeadlineAbort(p.deadline, c.total));
+                return Err(OpError::DeadlineAbort(p.deadline, c.total));
             }
             Some(DrainReason::Deadline)
         } else {
@@ -323,7 +421,7 @@ fn failover(
     p: &Policy,
     ev: &mut dyn FnMut(Event),
     tender: &mut Tender,
-) -> Result<f64, DrainError> {
+) -> Result<f64, OpError> {
     let trigger = match (&p.track_file, p.trigger_track_file) {
         (Some(path), true) => {
             j.record(Change::TrackFault { path: path.clone() })?;
@@ -367,7 +465,7 @@ fn failover(
                 return Ok(ms(waited));
             }
             Some(why) if waited >= p.failover_timeout => {
-                return Err(DrainError::FailoverUnconfirmed(p.failover_timeout, why))
+                return Err(OpError::FailoverUnconfirmed(p.failover_timeout, why))
             }
             Some(_) => {
                 tender.tick(h, plan, ev);
@@ -388,8 +486,8 @@ fn rollback(
     plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
-    why: DrainError,
-) -> DrainError {
+    why: OpError,
+) -> OpError {
     withdraw_and_wait(h, plan, p.rollback_grace, ev, why.to_string());
     match cleanup(h, j, plan) {
         Ok(()) => {

@@ -20,6 +20,16 @@ pub enum PeerAnswer {
     NoAnswer,
 }
 
+impl std::fmt::Display for PeerAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAnswer::Accepted { rtt_ms } => write!(f, "SYN-ACK in {rtt_ms:.2} ms"),
+            PeerAnswer::Refused => f.write_str("refused (RST)"),
+            PeerAnswer::NoAnswer => f.write_str("no answer"),
+        }
+    }
+}
+
 /// The node's sockets on the VIP ports that still hold the drain.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SocketCount {
@@ -29,6 +39,16 @@ pub struct SocketCount {
     pub idle: usize,
     /// Per TCP state.
     pub by_state: BTreeMap<String, usize>,
+}
+
+impl std::fmt::Display for DrainReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DrainReason::Empty => "every connection closed",
+            DrainReason::OnlyIdle => "only idle connections left",
+            DrainReason::Deadline => "deadline reached",
+        })
+    }
 }
 
 /// Why the drain stopped waiting.
@@ -181,4 +201,15 @@ pub struct DrainReport {
     pub unrecorded_syns: u64,
     /// Of those, the ones dropped after the seal (each a ~1 s retransmit for its client).
     pub sealed_drops: u64,
+}
+
+/// An event as the JSON line `--json` prints (and the daemon streams): its fields, its `event`
+/// kind, and `ts_ms`, the wall-clock time in milliseconds since the epoch.
+pub fn stamped(e: &Event) -> serde_json::Value {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    v["ts_ms"] = serde_json::json!(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0));
+    v
 }

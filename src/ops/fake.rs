@@ -112,6 +112,12 @@ pub struct FakeHost {
     /// through the firewall fake's rules as the clock moves.
     pub syn_rate: f64,
     syn_debt: f64,
+    /// The process lacks CAP_NET_ADMIN.
+    pub unprivileged: bool,
+    /// Tools that are not installed.
+    pub missing_tools: Vec<String>,
+    /// What testing the divert's texts finds.
+    pub divert_test: super::DivertTest,
 }
 
 impl FakeHost {
@@ -145,6 +151,9 @@ impl FakeHost {
             track: BTreeMap::new(),
             syn_rate: 0.0,
             syn_debt: 0.0,
+            unprivileged: false,
+            missing_tools: Vec::new(),
+            divert_test: super::DivertTest::Accepted,
         }
     }
 
@@ -291,5 +300,19 @@ impl Host for FakeHost {
         self.fail("sysctl")?;
         self.sysctls.insert(key.to_string(), value.to_string());
         Ok(())
+    }
+
+    fn has_net_admin(&self) -> bool {
+        !self.unprivileged
+    }
+    fn find_tool(&self, bin: &str) -> Option<std::path::PathBuf> {
+        (!self.missing_tools.iter().any(|t| t == bin)).then(|| format!("/usr/sbin/{bin}").into())
+    }
+    fn passive_opens(&mut self) -> Result<u64, HostError> {
+        // The rate arrives in steps of the clock, like the SYNs the firewall fake plays.
+        Ok((self.syn_rate * self.t().as_secs_f64()) as u64)
+    }
+    fn test_divert(&mut self, _sets: &str, _rules: &str) -> super::DivertTest {
+        self.divert_test.clone()
     }
 }

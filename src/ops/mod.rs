@@ -16,10 +16,15 @@ use serde::Serialize;
 use crate::sys::firewall::{Firewall, FirewallError};
 use crate::sys::journal::JournalError;
 
+pub mod check;
 pub mod divert;
 pub mod drain;
 pub mod event;
+pub mod notify;
+pub mod peer;
+pub mod reconcile;
 pub mod record;
+pub mod status;
 pub mod undrain;
 
 pub use drain::drain;
@@ -129,6 +134,26 @@ pub trait Host {
     fn sysctl_read(&mut self, key: &str) -> Result<String, HostError>;
     /// Writes a sysctl.
     fn sysctl_write(&mut self, key: &str, value: &str) -> Result<(), HostError>;
+    /// Whether this process may change the network (`CAP_NET_ADMIN`).
+    fn has_net_admin(&self) -> bool;
+    /// Where the tool `bin` is, if installed.
+    fn find_tool(&self, bin: &str) -> Option<std::path::PathBuf>;
+    /// TCP connections this node has accepted so far (its namespace's `PassiveOpens`).
+    fn passive_opens(&mut self) -> Result<u64, HostError>;
+    /// Has the kernel's tools parse the divert's exact `ipset restore` and
+    /// `iptables-restore --noflush` texts, committing nothing to this node.
+    fn test_divert(&mut self, sets: &str, rules: &str) -> DivertTest;
+}
+
+/// What [`Host::test_divert`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DivertTest {
+    /// Both texts were accepted.
+    Accepted,
+    /// It could not be tested safely; why.
+    NotTested(String),
+    /// A tool rejected a text; its words.
+    Rejected(String),
 }
 
 /// The drain policy (from the config's `drain`, `peer_probe` and `failover` sections).
@@ -164,9 +189,35 @@ pub struct Policy {
     pub return_weight: i32,
 }
 
-/// Why a drain did not complete. Each maps to a documented exit code ([`DrainError::exit_code`]).
+impl Policy {
+    /// The policy a configuration sets.
+    pub fn from_config(cfg: &crate::config::Config) -> Policy {
+        Policy {
+            vips: cfg.vips.iter().map(|v| v.address.get()).collect(),
+            peer: cfg.peer.get(),
+            tracked_interface: cfg.tracked_interface.as_str().to_string(),
+            deadline: cfg.drain.deadline.get(),
+            abort_on_deadline: cfg.drain.abort_on_deadline,
+            poll_interval: cfg.drain.poll_interval.get(),
+            probe_interval: cfg.peer_probe.interval.get(),
+            probe_failures: cfg.peer_probe.failures.get(),
+            rollback_grace: cfg.drain.rollback_grace.get(),
+            failover_timeout: cfg.failover.timeout.get(),
+            post_wait: cfg.failover.post_wait.get(),
+            track_file: cfg
+                .failover
+                .track_file
+                .as_ref()
+                .map(|p| p.as_path().to_path_buf()),
+            trigger_track_file: cfg.failover.method == crate::config::FailoverMethod::TrackFile,
+            return_weight: cfg.failover.return_weight.get(),
+        }
+    }
+}
+
+/// Why an operation did not complete. Each maps to a documented exit code ([`OpError::exit_code`]).
 #[derive(Debug, thiserror::Error)]
-pub enum DrainError {
+pub enum OpError {
     /// A host operation failed before anything was changed, or while changing (then rolled back).
     #[error("{0}")]
     Host(#[from] HostError),
@@ -192,11 +243,14 @@ pub enum DrainError {
     #[error("interrupted; divert withdrawn and removed, this node still serves")]
     Interrupted,
     /// Deadline with abort_on_deadline; rolled back.
-    #[error("drain deadline of {0:?} reached with {1} connections left; rolled back (abort_on_deadline)")]
+    #[error("drain deadline of {} reached with {} connections left; rolled back (abort_on_deadline)", crate::config::fmt_duration(*.0), .1)]
     DeadlineAbort(Duration, usize),
     /// The peer did not take the VIP in time.
-    #[error("failover not confirmed within {0:?} ({1}); divert removed, tracked interface left down: check keepalived on both nodes")]
+    #[error("failover not confirmed within {} ({}); divert removed, tracked interface left down: check keepalived on both nodes", crate::config::fmt_duration(*.0), .1)]
     FailoverUnconfirmed(Duration, String),
+    /// Not root / no CAP_NET_ADMIN.
+    #[error("insufficient privileges: drain-agent needs root or CAP_NET_ADMIN (and CAP_NET_RAW for the peer probe)")]
+    Privileges,
     /// Some undo steps failed; they stay in the journal.
     #[error("cleanup incomplete ({0}); the journal keeps what is left, run `drain-agent undrain`")]
     CleanupIncomplete(String),
@@ -232,25 +286,25 @@ pub mod exit {
     pub const CLEANUP: u8 = 12;
 }
 
-impl DrainError {
+impl OpError {
     /// The documented exit code of this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DrainError::Host(e) => match e.kind {
+            OpError::Host(e) => match e.kind {
                 HostErrorKind::Other => exit::INTERNAL,
                 _ => exit::ENVIRONMENT,
             },
-            DrainError::Journal(JournalError::Busy { .. }) => exit::BUSY,
-            DrainError::Journal(_) => exit::ENVIRONMENT,
-            DrainError::PeerNotReady(_) => exit::PEER_NOT_READY,
-            DrainError::NotMaster(_) | DrainError::AlreadyDrained(_) | DrainError::Leftovers(_) => {
+            OpError::Journal(JournalError::Busy { .. }) => exit::BUSY,
+            OpError::Journal(_) | OpError::Privileges => exit::ENVIRONMENT,
+            OpError::PeerNotReady(_) => exit::PEER_NOT_READY,
+            OpError::NotMaster(_) | OpError::AlreadyDrained(_) | OpError::Leftovers(_) => {
                 exit::STATE
             }
-            DrainError::PeerLost(_) => exit::PEER_LOST,
-            DrainError::Interrupted => exit::INTERRUPTED,
-            DrainError::DeadlineAbort(..) => exit::DEADLINE,
-            DrainError::FailoverUnconfirmed(..) => exit::FAILOVER,
-            DrainError::CleanupIncomplete(_) => exit::CLEANUP,
+            OpError::PeerLost(_) => exit::PEER_LOST,
+            OpError::Interrupted => exit::INTERRUPTED,
+            OpError::DeadlineAbort(..) => exit::DEADLINE,
+            OpError::FailoverUnconfirmed(..) => exit::FAILOVER,
+            OpError::CleanupIncomplete(_) => exit::CLEANUP,
         }
     }
 }

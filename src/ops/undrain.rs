@@ -3,10 +3,78 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::divert;
-use super::{DrainError, Event, Host, HostError, Policy};
+use super::{Event, Host, HostError, OpError, Policy};
+use crate::config::Config;
 use crate::plan::DivertPlan;
-use crate::sys::journal::{Change, Journal};
+use crate::sys::journal::{Change, Journal, StateDir};
+
+/// What `drain-agent undrain` (or the daemon's undrain request) may ask for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UndrainOptions {
+    /// Remove leftovers but leave the tracked interface as it is.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep_link_down: bool,
+}
+
+/// The result of an undrain.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "result", rename = "undrained")]
+pub struct Undrained {
+    /// The recorded changes that were undone, one line each.
+    pub undone: Vec<String>,
+    /// Whether the tracked interface is up again (false with `keep_link_down`).
+    pub tracked_interface_up: bool,
+}
+
+impl Undrained {
+    /// The one line an operator reads.
+    pub fn summary(&self) -> String {
+        format!(
+            "undrained: {} recorded change(s) undone{}",
+            self.undone.len(),
+            if self.tracked_interface_up {
+                "; back in service"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// `drain-agent undrain`: takes the lock and undoes what the journal records and any divert of
+/// ours it finds ([`undrain`]).
+pub fn run(
+    cfg: &Config,
+    opts: &UndrainOptions,
+    state: &StateDir,
+    h: &mut dyn Host,
+    ev: &mut dyn FnMut(Event),
+) -> Result<Undrained, OpError> {
+    let _lock = state.lock()?;
+    let mut journal = state.drain_journal()?;
+    let _span = tracing::info_span!("undrain").entered();
+    let undone = journal
+        .entries()
+        .iter()
+        .map(|e| e.change.to_string())
+        .collect();
+    undrain(
+        h,
+        &mut journal,
+        &DivertPlan::new(cfg),
+        &Policy::from_config(cfg),
+        opts.keep_link_down,
+        ev,
+    )?;
+    Ok(Undrained {
+        undone,
+        tracked_interface_up: !opts.keep_link_down,
+    })
+}
 
 /// Takes the node back into service, after a drain or after a crashed one. A divert still
 /// installed (the agent died mid-drain) is withdrawn gracefully first — new flows local at once,
@@ -20,7 +88,7 @@ pub fn undrain(
     p: &Policy,
     keep_link_down: bool,
     ev: &mut dyn FnMut(Event),
-) -> Result<(), DrainError> {
+) -> Result<(), OpError> {
     h.firewall().require_tools().map_err(HostError::from)?;
     let save = h.firewall().save_mangle().map_err(HostError::from)?;
     if !plan.existing_chains(&save).is_empty() {
@@ -66,12 +134,12 @@ pub fn undrain(
 
 /// Undoes every transient change in the journal (newest first), continuing past errors and
 /// reporting all of them. Maintenance state (the tracked interface down) is kept.
-pub fn cleanup(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), DrainError> {
+pub fn cleanup(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), OpError> {
     undo_where(h, j, plan, |c| !c.is_maintenance_state())
 }
 
 /// Undoes every change in the journal, maintenance state included (`undrain`, `release`).
-pub fn undo_all(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), DrainError> {
+pub fn undo_all(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), OpError> {
     undo_where(h, j, plan, |_| true)
 }
 
@@ -80,7 +148,7 @@ fn undo_where(
     j: &mut Journal,
     plan: &DivertPlan,
     pick: impl Fn(&Change) -> bool,
-) -> Result<(), DrainError> {
+) -> Result<(), OpError> {
     // Newest first: the reverse of the order things were built in.
     let changes: Vec<Change> = j
         .entries()
@@ -99,7 +167,7 @@ fn undo_where(
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(DrainError::CleanupIncomplete(errors.join("; ")))
+        Err(OpError::CleanupIncomplete(errors.join("; ")))
     }
 }
 

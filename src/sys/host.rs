@@ -19,6 +19,18 @@ use crate::sys::sockdiag::{
 };
 use crate::sys::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
 
+/// The state directory and the real host for `cfg`, after checking the privileges every
+/// operation needs (so the error names the cause instead of a netlink EPERM halfway through).
+pub fn open(
+    cfg: &Config,
+    interrupts: Arc<AtomicU32>,
+) -> Result<(crate::sys::journal::StateDir, SystemHost), crate::ops::OpError> {
+    crate::sys::privileges::require_net_admin()?;
+    let state = crate::sys::journal::StateDir::open(cfg.state_dir.as_path())?;
+    let host = SystemHost::new(cfg, interrupts)?;
+    Ok((state, host))
+}
+
 /// The host the agent runs on.
 pub struct SystemHost {
     rt: tokio::runtime::Runtime,
@@ -288,7 +300,7 @@ impl Host for SystemHost {
                 .by_state
                 .iter()
                 .filter(|(s, _)| s.is_served())
-                .map(|(s, n)| (format!("{s:?}").to_lowercase(), *n))
+                .map(|(s, n)| (s.name(), *n))
                 .collect(),
         })
     }
@@ -326,5 +338,21 @@ impl Host for SystemHost {
     fn sysctl_write(&mut self, k: &str, value: &str) -> Result<(), HostError> {
         tracing::info!(key = k, value, "sysctl");
         self.sysctl.write(&key(k)?, value).map_err(sysctl_err)
+    }
+
+    fn has_net_admin(&self) -> bool {
+        crate::sys::privileges::has_net_admin()
+    }
+
+    fn find_tool(&self, bin: &str) -> Option<std::path::PathBuf> {
+        crate::sys::firewall::find_in_path(std::path::Path::new(bin))
+    }
+
+    fn passive_opens(&mut self) -> Result<u64, HostError> {
+        crate::sys::sockdiag::passive_opens().map_err(|e| HostError::other("/proc/net/snmp", e))
+    }
+
+    fn test_divert(&mut self, sets: &str, rules: &str) -> crate::ops::DivertTest {
+        crate::sys::firewall::test_transaction(sets, rules)
     }
 }

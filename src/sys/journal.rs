@@ -83,6 +83,30 @@ pub enum Change {
     },
 }
 
+impl std::fmt::Display for Change {
+    /// What an operator reads about a recorded change.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Divert {
+                prefix,
+                drop_mangle_table,
+            } => write!(
+                f,
+                "divert (chains and sets {prefix}-*{})",
+                if *drop_mangle_table {
+                    ", and the mangle table it created"
+                } else {
+                    ""
+                }
+            ),
+            Change::LinkDown { ifname } => write!(f, "tracked interface {ifname} down"),
+            Change::TrackFault { path } => write!(f, "track file {} = FAULT", path.display()),
+            Change::LocalRoute { addr } => write!(f, "local route {addr}/32 dev lo"),
+            Change::Sysctl { key, previous } => write!(f, "sysctl {key} (was {previous})"),
+        }
+    }
+}
+
 impl Change {
     /// True for the changes a drain keeps after it finished (the node stays out of service until
     /// `undrain`).
@@ -320,6 +344,21 @@ impl StateDir {
     /// Path of the record of the last drain.
     pub fn last_run_path(&self) -> PathBuf {
         self.path.join("last-drain.json")
+    }
+
+    /// Records the outcome of the last drain (best effort: the drain's own result matters more
+    /// than its record).
+    pub fn record_last_drain(&self, outcome: &impl serde::Serialize) {
+        if let Ok(text) = serde_json::to_string_pretty(outcome) {
+            let _ = write_atomic(&self.last_run_path(), text.as_bytes());
+        }
+    }
+
+    /// The record of the last drain, if there is one that parses.
+    pub fn last_drain(&self) -> Option<serde_json::Value> {
+        std::fs::read(self.last_run_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 }
 

@@ -293,6 +293,23 @@ fn route_summary(msg: &RouteMessage) -> Option<RouteSummary> {
 
 /// The route message for `local VIP/32 dev lo table main proto 211 scope host`, the same as
 /// `ip route add local VIP/32 dev lo proto 211` produces.
+/// A route type as `ip route` names it.
+fn route_type_name(kind: RouteType) -> String {
+    match kind {
+        RouteType::Unicast => "unicast".into(),
+        RouteType::Local => "local".into(),
+        RouteType::Broadcast => "broadcast".into(),
+        RouteType::Anycast => "anycast".into(),
+        RouteType::Multicast => "multicast".into(),
+        RouteType::BlackHole => "blackhole".into(),
+        RouteType::Unreachable => "unreachable".into(),
+        RouteType::Prohibit => "prohibit".into(),
+        RouteType::Throw => "throw".into(),
+        RouteType::Nat => "nat".into(),
+        other => format!("type {}", u8::from(other)),
+    }
+}
+
 fn local_route_message(vip: Ipv4Addr, lo_index: u32) -> RouteMessage {
     RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(vip, 32)
@@ -464,7 +481,7 @@ impl Links for RtnlLinks {
                     Some(r) => Err(LinksError::ForeignRoute {
                         vip,
                         protocol: r.protocol,
-                        kind: format!("{:?}", r.kind).to_lowercase(),
+                        kind: route_type_name(r.kind),
                     }),
                     // Gone between the add and the dump: report the original refusal.
                     None => Err(LinksError::AddRoute { vip, source: e }),

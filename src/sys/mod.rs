@@ -9,12 +9,14 @@
 //! - [`sysctl`]: reading and writing `/proc/sys`;
 //! - [`journal`]: the state directory, its journals and lock;
 //! - [`process`]: the one way a tool is run (timeout, errors naming the tool);
+//! - [`privileges`]: whether this process may change the network;
 //! - [`host`]: all of them composed into the service layer's `Host`.
 
 pub mod firewall;
 pub mod host;
 pub mod journal;
 pub mod links;
+pub mod privileges;
 pub mod probe;
 pub mod process;
 pub mod sockdiag;

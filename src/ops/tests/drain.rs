@@ -55,7 +55,7 @@ struct Run {
     host: FakeHost,
     journal: Journal,
     events: Vec<Event>,
-    result: Result<DrainReport, DrainError>,
+    result: Result<DrainReport, OpError>,
     _dir: tempfile::TempDir,
 }
 
@@ -393,7 +393,7 @@ fn leftovers_and_already_drained_are_refused_untouched() {
     let mut h = FakeHost::new();
     h.links.insert("trk0".into(), false);
     let r = run(h, policy());
-    assert!(matches!(r.result, Err(DrainError::AlreadyDrained(_))));
+    assert!(matches!(r.result, Err(OpError::AlreadyDrained(_))));
 }
 
 #[test]
@@ -549,7 +549,7 @@ fn track_file_trigger_writes_fault_and_undrain_writes_the_return_weight() {
     let dir = tempfile::tempdir().unwrap();
     let mut j2 = Journal::open(&dir.path().join("j.json")).unwrap();
     let e = drain(&mut r.host, &mut j2, &plan(), &p, &mut |_| {}).unwrap_err();
-    assert!(matches!(e, DrainError::AlreadyDrained(_)), "{e}");
+    assert!(matches!(e, OpError::AlreadyDrained(_)), "{e}");
     // undrain demotes (the value is written before anything else clears the fault) and forgets
     // the fault.
     undrain(&mut r.host, &mut r.journal, &plan(), &p, false, &mut |_| {}).unwrap();
@@ -588,7 +588,7 @@ fn link_down_undrain_demotes_before_bringing_the_link_up() {
 }
 
 /// Installs the divert as the drain does (journal first), as a crashed drain would leave it.
-fn install_fresh(h: &mut FakeHost, j: &mut Journal) -> Result<(), DrainError> {
+fn install_fresh(h: &mut FakeHost, j: &mut Journal) -> Result<(), OpError> {
     let receipt = divert::prepare(h.firewall(), &plan()).map_err(HostError::from)?;
     install(h, j, &plan(), &receipt)
 }
@@ -697,11 +697,7 @@ fn a_failed_seal_rolls_back() {
     // Install's transaction succeeds, the seal's fails.
     h.fw.inner.fail_later(FakeOp::Restore, 1, restore_failure());
     let r = run(h, policy());
-    assert!(
-        matches!(r.result, Err(DrainError::Host(_))),
-        "{:?}",
-        r.result
-    );
+    assert!(matches!(r.result, Err(OpError::Host(_))), "{:?}", r.result);
     assert!(r.host.links["trk0"], "never failed over");
     assert_no_divert_left(&r, None);
 }

@@ -33,7 +33,9 @@ mod fake;
 
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::{FakeFirewall, FakeOp, FirewallCall};
-pub use system::{find_in_path, mangle_listing_is_empty, Binaries, SystemFirewall};
+pub use system::{
+    find_in_path, mangle_listing_is_empty, test_transaction, Binaries, SystemFirewall,
+};
 
 /// The chains iptables-nft creates as base chains of the mangle table.
 pub(crate) const MANGLE_BUILTINS: [&str; 5] =

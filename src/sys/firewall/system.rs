@@ -203,6 +203,50 @@ impl Firewall for SystemFirewall {
     }
 }
 
+/// Has `ipset restore` and `iptables-restore --test --noflush` parse the divert's exact texts,
+/// committing nothing to the node.
+///
+/// `iptables-restore --test` resolves the names in `-m set` / `-j SET` in the kernel, and our sets
+/// only exist while a drain runs, so run in the node's namespace it always failed ("Set DRAIN-80
+/// doesn't exist"). Instead a fresh thread unshares a private, empty network namespace (the
+/// namespace is per thread, and the tools started from that thread inherit it), creates the sets
+/// there (ipsets are per namespace) and tests the rules; the namespace disappears with the
+/// thread. The kernel features (TEE, SET, set match, multiport) are the same in every namespace.
+pub fn test_transaction(sets: &str, rules: &str) -> crate::ops::DivertTest {
+    use crate::ops::DivertTest;
+    let (sets, rules) = (sets.to_string(), rules.to_string());
+    let worker = std::thread::spawn(move || {
+        use nix::sched::{unshare, CloneFlags};
+        match unshare(CloneFlags::CLONE_NEWNET) {
+            Ok(()) => {}
+            // Only CAP_NET_ADMIN (enough for a drain), not CAP_SYS_ADMIN: cannot test safely.
+            Err(nix::errno::Errno::EPERM) => {
+                return DivertTest::NotTested(
+                    "a private network namespace to test the divert in needs CAP_SYS_ADMIN".into(),
+                )
+            }
+            Err(e) => {
+                return DivertTest::Rejected(format!(
+                    "cannot create a private network namespace to test the divert in: {e}"
+                ))
+            }
+        }
+        let timeout = Duration::from_secs(10);
+        for (bin, args, text) in [
+            ("ipset", &["restore"][..], &sets),
+            ("iptables-restore", &["--test", "--noflush"][..], &rules),
+        ] {
+            if let Err(e) = process::run(std::path::Path::new(bin), args, Some(text), timeout) {
+                return DivertTest::Rejected(format!("{bin} rejects the divert: {e}"));
+            }
+        }
+        DivertTest::Accepted
+    });
+    worker
+        .join()
+        .unwrap_or_else(|_| DivertTest::Rejected("the kernel check panicked".to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,25 @@ pub enum TcpState {
 const TCP_NEW_SYN_RECV: u8 = 12;
 
 impl TcpState {
+    /// The state's name as `ss` prints it (lower case), for reports.
+    pub fn name(self) -> String {
+        match self {
+            Self::Established => "established".into(),
+            Self::SynSent => "syn-sent".into(),
+            Self::SynRecv => "syn-recv".into(),
+            Self::FinWait1 => "fin-wait-1".into(),
+            Self::FinWait2 => "fin-wait-2".into(),
+            Self::TimeWait => "time-wait".into(),
+            Self::Close => "close".into(),
+            Self::CloseWait => "close-wait".into(),
+            Self::LastAck => "last-ack".into(),
+            Self::Listen => "listen".into(),
+            Self::Closing => "closing".into(),
+            Self::BoundInactive => "bound-inactive".into(),
+            Self::Unknown(n) => format!("state-{n}"),
+        }
+    }
+
     /// Decodes the kernel's state number.
     pub fn from_kernel(state: u8) -> Self {
         match state {

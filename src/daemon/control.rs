@@ -4,8 +4,8 @@
 //! JSON:
 //!
 //! ```text
-//! client → {"op":"drain","deadline":"30s"}            op: status | drain | undrain; other keys are
-//!                                                     the request's arguments
+//! client → {"op":"drain","deadline":"30s"}            a [`Request`]: op status | drain | undrain,
+//!                                                     with that operation's arguments
 //! server ← {"event":{...}}                            zero or more progress events, as they happen
 //! server ← {"result":{...},"exit_code":0}             exactly one final line, then the server closes
 //! ```
@@ -30,14 +30,16 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::ops::drain::DrainOptions;
 use crate::ops::exit;
+use crate::ops::undrain::UndrainOptions;
 
 /// Where the daemon listens: in its systemd `RuntimeDirectory` (mode 0700).
 pub const DEFAULT_SOCKET_PATH: &str = "/run/drain-agent/control.sock";
@@ -126,41 +128,26 @@ fn hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// The operations the daemon serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
+/// One request: the operation and its arguments, as one JSON object tagged by `op`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
     /// Report the node's state.
     Status,
     /// Take the node out of service.
-    Drain,
+    Drain(DrainOptions),
     /// Undo a drain.
-    Undrain,
-}
-
-/// One request: the operation and its arguments (every other key of the request object).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Request {
-    /// The operation.
-    pub op: Op,
-    /// Arguments, interpreted by the [`Handler`].
-    #[serde(flatten)]
-    pub args: Map<String, Value>,
+    Undrain(UndrainOptions),
 }
 
 impl Request {
-    /// A request without arguments.
-    pub fn new(op: Op) -> Request {
-        Request {
-            op,
-            args: Map::new(),
+    /// The operation's name, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Drain(_) => "drain",
+            Request::Undrain(_) => "undrain",
         }
-    }
-
-    /// Adds an argument.
-    pub fn with_arg(mut self, key: impl Into<String>, value: impl Into<Value>) -> Request {
-        self.args.insert(key.into(), value.into());
-        self
     }
 }
 
@@ -535,8 +522,8 @@ async fn serve_connection(stream: UnixStream, handler: Arc<dyn Handler>) {
             return;
         }
     };
-    let op = request.op;
-    tracing::info!(?op, pid = peer.pid, "control request");
+    let op = request.op();
+    tracing::info!(op, pid = peer.pid, "control request");
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sink = EventSink { tx };
@@ -571,15 +558,15 @@ async fn serve_connection(stream: UnixStream, handler: Arc<dyn Handler>) {
         }
     }
     let outcome = done.unwrap_or_else(|e| {
-        tracing::error!(?op, error = %e, "control request handler failed");
+        tracing::error!(op, error = %e, "control request handler failed");
         Outcome::error(
             exit::INTERNAL,
-            format!("internal error: the {op:?} handler failed"),
+            format!("internal error: the {op} handler failed"),
         )
     });
     if client_gone || !send_line(&mut write_half, &Reply::Final(outcome.clone())).await {
         tracing::info!(
-            ?op,
+            op,
             exit_code = outcome.exit_code,
             "control request finished after its client disconnected"
         );
@@ -636,24 +623,44 @@ pub async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PositiveDuration;
     use serde_json::json;
 
     #[test]
     fn requests_carry_their_arguments_inline() {
-        let r = Request::new(Op::Drain).with_arg("deadline", "30s");
+        let r = Request::Drain(DrainOptions {
+            deadline: Some(PositiveDuration::try_from("30s".to_string()).unwrap()),
+            ..DrainOptions::default()
+        });
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(text, r#"{"op":"drain","deadline":"30s"}"#);
         let back: Request = serde_json::from_str(&text).unwrap();
         assert_eq!(back, r);
         let status: Request = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
-        assert_eq!(status, Request::new(Op::Status));
+        assert_eq!(status, Request::Status);
+        let undrain: Request =
+            serde_json::from_str(r#"{"op":"undrain","keep_link_down":true}"#).unwrap();
+        assert_eq!(
+            undrain,
+            Request::Undrain(UndrainOptions {
+                keep_link_down: true
+            })
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"drain"}"#).unwrap(),
+            Request::Drain(DrainOptions::default())
+        );
     }
 
     #[test]
-    fn unknown_or_missing_ops_are_rejected() {
+    fn unknown_or_missing_ops_and_bad_arguments_are_rejected() {
         assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"deadline":"1s"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"[1]"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"drain","deadline":"soon"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"undrain","keep_link_down":"yes"}"#).is_err()
+        );
     }
 
     #[test]

@@ -1,0 +1,225 @@
+//! `drain-agent run`, the daemon. It follows keepalived's `vrrp_notify_fifo` (one line per VRRP
+//! state change, in order — unlike notify scripts, which keepalived runs without waiting) and
+//! brings the node in line with each state exactly as `notify` does; it serves the root-only
+//! control socket ([`control`]) so `drain`, `undrain` and `status` run here, with their events
+//! streamed back; and on start it reconciles: a divert no running drain owns (the daemon, or a
+//! `drain` it ran, was killed) is withdrawn gracefully and removed, and what stays (a node left
+//! drained on purpose) is reported.
+//!
+//! Like the CLI, it is an interface: every operation is the service layer's ([`crate::ops`]).
+//! A drain runs on a blocking thread; SIGTERM/SIGINT to the daemon, or the client going away
+//! (Ctrl-C on `drain-agent drain`), count as an interrupt and roll the drain back.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+
+pub mod client;
+pub mod control;
+
+use crate::config::Config;
+use crate::keepalived::{FifoEvent, FifoLine, NotifyFifo};
+use crate::ops::{self, exit, Event, Host, OpError};
+use crate::sys::host::open;
+use control::{ControlServer, EventSink, Handler, Outcome, Peer, Request};
+
+/// How long the follower waits before reopening a FIFO that failed.
+const FIFO_RETRY: Duration = Duration::from_secs(1);
+
+/// Why the daemon could not run. Display is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The start-up repair failed.
+    #[error("{0}")]
+    Op(#[from] OpError),
+    /// The control socket could not be served.
+    #[error("{0}")]
+    Control(#[from] control::ControlError),
+    /// The async runtime could not start.
+    #[error("tokio runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl DaemonError {
+    /// The documented exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Op(e) => e.exit_code(),
+            DaemonError::Control(_) => exit::ENVIRONMENT,
+            DaemonError::Runtime(_) => exit::INTERNAL,
+        }
+    }
+}
+
+/// The daemon's start-up repair (see [`ops::reconcile`]), under the lock.
+pub fn reconcile(cfg: &Config) -> Result<ops::reconcile::Reconciled, OpError> {
+    let (state, mut host) = open(cfg, Arc::new(AtomicU32::new(0)))?;
+    let _lock = state.lock_wait(ops::notify::LOCK_WAIT)?;
+    ops::reconcile::reconcile(cfg, &state, &mut host)
+}
+
+/// keepalived's notify for `n`, opening the state directory and the host only if the state asks
+/// for an action.
+pub fn notify(
+    cfg: &Config,
+    n: &crate::keepalived::NotifyArgs,
+) -> Result<ops::notify::Notified, OpError> {
+    ops::notify::notify(cfg, n, || {
+        let (state, host) = open(cfg, Arc::new(AtomicU32::new(0)))?;
+        Ok((state, Box::new(host) as Box<dyn Host>))
+    })
+}
+
+/// Runs the daemon until SIGTERM/SIGINT: repairs, then follows `fifo` (if any) and serves
+/// `socket`.
+pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), DaemonError> {
+    for line in reconcile(cfg)?.lines() {
+        tracing::warn!("{line}");
+        eprintln!("drain-agent run: {line}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let handler = Arc::new(Daemon {
+        cfg: cfg.clone(),
+        running: Mutex::new(None),
+    });
+    let cfg = cfg.clone();
+    rt.block_on(async move {
+        let server = ControlServer::bind(&socket, handler.clone())?;
+        if let Some(path) = fifo {
+            tokio::spawn(follow_fifo(cfg.clone(), path));
+        }
+        eprintln!("drain-agent run: serving {}", socket.display());
+        let stop = handler.clone();
+        server
+            .serve(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async {
+                        match term.as_mut() {
+                            Some(t) => { t.recv().await; }
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => {}
+                }
+                // A drain in progress rolls back before the server stops.
+                stop.interrupt();
+            })
+            .await;
+        Ok(())
+    })
+}
+
+/// Follows the FIFO for the daemon's lifetime, applying each state line in order.
+async fn follow_fifo(cfg: Config, path: PathBuf) {
+    let mut fifo = NotifyFifo::new(path.clone());
+    loop {
+        match fifo.next().await {
+            Ok(FifoEvent::Line(FifoLine::State(n))) => {
+                let cfg = cfg.clone();
+                // In order: the next line waits for this one.
+                match tokio::task::spawn_blocking(move || notify(&cfg, &n)).await {
+                    Ok(Ok(done)) => tracing::info!("{}", done.summary()),
+                    Ok(Err(e)) => tracing::warn!(code = e.exit_code(), "fifo: {e}"),
+                    Err(e) => tracing::warn!("fifo: {e}"),
+                }
+            }
+            Ok(FifoEvent::Closed) => {
+                tracing::info!(path = %path.display(), "keepalived closed the FIFO; VRRP state unknown until its next line")
+            }
+            Ok(FifoEvent::Malformed(e)) => tracing::warn!("fifo: {e}"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("fifo {}: {e}", path.display());
+                tokio::time::sleep(FIFO_RETRY).await;
+            }
+        }
+    }
+}
+
+/// The control-socket handler.
+struct Daemon {
+    cfg: Config,
+    /// The interrupt counter of the drain or undrain in progress.
+    running: Mutex<Option<Arc<AtomicU32>>>,
+}
+
+/// The final line of a request, with the one-line summary the CLI prints.
+fn outcome<T: Serialize>(r: Result<T, OpError>, summary: impl FnOnce(&T) -> String) -> Outcome {
+    match r {
+        Ok(doc) => {
+            let text = summary(&doc);
+            let mut v = serde_json::to_value(&doc).unwrap_or_default();
+            v["summary"] = json!(text);
+            Outcome::ok(v)
+        }
+        Err(e) => Outcome::error(e.exit_code(), e.to_string()),
+    }
+}
+
+impl Daemon {
+    fn interrupt(&self) {
+        if let Some(n) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Handler for Daemon {
+    fn handle(&self, request: Request, peer: Peer, events: &EventSink) -> Outcome {
+        tracing::info!(op = request.op(), uid = peer.uid, pid = ?peer.pid, "control request");
+        let interrupts = Arc::new(AtomicU32::new(0));
+        let long = matches!(request, Request::Drain(_) | Request::Undrain(_));
+        if long {
+            *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(interrupts.clone());
+        }
+        // The client going away (Ctrl-C on the CLI) counts as one interrupt.
+        let gone = interrupts.clone();
+        let mut told = false;
+        let mut emit = |e: Event| {
+            if !events.send(crate::ops::event::stamped(&e)) && !told {
+                told = true;
+                gone.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let cfg = &self.cfg;
+        let result = match open(cfg, interrupts.clone()) {
+            Err(e) => Outcome::error(e.exit_code(), e.to_string()),
+            Ok((state, mut host)) => match request {
+                Request::Status => {
+                    outcome(ops::status::status(cfg, &state, &mut host), |s| s.text())
+                }
+                Request::Drain(opts) => outcome(
+                    ops::drain::run(cfg, &opts, &state, &mut host, &mut emit)
+                        .map(|report| ops::drain::DrainOutcome::Drained { report }),
+                    |o| match o {
+                        ops::drain::DrainOutcome::Drained { report } => report.summary(),
+                        ops::drain::DrainOutcome::Failed { error, .. } => error.clone(),
+                    },
+                ),
+                Request::Undrain(opts) => outcome(
+                    ops::undrain::run(cfg, &opts, &state, &mut host, &mut emit),
+                    |u| u.summary(),
+                ),
+            },
+        };
+        if long {
+            *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        result
+    }
+}

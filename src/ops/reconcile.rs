@@ -1,0 +1,122 @@
+//! Repairing what an interrupted drain left: a divert no running drain owns — the daemon, or a
+//! `drain` it ran, was killed — is withdrawn gracefully and removed; the tracked interface is left
+//! as it is (a node left drained on purpose stays drained). Used by the daemon on start and by
+//! keepalived's notify. The caller holds the state directory's lock, which proves no drain runs.
+
+use serde::Serialize;
+
+use super::{undrain, Host, HostError, OpError, Policy};
+use crate::config::Config;
+use crate::plan::DivertPlan;
+use crate::sys::journal::{Change, StateDir};
+
+/// Withdraws gracefully and removes a divert no running drain owns (on the host, or only in the
+/// journal), leaving the tracked interface as it is. Returns whether there was one.
+pub fn clear_orphaned_divert(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+) -> Result<bool, OpError> {
+    let mut journal = state.drain_journal()?;
+    let plan = DivertPlan::new(cfg);
+    let save = h.firewall().save_mangle().map_err(HostError::from)?;
+    let orphaned = !plan.existing_chains(&save).is_empty()
+        || journal
+            .entries()
+            .iter()
+            .any(|e| !e.change.is_maintenance_state());
+    if orphaned {
+        undrain(
+            h,
+            &mut journal,
+            &plan,
+            &Policy::from_config(cfg),
+            true,
+            &mut |_| {},
+        )?;
+    }
+    Ok(orphaned)
+}
+
+/// What the daemon found and did on start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Reconciled {
+    /// A divert left by an interrupted drain was withdrawn and removed.
+    pub repaired: bool,
+    /// Changes that stay (the node stays drained until `undrain`).
+    pub kept: Vec<Change>,
+}
+
+impl Reconciled {
+    /// One line per finding, for the log.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.repaired {
+            lines.push(
+                "repaired: a divert left by an interrupted drain was withdrawn and removed"
+                    .to_string(),
+            );
+        }
+        lines.extend(
+            self.kept
+                .iter()
+                .map(|c| format!("kept: {c} (the node stays drained until `drain-agent undrain`)")),
+        );
+        lines
+    }
+}
+
+/// The daemon's repair on start.
+pub fn reconcile(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Reconciled, OpError> {
+    let repaired = clear_orphaned_divert(cfg, state, h)?;
+    let kept = state
+        .drain_journal()?
+        .entries()
+        .iter()
+        .map(|e| e.change.clone())
+        .collect();
+    Ok(Reconciled { repaired, kept })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::fake::FakeHost;
+
+    fn cfg() -> Config {
+        Config::from_str(
+            "vips:\n  - address: 198.18.0.100\n    ports: [80, 7]\ningress_interface: eth0\npeer: 198.18.0.12\ntracked_interface: trk0\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_divert_no_drain_owns_is_removed_and_the_link_state_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut h = FakeHost::new();
+        let mut j = state.drain_journal().unwrap();
+        j.record(Change::LinkDown {
+            ifname: "trk0".into(),
+        })
+        .unwrap();
+        crate::ops::divert::install(h.firewall(), &DivertPlan::new(&cfg())).unwrap();
+        h.links.insert("trk0".into(), false);
+        let r = reconcile(&cfg(), &state, &mut h).unwrap();
+        assert!(r.repaired);
+        assert_eq!(
+            r.kept,
+            [Change::LinkDown {
+                ifname: "trk0".into()
+            }]
+        );
+        assert!(DivertPlan::new(&cfg())
+            .owned_lines(&h.fw.inner.mangle_text())
+            .is_empty());
+        assert!(!h.links["trk0"], "a drained node stays drained");
+        assert_eq!(r.lines().len(), 2);
+        // Nothing left to repair the second time.
+        assert!(!reconcile(&cfg(), &state, &mut h).unwrap().repaired);
+    }
+}
