@@ -200,24 +200,9 @@ impl Journal {
     }
 }
 
-/// Writes a file so that a crash leaves either the old or the new content.
+/// Writes a state file atomically, readable by root only.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::sys::fs::write_atomic(path, bytes, 0o600)
 }
 
 fn now_secs() -> u64 {

@@ -14,6 +14,7 @@
 //! ([`NetlinkSockDiag::set_include_v4_mapped`]), `AF_INET6` sockets carrying v4-mapped
 //! addresses (a server bound to `[::]` with `IPV6_V6ONLY` off).
 
+#[cfg(any(test, feature = "test-util"))]
 mod fake;
 mod netlink;
 mod wire;
@@ -43,6 +44,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
+#[cfg(any(test, feature = "test-util"))]
 pub use fake::{FakeCall, FakeCounter};
 pub use netlink::{DestroyWatcher, NetlinkSockDiag};
 

@@ -1,0 +1,579 @@
+//! The lines of a `vrrp_notify_fifo`, and a reader that follows the FIFO across keepalived's
+//! restarts and reloads.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::net::unix::pipe;
+
+use super::notify::{name_problem, parse_priority, NotifyArgs, VrrpKind, VrrpState};
+use super::{quoted, QUOTE_MAX};
+
+/// An instance event on the FIFO that is not a state change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstanceEvent {
+    /// A master received an advert with a lower priority than its own.
+    MasterRxLowerPri,
+    /// A master's effective priority changed (`notify_priority_changes`).
+    MasterPriority,
+    /// A backup's effective priority changed (`notify_priority_changes`).
+    BackupPriority,
+}
+
+impl InstanceEvent {
+    fn from_word(word: &str) -> Option<InstanceEvent> {
+        match word {
+            "MASTER_RX_LOWER_PRI" => Some(InstanceEvent::MasterRxLowerPri),
+            "MASTER_PRIORITY" => Some(InstanceEvent::MasterPriority),
+            "BACKUP_PRIORITY" => Some(InstanceEvent::BackupPriority),
+            _ => None,
+        }
+    }
+}
+
+/// One line read from keepalived's notify FIFO.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "line", rename_all = "kebab-case")]
+pub enum FifoLine {
+    /// An instance or sync group entered a state (the same notice a `notify` script gets; the
+    /// priority is always present on the FIFO).
+    State(NotifyArgs),
+    /// An instance event that does not change its state.
+    Event {
+        /// Instance name.
+        name: String,
+        /// What happened.
+        event: InstanceEvent,
+        /// Effective priority at the time.
+        priority: u8,
+    },
+    /// A line about something other than VRRP (the checker's `VS`/`RS` lines on a shared
+    /// `notify_fifo`, or a type a later keepalived adds): not for the agent.
+    Other {
+        /// The line's first word.
+        kind: String,
+    },
+}
+
+/// A FIFO line that starts like a VRRP notice but does not follow the format.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("keepalived FIFO line {line}: {reason}")]
+pub struct FifoLineError {
+    /// The line, quoted.
+    pub line: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FifoLine {
+    /// Parses one line (with or without its newline) of a `vrrp_notify_fifo` or `notify_fifo`.
+    ///
+    /// Lines whose first word is not `INSTANCE` or `GROUP` are [`FifoLine::Other`], not errors:
+    /// the shared FIFO carries checker lines too. The name is taken between the first and the
+    /// last quote before the two trailing words, so a name with spaces parses.
+    pub fn parse(line: &str) -> Result<FifoLine, FifoLineError> {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let err = |reason: &str| FifoLineError {
+            line: quoted(line),
+            reason: reason.to_string(),
+        };
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let Some(kind) = VrrpKind::from_word(word) else {
+            return Ok(FifoLine::Other {
+                kind: word.to_string(),
+            });
+        };
+        // From the right: PRIORITY, then STATE, and the quoted name is what remains.
+        let mut parts = rest.rsplitn(3, ' ');
+        let (Some(priority), Some(state), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(err("expected TYPE \"NAME\" STATE PRIORITY"));
+        };
+        let name = name
+            .strip_prefix('"')
+            .and_then(|n| n.strip_suffix('"'))
+            .ok_or_else(|| err("the name is not in double quotes"))?;
+        if let Some(reason) = name_problem(name) {
+            return Err(err(&format!("the name {reason}")));
+        }
+        let priority =
+            parse_priority(priority).ok_or_else(|| err("the priority is not a number 0..=255"))?;
+        if let Some(state) = VrrpState::from_word(state) {
+            return Ok(FifoLine::State(NotifyArgs {
+                kind,
+                name: name.to_string(),
+                state,
+                priority: Some(priority),
+            }));
+        }
+        match (kind, InstanceEvent::from_word(state)) {
+            (VrrpKind::Instance, Some(event)) => Ok(FifoLine::Event {
+                name: name.to_string(),
+                event,
+                priority,
+            }),
+            (VrrpKind::Group, Some(_)) => Err(err("priority events are only sent for instances")),
+            (_, None) => Err(err(&format!("unknown state {}", quoted(state)))),
+        }
+    }
+}
+
+/// Errors of the FIFO follower; each names the FIFO.
+#[derive(Debug, Error)]
+pub enum FifoError {
+    /// The path exists but cannot be opened as a FIFO (not a FIFO, permission denied, ...).
+    #[error("cannot open keepalived's notify FIFO {path}: {source}")]
+    Open {
+        /// The FIFO path.
+        path: PathBuf,
+        /// The error; `InvalidInput` means the path is not a FIFO.
+        source: io::Error,
+    },
+    /// Reading the open FIFO failed.
+    #[error("cannot read keepalived's notify FIFO {path}: {source}")]
+    Read {
+        /// The FIFO path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// What [`NotifyFifo::next`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FifoEvent {
+    /// The FIFO was (re)opened. keepalived may or may not be attached yet.
+    Opened,
+    /// A complete line, parsed.
+    Line(FifoLine),
+    /// A line that did not parse; it was skipped.
+    Malformed(FifoLineError),
+    /// keepalived closed its end (it stopped, restarted or reloaded), or the path now names a
+    /// different FIFO. The VRRP state is unknown until the next line; the follower reopens the
+    /// path on the next call.
+    Closed,
+}
+
+/// Longest line kept; keepalived's lines are under 300 bytes (names are short), so more without a
+/// newline is not keepalived and is dropped instead of growing the buffer without bound.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Follows keepalived's notify FIFO forever, across keepalived restarts and reloads.
+///
+/// The FIFO is opened read-only and non-blocking. Linux reports neither readable nor hang-up on
+/// such a FIFO until a writer has attached after the open, so waiting on a FIFO keepalived has not
+/// opened yet costs nothing; end-of-file comes only after a writer detached, and then the path is
+/// reopened (keepalived may have unlinked it and will create a new one when it starts again).
+/// A missing path is polled for at the poll interval. While idle, the follower also checks at that
+/// interval that the path still names the FIFO it holds, so a FIFO replaced behind its back (a
+/// keepalived killed with SIGKILL leaves its FIFO; a later one reuses it, but an operator may have
+/// removed it) is picked up.
+#[derive(Debug)]
+pub struct NotifyFifo {
+    path: PathBuf,
+    poll: Duration,
+    open: Option<OpenFifo>,
+    buf: Vec<u8>,
+    /// Set when the last open ended in end-of-file without a single byte: wait a poll interval
+    /// before reopening, so that no kernel behaviour can turn the follower into a busy loop.
+    backoff: bool,
+}
+
+#[derive(Debug)]
+struct OpenFifo {
+    rx: pipe::Receiver,
+    /// (device, inode) of the FIFO held, to notice when the path names another file.
+    id: (u64, u64),
+    got_data: bool,
+}
+
+impl NotifyFifo {
+    /// A follower of the FIFO at `path`, polling every 250 ms while the path is missing.
+    pub fn new(path: impl Into<PathBuf>) -> NotifyFifo {
+        NotifyFifo {
+            path: path.into(),
+            poll: Duration::from_millis(250),
+            open: None,
+            buf: Vec::new(),
+            backoff: false,
+        }
+    }
+
+    /// Sets the interval for polling a missing path and for checking that the path still names
+    /// the FIFO held.
+    pub fn with_poll_interval(mut self, poll: Duration) -> NotifyFifo {
+        self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The FIFO's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for the next event. Cancel-safe: all state lives in `self`, so it can be raced
+    /// against a shutdown signal in `tokio::select!` without losing a line.
+    ///
+    /// Returns an error only for a path that exists but cannot be read as a FIFO; calling again
+    /// retries after the poll interval.
+    pub async fn next(&mut self) -> Result<FifoEvent, FifoError> {
+        loop {
+            if let Some(event) = self.take_line() {
+                return Ok(event);
+            }
+            let Some(open) = &mut self.open else {
+                if self.backoff {
+                    tokio::time::sleep(self.poll).await;
+                    self.backoff = false;
+                }
+                match self.try_open() {
+                    Ok(Some(open)) => {
+                        self.open = Some(open);
+                        return Ok(FifoEvent::Opened);
+                    }
+                    Ok(None) => {
+                        tokio::time::sleep(self.poll).await;
+                        continue;
+                    }
+                    Err(source) => {
+                        self.backoff = true;
+                        return Err(FifoError::Open {
+                            path: self.path.clone(),
+                            source,
+                        });
+                    }
+                }
+            };
+            match tokio::time::timeout(self.poll, open.rx.readable()).await {
+                Err(_idle) => {
+                    if self.replaced() {
+                        self.close();
+                        return Ok(FifoEvent::Closed);
+                    }
+                    continue;
+                }
+                Ok(Err(source)) => {
+                    self.close();
+                    return Err(FifoError::Read {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+                Ok(Ok(())) => {}
+            }
+            let mut chunk = [0u8; 4096];
+            match open.rx.try_read(&mut chunk) {
+                Ok(0) => {
+                    // keepalived writes each line with one write(2) of less than PIPE_BUF bytes,
+                    // which the kernel delivers whole, so a partial line at EOF is not from it.
+                    self.backoff = !open.got_data;
+                    self.close();
+                    return Ok(FifoEvent::Closed);
+                }
+                Ok(n) => {
+                    open.got_data = true;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    self.close();
+                    return Err(FifoError::Read {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Pops one complete line from the buffer, or reports and drops an overlong one.
+    fn take_line(&mut self) -> Option<FifoEvent> {
+        if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            let event = match std::str::from_utf8(&line) {
+                Ok(text) => match FifoLine::parse(text) {
+                    Ok(parsed) => FifoEvent::Line(parsed),
+                    Err(e) => FifoEvent::Malformed(e),
+                },
+                Err(_) => FifoEvent::Malformed(FifoLineError {
+                    line: quoted(&String::from_utf8_lossy(&line)),
+                    reason: "not UTF-8".to_string(),
+                }),
+            };
+            return Some(event);
+        }
+        if self.buf.len() > MAX_LINE {
+            let head = String::from_utf8_lossy(&self.buf[..QUOTE_MAX]).into_owned();
+            self.buf.clear();
+            return Some(FifoEvent::Malformed(FifoLineError {
+                line: quoted(&head),
+                reason: format!("no newline in {MAX_LINE} bytes; dropped"),
+            }));
+        }
+        None
+    }
+
+    /// Opens the path; `Ok(None)` if it does not exist (yet).
+    fn try_open(&self) -> io::Result<Option<OpenFifo>> {
+        let rx = match pipe::OpenOptions::new().open_receiver(&self.path) {
+            Ok(rx) => rx,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let st = nix::sys::stat::fstat(&rx).map_err(io::Error::from)?;
+        Ok(Some(OpenFifo {
+            rx,
+            id: (st.st_dev, st.st_ino),
+            got_data: false,
+        }))
+    }
+
+    /// True if the path now names another file than the FIFO held. A missing path is not a
+    /// replacement: the writer may still be attached to the unlinked FIFO and EOF will come.
+    fn replaced(&self) -> bool {
+        let Some(open) = &self.open else { return false };
+        match fs::metadata(&self.path) {
+            Ok(meta) => (meta.dev(), meta.ino()) != open.id,
+            Err(_) => false,
+        }
+    }
+
+    fn close(&mut self) {
+        self.open = None;
+        self.buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::{File, OpenOptions};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    #[test]
+    fn fifo_state_lines() {
+        assert_eq!(
+            FifoLine::parse("INSTANCE \"VI_1\" MASTER 150\n").unwrap(),
+            FifoLine::State(NotifyArgs {
+                kind: VrrpKind::Instance,
+                name: "VI_1".into(),
+                state: VrrpState::Master,
+                priority: Some(150)
+            })
+        );
+        assert_eq!(
+            FifoLine::parse("GROUP \"G 1\" BACKUP 0").unwrap(),
+            FifoLine::State(NotifyArgs {
+                kind: VrrpKind::Group,
+                name: "G 1".into(),
+                state: VrrpState::Backup,
+                priority: Some(0)
+            })
+        );
+        assert!(matches!(
+            FifoLine::parse("INSTANCE \"VI_1\" STOP 100\r\n").unwrap(),
+            FifoLine::State(NotifyArgs {
+                state: VrrpState::Stop,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn fifo_priority_events() {
+        assert_eq!(
+            FifoLine::parse("INSTANCE \"VI_1\" BACKUP_PRIORITY 50").unwrap(),
+            FifoLine::Event {
+                name: "VI_1".into(),
+                event: InstanceEvent::BackupPriority,
+                priority: 50
+            }
+        );
+        assert!(matches!(
+            FifoLine::parse("INSTANCE \"VI_1\" MASTER_RX_LOWER_PRI 150").unwrap(),
+            FifoLine::Event {
+                event: InstanceEvent::MasterRxLowerPri,
+                ..
+            }
+        ));
+        assert!(FifoLine::parse("GROUP \"G\" MASTER_PRIORITY 0").is_err());
+    }
+
+    #[test]
+    fn checker_and_unknown_lines_are_other_not_errors() {
+        for line in [
+            "VS [198.18.0.100]:tcp:80 UP",
+            "RS [198.18.0.20]:tcp:8080 [198.18.0.100]:tcp:80 DOWN",
+            "",
+            "SOMETHING new",
+        ] {
+            assert!(
+                matches!(FifoLine::parse(line), Ok(FifoLine::Other { .. })),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_vrrp_lines_are_errors() {
+        for line in [
+            "INSTANCE",
+            "INSTANCE VI_1 MASTER 100",
+            "INSTANCE \"VI_1\" MASTER",
+            "INSTANCE \"VI_1\" MASTER 300",
+            "INSTANCE \"VI_1\" {UNKNOWN} 100",
+            "INSTANCE \"\" MASTER 100",
+            "GROUP \"G\"x MASTER 0",
+        ] {
+            let e = FifoLine::parse(line).unwrap_err();
+            assert!(!e.to_string().contains('\n'), "{line:?}");
+        }
+    }
+
+    async fn next_within(fifo: &mut NotifyFifo) -> FifoEvent {
+        tokio::time::timeout(Duration::from_secs(10), fifo.next())
+            .await
+            .expect("no FIFO event within 10 s")
+            .expect("FIFO error")
+    }
+
+    fn state_line(name: &str, state: VrrpState, priority: u8) -> FifoEvent {
+        FifoEvent::Line(FifoLine::State(NotifyArgs {
+            kind: VrrpKind::Instance,
+            name: name.into(),
+            state,
+            priority: Some(priority),
+        }))
+    }
+
+    /// A writer that behaves like keepalived: opens the FIFO read-write and non-blocking.
+    fn keepalived_like_writer(path: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn fifo_follower_waits_for_the_fifo_and_survives_writer_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vrrp.fifo");
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(Duration::from_millis(20));
+
+        // The FIFO does not exist yet: no event until it does.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), fifo.next())
+                .await
+                .is_err()
+        );
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+
+        // Opened, but no writer yet: nothing (in particular no EOF) arrives.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), fifo.next())
+                .await
+                .is_err()
+        );
+
+        let mut w = keepalived_like_writer(&path);
+        w.write_all(b"INSTANCE \"VI_1\" BACKUP 100\nVS [1.2.3.4]:tcp:80 UP\n")
+            .unwrap();
+        w.write_all(b"INSTANCE \"VI_1\" MAS").unwrap();
+        assert_eq!(
+            next_within(&mut fifo).await,
+            state_line("VI_1", VrrpState::Backup, 100)
+        );
+        assert!(matches!(
+            next_within(&mut fifo).await,
+            FifoEvent::Line(FifoLine::Other { .. })
+        ));
+        w.write_all(b"TER 100\nINSTANCE junk\n").unwrap();
+        assert_eq!(
+            next_within(&mut fifo).await,
+            state_line("VI_1", VrrpState::Master, 100)
+        );
+        assert!(matches!(
+            next_within(&mut fifo).await,
+            FifoEvent::Malformed(_)
+        ));
+
+        // keepalived stops: it unlinks the FIFO it created, then closes it.
+        w.write_all(b"INSTANCE \"VI_1\" STOP 100\n").unwrap();
+        fs::remove_file(&path).unwrap();
+        drop(w);
+        assert_eq!(
+            next_within(&mut fifo).await,
+            state_line("VI_1", VrrpState::Stop, 100)
+        );
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Closed);
+
+        // keepalived starts again and writes before the follower reopened: nothing is lost.
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut w = keepalived_like_writer(&path);
+        w.write_all(b"INSTANCE \"VI_1\" BACKUP 100\n").unwrap();
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+        assert_eq!(
+            next_within(&mut fifo).await,
+            state_line("VI_1", VrrpState::Backup, 100)
+        );
+        drop(w);
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Closed);
+    }
+
+    #[tokio::test]
+    async fn fifo_follower_switches_to_a_replaced_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vrrp.fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(Duration::from_millis(20));
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+        // The FIFO held (no writer ever attached) is replaced by another one.
+        fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Closed);
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+        let mut w = keepalived_like_writer(&path);
+        w.write_all(b"INSTANCE \"VI_1\" FAULT 100\n").unwrap();
+        assert_eq!(
+            next_within(&mut fifo).await,
+            state_line("VI_1", VrrpState::Fault, 100)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-fifo");
+        fs::write(&path, "INSTANCE \"VI_1\" MASTER 100\n").unwrap();
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(Duration::from_millis(20));
+        let e = fifo.next().await.unwrap_err();
+        assert!(matches!(e, FifoError::Open { .. }), "{e}");
+        assert!(e.to_string().contains("not-a-fifo"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn overlong_lines_are_dropped_not_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vrrp.fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(Duration::from_millis(20));
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+        let mut w = keepalived_like_writer(&path);
+        w.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();
+        assert!(matches!(
+            next_within(&mut fifo).await,
+            FifoEvent::Malformed(_)
+        ));
+    }
+}
