@@ -30,6 +30,7 @@ test-unit:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --no-deps -p drain-agent
 
 ## Benchmarks (root; ~35 min): the divert, sock_diag and drain-done benches, then the drain at
 ## 500, 1500, 3000/s and the highest steady rate, 10 runs each. Everything lands in target/bench:

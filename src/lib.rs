@@ -1,5 +1,15 @@
 //! drain-agent: takes one node of a keepalived/VRRP + HAProxy pair out of service without breaking
-//! a connection. See README.md for the design; [`drain`] is the cycle, [`plan`] the rules.
+//! a connection. See README.md for the design.
+//!
+//! The tree reads from the inside out:
+//! - [`plan`]: pure functions from the configuration to the rules, sets and sysctls a drain needs;
+//! - [`ops`]: the service layer, every operation (drain, undrain, status, check, notify, ...) over
+//!   the [`ops::Host`] trait, with typed results and events;
+//! - [`sys`]: thin adapters that touch the kernel (firewall, links, sock_diag, probe, sysctl,
+//!   journal) and [`sys::host::SystemHost`], the one real `Host`;
+//! - [`keepalived`] and [`config`]: the formats we read and write;
+//! - [`daemon`] and [`cli`]: parse, call one operation, render.
+#![warn(missing_docs)]
 
 pub mod cli;
 pub mod config;

@@ -330,6 +330,8 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
     Ok(Duration::from_millis(millis))
 }
 
+/// A duration the way the configuration spells it (`0s`, `90s`, `5m`, `250ms`), so `parse_duration`
+/// reads back what this writes.
 pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {

@@ -4,7 +4,7 @@
 //! render what they return; the kernel is reached only through [`Host`] (whose real
 //! implementation, [`crate::sys::host::SystemHost`], composes the adapters in [`crate::sys`]).
 //! What to change is computed by the pure planner, [`crate::plan`]; every change to a host is
-//! recorded in a [`Journal`] before it is made, so it can be undone after a crash.
+//! recorded in a [`crate::sys::journal::Journal`] before it is made, so it can be undone after a crash.
 //!
 //! Each operation is unit-tested against a scripted fake world (`fake`), without root.
 

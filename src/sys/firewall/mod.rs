@@ -6,7 +6,7 @@
 //! Facts this module depends on, measured with iptables-nft 1.8.9 in scratch namespaces:
 //! - `iptables-restore --noflush` applies a table fragment as one transaction: all or nothing.
 //! - A `:CHAIN - [0:0]` line in `--noflush` mode *flushes* an existing chain of that name without
-//!   complaint, so [`install`] refuses to start when one of our chains already exists.
+//!   complaint, so [`crate::ops::divert::install`] refuses to start when one of our chains already exists.
 //! - `ipset restore` is *not* transactional: the lines before a failing one stay applied. Hence
 //!   the conflict check before creating, and one call per set so that a failure leaves a known
 //!   list of sets to destroy.
@@ -16,7 +16,7 @@
 //!   [`crate::sys::firewall::nftables`]), not of iptables.
 //! - Installing creates the table; removing our chains leaves `table ip mangle` with an empty
 //!   PREROUTING base chain behind, so `iptables-save` would differ from before. If the table was
-//!   absent before, [`remove`] drops it again, but only while it holds nothing but empty
+//!   absent before, [`crate::ops::divert::remove`] drops it again, but only while it holds nothing but empty
 //!   built-in chains with policy accept.
 //! - `nft delete chain` on a base chain succeeds even when the chain holds rules, so emptiness
 //!   must be checked from a listing before `nft delete table`; a rule added between the listing
@@ -98,7 +98,7 @@ impl FirewallError {
 
 /// The operations the agent needs from iptables, ipset and nft.
 pub trait Firewall {
-    /// Fails with [`FirewallError::MissingBinary`] unless every tool a whole divert cycle uses is
+    /// Fails with a missing-binary [`FirewallError::Process`] unless every tool a whole divert cycle uses is
     /// there, so a missing one stops a drain before anything is changed (`nft` is needed only to
     /// drop the mangle table at the very end, too late to find out then).
     fn require_tools(&mut self) -> Result<(), FirewallError> {

@@ -158,7 +158,7 @@ pub enum LinksError {
 }
 
 /// Link, address and local-route operations the agent needs. Implemented by [`RtnlLinks`] (the
-/// kernel) and [`FakeLinks`] (a recording fake for state-machine tests).
+/// kernel) and `FakeLinks` (a recording fake for state-machine tests).
 pub trait Links: Send + Sync {
     /// State of `ifname`; [`LinksError::NoSuchInterface`] if it does not exist.
     fn link_state(&self, ifname: &str)

@@ -6,7 +6,7 @@
 //! kernel's `inet_diag` dump (`NETLINK_SOCK_DIAG`); no `ss`/`netstat` subprocess.
 //!
 //! * [`SocketCounter`] is the small trait the drain loop uses; [`NetlinkSockDiag`] is the real
-//!   adapter and [`FakeCounter`] a scripted, recording fake for unit tests of the agent.
+//!   adapter and `FakeCounter` a scripted, recording fake for unit tests of the agent.
 //! * [`DestroyWatcher`] wakes the drain loop when a matching socket is destroyed, so it does not
 //!   have to wait for its next poll.
 //!
@@ -418,7 +418,7 @@ pub enum SockDiagError {
         /// The OS error.
         source: io::Error,
     },
-    /// A [`FakeCounter`] was called more times than it had scripted replies.
+    /// A `FakeCounter` was called more times than it had scripted replies.
     #[error("fake socket counter: no scripted reply left for call #{call} ({kind})")]
     FakeExhausted {
         /// 1-based number of the call.

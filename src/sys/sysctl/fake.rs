@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use super::*;
 
+/// One call the fake saw, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SysctlCall {
     /// `read(key)`

@@ -3,7 +3,7 @@
 //! Kernel fact: the `net.*` part of `/proc/sys` is per network namespace, and the namespace is
 //! chosen by the *calling thread* (`current->nsproxy->net_ns`) when the path is looked up — not
 //! by the process, not by the mount. So a thread that `setns()`'d into a namespace (see
-//! [`crate::netns::in_netns`]) reads and writes that namespace's values through the ordinary
+//! `in_netns` in the test-support crate) reads and writes that namespace's values through the ordinary
 //! `/proc/sys` path. (`/proc/self/net/...` is different: it follows the thread-group leader;
 //! `/proc/thread-self/net/...` follows the calling thread. There is no `/proc/thread-self/sys`.)
 //! The privileged tests in `tests/netops_ns.rs` check all of this on the running kernel.
@@ -158,7 +158,7 @@ impl std::str::FromStr for SysctlKey {
     }
 }
 
-/// Reads and writes sysctls. Implemented by [`ProcSysctl`] (the kernel) and [`FakeSysctl`].
+/// Reads and writes sysctls. Implemented by [`ProcSysctl`] (the kernel) and `FakeSysctl` (tests only).
 ///
 /// Synchronous on purpose: a /proc/sys access is a few microseconds of in-kernel work. It acts
 /// on the network namespace of the calling thread (see the module docs).
