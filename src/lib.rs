@@ -5,8 +5,9 @@
 //! - [`plan`]: pure functions from the configuration to the rules, sets and sysctls a drain needs;
 //! - [`ops`]: the service layer, every operation (drain, undrain, status, check, notify, ...) over
 //!   the [`ops::Host`] trait, with typed results and events;
-//! - [`sys`]: thin adapters that touch the kernel (firewall, links, sock_diag, probe, sysctl,
-//!   journal) and [`sys::host::SystemHost`], the one real `Host`;
+//! - [`sys`]: thin adapters that touch the kernel (firewall, links, sock_diag, probe, sysctl)
+//!   and [`sys::host::SystemHost`], the one real `Host`, which [`wiring`] builds;
+//! - [`journal`]: the agent's own state directory (lock, change journals, last outcome);
 //! - [`keepalived`] and [`config`]: the formats we read and write;
 //! - [`daemon`] and [`cli`]: parse, call one operation, render.
 #![warn(missing_docs)]
@@ -14,8 +15,10 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod journal;
 pub mod keepalived;
 pub mod observability;
 pub mod ops;
 pub mod plan;
 pub mod sys;
+pub mod wiring;

@@ -32,10 +32,10 @@ struct ReleaseDoc {
 /// Runs `accept`.
 pub fn run_accept(g: &GlobalOpts, _a: &AcceptArgs) -> Result<(), Failure> {
     let cfg = common::load_config(g)?;
-    let (state, mut host) = crate::sys::host::open(&cfg, common::no_interrupts())?;
+    let (state, mut host) = crate::wiring::open(&cfg, common::no_interrupts())?;
     let _lock = state.lock()?;
     let _span = tracing::info_span!("accept").entered();
-    let changes = accept(&cfg, &state, &mut host)?;
+    let changes = accept(&cfg, &state, &mut *host)?;
     Output::new(g.json).result(
         &AcceptDoc { changes },
         &format!(
@@ -49,10 +49,10 @@ pub fn run_accept(g: &GlobalOpts, _a: &AcceptArgs) -> Result<(), Failure> {
 /// Runs `release`.
 pub fn run_release(g: &GlobalOpts, _a: &ReleaseArgs) -> Result<(), Failure> {
     let cfg = common::load_config(g)?;
-    let (state, mut host) = crate::sys::host::open(&cfg, common::no_interrupts())?;
+    let (state, mut host) = crate::wiring::open(&cfg, common::no_interrupts())?;
     let _lock = state.lock()?;
     let _span = tracing::info_span!("release").entered();
-    let undone = release(&cfg, &state, &mut host)?;
+    let undone = release(&cfg, &state, &mut *host)?;
     Output::new(g.json).result(
         &ReleaseDoc { undone },
         &format!("released: {undone} change(s) undone"),

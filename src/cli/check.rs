@@ -5,7 +5,6 @@ use clap::Args;
 use super::common::{self, load_config, Output};
 use super::{Failure, GlobalOpts};
 use crate::ops::check::{check, CheckOptions, CheckReport};
-use crate::sys::host::SystemHost;
 
 /// Arguments of `check`.
 #[derive(Debug, Args)]
@@ -36,8 +35,8 @@ pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<(), Failure> {
         no_peer: a.no_peer,
         rate: a.rate,
     };
-    let report = match SystemHost::new(&cfg, common::no_interrupts()) {
-        Ok(mut host) => check(&cfg, &g.config.display().to_string(), &opts, &mut host),
+    let report = match crate::wiring::host(&cfg, common::no_interrupts()) {
+        Ok(mut host) => check(&cfg, &g.config.display().to_string(), &opts, &mut *host),
         Err(e) => CheckReport::host_unavailable(name, &e.into()),
     };
     Output::new(g.json).result(&report, &report.text());

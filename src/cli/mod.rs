@@ -116,8 +116,8 @@ impl From<crate::ops::HostError> for Failure {
     }
 }
 
-impl From<crate::sys::journal::JournalError> for Failure {
-    fn from(e: crate::sys::journal::JournalError) -> Failure {
+impl From<crate::journal::JournalError> for Failure {
+    fn from(e: crate::journal::JournalError) -> Failure {
         crate::ops::OpError::Journal(e).into()
     }
 }

@@ -16,8 +16,8 @@ pub fn run(g: &GlobalOpts, _a: &StatusArgs) -> Result<(), Failure> {
         return done;
     }
     let cfg = common::load_config(g)?;
-    let (state, mut host) = crate::sys::host::open(&cfg, common::no_interrupts())?;
-    let status = crate::ops::status::status(&cfg, &state, &mut host)?;
+    let (state, mut host) = crate::wiring::open(&cfg, common::no_interrupts())?;
+    let status = crate::ops::status::status(&cfg, &state, &mut *host)?;
     Output::new(g.json).result(&status, &status.text());
     Ok(())
 }

@@ -24,9 +24,9 @@ pub fn run(g: &GlobalOpts, a: &UndrainArgs) -> Result<(), Failure> {
         return done;
     }
     let cfg = common::load_config(g)?;
-    let (state, mut host) = crate::sys::host::open(&cfg, common::install_signal_handlers())?;
+    let (state, mut host) = crate::wiring::open(&cfg, common::install_signal_handlers())?;
     let out = Output::new(g.json);
-    let done = undrain::run(&cfg, &opts, &state, &mut host, &mut |e| out.event(&e))?;
+    let done = undrain::run(&cfg, &opts, &state, &mut *host, &mut |e| out.event(&e))?;
     out.result(&done, &done.summary());
     Ok(())
 }

@@ -23,8 +23,8 @@ pub mod control;
 
 use crate::config::Config;
 use crate::keepalived::{FifoEvent, FifoLine, NotifyFifo};
-use crate::ops::{self, exit, Event, Host, OpError};
-use crate::sys::host::open;
+use crate::ops::{self, exit, Event, OpError};
+use crate::wiring::open;
 use control::{ControlServer, EventSink, Handler, Outcome, Peer, Request};
 
 /// How long the follower waits before reopening a FIFO that failed.
@@ -59,7 +59,7 @@ impl DaemonError {
 pub fn reconcile(cfg: &Config) -> Result<ops::reconcile::Reconciled, OpError> {
     let (state, mut host) = open(cfg, Arc::new(AtomicU32::new(0)))?;
     let _lock = state.lock_wait(ops::notify::LOCK_WAIT)?;
-    ops::reconcile::reconcile(cfg, &state, &mut host)
+    ops::reconcile::reconcile(cfg, &state, &mut *host)
 }
 
 /// keepalived's notify for `n`, opening the state directory and the host only if the state asks
@@ -68,10 +68,7 @@ pub fn notify(
     cfg: &Config,
     n: &crate::keepalived::NotifyArgs,
 ) -> Result<ops::notify::Notified, OpError> {
-    ops::notify::notify(cfg, n, || {
-        let (state, host) = open(cfg, Arc::new(AtomicU32::new(0)))?;
-        Ok((state, Box::new(host) as Box<dyn Host>))
-    })
+    ops::notify::notify(cfg, n, || open(cfg, Arc::new(AtomicU32::new(0))))
 }
 
 /// Runs the daemon until SIGTERM/SIGINT: repairs, then follows `fifo` (if any) and serves
@@ -201,10 +198,10 @@ impl Handler for Daemon {
             Err(e) => Outcome::error(e.exit_code(), e.to_string()),
             Ok((state, mut host)) => match request {
                 Request::Status => {
-                    outcome(ops::status::status(cfg, &state, &mut host), |s| s.text())
+                    outcome(ops::status::status(cfg, &state, &mut *host), |s| s.text())
                 }
                 Request::Drain(opts) => outcome(
-                    ops::drain::run(cfg, &opts, &state, &mut host, &mut emit)
+                    ops::drain::run(cfg, &opts, &state, &mut *host, &mut emit)
                         .map(|report| ops::drain::DrainOutcome::Drained { report }),
                     |o| match o {
                         ops::drain::DrainOutcome::Drained { report } => report.summary(),
@@ -212,7 +209,7 @@ impl Handler for Daemon {
                     },
                 ),
                 Request::Undrain(opts) => outcome(
-                    ops::undrain::run(cfg, &opts, &state, &mut host, &mut emit),
+                    ops::undrain::run(cfg, &opts, &state, &mut *host, &mut emit),
                     |u| u.summary(),
                 ),
             },

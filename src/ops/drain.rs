@@ -17,9 +17,9 @@ use super::{
     ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy, TRACK_FAULT,
 };
 use crate::config::{Config, PositiveDuration};
+use crate::journal::{Change, Journal, StateDir};
 use crate::plan::sets::{DivertCounters, RecordStats};
 use crate::plan::DivertPlan;
-use crate::sys::journal::{Change, Journal, StateDir};
 
 /// What `drain-agent drain` (or the daemon's drain request) may override of the configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

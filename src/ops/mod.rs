@@ -4,7 +4,7 @@
 //! render what they return; the kernel is reached only through [`Host`] (whose real
 //! implementation, [`crate::sys::host::SystemHost`], composes the adapters in [`crate::sys`]).
 //! What to change is computed by the pure planner, [`crate::plan`]; every change to a host is
-//! recorded in a [`crate::sys::journal::Journal`] before it is made, so it can be undone after a crash.
+//! recorded in a [`crate::journal::Journal`] before it is made, so it can be undone after a crash.
 //!
 //! Each operation is unit-tested against a scripted fake world (`fake`), without root.
 
@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::journal::JournalError;
 use crate::sys::firewall::{Firewall, FirewallError};
-use crate::sys::journal::JournalError;
 
 pub mod check;
 pub mod divert;

@@ -28,8 +28,8 @@ use super::peer::{accept, release};
 use super::reconcile::clear_orphaned_divert;
 use super::{Host, OpError, TRACK_FAULT};
 use crate::config::Config;
+use crate::journal::StateDir;
 use crate::keepalived::{NotifyArgs, VrrpState};
-use crate::sys::journal::StateDir;
 
 /// How long `notify` waits for another operation to finish before giving up (exit 6).
 pub const LOCK_WAIT: Duration = Duration::from_secs(20);

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::{undo, undo_all, Host, OpError};
 use crate::config::Config;
+use crate::journal::{Change, StateDir};
 use crate::plan::{DivertPlan, PeerPlan};
-use crate::sys::journal::{Change, StateDir};
 
 /// One change `accept` made.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::{undrain, Host, HostError, OpError, Policy};
 use crate::config::Config;
+use crate::journal::{Change, StateDir};
 use crate::plan::DivertPlan;
-use crate::sys::journal::{Change, StateDir};
 
 /// Withdraws gracefully and removes a divert no running drain owns (on the host, or only in the
 /// journal), leaving the tracked interface as it is. Returns whether there was one.

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::{Host, HostError, OpError};
 use crate::config::Config;
+use crate::journal::{Entry, StateDir};
 use crate::plan::{DivertPlan, Phase};
-use crate::sys::journal::{Entry, StateDir};
 
 /// What the node is doing, as far as the agent is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

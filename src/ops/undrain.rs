@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::divert;
 use super::{Event, Host, HostError, OpError, Policy};
 use crate::config::Config;
+use crate::journal::{Change, Journal, StateDir};
 use crate::plan::DivertPlan;
-use crate::sys::journal::{Change, Journal, StateDir};
 
 /// What `drain-agent undrain` (or the daemon's undrain request) may ask for.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -19,18 +19,6 @@ use crate::sys::sockdiag::{
 };
 use crate::sys::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
 
-/// The state directory and the real host for `cfg`, after checking the privileges every
-/// operation needs (so the error names the cause instead of a netlink EPERM halfway through).
-pub fn open(
-    cfg: &Config,
-    interrupts: Arc<AtomicU32>,
-) -> Result<(crate::sys::journal::StateDir, SystemHost), crate::ops::OpError> {
-    crate::sys::privileges::require_net_admin()?;
-    let state = crate::sys::journal::StateDir::open(cfg.state_dir.as_path())?;
-    let host = SystemHost::new(cfg, interrupts)?;
-    Ok((state, host))
-}
-
 /// The host the agent runs on.
 pub struct SystemHost {
     rt: tokio::runtime::Runtime,

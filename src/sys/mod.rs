@@ -7,16 +7,14 @@
 //! - [`sockdiag`]: counting the VIP's sockets over netlink sock_diag;
 //! - [`probe`]: the SYN probe of the peer and ARP, over AF_PACKET;
 //! - [`sysctl`]: reading and writing `/proc/sys`;
-//! - [`journal`]: the state directory, its journals and lock;
 //! - [`fs`]: writing a file atomically;
 //! - [`process`]: the one way a tool is run (timeout, errors naming the tool);
 //! - [`privileges`]: whether this process may change the network;
-//! - [`host`]: all of them composed into the service layer's `Host`.
+//! - [`host`]: all of them composed into the service layer's `Host` (built by [`crate::wiring`]).
 
 pub mod firewall;
 pub mod fs;
 pub mod host;
-pub mod journal;
 pub mod links;
 pub mod privileges;
 pub mod probe;

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
+use crate::journal::{Change, Journal};
 use crate::ops::divert;
 use crate::ops::drain::install;
 use crate::ops::fake::{Conn, FakeHost};
 use crate::ops::*;
 use crate::plan::DivertPlan;
 use crate::sys::firewall::{FakeOp, FirewallError};
-use crate::sys::journal::{Change, Journal};
 use crate::sys::process::ProcessError;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
