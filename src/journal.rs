@@ -212,6 +212,9 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// How often `lock_wait` tries the lock again.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The agent's state directory.
 #[derive(Clone, Debug)]
 pub struct StateDir {
@@ -295,7 +298,7 @@ impl StateDir {
         loop {
             match self.lock() {
                 Err(JournalError::Busy { .. }) if std::time::Instant::now() < until => {
-                    std::thread::sleep(std::time::Duration::from_millis(50))
+                    std::thread::sleep(LOCK_RETRY)
                 }
                 other => return other,
             }

@@ -403,6 +403,11 @@ scalar_newtype!(
 pub struct PollInterval(Duration);
 
 impl PollInterval {
+    /// Faster than this, the counting itself would compete with HAProxy for the CPU.
+    pub const MIN: Duration = Duration::from_millis(10);
+    /// Slower than this, a drain would notice its end too late to be worth measuring.
+    pub const MAX: Duration = Duration::from_secs(10);
+
     /// The interval.
     pub fn get(self) -> Duration {
         self.0
@@ -413,7 +418,7 @@ impl TryFrom<String> for PollInterval {
     type Error = InvalidValue;
     fn try_from(text: String) -> Result<Self, InvalidValue> {
         let d = parse_duration(&text)?;
-        if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
+        if d < PollInterval::MIN || d > PollInterval::MAX {
             return reject(format!("{text:?} is outside 10ms..=10s"));
         }
         Ok(PollInterval(d))

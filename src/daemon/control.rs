@@ -31,6 +31,10 @@ use std::time::Duration;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// How long the control socket backs off after a failed accept (EMFILE and friends) instead of
+/// spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -431,7 +435,7 @@ impl ControlServer {
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning; keep serving.
                         tracing::warn!(path = %path.display(), error = %e, "control socket accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 },
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {

@@ -194,12 +194,18 @@ struct OpenFifo {
     got_data: bool,
 }
 
+/// How often a missing FIFO path is looked for again, by default.
+pub const MISSING_FIFO_POLL: Duration = Duration::from_millis(250);
+/// The shortest poll interval accepted (no busy spin).
+const MIN_POLL: Duration = Duration::from_millis(1);
+
 impl NotifyFifo {
-    /// A follower of the FIFO at `path`, polling every 250 ms while the path is missing.
+    /// A follower of the FIFO at `path`, polling every [`MISSING_FIFO_POLL`] while the path is
+    /// missing.
     pub fn new(path: impl Into<PathBuf>) -> NotifyFifo {
         NotifyFifo {
             path: path.into(),
-            poll: Duration::from_millis(250),
+            poll: MISSING_FIFO_POLL,
             open: None,
             buf: Vec::new(),
             backoff: false,
@@ -209,7 +215,7 @@ impl NotifyFifo {
     /// Sets the interval for polling a missing path and for checking that the path still names
     /// the FIFO held.
     pub fn with_poll_interval(mut self, poll: Duration) -> NotifyFifo {
-        self.poll = poll.max(Duration::from_millis(1));
+        self.poll = poll.max(MIN_POLL);
         self
     }
 

@@ -14,7 +14,8 @@ use super::divert::{self, InstallReceipt};
 use super::record::{self, RecordKeeper};
 use super::undrain::{cleanup, withdraw_and_wait};
 use super::{
-    ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy, TRACK_FAULT,
+    ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy, MIN_SLEEP,
+    TRACK_FAULT,
 };
 use crate::config::{Config, PositiveDuration};
 use crate::journal::{Change, Journal, StateDir};
@@ -361,7 +362,7 @@ fn watch(
         let now = h.now();
         let count_took = now - before_count;
         let elapsed = now - start;
-        if last != Some((c.total, c.idle)) || now - last_report >= Duration::from_secs(1) {
+        if last != Some((c.total, c.idle)) || now - last_report >= PROGRESS_EVERY {
             ev(Event::Progress {
                 elapsed_ms: ms(elapsed),
                 remaining: c.total,
@@ -407,7 +408,7 @@ fn watch(
             .poll_interval
             .max(count_took)
             .min(until_probe)
-            .max(Duration::from_millis(1));
+            .max(MIN_SLEEP);
         h.wait_for_change(pause);
     }
 }
@@ -474,6 +475,9 @@ fn failover(
         }
     }
 }
+
+/// A progress event goes out whenever the count changes, and at least this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the failover wait looks at the VIP's owner.
 const FAILOVER_POLL: Duration = Duration::from_millis(20);

@@ -309,6 +309,10 @@ impl OpError {
     }
 }
 
+/// The shortest pause a wait loop takes, so that a deadline reached between two reads of the
+/// clock never turns into a busy spin.
+pub(crate) const MIN_SLEEP: Duration = Duration::from_millis(1);
+
 /// The track-file value keepalived reads as FAULT (value x weight clamped to -254).
 pub const TRACK_FAULT: i32 = -254;
 

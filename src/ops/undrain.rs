@@ -6,10 +6,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::divert;
-use super::{Event, Host, HostError, OpError, Policy};
+use super::{Event, Host, HostError, OpError, Policy, MIN_SLEEP};
 use crate::config::Config;
 use crate::journal::{Change, Journal, StateDir};
 use crate::plan::DivertPlan;
+
+/// How often the rollback grace looks for an interrupt (a second Ctrl-C ends it early).
+const GRACE_TICK: Duration = Duration::from_millis(50);
 
 /// What `drain-agent undrain` (or the daemon's undrain request) may ask for.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -212,10 +215,6 @@ pub(super) fn withdraw_and_wait(
     let until = h.now() + grace;
     let seen = h.interrupts();
     while h.now() < until && h.interrupts() <= seen {
-        h.sleep(
-            Duration::from_millis(50)
-                .min(until.saturating_sub(h.now()))
-                .max(Duration::from_millis(1)),
-        );
+        h.sleep(GRACE_TICK.min(until.saturating_sub(h.now())).max(MIN_SLEEP));
     }
 }

@@ -19,6 +19,9 @@ use crate::sys::sockdiag::{
 };
 use crate::sys::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
 
+/// The shortest gap between two socket counts woken by destroy events.
+const MIN_RECOUNT_GAP: Duration = Duration::from_millis(10);
+
 /// The host the agent runs on.
 pub struct SystemHost {
     rt: tokio::runtime::Runtime,
@@ -187,7 +190,7 @@ impl Host for SystemHost {
         };
         // Recount at most every max(10 ms, last count's duration): a burst of closes must not
         // turn into a burst of dumps competing with HAProxy for the CPU.
-        let gap = self.last_count_took.max(Duration::from_millis(10)).min(max);
+        let gap = self.last_count_took.max(MIN_RECOUNT_GAP).min(max);
         let start = Instant::now();
         match w.wait(max) {
             Ok(true) => {

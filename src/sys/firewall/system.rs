@@ -47,12 +47,16 @@ impl Default for SystemFirewall {
     }
 }
 
+/// How long one iptables/ipset/nft call may take before it is killed and reported: far above the
+/// ~10 ms they take, low enough that a wedged xtables lock does not hang a drain.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl SystemFirewall {
-    /// Tools from PATH, 10 s timeout per call.
+    /// Tools from PATH, [`TOOL_TIMEOUT`] per call.
     pub fn new() -> Self {
         SystemFirewall {
             binaries: Binaries::default(),
-            timeout: Duration::from_secs(10),
+            timeout: TOOL_TIMEOUT,
         }
     }
 
@@ -231,7 +235,7 @@ pub fn test_transaction(sets: &str, rules: &str) -> crate::ops::DivertTest {
                 ))
             }
         }
-        let timeout = Duration::from_secs(10);
+        let timeout = TOOL_TIMEOUT;
         for (bin, args, text) in [
             ("ipset", &["restore"][..], &sets),
             ("iptables-restore", &["--test", "--noflush"][..], &rules),
