@@ -100,7 +100,10 @@ impl Output {
     /// Prints one live event.
     pub fn event(&self, e: &Event) {
         if self.json {
-            println!("{}", stamped(e));
+            println!(
+                "{}",
+                serde_json::to_string(&stamped(e)).expect("an event serialises")
+            );
         } else {
             println!("{}", super::render::event_line(e));
         }

@@ -176,10 +176,19 @@ impl Outcome {
     /// A failure: `{"error": message}` with the given exit code.
     pub fn error(exit_code: u8, message: impl Into<String>) -> Outcome {
         Outcome {
-            result: serde_json::json!({ "error": message.into() }),
+            result: serde_json::to_value(ErrorDoc {
+                error: message.into(),
+            })
+            .unwrap_or_default(),
             exit_code,
         }
     }
+}
+
+/// The result document of a request that failed.
+#[derive(Serialize)]
+struct ErrorDoc {
+    error: String,
 }
 
 /// Who is on the other end of a connection, from `SO_PEERCRED`.
@@ -232,11 +241,20 @@ enum Reply {
 
 impl Reply {
     fn to_line(&self) -> String {
-        let value = match self {
-            Reply::Event(event) => serde_json::json!({ "event": event }),
-            Reply::Final(o) => serde_json::json!({ "result": o.result, "exit_code": o.exit_code }),
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Line<'a> {
+            Event { event: &'a Value },
+            Final { result: &'a Value, exit_code: u8 },
+        }
+        let line = match self {
+            Reply::Event(event) => Line::Event { event },
+            Reply::Final(o) => Line::Final {
+                result: &o.result,
+                exit_code: o.exit_code,
+            },
         };
-        let mut line = value.to_string();
+        let mut line = serde_json::to_string(&line).expect("a reply serialises");
         line.push('\n');
         line
     }

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::json;
 
 pub mod client;
 pub mod control;
@@ -150,14 +149,20 @@ struct Daemon {
     running: Mutex<Option<Arc<AtomicU32>>>,
 }
 
+/// An operation's result document with the one-line summary the CLI prints for it.
+#[derive(Serialize)]
+struct Summarised<'a, T> {
+    #[serde(flatten)]
+    doc: &'a T,
+    summary: String,
+}
+
 /// The final line of a request, with the one-line summary the CLI prints.
 fn outcome<T: Serialize>(r: Result<T, OpError>, summary: impl FnOnce(&T) -> String) -> Outcome {
     match r {
         Ok(doc) => {
-            let text = summary(&doc);
-            let mut v = serde_json::to_value(&doc).unwrap_or_default();
-            v["summary"] = json!(text);
-            Outcome::ok(v)
+            let summary = summary(&doc);
+            Outcome::ok(serde_json::to_value(Summarised { doc: &doc, summary }).unwrap_or_default())
         }
         Err(e) => Outcome::error(e.exit_code(), e.to_string()),
     }
@@ -188,7 +193,10 @@ impl Handler for Daemon {
         let gone = interrupts.clone();
         let mut told = false;
         let mut emit = |e: Event| {
-            if !events.send(crate::ops::event::stamped(&e)) && !told {
+            if !events
+                .send(serde_json::to_value(crate::ops::event::stamped(&e)).unwrap_or_default())
+                && !told
+            {
                 told = true;
                 gone.fetch_add(1, Ordering::SeqCst);
             }

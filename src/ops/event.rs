@@ -203,13 +203,22 @@ pub struct DrainReport {
     pub sealed_drops: u64,
 }
 
-/// An event as the JSON line `--json` prints (and the daemon streams): its fields, its `event`
-/// kind, and `ts_ms`, the wall-clock time in milliseconds since the epoch.
-pub fn stamped(e: &Event) -> serde_json::Value {
-    let mut v = serde_json::to_value(e).unwrap_or_default();
-    v["ts_ms"] = serde_json::json!(std::time::SystemTime::now()
+/// An event as the JSON line `--json` prints (and the daemon streams): its `event` kind, its
+/// fields, and `ts_ms`, the wall-clock time in milliseconds since the epoch.
+#[derive(Debug, Serialize)]
+pub struct Stamped<'a> {
+    /// The event.
+    #[serde(flatten)]
+    pub event: &'a Event,
+    /// When it was stamped, in milliseconds since the epoch.
+    pub ts_ms: u64,
+}
+
+/// `e`, stamped now.
+pub fn stamped(e: &Event) -> Stamped<'_> {
+    let ts_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0));
-    v
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Stamped { event: e, ts_ms }
 }
