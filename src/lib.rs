@@ -5,8 +5,8 @@
 //! - [`plan`]: pure functions from the configuration to the rules, sets and sysctls a drain needs;
 //! - [`ops`]: the service layer, every operation (drain, undrain, status, check, notify, ...) over
 //!   the [`ops::Host`] trait, with typed results and events;
-//! - [`sys`]: thin adapters that touch the kernel (firewall, links, sock_diag, probe, sysctl)
-//!   and [`sys::host::SystemHost`], the one real `Host`, which [`wiring`] builds;
+//! - [`sys`]: thin adapters that touch the kernel (firewall, links, sock_diag, probe, sysctl);
+//! - [`wiring`]: [`wiring::SystemHost`], the adapters composed into the one real `Host`;
 //! - [`journal`]: the agent's own state directory (lock, change journals, last outcome);
 //! - [`keepalived`] and [`config`]: the formats we read and write;
 //! - [`daemon`] and [`cli`]: parse, call one operation, render.

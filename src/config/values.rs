@@ -521,7 +521,7 @@ impl TryFrom<String> for MarkMask {
 scalar_newtype!(MarkMask, "a 32-bit mask", |s| format!("{:#010x}", s.0));
 
 /// How many diverted flows each VIP port's record holds, 1024..=16777216 (see
-/// [`crate::plan::sets`] for how the record grows to it and what it costs). Should it fill, a
+/// `plan::sets` for how the record grows to it and what it costs). Should it fill, a
 /// new flow is not recorded: it is served locally until the drain is over, and dropped (counted,
 /// reported; the client's retransmitted SYN reaches the new owner) after the seal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

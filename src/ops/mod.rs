@@ -2,7 +2,7 @@
 //! the peer, keepalived's notify, the daemon's reconcile, status, check — written once, against
 //! the [`Host`] trait, and returning typed results. The CLI and the daemon call these and only
 //! render what they return; the kernel is reached only through [`Host`] (whose real
-//! implementation, [`crate::sys::host::SystemHost`], composes the adapters in [`crate::sys`]).
+//! implementation, [`crate::wiring::SystemHost`], composes the adapters in [`crate::sys`]).
 //! What to change is computed by the pure planner, [`crate::plan`]; every change to a host is
 //! recorded in a [`crate::journal::Journal`] before it is made, so it can be undone after a crash.
 //!
@@ -145,16 +145,7 @@ pub trait Host {
     fn test_divert(&mut self, sets: &str, rules: &str) -> DivertTest;
 }
 
-/// What [`Host::test_divert`] found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DivertTest {
-    /// Both texts were accepted.
-    Accepted,
-    /// It could not be tested safely; why.
-    NotTested(String),
-    /// A tool rejected a text; its words.
-    Rejected(String),
-}
+pub use crate::sys::firewall::DivertTest;
 
 /// The drain policy (from the config's `drain`, `peer_probe` and `failover` sections).
 #[derive(Clone, Debug)]

@@ -47,7 +47,7 @@ use super::DivertPlan;
 /// Measured on the 2-core VM: four such sets are created in one `ipset restore` in ~3 ms, the same
 /// as 16 384-bucket sets; from 1 MiB on the kernel takes fresh pages from vmalloc and the cost
 /// grows with the size. Half of it, 32 768 flows, is the headroom before the first growth: at
-/// one look every [`crate::ops::record::TEND_INTERVAL`] (200 ms) that covers 160 000 new flows/s.
+/// one look every 200 ms (the record keeper's tend interval) that covers 160 000 new flows/s.
 pub const FIRST_MEMBER_HASHSIZE: u32 = 65_536;
 /// Each member has this many times the buckets of the one before.
 pub const GROWTH_FACTOR: u32 = 8;

@@ -10,11 +10,11 @@
 //! - [`fs`]: writing a file atomically;
 //! - [`process`]: the one way a tool is run (timeout, errors naming the tool);
 //! - [`privileges`]: whether this process may change the network;
-//! - [`host`]: all of them composed into the service layer's `Host` (built by [`crate::wiring`]).
+//!
+//! [`crate::wiring`] composes them into the service layer's `Host`.
 
 pub mod firewall;
 pub mod fs;
-pub mod host;
 pub mod links;
 pub mod privileges;
 pub mod probe;

@@ -20,15 +20,6 @@ fn cap_eff(status: &str) -> Option<u64> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
-/// Fails with [`crate::ops::OpError::Privileges`] unless [`has_net_admin`].
-pub fn require_net_admin() -> Result<(), crate::ops::OpError> {
-    if has_net_admin() {
-        Ok(())
-    } else {
-        Err(crate::ops::OpError::Privileges)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,12 @@
 //! The firewall adapter: a small trait over the four tools the divert needs, the real
 //! implementation that runs them ([`SystemFirewall`]) and, for tests, a recording fake. It applies
 //! texts the planner wrote ([`crate::plan`]) and reads the kernel back; the sequences that use it
-//! (install, seal, withdraw, remove) are the service layer's ([`crate::ops::divert`]).
+//! (install, seal, withdraw, remove) are the service layer's (`ops::divert`).
 //!
 //! Facts this module depends on, measured with iptables-nft 1.8.9 in scratch namespaces:
 //! - `iptables-restore --noflush` applies a table fragment as one transaction: all or nothing.
 //! - A `:CHAIN - [0:0]` line in `--noflush` mode *flushes* an existing chain of that name without
-//!   complaint, so [`crate::ops::divert::install`] refuses to start when one of our chains already exists.
+//!   complaint, so `ops::divert::install` refuses to start when one of our chains already exists.
 //! - `ipset restore` is *not* transactional: the lines before a failing one stay applied. Hence
 //!   the conflict check before creating, and one call per set so that a failure leaves a known
 //!   list of sets to destroy.
@@ -16,7 +16,7 @@
 //!   [`crate::sys::firewall::nftables`]), not of iptables.
 //! - Installing creates the table; removing our chains leaves `table ip mangle` with an empty
 //!   PREROUTING base chain behind, so `iptables-save` would differ from before. If the table was
-//!   absent before, [`crate::ops::divert::remove`] drops it again, but only while it holds nothing but empty
+//!   absent before, `ops::divert::remove` drops it again, but only while it holds nothing but empty
 //!   built-in chains with policy accept.
 //! - `nft delete chain` on a base chain succeeds even when the chain holds rules, so emptiness
 //!   must be checked from a listing before `nft delete table`; a rule added between the listing
@@ -94,6 +94,17 @@ impl FirewallError {
         let rest = &stderr[stderr.find("Error in line ")? + "Error in line ".len()..];
         rest.split(':').next()?.trim().parse().ok()
     }
+}
+
+/// What a dry run of the divert's exact texts found (see [`test_transaction`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DivertTest {
+    /// Both texts were accepted.
+    Accepted,
+    /// It could not be tested safely; why.
+    NotTested(String),
+    /// A tool rejected a text; its words.
+    Rejected(String),
 }
 
 /// The operations the agent needs from iptables, ipset and nft.

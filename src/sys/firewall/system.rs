@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Firewall, FirewallError, MANGLE_BUILTINS};
+use super::{DivertTest, Firewall, FirewallError, MANGLE_BUILTINS};
 use crate::sys::process::{self, ProcessError};
 
 /// Where the real adapter finds its tools.
@@ -52,7 +52,7 @@ impl Default for SystemFirewall {
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SystemFirewall {
-    /// Tools from PATH, [`TOOL_TIMEOUT`] per call.
+    /// Tools from PATH, `TOOL_TIMEOUT` (10 s) per call.
     pub fn new() -> Self {
         SystemFirewall {
             binaries: Binaries::default(),
@@ -216,8 +216,7 @@ impl Firewall for SystemFirewall {
 /// namespace is per thread, and the tools started from that thread inherit it), creates the sets
 /// there (ipsets are per namespace) and tests the rules; the namespace disappears with the
 /// thread. The kernel features (TEE, SET, set match, multiport) are the same in every namespace.
-pub fn test_transaction(sets: &str, rules: &str) -> crate::ops::DivertTest {
-    use crate::ops::DivertTest;
+pub fn test_transaction(sets: &str, rules: &str) -> DivertTest {
     let (sets, rules) = (sets.to_string(), rules.to_string());
     let worker = std::thread::spawn(move || {
         use nix::sched::{unshare, CloneFlags};
