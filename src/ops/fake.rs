@@ -11,7 +11,20 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
+use crate::config::Config;
 use crate::sys::firewall::{FakeFirewall, Firewall, FirewallError};
+
+/// The test node's configuration: VIP 198.18.0.100 on `ports` (e.g. `"80, 7"`), ingress eth0,
+/// peer 198.18.0.12, tracked interface trk0, then `more` (further YAML sections, or "").
+pub fn test_config(ports: &str, more: &str) -> Config {
+    Config::from_str(
+        &format!(
+            "vips:\n  - address: 198.18.0.100\n    ports: [{ports}]\ningress_interface: eth0\npeer: 198.18.0.12\ntracked_interface: trk0\n{more}"
+        ),
+        "test",
+    )
+    .unwrap()
+}
 
 /// The firewall fake, stamped with the fake clock.
 #[derive(Debug)]

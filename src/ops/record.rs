@@ -186,18 +186,11 @@ impl RecordKeeper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::ops::divert::{install, remove};
     use crate::sys::firewall::{FakeFirewall, FirewallError};
 
     fn plan() -> DivertPlan {
-        DivertPlan::new(
-            &Config::from_str(
-                "vips:\n  - address: 198.18.0.100\n    ports: [80, 7]\ningress_interface: eth0\npeer: 198.18.0.12\ntracked_interface: trk0\n",
-                "test",
-            )
-            .unwrap(),
-        )
+        DivertPlan::new(&crate::ops::fake::test_config("80, 7", ""))
     }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -254,13 +247,10 @@ mod tests {
     #[test]
     fn unrecorded_syns_are_news_once_and_failures_are_not_repeated() {
         let mut fw = FakeFirewall::new();
-        let p = DivertPlan::new(
-            &Config::from_str(
-                "vips:\n  - address: 198.18.0.100\n    ports: [80]\ningress_interface: eth0\npeer: 198.18.0.12\ntracked_interface: trk0\nfirewall:\n  max_diverted_flows: 1024\n",
-                "test",
-            )
-            .unwrap(),
-        );
+        let p = DivertPlan::new(&crate::ops::fake::test_config(
+            "80",
+            "firewall:\n  max_diverted_flows: 1024\n",
+        ));
         install(&mut fw, &p).unwrap();
         let mut k = RecordKeeper::new(MS(0));
         fw.syns(80, 1100);

@@ -235,11 +235,7 @@ mod tests {
     use crate::sys::firewall::Firewall;
 
     fn cfg() -> Config {
-        Config::from_str(
-            "vips:\n  - address: 198.18.0.100\n    ports: [80]\ningress_interface: eth0\npeer: 198.18.0.12\ntracked_interface: trk0\n",
-            "test",
-        )
-        .unwrap()
+        crate::ops::fake::test_config("80", "")
     }
 
     #[test]

@@ -15,11 +15,7 @@ const S: fn(u64) -> Duration = Duration::from_secs;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
 fn plan() -> DivertPlan {
-    let cfg = crate::config::Config::from_str(
-        "vips:\n  - address: 198.18.0.100\n    ports: [80, 7]\ningress_interface: eth0\npeer: 198.18.0.12\ntracked_interface: trk0\n",
-        "test",
-    )
-    .unwrap();
+    let cfg = crate::ops::fake::test_config("80, 7", "");
     DivertPlan::new(&cfg)
 }
 
@@ -595,11 +591,10 @@ fn install_fresh(h: &mut FakeHost, j: &mut Journal) -> Result<(), OpError> {
 
 /// The test plan with another per-port capacity.
 fn plan_with_capacity(capacity: u32) -> DivertPlan {
-    let cfg = crate::config::Config::from_str(
-        &format!("vips:\n  - address: 198.18.0.100\n    ports: [80, 7]\ningress_interface: eth0\npeer: 198.18.0.12\ntracked_interface: trk0\nfirewall:\n  max_diverted_flows: {capacity}\n"),
-        "test",
-    )
-    .unwrap();
+    let cfg = crate::ops::fake::test_config(
+        "80, 7",
+        &format!("firewall:\n  max_diverted_flows: {capacity}\n"),
+    );
     DivertPlan::new(&cfg)
 }
 
