@@ -347,17 +347,7 @@ impl ControlServer {
             path: path.clone(),
             source,
         };
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a file path",
-            )));
-        };
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
+        let (dir, name) = crate::sys::fs::dir_and_name(&path).map_err(err)?;
         if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)

@@ -4,13 +4,15 @@
 //! the record of the last drain, and keepalived's track file (which keepalived re-reads when a
 //! file is renamed into place).
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Replaces `path`'s content with `bytes` atomically; the file gets `mode` if it is created.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+/// `path`'s directory (`.` for a bare name) and file name; an error for a path that names no
+/// file (`/`, `..`).
+pub fn dir_and_name(path: &Path) -> io::Result<(&Path, &OsStr)> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -22,6 +24,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     } else {
         dir
     };
+    Ok((dir, name))
+}
+
+/// Replaces `path`'s content with `bytes` atomically; the file gets `mode` if it is created.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, name) = dir_and_name(path)?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
