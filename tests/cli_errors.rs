@@ -262,6 +262,8 @@ const DRAIN: &[&str] = &["-c", "{cfg}", "drain"];
 const CHECK: &[&str] = &["-c", "{cfg}", "check"];
 const UNDRAIN: &[&str] = &["-c", "{cfg}", "undrain"];
 const STATUS: &[&str] = &["-c", "{cfg}", "status"];
+const DRAIN_JSON: &[&str] = &["-c", "{cfg}", "--json", "drain"];
+const UNDRAIN_JSON: &[&str] = &["-c", "{cfg}", "--json", "undrain"];
 
 fn cases(lab: &Lab) -> Vec<Case> {
     let good = || Some(lab.good_config());
@@ -458,6 +460,13 @@ fn cases(lab: &Lab) -> Vec<Case> {
         Case::new("corrupt journal", good(), DRAIN)
             .setup(Setup::CorruptJournal)
             .fails(exit::ENVIRONMENT, &["drain-journal.json", "unreadable"]),
+        // --- with --json, the failure is also the last line on stdout ---
+        Case::new("wrong privileges (--json)", good(), DRAIN_JSON)
+            .runner(Runner::Nobody)
+            .fails(exit::ENVIRONMENT, &["privileges", "CAP_NET_ADMIN"]),
+        Case::new("lock held (--json undrain)", good(), UNDRAIN_JSON)
+            .setup(Setup::HoldLock)
+            .fails(exit::BUSY, &["lock"]),
         // --- peer not ready (exit 5): nothing changed ---
         Case::new(
             "peer unreachable",
@@ -615,6 +624,23 @@ fn run_case(lab: &Lab, case: &Case, index: usize) -> Vec<String> {
             "stderr is not one `drain-agent: error:` line: {:?}",
             out.stderr
         ));
+    }
+    if case.code != 0 && args.contains(&"--json") {
+        // Automation reads every outcome from stdout: the last line is the failure document.
+        let last = out.stdout.lines().last().unwrap_or("");
+        let doc: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+        let error = lines
+            .first()
+            .and_then(|l| l.strip_prefix("drain-agent: error: "));
+        if doc["result"] != "failed"
+            || doc["exit_code"] != u64::from(case.code)
+            || doc["error"].as_str() != error
+        {
+            problems.push(format!(
+                "last stdout line is not the failure document: {:?}",
+                out.stdout
+            ));
+        }
     }
     for name in &case.names {
         let name = name.replace("{cfg}", &cfg);

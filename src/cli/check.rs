@@ -42,6 +42,9 @@ pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<(), Failure> {
     Output::new(g.json).result(&report, &report.text());
     match report.first_failure() {
         None => Ok(()),
-        Some((code, message)) => Err(Failure::new(code, message)),
+        Some((code, message)) => Err(Failure {
+            reported: true,
+            ..Failure::new(code, message)
+        }),
     }
 }

@@ -72,17 +72,12 @@ pub fn forward(g: &GlobalOpts, req: &Request) -> Result<Option<Result<(), Failur
             out.result_value(&o.result, o.result["summary"].as_str().unwrap_or(""));
             Ok(())
         }
-        Forwarded::Done(o) => {
-            if g.json {
-                out.result_value(&o.result, "");
-            }
-            Err(Failure::new(
-                o.exit_code,
-                o.result["error"]
-                    .as_str()
-                    .unwrap_or("the daemon reported an error"),
-            ))
-        }
+        Forwarded::Done(o) => Err(Failure::new(
+            o.exit_code,
+            o.result["error"]
+                .as_str()
+                .unwrap_or("the daemon reported an error"),
+        )),
     }))
 }
 

@@ -89,6 +89,20 @@ pub struct Failure {
     pub code: u8,
     /// One line naming the cause.
     pub message: String,
+    /// The command already printed its own result document (`check`'s report), so `--json`
+    /// adds no `failed` line.
+    pub reported: bool,
+}
+
+/// The last line `--json` prints when a command fails: the exit code and the one-line error
+/// (also printed to stderr), so automation reads every outcome from stdout.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "result", rename = "failed")]
+pub struct FailedDoc<'a> {
+    /// The documented exit code.
+    pub exit_code: u8,
+    /// The one-line error.
+    pub error: &'a str,
 }
 
 impl Failure {
@@ -97,16 +111,14 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            reported: false,
         }
     }
 }
 
 impl From<crate::ops::OpError> for Failure {
     fn from(e: crate::ops::OpError) -> Failure {
-        Failure {
-            code: e.exit_code(),
-            message: e.to_string(),
-        }
+        Failure::new(e.exit_code(), e.to_string())
     }
 }
 
@@ -124,10 +136,7 @@ impl From<crate::journal::JournalError> for Failure {
 
 impl From<crate::config::ConfigError> for Failure {
     fn from(e: crate::config::ConfigError) -> Failure {
-        Failure {
-            code: exit::CONFIG,
-            message: e.to_string(),
-        }
+        Failure::new(exit::CONFIG, e.to_string())
     }
 }
 
@@ -135,7 +144,7 @@ impl From<crate::config::ConfigError> for Failure {
 pub fn run(cli: Cli) -> Result<(), Failure> {
     crate::observability::init(&cli.global.log_level, cli.global.log_format);
     let g = &cli.global;
-    match &cli.command {
+    let outcome = match &cli.command {
         Command::Check(a) => check::run(g, a),
         Command::Drain(a) => drain::run(g, a),
         Command::Undrain(a) => undrain::run(g, a),
@@ -144,5 +153,17 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Release(a) => accept::run_release(g, a),
         Command::Notify(a) => notify::run(g, a),
         Command::Run(a) => run::run(g, a),
+    };
+    if let Err(f) = &outcome {
+        if g.json && !f.reported {
+            common::Output::new(true).result(
+                &FailedDoc {
+                    exit_code: f.code,
+                    error: &f.message,
+                },
+                "",
+            );
+        }
     }
+    outcome
 }
