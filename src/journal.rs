@@ -81,6 +81,24 @@ pub enum Change {
         /// The value before our change.
         previous: String,
     },
+    /// Draining node: the peer's agent was asked to return this node's packets (a hand-off).
+    /// Undone by telling it the hand-off is over.
+    Handoff {
+        /// The peer's address.
+        peer: Ipv4Addr,
+        /// Unix time (s) at which the hand-off ends even if connections remain.
+        until: u64,
+    },
+    /// Peer side of a hand-off: this node returns the packets of `peer`'s connections to it
+    /// (the return path is the `Divert` entry under the return prefix that follows).
+    Returning {
+        /// The node handing off.
+        peer: Ipv4Addr,
+        /// Its MAC, as the return path's loop guard names it.
+        peer_mac: String,
+        /// Unix time (s) after which the return path goes even if the peer never said so.
+        until: u64,
+    },
 }
 
 impl std::fmt::Display for Change {
@@ -103,6 +121,12 @@ impl std::fmt::Display for Change {
             Change::TrackFault { path } => write!(f, "track file {} = FAULT", path.display()),
             Change::LocalRoute { addr } => write!(f, "local route {addr}/32 dev lo"),
             Change::Sysctl { key, previous } => write!(f, "sysctl {key} (was {previous})"),
+            Change::Handoff { peer, .. } => {
+                write!(f, "hand-off: {peer} returns this node's connections")
+            }
+            Change::Returning { peer, .. } => {
+                write!(f, "hand-off from {peer}: its connections returned to it")
+            }
         }
     }
 }
@@ -186,6 +210,15 @@ impl Journal {
         let before = self.entries.len();
         self.entries.retain(|e| &e.change != change);
         if self.entries.len() != before {
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every entry (what they record was undone, or never made).
+    pub fn forget_all(&mut self) -> Result<(), JournalError> {
+        if !self.entries.is_empty() {
+            self.entries.clear();
             self.persist()?;
         }
         Ok(())
@@ -327,6 +360,11 @@ impl StateDir {
     /// The journal of the accepting side (local routes, ARP sysctls).
     pub fn accept_journal(&self) -> Result<Journal, JournalError> {
         Journal::open(&self.path.join("accept-journal.json"))
+    }
+
+    /// The journal of the peer's side of a hand-off (the return path).
+    pub fn return_journal(&self) -> Result<Journal, JournalError> {
+        Journal::open(&self.path.join("return-journal.json"))
     }
 
     /// Path of the record of the last drain.

@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
-use crate::config::PositiveDuration;
+use crate::config::{DrainMode, PositiveDuration};
 use crate::daemon::control::Request;
 use crate::ops::drain::{self, DrainOptions, DrainOutcome};
 
@@ -20,6 +20,14 @@ pub struct DrainArgs {
     /// Override `drain.idle_threshold`.
     #[arg(long, value_parser = positive)]
     pub idle_threshold: Option<PositiveDuration>,
+    /// Hand off instead of waiting: fail over at once, and the peer returns this node's
+    /// connections to it until they end (needs `handoff:` in the config and `drain-agent run` on
+    /// the peer). Overrides `drain.mode`.
+    #[arg(long, conflicts_with = "no_handoff")]
+    pub handoff: bool,
+    /// Wait for this node's connections, then fail over, even if `drain.mode` is `handoff`.
+    #[arg(long)]
+    pub no_handoff: bool,
 }
 
 fn positive(s: &str) -> Result<PositiveDuration, String> {
@@ -32,6 +40,13 @@ pub fn run(g: &GlobalOpts, a: &DrainArgs) -> Result<(), Failure> {
         abort_on_deadline: a.abort_on_deadline,
         deadline: a.deadline,
         idle_threshold: a.idle_threshold,
+        mode: if a.handoff {
+            Some(DrainMode::Handoff)
+        } else if a.no_handoff {
+            Some(DrainMode::Drain)
+        } else {
+            None
+        },
     };
     if let Some(done) = common::forward(g, &Request::Drain(opts.clone()))? {
         return done;

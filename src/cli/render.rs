@@ -66,5 +66,12 @@ pub fn event_line(e: &Event) -> String {
         }
         Event::Withdrawn { reason } => format!("divert withdrawn: {reason}"),
         Event::CleanedUp => "divert removed".to_string(),
+        Event::HandoffBegun { peer } => {
+            format!("hand-off: {peer} returns this node's connections after the failover")
+        }
+        Event::HandoffEnded { detail } => format!("hand-off over: {detail}"),
+        Event::HandoffEndFailed { error } => format!(
+            "warning: the peer's agent was not told the hand-off is over ({error}); it removes its return path itself once this node stops accepting the VIP"
+        ),
     }
 }

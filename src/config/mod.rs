@@ -118,6 +118,38 @@ pub struct Config {
     pub peer_probe: PeerProbe,
     /// Directory for the agent's journal and lock.
     pub state_dir: StateDir,
+    /// Hand-off between the two agents (`None`: this node neither hands off nor serves the
+    /// peer's hand-off).
+    pub handoff: Option<Handoff>,
+}
+
+/// What `drain` does by default (`drain --handoff` / `--no-handoff` choose per run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainMode {
+    /// Wait for this node's connections (up to `drain.deadline`), then fail over.
+    #[default]
+    Drain,
+    /// Fail over at once; the peer sends the packets of this node's connections back here until
+    /// they end (up to `handoff.deadline`).
+    Handoff,
+}
+
+/// `handoff:` section: the two agents talk to each other over TCP, each message authenticated
+/// with HMAC-SHA256 under a key both nodes share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    /// The shared key: a file of at least 32 bytes (e.g. `head -c 32 /dev/urandom`), the same on
+    /// both nodes, readable by root only.
+    pub key_file: StateDir,
+    /// TCP port the daemon (`drain-agent run`) listens on for the peer's agent; it answers only
+    /// the peer's address.
+    #[serde(default = "defaults::handoff_port")]
+    pub port: Port,
+    /// How long a hand-off waits for this node's connections to end before it cuts them.
+    #[serde(default = "defaults::handoff_deadline")]
+    pub deadline: PositiveDuration,
 }
 
 /// `failover:` section.
@@ -195,6 +227,10 @@ pub struct Drain {
     /// At the deadline: `false` = fail over anyway, `true` = roll back.
     #[serde(default)]
     pub abort_on_deadline: bool,
+    /// `drain` (wait, then fail over) or `handoff` (fail over at once, the peer returns this
+    /// node's packets until its connections end); `handoff` needs the `handoff:` section.
+    #[serde(default)]
+    pub mode: DrainMode,
     /// On abort, keep diverting already-diverted flows this long.
     #[serde(default = "defaults::rollback_grace")]
     pub rollback_grace: HumanDuration,
@@ -234,6 +270,8 @@ mod raw {
         pub peer_probe: PeerProbe,
         #[serde(default = "defaults::state_dir")]
         pub state_dir: StateDir,
+        #[serde(default)]
+        pub handoff: Option<Handoff>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -326,7 +364,14 @@ mod defaults {
             poll_interval: poll_interval(),
             abort_on_deadline: false,
             rollback_grace: rollback_grace(),
+            mode: DrainMode::Drain,
         }
+    }
+    pub(super) fn handoff_port() -> Port {
+        parsed("7424")
+    }
+    pub(super) fn handoff_deadline() -> PositiveDuration {
+        parsed("1h")
     }
     pub(super) fn probe_interval() -> PositiveDuration {
         parsed("200ms")
@@ -377,6 +422,7 @@ impl Config {
                 port,
             },
             state_dir: raw.state_dir,
+            handoff: raw.handoff,
         };
         config.validate(origin)?;
         Ok(config)
@@ -424,6 +470,12 @@ impl Config {
             return Err(invalid(
                 "failover.return_weight",
                 "needs failover.track_file to write it to".to_string(),
+            ));
+        }
+        if self.drain.mode == DrainMode::Handoff && self.handoff.is_none() {
+            return Err(invalid(
+                "drain.mode",
+                "handoff needs the handoff: section (key_file)".to_string(),
             ));
         }
         if !self.vips.ports().any(|p| p == self.peer_probe.port) {

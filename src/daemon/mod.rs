@@ -19,6 +19,7 @@ use serde::Serialize;
 
 pub mod client;
 pub mod control;
+pub mod peerlink;
 
 use crate::config::Config;
 use crate::keepalived::{FifoEvent, FifoLine, NotifyFifo};
@@ -41,6 +42,9 @@ pub enum DaemonError {
     /// The async runtime could not start.
     #[error("tokio runtime: {0}")]
     Runtime(std::io::Error),
+    /// The peer link (`handoff:`) could not be served.
+    #[error("{0}")]
+    PeerLink(String),
 }
 
 impl DaemonError {
@@ -48,7 +52,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Op(e) => e.exit_code(),
-            DaemonError::Control(_) => exit::ENVIRONMENT,
+            DaemonError::Control(_) | DaemonError::PeerLink(_) => exit::ENVIRONMENT,
             DaemonError::Runtime(_) => exit::INTERNAL,
         }
     }
@@ -77,6 +81,22 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
         tracing::warn!("{line}");
         eprintln!("drain-agent run: {line}");
     }
+    let returns = peerlink::Returns::new(cfg.clone());
+    let key = match &cfg.handoff {
+        Some(h) => Some(
+            crate::sys::peerlink::Key::load(h.key_file.as_path())
+                .map_err(|e| DaemonError::PeerLink(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if let Some(r) = returns.resume()? {
+        let line = format!(
+            "resumed: the return path of {}'s hand-off (until unix time {})",
+            r.peer, r.until
+        );
+        tracing::warn!("{line}");
+        eprintln!("drain-agent run: {line}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,6 +109,14 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
     let cfg = cfg.clone();
     rt.block_on(async move {
         let server = ControlServer::bind(&socket, handler.clone())?;
+        if let (Some(key), Some(h)) = (key, &cfg.handoff) {
+            let port = h.port.get();
+            let listener = peerlink::bind(port).await.map_err(|e| {
+                DaemonError::PeerLink(format!("cannot listen on handoff.port {port}: {e}"))
+            })?;
+            eprintln!("drain-agent run: peer link on port {port} (answers {} only)", cfg.peer.get());
+            tokio::spawn(peerlink::serve(listener, key, returns.clone()));
+        }
         if let Some(path) = fifo {
             tokio::spawn(follow_fifo(cfg.clone(), path));
         }
@@ -107,8 +135,10 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
                         }
                     } => {}
                 }
-                // A drain in progress rolls back before the server stops.
+                // A drain in progress rolls back before the server stops; a return path stays
+                // (journalled) for the next start.
                 stop.interrupt();
+                returns.stop();
             })
             .await;
         Ok(())

@@ -30,7 +30,7 @@ pub struct CheckOptions {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CheckRow {
     /// What was checked: config, privileges, binary, ingress interface, tracked interface,
-    /// kernel, capacity, sock_diag, vip, peer, netlink.
+    /// kernel, capacity, sock_diag, vip, peer, handoff, netlink.
     pub check: &'static str,
     /// Whether it passed (warnings pass).
     pub ok: bool,
@@ -224,6 +224,22 @@ fn check_host(cfg: &Config, opts: &CheckOptions, h: &mut dyn Host, r: &mut Check
             ),
         ),
         Err(e) => r.fail("peer", exit::ENVIRONMENT, e.to_string()),
+    }
+    if cfg.handoff.is_some() {
+        let hello = super::handoff::PeerRequest::Hello {
+            vips: super::handoff::VipPorts::of(cfg),
+        };
+        match h.peer_agent(&hello) {
+            Ok(super::handoff::PeerReply::Ok { detail }) => r.pass("handoff", detail),
+            Ok(super::handoff::PeerReply::Refused { reason }) => {
+                r.fail("handoff", exit::PEER_NOT_READY, format!("{peer}'s agent: {reason}"))
+            }
+            Err(e) => r.fail(
+                "handoff",
+                exit::PEER_NOT_READY,
+                format!("{peer}'s agent does not answer on the peer link ({e}): `drain-agent run` must run there, with the same handoff.key_file"),
+            ),
+        }
     }
 }
 

@@ -11,13 +11,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::divert::{self, InstallReceipt};
+use super::handoff::{self, Returning};
 use super::record::{self, RecordKeeper};
 use super::undrain::{cleanup, withdraw_and_wait};
 use super::{
-    ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy, MIN_SLEEP,
+    ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy, SocketCount,
+    MIN_SLEEP,
     TRACK_FAULT,
 };
-use crate::config::{Config, PositiveDuration};
+use crate::config::{Config, DrainMode, PositiveDuration};
 use crate::journal::{Change, Journal, StateDir};
 use crate::plan::sets::{DivertCounters, RecordStats};
 use crate::plan::DivertPlan;
@@ -35,6 +37,9 @@ pub struct DrainOptions {
     /// Override of `drain.idle_threshold`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_threshold: Option<PositiveDuration>,
+    /// Override of `drain.mode` (`--handoff` / `--no-handoff`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DrainMode>,
 }
 
 impl DrainOptions {
@@ -49,6 +54,9 @@ impl DrainOptions {
         }
         if self.abort_on_deadline {
             cfg.drain.abort_on_deadline = true;
+        }
+        if let Some(m) = self.mode {
+            cfg.drain.mode = m;
         }
         cfg
     }
@@ -97,17 +105,23 @@ pub fn run(
     ev: &mut dyn FnMut(Event),
 ) -> Result<DrainReport, OpError> {
     let cfg = opts.apply(cfg);
+    if cfg.drain.mode == DrainMode::Handoff && cfg.handoff.is_none() {
+        return Err(OpError::Config(
+            "a hand-off needs the handoff: section in the configuration (key_file, and `drain-agent run` on the peer)".into(),
+        ));
+    }
     let _lock = state.lock()?;
     let mut journal = state.drain_journal()?;
+    if let Some(r) = Returning::recorded(&state.return_journal()?) {
+        return Err(OpError::ServingHandoff(r.peer));
+    }
     let span = tracing::info_span!("drain", peer = %cfg.peer.get(), tracked = %cfg.tracked_interface.as_str());
     let _enter = span.enter();
-    let result = drain(
-        h,
-        &mut journal,
-        &DivertPlan::new(&cfg),
-        &Policy::from_config(&cfg),
-        ev,
-    );
+    let (plan, policy) = (DivertPlan::new(&cfg), Policy::from_config(&cfg));
+    let result = match policy.handoff {
+        None => drain(h, &mut journal, &plan, &policy, ev),
+        Some(deadline) => hand_off(&cfg, h, &mut journal, &plan, &policy, deadline, ev),
+    };
     let outcome = match &result {
         Ok(report) => DrainOutcome::Drained {
             report: report.clone(),
@@ -160,6 +174,7 @@ pub fn drain(
     let failover_ms = failover?;
     cleaned?;
     Ok(DrainReport {
+        mode: DrainMode::Drain,
         reason,
         drain_ms,
         failover_ms,
@@ -317,6 +332,72 @@ pub(crate) fn install(
     Ok(())
 }
 
+/// Counts the node's sockets for a wait loop and reports progress: whenever the count changes,
+/// and at least every [`PROGRESS_EVERY`].
+struct Watch {
+    start: Duration,
+    last: Option<(usize, usize)>,
+    last_report: Duration,
+    count_took: Duration,
+}
+
+impl Watch {
+    fn new(start: Duration) -> Watch {
+        Watch {
+            start,
+            last: None,
+            last_report: start,
+            count_took: Duration::ZERO,
+        }
+    }
+
+    /// Counts once; returns the count and the time since the wait started.
+    fn look(
+        &mut self,
+        h: &mut dyn Host,
+        diverted_flows: u64,
+        ev: &mut dyn FnMut(Event),
+    ) -> Result<(SocketCount, Duration), OpError> {
+        let before = h.now();
+        let c = h.count()?;
+        let now = h.now();
+        self.count_took = now - before;
+        let elapsed = now - self.start;
+        if self.last != Some((c.total, c.idle)) || now - self.last_report >= PROGRESS_EVERY {
+            ev(Event::Progress {
+                elapsed_ms: ms(elapsed),
+                remaining: c.total,
+                idle: c.idle,
+                by_state: c.by_state.clone(),
+                diverted_flows,
+            });
+            self.last = Some((c.total, c.idle));
+            self.last_report = now;
+        }
+        Ok((c, elapsed))
+    }
+
+    /// Whether the wait is over, and why: no socket left, only idle ones, or `deadline` passed.
+    fn over(c: &SocketCount, elapsed: Duration, deadline: Duration) -> Option<DrainReason> {
+        if c.total == 0 {
+            Some(DrainReason::Empty)
+        } else if c.total == c.idle {
+            Some(DrainReason::OnlyIdle)
+        } else if elapsed >= deadline {
+            Some(DrainReason::Deadline)
+        } else {
+            None
+        }
+    }
+
+    /// The pause before the next look: `poll`, but never less than the last count took (a count
+    /// over ~100k sockets costs ~100 ms of kernel time, see the sockdiag bench: never spend more
+    /// than half the time counting), nor longer than `until_next` (the next probe).
+    fn pause(&self, poll: Duration, until_next: Duration) -> Duration {
+        poll.max(self.count_took).min(until_next).max(MIN_SLEEP)
+    }
+}
+
 /// Waits for the drain; returns (reason, sockets left, ms since divert). When the drain is over
 /// it seals the divert and counts once more: a flow that started locally just before the seal
 /// (an unrecorded SYN) is waited for too, and none can start after it.
@@ -327,18 +408,15 @@ fn watch(
     ev: &mut dyn FnMut(Event),
     tender: &mut Tender,
 ) -> Result<(DrainReason, usize, f64), OpError> {
-    let start = h.now();
+    let mut w = Watch::new(h.now());
     let mut sealed = false;
-    let mut next_probe = start + p.probe_interval;
+    let mut next_probe = w.start + p.probe_interval;
     let mut fails = 0u32;
-    let mut last: Option<(usize, usize)> = None;
-    let mut last_report = start;
     loop {
         if h.interrupts() > 0 {
             return Err(OpError::Interrupted);
         }
-        let now = h.now();
-        if now >= next_probe {
+        if h.now() >= next_probe {
             let answer = h.probe_peer().unwrap_or(PeerAnswer::NoAnswer);
             if matches!(answer, PeerAnswer::Accepted { .. }) {
                 fails = 0;
@@ -357,39 +435,16 @@ fn watch(
             next_probe = h.now() + p.probe_interval;
         }
         tender.tick(h, plan, ev);
-        let before_count = h.now();
-        let c = h.count()?;
-        let now = h.now();
-        let count_took = now - before_count;
-        let elapsed = now - start;
-        if last != Some((c.total, c.idle)) || now - last_report >= PROGRESS_EVERY {
-            ev(Event::Progress {
-                elapsed_ms: ms(elapsed),
-                remaining: c.total,
-                idle: c.idle,
-                by_state: c.by_state.clone(),
-                diverted_flows: tender.diverted(),
-            });
-            last = Some((c.total, c.idle));
-            last_report = now;
+        let (c, elapsed) = w.look(h, tender.diverted(), ev)?;
+        let reason = Watch::over(&c, elapsed, p.deadline);
+        if reason == Some(DrainReason::Deadline) && p.abort_on_deadline {
+            return Err(OpError::DeadlineAbort(p.deadline, c.total));
         }
-        let reason = if c.total == 0 {
-            Some(DrainReason::Empty)
-        } else if c.total == c.idle {
-            Some(DrainReason::OnlyIdle)
-        } else if elapsed >= p.deadline {
-            if p.abort_on_deadline {
-                return Err(OpError::DeadlineAbort(p.deadline, c.total));
-            }
-            Some(DrainReason::Deadline)
-        } else {
-            None
-        };
         if reason.is_some() && !sealed {
             divert::seal(h.firewall(), plan).map_err(HostError::from)?;
             sealed = true;
             ev(Event::Sealed {
-                elapsed_ms: ms(h.now() - start),
+                elapsed_ms: ms(h.now() - w.start),
             });
             continue;
         }
@@ -401,15 +456,180 @@ fn watch(
             });
             return Ok((reason, c.total, ms(elapsed)));
         }
-        let until_probe = next_probe.saturating_sub(now);
-        // A count over ~100k sockets costs ~100 ms of kernel time (see the sockdiag bench):
-        // never spend more than half the time counting.
-        let pause = p
-            .poll_interval
-            .max(count_took)
-            .min(until_probe)
-            .max(MIN_SLEEP);
-        h.wait_for_change(pause);
+        h.wait_for_change(w.pause(p.poll_interval, next_probe.saturating_sub(h.now())));
+    }
+}
+
+/// The hand-off ([`super::handoff`]): the peer's agent installs its return path, this node
+/// diverts, accepts the VIPs without owning them, seals and fails over at once, then waits for
+/// its own connections (which the peer now sends back here) up to `deadline`; then the peer
+/// removes its return path and this node cleans up. Before the failover every failure rolls back
+/// as a drain does; after it, there is nothing to roll back to: the node's remaining connections
+/// are cut when the hand-off ends early (interrupt, error).
+fn hand_off(
+    cfg: &Config,
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    p: &Policy,
+    deadline: Duration,
+    ev: &mut dyn FnMut(Event),
+) -> Result<DrainReport, OpError> {
+    let start = h.now();
+    let receipt = preflight(h, j, plan, p, ev)?;
+    let Some(peer_mac) = h.peer_mac()? else {
+        return Err(OpError::PeerNotReady(format!(
+            "{} does not answer ARP",
+            p.peer
+        )));
+    };
+    let plan = &plan.clone().guarded(peer_mac);
+    let lasts = deadline + p.failover_timeout + p.post_wait + HANDOFF_SLACK;
+    let until = h.unix_now() + lasts.as_secs();
+    let handoff = Change::Handoff {
+        peer: p.peer,
+        until,
+    };
+    j.record(handoff.clone())?;
+    if let Err(e) = handoff::ask_begin(h, cfg, until) {
+        j.forget(&handoff)?;
+        return Err(e);
+    }
+    ev(Event::HandoffBegun {
+        peer: p.peer.to_string(),
+    });
+    let t = h.now();
+    if let Err(e) = install(h, j, plan, &receipt) {
+        return Err(match cleanup(h, j, plan) {
+            Ok(()) => e,
+            Err(c) => c,
+        });
+    }
+    let install_ms = ms(h.now() - t);
+    ev(Event::Diverted { install_ms });
+    let mut tender = Tender::new(h.now());
+    // Accept the VIPs without owning them, then seal: from the failover on no SYN may start a
+    // flow here (an unrecorded one is dropped, counted; its retransmission reaches the peer).
+    let ready = super::peer::accept_into(cfg, j, h)
+        .map(|_| ())
+        .and_then(|()| divert::seal(h.firewall(), plan).map_err(|e| HostError::from(e).into()));
+    if let Err(e) = ready {
+        tender.totals(h, plan, ev);
+        return Err(rollback(h, j, plan, p, ev, e));
+    }
+    ev(Event::Sealed {
+        elapsed_ms: ms(h.now() - t),
+    });
+    let waited = failover(h, j, plan, p, ev, &mut tender).and_then(|failover_ms| {
+        watch_handoff(h, plan, p, deadline, ev, &mut tender).map(|w| (failover_ms, w))
+    });
+    match handoff::ask_end(h) {
+        Ok(detail) => ev(Event::HandoffEnded { detail }),
+        Err(error) => ev(Event::HandoffEndFailed { error }),
+    }
+    j.forget(&handoff)?;
+    let totals = tender.totals(h, plan, ev);
+    let cleaned = cleanup(h, j, plan);
+    if cleaned.is_ok() {
+        ev(Event::CleanedUp);
+    }
+    let (failover_ms, (reason, remaining, drain_ms)) = waited?;
+    cleaned?;
+    Ok(DrainReport {
+        mode: DrainMode::Handoff,
+        reason,
+        drain_ms,
+        failover_ms,
+        total_ms: ms(h.now() - start),
+        install_ms,
+        abandoned: remaining,
+        diverted_flows: totals.1.diverted_syns,
+        recorded_flows: totals.0.entries(),
+        unrecorded_syns: totals.1.unrecorded_syns(),
+        sealed_drops: totals.1.sealed_drops,
+    })
+}
+
+/// `undrain` of a node whose hand-off did not finish (its agent died, or was killed): if the
+/// node had failed over, its connections still come back through the peer, so this waits for
+/// them as the hand-off would have (until none is left, only idle ones, the hand-off's recorded
+/// end, or an interrupt), then tells the peer the hand-off is over. Nothing to do without a
+/// hand-off in the journal.
+pub(super) fn finish_handoff(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+) -> Result<(), OpError> {
+    let Some(entry) = j
+        .entries()
+        .iter()
+        .map(|e| e.change.clone())
+        .find(|c| matches!(c, Change::Handoff { .. }))
+    else {
+        return Ok(());
+    };
+    let Change::Handoff { until, .. } = entry else {
+        unreachable!("found as a hand-off")
+    };
+    let failed_over = j.entries().iter().any(|e| e.change.is_maintenance_state());
+    if failed_over {
+        let mut w = Watch::new(h.now());
+        loop {
+            let (c, elapsed) = w.look(h, 0, ev)?;
+            let reason = Watch::over(&c, elapsed, Duration::MAX).or_else(|| {
+                (h.unix_now() >= until || h.interrupts() > 0).then_some(DrainReason::Deadline)
+            });
+            if let Some(reason) = reason {
+                ev(Event::Drained {
+                    reason,
+                    elapsed_ms: ms(elapsed),
+                    remaining: c.total,
+                });
+                break;
+            }
+            h.wait_for_change(w.pause(p.poll_interval, p.poll_interval));
+        }
+    }
+    match handoff::ask_end(h) {
+        Ok(detail) => ev(Event::HandoffEnded { detail }),
+        Err(error) => ev(Event::HandoffEndFailed { error }),
+    }
+    j.forget(&entry)?;
+    Ok(())
+}
+
+/// How long the peer keeps a return path beyond this node's hand-off deadline before removing it
+/// on its own (this node normally ends it long before).
+const HANDOFF_SLACK: Duration = Duration::from_secs(60);
+
+/// After the failover of a hand-off: waits for this node's connections (the peer returns their
+/// packets here) until none is left, only idle ones, or `deadline`. An interrupt ends the wait
+/// with the connections left cut ([`OpError::HandoffCut`]).
+fn watch_handoff(
+    h: &mut dyn Host,
+    plan: &DivertPlan,
+    p: &Policy,
+    deadline: Duration,
+    ev: &mut dyn FnMut(Event),
+    tender: &mut Tender,
+) -> Result<(DrainReason, usize, f64), OpError> {
+    let mut w = Watch::new(h.now());
+    loop {
+        tender.tick(h, plan, ev);
+        let (c, elapsed) = w.look(h, tender.diverted(), ev)?;
+        if h.interrupts() > 0 {
+            return Err(OpError::HandoffCut(c.total));
+        }
+        if let Some(reason) = Watch::over(&c, elapsed, deadline) {
+            ev(Event::Drained {
+                reason,
+                elapsed_ms: ms(elapsed),
+                remaining: c.total,
+            });
+            return Ok((reason, c.total, ms(elapsed)));
+        }
+        h.wait_for_change(w.pause(p.poll_interval, p.poll_interval));
     }
 }
 

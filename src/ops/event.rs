@@ -176,14 +176,33 @@ pub enum Event {
     },
     /// Every transient change is undone.
     CleanedUp,
+    /// Hand-off: the peer's agent installed its return path (this node's packets come back
+    /// here after the failover).
+    HandoffBegun {
+        /// The peer's address.
+        peer: String,
+    },
+    /// Hand-off: the peer's agent removed its return path.
+    HandoffEnded {
+        /// What it reported.
+        detail: String,
+    },
+    /// Hand-off: the peer's agent could not be told the hand-off is over; it removes its return
+    /// path itself once this node no longer accepts the VIP.
+    HandoffEndFailed {
+        /// Why.
+        error: String,
+    },
 }
 
 /// How a completed drain went.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DrainReport {
+    /// `drain` (waited, then failed over) or `handoff` (failed over at once, then waited).
+    pub mode: crate::config::DrainMode,
     /// Why the wait ended.
     pub reason: DrainReason,
-    /// Milliseconds from divert to the end of the wait.
+    /// Milliseconds from divert to the end of the wait (hand-off: from the failover).
     pub drain_ms: f64,
     /// Milliseconds from the trigger until the peer owned the VIP.
     pub failover_ms: f64,

@@ -105,6 +105,7 @@ pub struct Conn {
 pub struct FakeHost {
     pub clock: Rc<Cell<Duration>>,
     pub calls: Rc<std::cell::RefCell<Vec<String>>>,
+    stamps: std::cell::RefCell<Vec<(Duration, String)>>,
     pub fw: TimedFirewall,
     pub conns: Vec<Conn>,
     pub peer_dies_at: Option<Duration>,
@@ -131,6 +132,17 @@ pub struct FakeHost {
     pub missing_tools: Vec<String>,
     /// What testing the divert's texts finds.
     pub divert_test: super::DivertTest,
+    /// The peer's agent, as the peer link reaches it.
+    pub peer_agent: FakePeerAgent,
+}
+
+/// The peer's agent in the fake world.
+#[derive(Clone, Debug, Default)]
+pub struct FakePeerAgent {
+    /// Does not answer at all (not running, wrong key, network).
+    pub down: bool,
+    /// Answers every request with this refusal.
+    pub refuse: Option<String>,
 }
 
 impl FakeHost {
@@ -146,6 +158,7 @@ impl FakeHost {
             },
             clock,
             calls,
+            stamps: Default::default(),
             conns: Vec::new(),
             peer_dies_at: None,
             peer_refuses: false,
@@ -167,6 +180,7 @@ impl FakeHost {
             unprivileged: false,
             missing_tools: Vec::new(),
             divert_test: super::DivertTest::Accepted,
+            peer_agent: FakePeerAgent::default(),
         }
     }
 
@@ -209,7 +223,17 @@ impl FakeHost {
     }
 
     fn call(&self, what: String) {
+        self.stamps.borrow_mut().push((self.t(), what.clone()));
         self.calls.borrow_mut().push(what);
+    }
+
+    /// When the first host call (not firewall) starting with `what` was made.
+    pub fn first_call_at(&self, what: &str) -> Option<Duration> {
+        self.stamps
+            .borrow()
+            .iter()
+            .find(|(_, c)| c.starts_with(what))
+            .map(|(t, _)| *t)
     }
 
     /// Every call so far.
@@ -327,5 +351,35 @@ impl Host for FakeHost {
     }
     fn test_divert(&mut self, _sets: &str, _rules: &str) -> super::DivertTest {
         self.divert_test.clone()
+    }
+    fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError> {
+        Ok(self.peer_alive().then_some([2, 0, 0x5e, 0x10, 0, 12]))
+    }
+    fn peer_agent(
+        &mut self,
+        req: &super::handoff::PeerRequest,
+    ) -> Result<super::handoff::PeerReply, HostError> {
+        use super::handoff::{PeerReply, PeerRequest};
+        let op = match req {
+            PeerRequest::Hello { .. } => "hello",
+            PeerRequest::Begin { .. } => "begin",
+            PeerRequest::End => "end",
+        };
+        self.call(format!("peer-agent {op}"));
+        self.advance(Duration::from_millis(2));
+        if self.peer_agent.down || !self.peer_alive() {
+            return Err(HostError::other("peer link", "connection refused"));
+        }
+        Ok(match &self.peer_agent.refuse {
+            Some(reason) => PeerReply::Refused {
+                reason: reason.clone(),
+            },
+            None => PeerReply::Ok {
+                detail: format!("{op} done"),
+            },
+        })
+    }
+    fn unix_now(&self) -> u64 {
+        1_800_000_000 + self.t().as_secs()
     }
 }

@@ -20,6 +20,7 @@ pub mod check;
 pub mod divert;
 pub mod drain;
 pub mod event;
+pub mod handoff;
 pub mod notify;
 pub mod peer;
 pub mod reconcile;
@@ -143,6 +144,15 @@ pub trait Host {
     /// Has the kernel's tools parse the divert's exact `ipset restore` and
     /// `iptables-restore --noflush` texts, committing nothing to this node.
     fn test_divert(&mut self, sets: &str, rules: &str) -> DivertTest;
+    /// The peer's MAC on the ingress network (ARP); `None` if it does not answer.
+    fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError>;
+    /// One request to the peer's agent over the authenticated peer link (`handoff:` section).
+    fn peer_agent(
+        &mut self,
+        req: &handoff::PeerRequest,
+    ) -> Result<handoff::PeerReply, HostError>;
+    /// Wall-clock time in seconds since the epoch, for deadlines that must outlive the process.
+    fn unix_now(&self) -> u64;
 }
 
 pub use crate::sys::firewall::DivertTest;
@@ -178,6 +188,8 @@ pub struct Policy {
     pub trigger_track_file: bool,
     /// What `undrain` writes to the track file (see `failover.return_weight`).
     pub return_weight: i32,
+    /// Hand off instead of waiting ([`handoff`]): how long the hand-off may last.
+    pub handoff: Option<Duration>,
 }
 
 impl Policy {
@@ -202,6 +214,10 @@ impl Policy {
                 .map(|p| p.as_path().to_path_buf()),
             trigger_track_file: cfg.failover.method == crate::config::FailoverMethod::TrackFile,
             return_weight: cfg.failover.return_weight.get(),
+            handoff: match (&cfg.handoff, cfg.drain.mode) {
+                (Some(h), crate::config::DrainMode::Handoff) => Some(h.deadline.get()),
+                _ => None,
+            },
         }
     }
 }
@@ -245,6 +261,15 @@ pub enum OpError {
     /// Some undo steps failed; they stay in the journal.
     #[error("cleanup incomplete ({0}); the journal keeps what is left, run `drain-agent undrain`")]
     CleanupIncomplete(String),
+    /// The configuration does not allow what was asked.
+    #[error("{0}")]
+    Config(String),
+    /// This node returns its peer's connections in the peer's hand-off.
+    #[error("this node serves the hand-off of {0} (its connections are returned to it); drain this node when that is over")]
+    ServingHandoff(Ipv4Addr),
+    /// SIGINT/SIGTERM after the failover of a hand-off: the node's remaining connections were cut.
+    #[error("interrupted during the hand-off: {0} connection(s) of this node cut; the peer serves the VIP, this node stays out of service until `drain-agent undrain`")]
+    HandoffCut(usize),
 }
 
 /// Exit codes — an API: keepalived and Ansible read them. Documented in the README.
@@ -287,12 +312,14 @@ impl OpError {
             },
             OpError::Journal(JournalError::Busy { .. }) => exit::BUSY,
             OpError::Journal(_) | OpError::Privileges => exit::ENVIRONMENT,
+            OpError::Config(_) => exit::CONFIG,
             OpError::PeerNotReady(_) => exit::PEER_NOT_READY,
-            OpError::NotMaster(_) | OpError::AlreadyDrained(_) | OpError::Leftovers(_) => {
-                exit::STATE
-            }
+            OpError::NotMaster(_)
+            | OpError::AlreadyDrained(_)
+            | OpError::Leftovers(_)
+            | OpError::ServingHandoff(_) => exit::STATE,
             OpError::PeerLost(_) => exit::PEER_LOST,
-            OpError::Interrupted => exit::INTERRUPTED,
+            OpError::Interrupted | OpError::HandoffCut(_) => exit::INTERRUPTED,
             OpError::DeadlineAbort(..) => exit::DEADLINE,
             OpError::FailoverUnconfirmed(..) => exit::FAILOVER,
             OpError::CleanupIncomplete(_) => exit::CLEANUP,

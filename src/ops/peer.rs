@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{undo, undo_all, Host, OpError};
 use crate::config::Config;
-use crate::journal::{Change, StateDir};
+use crate::journal::{Change, Journal, StateDir};
 use crate::plan::{DivertPlan, PeerPlan};
 
 /// One change `accept` made.
@@ -55,6 +55,17 @@ impl Serialize for Accepted {
 /// it made and keeps what an earlier `accept` made.
 pub fn accept(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Vec<Accepted>, OpError> {
     let mut journal = state.accept_journal()?;
+    accept_into(cfg, &mut journal, h)
+}
+
+/// Makes this node accept traffic for the VIPs it does not own, recording each change in
+/// `journal` first (the accept journal, or the drain journal of a hand-off, whose node keeps
+/// serving its own connections after the VIP has moved). All or nothing, as [`accept`].
+pub(crate) fn accept_into(
+    cfg: &Config,
+    journal: &mut Journal,
+    h: &mut dyn Host,
+) -> Result<Vec<Accepted>, OpError> {
     // Fail on a missing ingress interface before changing anything.
     h.link_up(cfg.ingress_interface.as_str())?;
     let plan = PeerPlan::new(cfg);

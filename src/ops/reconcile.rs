@@ -18,6 +18,15 @@ pub fn clear_orphaned_divert(
     h: &mut dyn Host,
 ) -> Result<bool, OpError> {
     let mut journal = state.drain_journal()?;
+    if journal
+        .entries()
+        .iter()
+        .any(|e| matches!(e.change, Change::Handoff { .. }))
+    {
+        // A hand-off whose agent died: the node's connections still come back through the peer,
+        // so the divert and route stay until `undrain` finishes the hand-off.
+        return Ok(false);
+    }
     let plan = DivertPlan::new(cfg);
     let save = h.firewall().save_mangle().map_err(HostError::from)?;
     let orphaned = !plan.existing_chains(&save).is_empty()

@@ -93,8 +93,13 @@ pub fn undrain(
     ev: &mut dyn FnMut(Event),
 ) -> Result<(), OpError> {
     h.firewall().require_tools().map_err(HostError::from)?;
+    // After the failover of a hand-off the VIP is the peer's: no new flow arrives here, so the
+    // divert goes without a grace period once the hand-off is finished.
+    let handed_off = j.entries().iter().any(|e| matches!(e.change, Change::Handoff { .. }))
+        && j.entries().iter().any(|e| e.change.is_maintenance_state());
+    super::drain::finish_handoff(h, j, p, ev)?;
     let save = h.firewall().save_mangle().map_err(HostError::from)?;
-    if !plan.existing_chains(&save).is_empty() {
+    if !plan.existing_chains(&save).is_empty() && !handed_off {
         withdraw_and_wait(
             h,
             plan,
@@ -194,6 +199,16 @@ pub fn undo(h: &mut dyn Host, plan: &DivertPlan, c: &Change) -> Result<(), HostE
         Change::TrackFault { path } => h.write_track_file(path, 0),
         Change::LocalRoute { addr } => h.local_route(*addr, false),
         Change::Sysctl { key, previous } => h.sysctl_write(key, previous),
+        Change::Handoff { peer, .. } => {
+            // Best effort: a peer that does not hear it removes its return path itself once
+            // this node stops accepting the VIP.
+            if let Err(e) = super::handoff::ask_end(h) {
+                tracing::warn!("hand-off: {peer}'s agent was not told the hand-off is over: {e}");
+            }
+            Ok(())
+        }
+        // A marker: the return path itself is the `Divert` entry under the return prefix.
+        Change::Returning { .. } => Ok(()),
     }
 }
 

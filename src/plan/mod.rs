@@ -55,6 +55,22 @@
 //! - sets `P-<port>`: a `list:set` of `hash:ip,port,ip` members `P-<port>-<k>`, matched
 //!   `src,src,dst`, no timeout (records live until the agent destroys the sets); see [`sets`].
 //!
+//! # Hand-off: the same rules, mirrored on the peer
+//!
+//! In a hand-off the draining node (A) fails over at once, and the peer (B), which now receives
+//! every packet for the VIP, sends the packets of A's connections back to A. B tells them apart
+//! the same way: **B's flows are the ones whose SYN B received** (diverted by A, or direct after
+//! the failover). [`DivertPlan::returning`] is B's plan, under the prefix `P` + `R`:
+//! - `PR-PRE`: a SYN goes to `PR-NEW` and then stays local; a packet of a recorded flow stays
+//!   local; a packet that comes from A's MAC stays local (A diverted it here: it is B's, and this
+//!   rule makes a loop between the two nodes impossible); everything else goes to `PR-DIV`.
+//! - `PR-NEW`: record the SYN's flow (`PR-MISS` counts a SYN that could not be recorded);
+//! - `PR-DIV`: count, mark, `TEE --gateway A`, DROP: A's stack, which still accepts the VIP
+//!   through a local route, serves it.
+//!
+//! On A, [`DivertPlan::guarded`] adds one rule in front of `P-PRE`: a packet from B's MAC (a
+//! returned packet, or B's probe of A) is never diverted back.
+//!
 //! The texts are written in exactly the form `iptables-save` (iptables-nft 1.8.9) prints them
 //! (`--syn` is printed as `--tcp-flags FIN,SYN,RST,ACK SYN`, `-m tcp` is made explicit, `-d` comes
 //! before `-i`), so the read-back compares lines literally ([`DivertPlan::check_read_back`]).
@@ -92,9 +108,26 @@ pub enum Phase {
     Withdrawn,
 }
 
+/// Which way a plan sends packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// This node drains: a flow whose SYN arrives after the install goes to the peer, every
+    /// packet of it.
+    Divert,
+    /// This node took the VIP over in a hand-off: it keeps every flow whose SYN it receives and
+    /// returns the packets of every other flow to the peer, which is handing off.
+    Return,
+}
+
+/// An Ethernet address, as the `mac` match takes it.
+pub type Mac = [u8; 6];
+
 /// The firewall side of a drain, computed from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DivertPlan {
+    role: Role,
+    /// Packets from this MAC (the peer's) are never sent to the peer (see the module docs).
+    guard_mac: Option<Mac>,
     prefix: String,
     /// (VIP, its ports) in configuration order.
     vips: Vec<(Ipv4Addr, Vec<u16>)>,
@@ -144,6 +177,8 @@ impl DivertPlan {
             }
         }
         DivertPlan {
+            role: Role::Divert,
+            guard_mac: None,
             prefix: config.firewall.chain_prefix.as_str().to_string(),
             vips,
             ports,
@@ -155,8 +190,44 @@ impl DivertPlan {
         }
     }
 
+    /// This plan for a hand-off: packets that come from `peer_mac` (returned by the peer) are
+    /// never diverted back to it.
+    pub fn guarded(mut self, peer_mac: Mac) -> DivertPlan {
+        self.guard_mac = Some(peer_mac);
+        self
+    }
+
+    /// The peer's side of a hand-off ([`Role::Return`]): under the prefix `P` + `R`, this node
+    /// records the flows whose SYN it receives and returns every other packet for the VIP ports
+    /// to the node handing off (the config's `peer`, whose MAC is `peer_mac`).
+    pub fn returning(mut self, peer_mac: Mac) -> DivertPlan {
+        self.role = Role::Return;
+        self.guard_mac = Some(peer_mac);
+        self.prefix.push('R');
+        self
+    }
+
+    /// Which way this plan sends packets.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The return plan's prefix for a configuration's `chain_prefix` (what [`Self::returning`]
+    /// uses), for finding and removing a return path without knowing the peer's MAC.
+    pub fn return_prefix(&self) -> String {
+        format!("{}R", self.prefix)
+    }
+
     fn chain(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.prefix)
+    }
+
+    /// The rule that keeps packets from the peer's MAC away from `P-DIV`.
+    fn guard_rule(&self) -> Option<String> {
+        self.guard_mac.map(|m| {
+            let hex: Vec<String> = m.iter().map(|b| format!("{b:02X}")).collect();
+            format!("-m mac --mac-source {} -j RETURN", hex.join(":"))
+        })
     }
 
     /// The chain-name prefix every chain and set of ours starts with.
@@ -229,14 +300,34 @@ impl DivertPlan {
     /// Rule lines of P-PRE (without the `-A CHAIN ` head).
     fn pre_rules(&self) -> Vec<String> {
         let div = self.chain(DIV);
-        let mut rules = vec![self.syn_rule()];
-        for &port in &self.ports {
-            rules.push(format!(
-                "-p tcp -m tcp --dport {port} -m set --match-set {} src,src,dst -j {div}",
-                self.set_name(port)
-            ));
+        match self.role {
+            Role::Divert => {
+                let mut rules: Vec<String> = self.guard_rule().into_iter().collect();
+                rules.push(self.syn_rule());
+                for &port in &self.ports {
+                    rules.push(format!(
+                        "-p tcp -m tcp --dport {port} -m set --match-set {} src,src,dst -j {div}",
+                        self.set_name(port)
+                    ));
+                }
+                rules
+            }
+            Role::Return => {
+                let mut rules = vec![
+                    self.syn_rule(),
+                    "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN".to_string(),
+                ];
+                for &port in &self.ports {
+                    rules.push(format!(
+                        "-p tcp -m tcp --dport {port} -m set --match-set {} src,src,dst -j RETURN",
+                        self.set_name(port)
+                    ));
+                }
+                rules.extend(self.guard_rule());
+                rules.push(format!("-j {div}"));
+                rules
+            }
         }
-        rules
     }
 
     /// The P-PRE rule that sends SYNs to P-NEW. `--tcp-flags FIN,SYN,RST,ACK SYN` is `--syn` as
@@ -274,9 +365,12 @@ impl DivertPlan {
         rules
     }
 
-    /// Per port: record the SYN's flow, divert it if recorded.
+    /// Per port: record the SYN's flow, then divert it if recorded (returning: keep it).
     fn record_rules(&self) -> Vec<String> {
-        let div = self.chain(DIV);
+        let div = match self.role {
+            Role::Divert => self.chain(DIV),
+            Role::Return => "RETURN".to_string(),
+        };
         let mut rules = Vec::new();
         for &port in &self.ports {
             let set = self.set_name(port);
@@ -306,6 +400,10 @@ impl DivertPlan {
     }
 
     fn new_rules(&self, phase: Phase) -> Vec<String> {
+        if self.role == Role::Return {
+            // The return path has one phase: it is installed, then removed.
+            return self.new_rules_installed();
+        }
         match phase {
             Phase::Installed => self.new_rules_installed(),
             Phase::Sealed => self.new_rules_sealed(),

@@ -351,3 +351,69 @@ fn observed_set_destruction_takes_only_prefix_dash_port() {
     );
     assert_eq!(p.ipset_destroy_observed(&names[7..]), None);
 }
+
+/// The peer's MAC in the hand-off golden files.
+const PEER_MAC: Mac = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x0c];
+
+#[test]
+fn golden_handoff_return_path() {
+    let p = golden_plan().returning(PEER_MAC);
+    golden("return-install.txt", &p.install_rules());
+    golden("return-remove.txt", &p.remove_rules());
+    golden("return-ipset-create.txt", &p.ipset_create());
+}
+
+#[test]
+fn golden_handoff_guarded_divert() {
+    golden(
+        "guarded-install.txt",
+        &golden_plan().guarded(PEER_MAC).install_rules(),
+    );
+}
+
+#[test]
+fn the_return_path_and_the_divert_own_disjoint_names() {
+    let divert = golden_plan();
+    let ret = golden_plan().returning(PEER_MAC);
+    assert_eq!(ret.prefix(), "LBDRAINR");
+    assert_eq!(ret.prefix(), divert.return_prefix());
+    // Neither plan takes the other's chains or sets for its own (a drain of this node and the
+    // return path of the peer's hand-off must never remove each other).
+    let saved = format!(
+        "*mangle\n{}",
+        ret.expected_rules(Phase::Installed)
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+    assert!(divert.existing_chains(&saved).is_empty());
+    assert!(divert.owned_lines(&saved).is_empty());
+    assert!(divert.remove_rules_observed(&saved).is_none());
+    let names: Vec<String> = ret
+        .set_names()
+        .into_iter()
+        .chain(ret.ports().iter().map(|&p| ret.member_name(p, 0)))
+        .collect();
+    assert!(divert.existing_sets(&names).is_empty());
+    assert_eq!(ret.existing_sets(&names), names);
+    // And the return plan reads its own rules back, in its one phase.
+    assert_eq!(ret.observed_phase(&saved), Some(Phase::Installed));
+}
+
+#[test]
+fn the_return_path_keeps_syns_and_recorded_flows_and_returns_the_rest() {
+    let ret = golden_plan().returning(PEER_MAC);
+    let pre = ret.pre_rules();
+    // Order is the semantics: SYNs are recorded and kept, recorded flows kept, packets the peer
+    // diverted here kept (no loop), everything else returned.
+    assert_eq!(pre[0], "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j LBDRAINR-NEW");
+    assert_eq!(pre[1], "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN");
+    assert!(pre[2..pre.len() - 2]
+        .iter()
+        .all(|r| r.contains("--match-set LBDRAINR-") && r.ends_with("-j RETURN")));
+    assert_eq!(pre[pre.len() - 2], "-m mac --mac-source 02:00:5E:10:00:0C -j RETURN");
+    assert_eq!(pre[pre.len() - 1], "-j LBDRAINR-DIV");
+    assert!(ret
+        .div_rules()
+        .contains(&"-j TEE --gateway 198.18.0.12".to_string()));
+}

@@ -7,6 +7,7 @@
 //! - [`sockdiag`]: counting the VIP's sockets over netlink sock_diag;
 //! - [`probe`]: the SYN probe of the peer and ARP, over AF_PACKET;
 //! - [`sysctl`]: reading and writing `/proc/sys`;
+//! - [`peerlink`]: the authenticated request/reply between the two nodes' agents (hand-off);
 //! - [`fs`]: writing a file atomically;
 //! - [`process`]: the one way a tool is run (timeout, errors naming the tool);
 //! - [`privileges`]: whether this process may change the network;
@@ -16,6 +17,7 @@
 pub mod firewall;
 pub mod fs;
 pub mod links;
+pub mod peerlink;
 pub mod privileges;
 pub mod probe;
 pub mod process;

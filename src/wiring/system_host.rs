@@ -10,14 +10,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::ops::handoff::{PeerReply, PeerRequest};
 use crate::ops::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
 use crate::sys::firewall::{Firewall, SystemFirewall};
 use crate::sys::links::{Links, LinksError, RtnlLinks};
+use crate::sys::peerlink;
 use crate::sys::probe::{self, MacAddr, ProbeError, ProbeResult};
 use crate::sys::sockdiag::{
     DestroyWatcher, NetlinkSockDiag, SockDiagError, SocketCounter, SocketFilter,
 };
 use crate::sys::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
+
+/// How long one request to the peer's agent may take (installing or removing its return path
+/// takes tens of milliseconds).
+const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The shortest gap between two socket counts woken by destroy events.
 const MIN_RECOUNT_GAP: Duration = Duration::from_millis(10);
@@ -43,6 +49,9 @@ pub struct SystemHost {
     probe_timeout: Duration,
     started: Instant,
     interrupts: Arc<AtomicU32>,
+    /// `handoff:` key file and the peer agent's port, if configured; the key, once loaded.
+    handoff: Option<(std::path::PathBuf, u16)>,
+    handoff_key: Option<peerlink::Key>,
 }
 
 impl SystemHost {
@@ -76,6 +85,11 @@ impl SystemHost {
             probe_timeout: cfg.peer_probe.timeout.get(),
             started: Instant::now(),
             interrupts,
+            handoff: cfg
+                .handoff
+                .as_ref()
+                .map(|h| (h.key_file.as_path().to_path_buf(), h.port.get())),
+            handoff_key: None,
         })
     }
 
@@ -97,7 +111,7 @@ impl SystemHost {
     }
 
     /// The peer's MAC on the ingress network, resolved by ARP (cached until a probe fails).
-    fn peer_mac(&mut self) -> Result<Option<MacAddr>, HostError> {
+    fn resolve_peer_mac(&mut self) -> Result<Option<MacAddr>, HostError> {
         if self.peer_mac.is_none() {
             let ours = self.our_ip()?;
             self.peer_mac = probe::arp_resolve(&self.ingress, ours, self.peer, self.probe_timeout)
@@ -241,7 +255,7 @@ impl Host for SystemHost {
     }
 
     fn peer_owns(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
-        let Some(peer_mac) = self.peer_mac()? else {
+        let Some(peer_mac) = self.resolve_peer_mac()? else {
             return Ok(false);
         };
         let ours = self.our_ip()?;
@@ -251,7 +265,7 @@ impl Host for SystemHost {
     }
 
     fn probe_peer(&mut self) -> Result<PeerAnswer, HostError> {
-        let Some(mac) = self.peer_mac()? else {
+        let Some(mac) = self.resolve_peer_mac()? else {
             return Ok(PeerAnswer::NoAnswer);
         };
         let ours = self.our_ip()?;
@@ -345,5 +359,41 @@ impl Host for SystemHost {
 
     fn test_divert(&mut self, sets: &str, rules: &str) -> crate::ops::DivertTest {
         crate::sys::firewall::test_transaction(sets, rules)
+    }
+
+    fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError> {
+        self.resolve_peer_mac()
+    }
+
+    fn peer_agent(&mut self, req: &PeerRequest) -> Result<PeerReply, HostError> {
+        let Some((path, port)) = self.handoff.clone() else {
+            return Err(HostError::other(
+                "peer link",
+                "no handoff: section in the configuration",
+            ));
+        };
+        let key = match &self.handoff_key {
+            Some(k) => k.clone(),
+            None => {
+                let k = peerlink::Key::load(&path).map_err(|e| HostError {
+                    op: "peer link".into(),
+                    cause: e.to_string(),
+                    kind: HostErrorKind::Other,
+                })?;
+                self.handoff_key = Some(k.clone());
+                k
+            }
+        };
+        let ours = self.our_ip()?;
+        let to = std::net::SocketAddr::from((self.peer, port));
+        peerlink::call(&key, ours, to, req, PEER_CALL_TIMEOUT)
+            .map_err(|e| HostError::other("peer link", e))
+    }
+
+    fn unix_now(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 }

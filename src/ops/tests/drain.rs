@@ -44,6 +44,7 @@ fn policy() -> Policy {
         track_file: None,
         trigger_track_file: false,
         return_weight: 0,
+        handoff: None,
     }
 }
 

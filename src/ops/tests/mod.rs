@@ -1,3 +1,4 @@
 //! The service layer's operations against the fake world (`super::fake`).
 
 mod drain;
+mod handoff;

@@ -1,0 +1,221 @@
+//! The daemon's side of a hand-off: it listens on `handoff.port` for the peer's agent (the only
+//! address it answers), authenticates each request ([`crate::sys::peerlink`]) and runs the
+//! service layer's answer ([`crate::ops::handoff`]); while a return path is in place, one thread
+//! supervises it until the peer ends the hand-off, the peer is gone, or its deadline passes.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::Config;
+use crate::ops::handoff::{self, PeerReply, PeerRequest, ReturnReport, Returning};
+use crate::sys::peerlink::{self, Key, Replay, MAX_LINE};
+
+/// How long a connected peer may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `End` waits for the supervisor to remove the return path.
+const END_WAIT: Duration = Duration::from_secs(10);
+
+/// The return path this daemon supervises, if any.
+pub struct Returns {
+    cfg: Config,
+    /// Raised when the daemon stops: the supervisor returns and leaves the return path (it is
+    /// journalled; the next start resumes it).
+    stopping: Arc<AtomicU32>,
+    running: Mutex<Option<Supervisor>>,
+}
+
+struct Supervisor {
+    ended: Arc<AtomicBool>,
+    done: mpsc::Receiver<Result<ReturnReport, String>>,
+}
+
+impl Returns {
+    /// Nothing supervised yet.
+    pub fn new(cfg: Config) -> Arc<Returns> {
+        Arc::new(Returns {
+            cfg,
+            stopping: Arc::new(AtomicU32::new(0)),
+            running: Mutex::new(None),
+        })
+    }
+
+    /// Supervises `r` on a thread of its own, unless a supervisor already runs.
+    pub fn start(&self, r: Returning) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.as_ref().is_some_and(|s| s.done_pending()) {
+            return;
+        }
+        let ended = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        tracing::info!(peer = %r.peer, until = r.until, "hand-off: return path in place, supervising");
+        let (cfg, stopping, flag) = (self.cfg.clone(), self.stopping.clone(), ended.clone());
+        std::thread::spawn(move || {
+            let result = (|| {
+                let (state, mut host) = crate::wiring::open(&cfg, stopping)?;
+                handoff::supervise(&cfg, &state, &mut *host, &r, &|| {
+                    flag.load(Ordering::SeqCst)
+                })
+            })()
+            .map_err(|e| e.to_string());
+            match &result {
+                Ok(report) => tracing::info!("{}", report.summary(r.peer)),
+                Err(e) => tracing::warn!("hand-off from {}: {e}", r.peer),
+            }
+            let _ = tx.send(result);
+        });
+        *running = Some(Supervisor { ended, done: rx });
+    }
+
+    /// Ends the supervised return path (or removes one no supervisor holds) and says how it went.
+    fn end(&self) -> PeerReply {
+        let sup = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let result = match sup {
+            Some(s) => {
+                s.ended.store(true, Ordering::SeqCst);
+                match s.done.recv_timeout(END_WAIT) {
+                    Ok(r) => r.map(|r| r.summary(self.cfg.peer.get())),
+                    Err(_) => Err("the return path's supervisor did not finish in time".into()),
+                }
+            }
+            None => self.remove_unsupervised(),
+        };
+        match result {
+            Ok(detail) => PeerReply::Ok { detail },
+            Err(reason) => PeerReply::Refused { reason },
+        }
+    }
+
+    fn remove_unsupervised(&self) -> Result<String, String> {
+        let cfg = &self.cfg;
+        let (state, mut host) = crate::wiring::open(cfg, Arc::new(AtomicU32::new(0)))
+            .map_err(|e| e.to_string())?;
+        let recorded = state.return_journal().map_err(|e| e.to_string())?;
+        if recorded.is_empty() {
+            return Ok("no return path here".into());
+        }
+        handoff::remove(cfg, &state, &mut *host).map_err(|e| e.to_string())?;
+        Ok("return path removed".into())
+    }
+
+    /// The daemon stops: supervisors return, leaving their return paths for the next start.
+    pub fn stop(&self) {
+        self.stopping.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Resumes supervising the return path the journal records (after a restart).
+    pub fn resume(&self) -> Result<Option<Returning>, crate::ops::OpError> {
+        let state = crate::journal::StateDir::open(self.cfg.state_dir.as_path())?;
+        let r = Returning::recorded(&state.return_journal()?);
+        if let Some(r) = &r {
+            self.start(r.clone());
+        }
+        Ok(r)
+    }
+
+    fn answer(&self, req: PeerRequest) -> PeerReply {
+        let cfg = &self.cfg;
+        match req {
+            PeerRequest::Hello { vips } => handoff::hello(cfg, &vips),
+            PeerRequest::Begin { vips, until } => {
+                let begun = crate::wiring::open(cfg, Arc::new(AtomicU32::new(0))).and_then(
+                    |(state, mut host)| handoff::begin(cfg, &state, &mut *host, &vips, until),
+                );
+                match begun {
+                    Ok(Ok(r)) => {
+                        self.start(r);
+                        PeerReply::Ok {
+                            detail: "return path installed".into(),
+                        }
+                    }
+                    Ok(Err(reason)) => PeerReply::Refused { reason },
+                    Err(e) => PeerReply::Refused {
+                        reason: e.to_string(),
+                    },
+                }
+            }
+            PeerRequest::End => self.end(),
+        }
+    }
+}
+
+impl Supervisor {
+    /// Whether the supervisor thread is still at work (it sends its report when done).
+    fn done_pending(&self) -> bool {
+        matches!(
+            self.done.try_recv(),
+            Err(mpsc::TryRecvError::Empty)
+        )
+    }
+}
+
+/// Serves the peer link on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, key: Key, returns: Arc<Returns>) {
+    let peer = returns.cfg.peer.get();
+    let replay = Arc::new(Mutex::new(Replay::default()));
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("peer link accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if from.ip() != std::net::IpAddr::V4(peer) {
+            tracing::warn!(%from, "peer link: connection from an address that is not the peer; closed");
+            continue;
+        }
+        let (key, replay, returns) = (key.clone(), replay.clone(), returns.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(stream, peer, &key, &replay, returns).await {
+                tracing::warn!(%from, "peer link: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_one(
+    stream: TcpStream,
+    peer: Ipv4Addr,
+    key: &Key,
+    replay: &Mutex<Replay>,
+    returns: Arc<Returns>,
+) -> Result<(), String> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        BufReader::new(read.take(MAX_LINE + 1)).read_line(&mut line),
+    )
+    .await
+    .map_err(|_| "no request in time".to_string())?
+    .map_err(|e| e.to_string())?;
+    let (req, nonce): (PeerRequest, String) = replay
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .accept(key, peer, &line)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(?req, "peer link request");
+    let reply = tokio::task::spawn_blocking(move || returns.answer(req))
+        .await
+        .map_err(|e| e.to_string())?;
+    let out = peerlink::reply_line(key, nonce, &reply);
+    write
+        .write_all(out.as_bytes())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Binds the peer link's port (all addresses; only the peer is answered).
+pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await
+}

@@ -1,0 +1,425 @@
+//! Hand-off: the draining node (A) fails over at once and its connections go on to their natural
+//! end, because the peer (B), which now receives every packet for the VIPs, sends the packets of
+//! flows it never saw a SYN of back to A (the rules: [`crate::plan`], "Hand-off").
+//!
+//! # How the two agents coordinate
+//!
+//! A asks, B acts, over the authenticated peer link (one request, one reply; HMAC-SHA256 under
+//! the key both nodes share, see `sys::peerlink`):
+//! 1. A → B [`PeerRequest::Begin`]: B checks it serves the same VIPs, installs its return path
+//!    (recording every SYN it receives from now on) and answers; only then does A divert. So
+//!    every flow B will ever serve has its SYN recorded on B.
+//! 2. A diverts, makes the node accept the VIPs without owning them (the `accept` changes, in
+//!    its drain journal), seals, and fails over at once.
+//! 3. A watches its own connections, as a drain does, until none is left (idle ones apart), or
+//!    `handoff.deadline`.
+//! 4. A → B [`PeerRequest::End`]: B removes its return path; then A removes its divert, route and
+//!    sysctls. The tracked interface stays down until `undrain`.
+//!
+//! # When something fails
+//! - B's agent does not answer or refuses `Begin`: A changes nothing (exit 5).
+//! - A's agent dies during the hand-off: its rules and route stay (journalled), so A keeps
+//!   serving its connections and B keeps returning them; `undrain` on A (or A's daemon on
+//!   restart) finishes the hand-off: it waits for A's connections, ends B's return path, cleans.
+//! - B's agent dies: B's return path stays in the kernel and keeps working; B's daemon resumes
+//!   supervising it on restart (from its return journal). If A's `End` finds no one, A cleans up
+//!   anyway, and B's agent removes the return path as soon as it sees A no longer accepts the VIP.
+//! - A's node goes away (or stops accepting the VIP): B probes A exactly as A probes B during a
+//!   drain (a SYN to the VIP sent to A's MAC); after `peer_probe.failures` failed probes B removes
+//!   its return path, and A's flows, whose server is gone, get B's RST.
+//! - B never hears `End` (A dead for good): the return path goes at `until`, which A set from its
+//!   deadline.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::divert;
+use super::record::RecordKeeper;
+use super::{Host, HostError, OpError, PeerAnswer, MIN_SLEEP};
+use crate::config::Config;
+use crate::journal::{Change, Journal, StateDir};
+use crate::plan::{DivertPlan, Mac};
+
+/// A VIP and its ports, as the two agents compare their configurations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipPorts {
+    /// The VIP.
+    pub vip: Ipv4Addr,
+    /// Its ports, in configuration order.
+    pub ports: Vec<u16>,
+}
+
+impl VipPorts {
+    /// The VIPs and ports of `cfg`.
+    pub fn of(cfg: &Config) -> Vec<VipPorts> {
+        cfg.vips
+            .iter()
+            .map(|v| VipPorts {
+                vip: v.address.get(),
+                ports: v.ports.as_slice().iter().map(|p| p.get()).collect(),
+            })
+            .collect()
+    }
+}
+
+/// What one agent asks the other over the peer link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum PeerRequest {
+    /// Is the peer's agent there, and does it serve the same VIPs? Changes nothing (`check`).
+    Hello {
+        /// The asking node's VIPs.
+        vips: Vec<VipPorts>,
+    },
+    /// Start returning the asking node's packets to it: it is about to divert and fail over.
+    Begin {
+        /// The asking node's VIPs (must equal the peer's).
+        vips: Vec<VipPorts>,
+        /// Unix time (s) after which the peer removes the return path on its own.
+        until: u64,
+    },
+    /// The asking node's connections are gone (or its deadline passed): remove the return path.
+    End,
+}
+
+/// The answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum PeerReply {
+    /// Done; what was done, in one line.
+    Ok {
+        /// E.g. "return path installed".
+        detail: String,
+    },
+    /// Not done, and nothing was changed; why.
+    Refused {
+        /// E.g. "this node serves other VIPs".
+        reason: String,
+    },
+}
+
+/// Answers [`PeerRequest::Hello`]: whether this node could serve `from`'s hand-off.
+pub fn hello(cfg: &Config, vips: &[VipPorts]) -> PeerReply {
+    match same_vips(cfg, vips) {
+        Ok(()) => PeerReply::Ok {
+            detail: format!("agent on {} ready for a hand-off", cfg.peer.get()),
+        },
+        Err(reason) => PeerReply::Refused { reason },
+    }
+}
+
+fn same_vips(cfg: &Config, vips: &[VipPorts]) -> Result<(), String> {
+    let ours = VipPorts::of(cfg);
+    if ours == vips {
+        Ok(())
+    } else {
+        Err(format!(
+            "the two nodes serve different VIPs or ports (here {}, there {})",
+            describe(&ours),
+            describe(vips)
+        ))
+    }
+}
+
+fn describe(v: &[VipPorts]) -> String {
+    v.iter()
+        .map(|v| {
+            let ports: Vec<String> = v.ports.iter().map(u16::to_string).collect();
+            format!("{}:{}", v.vip, ports.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How long B waits for its state lock before refusing (another operation, e.g. a notify, may
+/// hold it briefly).
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The return path in place on this node, as its journal records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Returning {
+    /// The node handing off.
+    pub peer: Ipv4Addr,
+    /// Its MAC.
+    pub peer_mac: Mac,
+    /// Unix time (s) after which the return path goes on its own.
+    pub until: u64,
+}
+
+impl Returning {
+    /// The return path this journal records, if any.
+    pub fn recorded(j: &Journal) -> Option<Returning> {
+        j.entries().iter().find_map(|e| match &e.change {
+            Change::Returning {
+                peer,
+                peer_mac,
+                until,
+            } => Some(Returning {
+                peer: *peer,
+                peer_mac: parse_mac(peer_mac)?,
+                until: *until,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The rules of this return path.
+    pub fn plan(&self, cfg: &Config) -> DivertPlan {
+        DivertPlan::new(cfg).returning(self.peer_mac)
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as a MAC.
+pub fn format_mac(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn parse_mac(s: &str) -> Option<Mac> {
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(m)
+}
+
+/// B: answers [`PeerRequest::Begin`] from the configured peer: installs the return path (journal
+/// first) and returns what the supervisor ([`supervise`]) needs. Idempotent: a repeated `Begin`
+/// finds the return path in place and leaves it as it is.
+pub fn begin(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+    vips: &[VipPorts],
+    until: u64,
+) -> Result<Result<Returning, String>, OpError> {
+    if let Err(reason) = same_vips(cfg, vips) {
+        return Ok(Err(reason));
+    }
+    let _lock = state.lock_wait(LOCK_WAIT)?;
+    let mut journal = state.return_journal()?;
+    let peer = cfg.peer.get();
+    if let Some(r) = Returning::recorded(&journal) {
+        return Ok(Ok(r));
+    }
+    if !state.drain_journal()?.is_empty() {
+        return Ok(Err(
+            "this node is itself drained or draining (its drain journal is not empty)".into(),
+        ));
+    }
+    let Some(peer_mac) = h.peer_mac()? else {
+        return Ok(Err(format!("{peer} does not answer ARP from here")));
+    };
+    let plan = DivertPlan::new(cfg).returning(peer_mac);
+    let receipt = match divert::prepare(h.firewall(), &plan) {
+        Ok(r) => r,
+        Err(e @ (divert::DivertError::SetsExist { .. } | divert::DivertError::ChainsExist { .. })) => {
+            return Ok(Err(format!("leftovers of an earlier return path here: {e}")))
+        }
+        Err(e) => return Err(HostError::from(e).into()),
+    };
+    let r = Returning {
+        peer,
+        peer_mac,
+        until,
+    };
+    journal.record(Change::Returning {
+        peer,
+        peer_mac: format_mac(&peer_mac),
+        until,
+    })?;
+    journal.record(Change::Divert {
+        prefix: plan.prefix().to_string(),
+        drop_mangle_table: !receipt.mangle_table_was_present,
+    })?;
+    if let Err(e) = divert::apply_install(h.firewall(), &plan, &receipt) {
+        // apply_install undid its own partial work.
+        journal.forget_all()?;
+        return Err(HostError::from(e).into());
+    }
+    Ok(Ok(r))
+}
+
+/// Why a return path ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReturnEnd {
+    /// The peer said its hand-off is over.
+    PeerEnded,
+    /// The peer stopped answering for the VIP (gone, or it no longer accepts it).
+    PeerGone,
+    /// `until` passed.
+    Deadline,
+    /// The agent is stopping; the return path stays (journalled) for the next start.
+    Stopped,
+}
+
+impl std::fmt::Display for ReturnEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReturnEnd::PeerEnded => "the peer ended its hand-off",
+            ReturnEnd::PeerGone => "the peer stopped answering for the VIP",
+            ReturnEnd::Deadline => "the hand-off's deadline passed",
+            ReturnEnd::Stopped => "the agent is stopping (the return path stays until it restarts)",
+        })
+    }
+}
+
+/// What a return path did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReturnReport {
+    /// Why it ended.
+    pub end: ReturnEnd,
+    /// Packets returned to the peer.
+    pub returned_packets: u64,
+    /// Flows recorded as this node's while it was in place.
+    pub recorded_flows: u64,
+    /// Whether it was removed (false for [`ReturnEnd::Stopped`], or if removal failed: then the
+    /// journal keeps it).
+    pub removed: bool,
+}
+
+impl ReturnReport {
+    /// One line for the log.
+    pub fn summary(&self, peer: Ipv4Addr) -> String {
+        format!(
+            "hand-off from {peer} over ({}): {} packet(s) returned, {} flow(s) recorded here; return path {}",
+            self.end,
+            self.returned_packets,
+            self.recorded_flows,
+            if self.removed { "removed" } else { "kept" }
+        )
+    }
+}
+
+/// B: keeps the return path `r` while it is needed: tends its record as a drain tends its own,
+/// probes the peer every `peer_probe.interval`, and removes it when `ended()` says the peer asked
+/// to (or at `until`, or after `peer_probe.failures` failed probes). Returns without removing when
+/// `h.interrupts()` rises (the daemon stops).
+pub fn supervise(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+    r: &Returning,
+    ended: &dyn Fn() -> bool,
+) -> Result<ReturnReport, OpError> {
+    let plan = r.plan(cfg);
+    let interval = cfg.peer_probe.interval.get();
+    let failures = cfg.peer_probe.failures.get();
+    let mut keeper = RecordKeeper::new(h.now());
+    let mut next_probe = h.now();
+    let mut fails = 0u32;
+    let end = loop {
+        if ended() {
+            break ReturnEnd::PeerEnded;
+        }
+        if h.interrupts() > 0 {
+            break ReturnEnd::Stopped;
+        }
+        if h.unix_now() >= r.until {
+            break ReturnEnd::Deadline;
+        }
+        let now = h.now();
+        let news = keeper.tick(h.firewall(), &plan, now);
+        if let Some(e) = news.error {
+            tracing::warn!("return path record: {e}");
+        }
+        if h.now() >= next_probe {
+            match h.probe_peer().unwrap_or(PeerAnswer::NoAnswer) {
+                PeerAnswer::Accepted { .. } => fails = 0,
+                other => {
+                    fails += 1;
+                    tracing::info!(consecutive = fails, "probe of {}: {other}", r.peer);
+                    if fails >= failures {
+                        break ReturnEnd::PeerGone;
+                    }
+                }
+            }
+            next_probe = h.now() + interval;
+        }
+        h.sleep(
+            next_probe
+                .saturating_sub(h.now())
+                .min(super::record::TEND_INTERVAL)
+                .max(MIN_SLEEP),
+        );
+    };
+    let (_, stats, counters) = keeper.final_look(h.firewall(), &plan);
+    let mut report = ReturnReport {
+        end,
+        returned_packets: counters.diverted_packets,
+        recorded_flows: stats.entries(),
+        removed: false,
+    };
+    if end != ReturnEnd::Stopped {
+        remove(cfg, state, h)?;
+        report.removed = true;
+    }
+    Ok(report)
+}
+
+/// B: removes the return path the journal records (and any left under the return prefix).
+pub fn remove(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<(), OpError> {
+    let _lock = state.lock_wait(LOCK_WAIT)?;
+    let mut journal = state.return_journal()?;
+    let mac = Returning::recorded(&journal).map_or([0; 6], |r| r.peer_mac);
+    let plan = DivertPlan::new(cfg).returning(mac);
+    if !journal
+        .entries()
+        .iter()
+        .any(|e| matches!(e.change, Change::Divert { .. }))
+    {
+        journal.record(Change::Divert {
+            prefix: plan.prefix().to_string(),
+            drop_mangle_table: false,
+        })?;
+    }
+    super::undo_all(h, &mut journal, &plan)
+}
+
+/// A: asks the peer's agent to start returning this node's packets. `Ok(())` once it has.
+pub fn ask_begin(h: &mut dyn Host, cfg: &Config, until: u64) -> Result<(), OpError> {
+    let req = PeerRequest::Begin {
+        vips: VipPorts::of(cfg),
+        until,
+    };
+    match h.peer_agent(&req) {
+        Ok(PeerReply::Ok { .. }) => Ok(()),
+        Ok(PeerReply::Refused { reason }) => Err(OpError::PeerNotReady(format!(
+            "{}'s agent refuses the hand-off: {reason}",
+            cfg.peer.get()
+        ))),
+        Err(e) => Err(OpError::PeerNotReady(format!(
+            "{}'s agent does not answer ({e}): is `drain-agent run` running there with the same handoff.key_file?",
+            cfg.peer.get()
+        ))),
+    }
+}
+
+/// How long A keeps trying to tell the peer the hand-off is over (its agent may be restarting).
+pub const END_RETRY_FOR: Duration = Duration::from_secs(10);
+/// Pause between those attempts.
+const END_RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// A: tells the peer the hand-off is over, retrying for [`END_RETRY_FOR`]. `Err` with the last
+/// error if it never answered (its agent removes the return path on its own once this node stops
+/// accepting the VIP).
+pub fn ask_end(h: &mut dyn Host) -> Result<String, String> {
+    let until = h.now() + END_RETRY_FOR;
+    loop {
+        match h.peer_agent(&PeerRequest::End) {
+            Ok(PeerReply::Ok { detail }) => return Ok(detail),
+            Ok(PeerReply::Refused { reason }) => return Err(reason),
+            Err(e) if h.now() >= until => return Err(e.to_string()),
+            Err(_) => h.sleep(END_RETRY_EVERY),
+        }
+    }
+}

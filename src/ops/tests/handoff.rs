@@ -1,0 +1,346 @@
+//! The hand-off, both sides, against the fake world.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::journal::{Change, StateDir};
+use crate::ops::drain::{self, DrainOptions};
+use crate::ops::fake::{test_config, Conn, FakeHost};
+use crate::ops::handoff::{self, PeerRequest, ReturnEnd, VipPorts};
+use crate::ops::*;
+use crate::plan::DivertPlan;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn cfg(deadline: &str) -> Config {
+    test_config(
+        "80, 7",
+        &format!(
+            "handoff:\n  key_file: /etc/drain-agent/handoff.key\n  deadline: {deadline}\ndrain:\n  mode: handoff\n  deadline: 5s\n"
+        ),
+    )
+}
+
+fn conns(closing_s: &[Option<u64>]) -> Vec<Conn> {
+    closing_s
+        .iter()
+        .map(|c| Conn {
+            closes_at: c.map(S),
+            idle: false,
+        })
+        .collect()
+}
+
+struct Run {
+    h: FakeHost,
+    state: StateDir,
+    events: Vec<Event>,
+    result: Result<DrainReport, OpError>,
+    _dir: tempfile::TempDir,
+}
+
+fn hand_off(mut h: FakeHost, cfg: &Config) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut events = Vec::new();
+    let result = drain::run(cfg, &DrainOptions::default(), &state, &mut h, &mut |e| {
+        events.push(e)
+    });
+    Run {
+        h,
+        state,
+        events,
+        result,
+        _dir: dir,
+    }
+}
+
+fn nothing_left(r: &Run) {
+    let fw = &r.h.fw.inner;
+    let plan = DivertPlan::new(&cfg("1h"));
+    assert!(plan.owned_lines(&fw.mangle_text()).is_empty(), "{}", fw.mangle_text());
+    assert!(fw.sets().is_empty(), "{:?}", fw.sets());
+    assert!(r.h.routes.is_empty(), "routes left: {:?}", r.h.routes);
+    let j = r.state.drain_journal().unwrap();
+    assert!(
+        j.entries().iter().all(|e| e.change.is_maintenance_state()),
+        "{:?}",
+        j.entries()
+    );
+}
+
+#[test]
+fn hands_off_at_once_and_waits_for_its_connections_longer_than_a_drain_would() {
+    let mut h = FakeHost::new();
+    // Connections that outlive drain.deadline (5 s) by far: a drain would cut them.
+    h.conns = conns(&[Some(2), Some(40), Some(95)]);
+    let r = hand_off(h, &cfg("1h"));
+    let rep = r.result.as_ref().unwrap();
+    assert_eq!(rep.mode, crate::config::DrainMode::Handoff);
+    assert_eq!(rep.reason, DrainReason::Empty);
+    assert_eq!(rep.abandoned, 0);
+    let log = r.h.call_log();
+    let at = |what: &str| r.h.first_call_at(what).unwrap_or_else(|| panic!("no {what}: {log:?}"));
+    // The peer's return path first, then the divert, then the VIP accepted here, then the
+    // failover at once (no drain wait), and the end only after the last connection.
+    let begin = log.iter().position(|c| c == "peer-agent begin").unwrap();
+    let install = log.iter().position(|c| c == "restore install").unwrap();
+    assert!(begin < install, "{log:?}");
+    assert!(at("route 198.18.0.100 true") <= at("link trk0 down"));
+    assert!(at("link trk0 down") < S(1), "failover at {:?}", at("link trk0 down"));
+    assert!(at("peer-agent end") >= S(95), "ended at {:?}", at("peer-agent end"));
+    assert!(at("route 198.18.0.100 false") >= at("peer-agent end"));
+    assert!(r.events.iter().any(|e| matches!(e, Event::HandoffEnded { .. })));
+    nothing_left(&r);
+    // The sysctls `accept` set are restored.
+    assert_eq!(r.h.sysctls.get("net/ipv4/conf/eth0/arp_ignore").unwrap(), "0");
+}
+
+#[test]
+fn the_hand_off_deadline_cuts_what_is_left_and_still_ends_the_peer() {
+    let mut h = FakeHost::new();
+    h.conns = conns(&[None, None, Some(3)]);
+    let r = hand_off(h, &cfg("20s"));
+    let rep = r.result.as_ref().unwrap();
+    assert_eq!(rep.reason, DrainReason::Deadline);
+    assert_eq!(rep.abandoned, 2);
+    assert!(r.h.first_call_at("peer-agent end").unwrap() >= S(20));
+    nothing_left(&r);
+}
+
+#[test]
+fn a_peer_agent_that_does_not_answer_or_refuses_changes_nothing() {
+    for refuse in [None, Some("the two nodes serve different VIPs".to_string())] {
+        let mut h = FakeHost::new();
+        h.conns = conns(&[None]);
+        h.peer_agent.down = refuse.is_none();
+        h.peer_agent.refuse = refuse.clone();
+        let r = hand_off(h, &cfg("1h"));
+        let e = r.result.as_ref().unwrap_err();
+        assert_eq!(e.exit_code(), exit::PEER_NOT_READY, "{e}");
+        if let Some(why) = &refuse {
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        let log = r.h.call_log();
+        assert!(
+            !log.iter().any(|c| c.starts_with("restore") || c.starts_with("ipset") || c.starts_with("link") || c.starts_with("route")),
+            "{log:?}"
+        );
+        assert!(r.state.drain_journal().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn an_interrupt_after_the_failover_cuts_the_rest_ends_the_peer_and_cleans_up() {
+    let mut h = FakeHost::new();
+    h.conns = conns(&[None, None]);
+    h.interrupts_at = vec![S(10)];
+    let r = hand_off(h, &cfg("1h"));
+    let e = r.result.as_ref().unwrap_err();
+    assert!(matches!(e, OpError::HandoffCut(2)), "{e}");
+    assert_eq!(e.exit_code(), exit::INTERRUPTED);
+    assert!(r.h.call_log().contains(&"peer-agent end".to_string()));
+    nothing_left(&r);
+}
+
+#[test]
+fn a_failure_before_the_failover_rolls_back_and_ends_the_peer() {
+    let mut h = FakeHost::new();
+    h.conns = conns(&[None]);
+    // The install's transaction goes through; the seal's fails.
+    h.fw.inner.fail_later(
+        crate::sys::firewall::FakeOp::Restore,
+        1,
+        crate::sys::firewall::FirewallError::BadOutput {
+            binary: "iptables-restore".into(),
+            detail: "injected".into(),
+        },
+    );
+    let r = hand_off(h, &cfg("1h"));
+    assert!(r.result.is_err());
+    let log = r.h.call_log();
+    assert!(log.contains(&"peer-agent end".to_string()), "{log:?}");
+    assert!(!log.iter().any(|c| c == "link trk0 down"), "{log:?}");
+    assert!(r.state.drain_journal().unwrap().is_empty());
+    nothing_left(&r);
+}
+
+#[test]
+fn hand_off_without_the_handoff_section_is_a_configuration_error() {
+    let cfg = test_config("80", "");
+    let opts = DrainOptions {
+        mode: Some(crate::config::DrainMode::Handoff),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    let e = drain::run(&cfg, &opts, &state, &mut h, &mut |_| {}).unwrap_err();
+    assert_eq!(e.exit_code(), exit::CONFIG, "{e}");
+    assert!(h.call_log().is_empty());
+}
+
+#[test]
+fn undrain_of_a_killed_hand_off_waits_for_the_connections_then_ends_the_peer() {
+    let cfg = cfg("1h");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    // What a hand-off leaves when its agent is SIGKILLed after the failover.
+    let mut j = state.drain_journal().unwrap();
+    let until = h.unix_now() + 3600;
+    j.record(Change::Handoff {
+        peer: cfg.peer.get(),
+        until,
+    })
+    .unwrap();
+    let plan = DivertPlan::new(&cfg).guarded([2, 0, 0x5e, 0x10, 0, 12]);
+    let receipt = divert::prepare(h.firewall(), &plan).unwrap();
+    crate::ops::drain::install(&mut h, &mut j, &plan, &receipt).unwrap();
+    crate::ops::peer::accept_into(&cfg, &mut j, &mut h).unwrap();
+    j.record(Change::LinkDown {
+        ifname: "trk0".into(),
+    })
+    .unwrap();
+    h.set_link("trk0", false).unwrap();
+    h.conns = conns(&[Some(30)]);
+    let mut events = Vec::new();
+    let done = undrain::run(
+        &cfg,
+        &undrain::UndrainOptions::default(),
+        &state,
+        &mut h,
+        &mut |e| events.push(e),
+    )
+    .unwrap();
+    assert!(done.tracked_interface_up);
+    let end = h.first_call_at("peer-agent end").unwrap();
+    assert!(end >= S(30), "the peer was told at {end:?}");
+    assert!(h.first_call_at("route 198.18.0.100 false").unwrap() >= end);
+    assert!(h.first_call_at("link trk0 up").unwrap() >= end);
+    assert!(plan.owned_lines(&h.fw.inner.mangle_text()).is_empty());
+    assert!(h.fw.inner.sets().is_empty());
+    assert!(h.routes.is_empty());
+    assert!(state.drain_journal().unwrap().is_empty());
+    assert!(events.iter().any(|e| matches!(e, Event::HandoffEnded { .. })));
+}
+
+#[test]
+fn the_daemon_start_leaves_an_unfinished_hand_off_to_undrain() {
+    let cfg = cfg("1h");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    let mut j = state.drain_journal().unwrap();
+    j.record(Change::Handoff {
+        peer: cfg.peer.get(),
+        until: h.unix_now() + 3600,
+    })
+    .unwrap();
+    let plan = DivertPlan::new(&cfg);
+    let receipt = divert::prepare(h.firewall(), &plan).unwrap();
+    crate::ops::drain::install(&mut h, &mut j, &plan, &receipt).unwrap();
+    let r = reconcile::reconcile(&cfg, &state, &mut h).unwrap();
+    assert!(!r.repaired);
+    assert!(!plan.owned_lines(&h.fw.inner.mangle_text()).is_empty());
+    assert!(!h.call_log().iter().any(|c| c.starts_with("peer-agent")));
+}
+
+// --- the peer's side ---
+
+fn peer_side() -> (Config, tempfile::TempDir, StateDir, FakeHost) {
+    let cfg = cfg("1h");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    (cfg, dir, state, FakeHost::new())
+}
+
+#[test]
+fn the_peer_installs_a_return_path_once_and_removes_it_when_told() {
+    let (cfg, _dir, state, mut h) = peer_side();
+    let until = h.unix_now() + 100;
+    let r = handoff::begin(&cfg, &state, &mut h, &VipPorts::of(&cfg), until)
+        .unwrap()
+        .unwrap();
+    let ret = r.plan(&cfg);
+    assert_eq!(ret.prefix(), "DRAINR");
+    ret.check_read_back(crate::plan::Phase::Installed, &h.fw.inner.mangle_text())
+        .unwrap();
+    // Again (the peer retried): the same return path, nothing installed twice.
+    let again = handoff::begin(&cfg, &state, &mut h, &VipPorts::of(&cfg), until)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, r);
+    assert_eq!(
+        h.call_log().iter().filter(|c| *c == "restore install").count(),
+        1
+    );
+    // The peer says the hand-off is over after 5 s.
+    let t0 = h.t();
+    let end_at = t0 + S(5);
+    let clock = h.clock.clone();
+    let report =
+        handoff::supervise(&cfg, &state, &mut h, &r, &|| clock.get() >= end_at).unwrap();
+    assert_eq!(report.end, ReturnEnd::PeerEnded);
+    assert!(report.removed);
+    assert!(ret.owned_lines(&h.fw.inner.mangle_text()).is_empty());
+    assert!(h.fw.inner.sets().is_empty());
+    assert!(state.return_journal().unwrap().is_empty());
+    // Supervising meant probing the node that hands off.
+    assert!(h.call_log().iter().filter(|c| *c == "probe").count() >= 20);
+}
+
+#[test]
+fn the_peer_removes_the_return_path_when_the_node_handing_off_is_gone_or_late() {
+    for (dies, end) in [(Some(S(3)), ReturnEnd::PeerGone), (None, ReturnEnd::Deadline)] {
+        let (cfg, _dir, state, mut h) = peer_side();
+        h.peer_dies_at = dies;
+        let until = h.unix_now() + 10;
+        let r = handoff::begin(&cfg, &state, &mut h, &VipPorts::of(&cfg), until)
+            .unwrap()
+            .unwrap();
+        let report = handoff::supervise(&cfg, &state, &mut h, &r, &|| false).unwrap();
+        assert_eq!(report.end, end);
+        assert!(report.removed);
+        assert!(h.fw.inner.sets().is_empty());
+        assert!(state.return_journal().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn the_peer_keeps_the_return_path_when_its_agent_stops_and_refuses_to_drain_meanwhile() {
+    let (cfg, _dir, state, mut h) = peer_side();
+    let until = h.unix_now() + 100;
+    let r = handoff::begin(&cfg, &state, &mut h, &VipPorts::of(&cfg), until)
+        .unwrap()
+        .unwrap();
+    h.interrupts_at = vec![h.t() + S(1)];
+    let report = handoff::supervise(&cfg, &state, &mut h, &r, &|| false).unwrap();
+    assert_eq!(report.end, ReturnEnd::Stopped);
+    assert!(!report.removed);
+    assert!(!r.plan(&cfg).owned_lines(&h.fw.inner.mangle_text()).is_empty());
+    assert_eq!(
+        handoff::Returning::recorded(&state.return_journal().unwrap()),
+        Some(r.clone())
+    );
+    // This node cannot drain while it returns its peer's connections.
+    h.interrupts_at.clear();
+    let e = drain::run(&test_config("80, 7", ""), &DrainOptions::default(), &state, &mut h, &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(e, OpError::ServingHandoff(_)), "{e}");
+}
+
+#[test]
+fn the_peer_refuses_a_hand_off_for_other_vips() {
+    let (cfg, _dir, state, mut h) = peer_side();
+    let mut vips = VipPorts::of(&cfg);
+    vips[0].ports.push(443);
+    let refused = handoff::begin(&cfg, &state, &mut h, &vips, 0).unwrap().unwrap_err();
+    assert!(refused.contains("different VIPs"), "{refused}");
+    assert!(h.call_log().is_empty());
+    assert!(matches!(
+        handoff::hello(&cfg, &vips),
+        handoff::PeerReply::Refused { .. }
+    ));
+    let _ = PeerRequest::End;
+}
