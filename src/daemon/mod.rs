@@ -114,7 +114,10 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
             let listener = peerlink::bind(port).await.map_err(|e| {
                 DaemonError::PeerLink(format!("cannot listen on handoff.port {port}: {e}"))
             })?;
-            eprintln!("drain-agent run: peer link on port {port} (answers {} only)", cfg.peer.get());
+            eprintln!(
+                "drain-agent run: peer link on port {port} (answers {} only)",
+                cfg.peer.get()
+            );
             tokio::spawn(peerlink::serve(listener, key, returns.clone()));
         }
         if let Some(path) = fifo {

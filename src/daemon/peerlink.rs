@@ -96,8 +96,8 @@ impl Returns {
 
     fn remove_unsupervised(&self) -> Result<String, String> {
         let cfg = &self.cfg;
-        let (state, mut host) = crate::wiring::open(cfg, Arc::new(AtomicU32::new(0)))
-            .map_err(|e| e.to_string())?;
+        let (state, mut host) =
+            crate::wiring::open(cfg, Arc::new(AtomicU32::new(0))).map_err(|e| e.to_string())?;
         let recorded = state.return_journal().map_err(|e| e.to_string())?;
         if recorded.is_empty() {
             return Ok("no return path here".into());
@@ -150,10 +150,7 @@ impl Returns {
 impl Supervisor {
     /// Whether the supervisor thread is still at work (it sends its report when done).
     fn done_pending(&self) -> bool {
-        matches!(
-            self.done.try_recv(),
-            Err(mpsc::TryRecvError::Empty)
-        )
+        matches!(self.done.try_recv(), Err(mpsc::TryRecvError::Empty))
     }
 }
 

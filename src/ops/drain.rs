@@ -16,8 +16,7 @@ use super::record::{self, RecordKeeper};
 use super::undrain::{cleanup, withdraw_and_wait};
 use super::{
     ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy, SocketCount,
-    MIN_SLEEP,
-    TRACK_FAULT,
+    MIN_SLEEP, TRACK_FAULT,
 };
 use crate::config::{Config, DrainMode, PositiveDuration};
 use crate::journal::{Change, Journal, StateDir};

@@ -221,8 +221,12 @@ pub fn begin(
     let plan = DivertPlan::new(cfg).returning(peer_mac);
     let receipt = match divert::prepare(h.firewall(), &plan) {
         Ok(r) => r,
-        Err(e @ (divert::DivertError::SetsExist { .. } | divert::DivertError::ChainsExist { .. })) => {
-            return Ok(Err(format!("leftovers of an earlier return path here: {e}")))
+        Err(
+            e @ (divert::DivertError::SetsExist { .. } | divert::DivertError::ChainsExist { .. }),
+        ) => {
+            return Ok(Err(format!(
+                "leftovers of an earlier return path here: {e}"
+            )))
         }
         Err(e) => return Err(HostError::from(e).into()),
     };

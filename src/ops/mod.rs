@@ -147,10 +147,7 @@ pub trait Host {
     /// The peer's MAC on the ingress network (ARP); `None` if it does not answer.
     fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError>;
     /// One request to the peer's agent over the authenticated peer link (`handoff:` section).
-    fn peer_agent(
-        &mut self,
-        req: &handoff::PeerRequest,
-    ) -> Result<handoff::PeerReply, HostError>;
+    fn peer_agent(&mut self, req: &handoff::PeerRequest) -> Result<handoff::PeerReply, HostError>;
     /// Wall-clock time in seconds since the epoch, for deadlines that must outlive the process.
     fn unix_now(&self) -> u64;
 }

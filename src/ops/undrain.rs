@@ -95,7 +95,10 @@ pub fn undrain(
     h.firewall().require_tools().map_err(HostError::from)?;
     // After the failover of a hand-off the VIP is the peer's: no new flow arrives here, so the
     // divert goes without a grace period once the hand-off is finished.
-    let handed_off = j.entries().iter().any(|e| matches!(e.change, Change::Handoff { .. }))
+    let handed_off = j
+        .entries()
+        .iter()
+        .any(|e| matches!(e.change, Change::Handoff { .. }))
         && j.entries().iter().any(|e| e.change.is_maintenance_state());
     super::drain::finish_handoff(h, j, p, ev)?;
     let save = h.firewall().save_mangle().map_err(HostError::from)?;

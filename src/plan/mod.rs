@@ -225,7 +225,7 @@ impl DivertPlan {
     /// The rule that keeps packets from the peer's MAC away from `P-DIV`.
     fn guard_rule(&self) -> Option<String> {
         self.guard_mac.map(|m| {
-            let hex: Vec<String> = m.iter().map(|b| format!("{b:02X}")).collect();
+            let hex: Vec<String> = m.iter().map(|b| format!("{b:02x}")).collect();
             format!("-m mac --mac-source {} -j RETURN", hex.join(":"))
         })
     }

@@ -406,12 +406,21 @@ fn the_return_path_keeps_syns_and_recorded_flows_and_returns_the_rest() {
     let pre = ret.pre_rules();
     // Order is the semantics: SYNs are recorded and kept, recorded flows kept, packets the peer
     // diverted here kept (no loop), everything else returned.
-    assert_eq!(pre[0], "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j LBDRAINR-NEW");
-    assert_eq!(pre[1], "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN");
+    assert_eq!(
+        pre[0],
+        "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j LBDRAINR-NEW"
+    );
+    assert_eq!(
+        pre[1],
+        "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN"
+    );
     assert!(pre[2..pre.len() - 2]
         .iter()
         .all(|r| r.contains("--match-set LBDRAINR-") && r.ends_with("-j RETURN")));
-    assert_eq!(pre[pre.len() - 2], "-m mac --mac-source 02:00:5E:10:00:0C -j RETURN");
+    assert_eq!(
+        pre[pre.len() - 2],
+        "-m mac --mac-source 02:00:5e:10:00:0c -j RETURN"
+    );
     assert_eq!(pre[pre.len() - 1], "-j LBDRAINR-DIV");
     assert!(ret
         .div_rules()

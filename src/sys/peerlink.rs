@@ -255,7 +255,9 @@ impl Replay {
         }
         self.seen.retain(|_, ts| *ts + 2 * skew >= now);
         if self.seen.insert(p.nonce.clone(), p.ts_ms).is_some() {
-            return Err(LinkError::Protocol("request replayed (nonce seen before)".into()));
+            return Err(LinkError::Protocol(
+                "request replayed (nonce seen before)".into(),
+            ));
         }
         Ok((p.body, p.nonce))
     }
@@ -302,7 +304,13 @@ mod tests {
         let other = request("begin", A, unix_ms(), "n2", &Key::from_bytes(&[8u8; 32]));
         assert!(r.accept::<String>(&key(), A, &other).is_err());
         // Signed by the right key, but as from another node.
-        let elsewhere = request("begin", Ipv4Addr::new(198, 18, 0, 99), unix_ms(), "n3", &key());
+        let elsewhere = request(
+            "begin",
+            Ipv4Addr::new(198, 18, 0, 99),
+            unix_ms(),
+            "n3",
+            &key(),
+        );
         assert!(r.accept::<String>(&key(), A, &elsewhere).is_err());
         // Too old.
         let old = request("begin", A, unix_ms() - 60_000, "n4", &key());
@@ -334,7 +342,9 @@ mod tests {
         std::fs::write(&path, [1u8; 8]).unwrap();
         let e = Key::load(&path).unwrap_err().to_string();
         assert!(e.contains("at least 32"), "{e}");
-        let e = Key::load(&dir.path().join("missing")).unwrap_err().to_string();
+        let e = Key::load(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing"), "{e}");
     }
 }

@@ -58,7 +58,11 @@ fn hand_off(mut h: FakeHost, cfg: &Config) -> Run {
 fn nothing_left(r: &Run) {
     let fw = &r.h.fw.inner;
     let plan = DivertPlan::new(&cfg("1h"));
-    assert!(plan.owned_lines(&fw.mangle_text()).is_empty(), "{}", fw.mangle_text());
+    assert!(
+        plan.owned_lines(&fw.mangle_text()).is_empty(),
+        "{}",
+        fw.mangle_text()
+    );
     assert!(fw.sets().is_empty(), "{:?}", fw.sets());
     assert!(r.h.routes.is_empty(), "routes left: {:?}", r.h.routes);
     let j = r.state.drain_journal().unwrap();
@@ -80,20 +84,37 @@ fn hands_off_at_once_and_waits_for_its_connections_longer_than_a_drain_would() {
     assert_eq!(rep.reason, DrainReason::Empty);
     assert_eq!(rep.abandoned, 0);
     let log = r.h.call_log();
-    let at = |what: &str| r.h.first_call_at(what).unwrap_or_else(|| panic!("no {what}: {log:?}"));
+    let at = |what: &str| {
+        r.h.first_call_at(what)
+            .unwrap_or_else(|| panic!("no {what}: {log:?}"))
+    };
     // The peer's return path first, then the divert, then the VIP accepted here, then the
     // failover at once (no drain wait), and the end only after the last connection.
     let begin = log.iter().position(|c| c == "peer-agent begin").unwrap();
     let install = log.iter().position(|c| c == "restore install").unwrap();
     assert!(begin < install, "{log:?}");
     assert!(at("route 198.18.0.100 true") <= at("link trk0 down"));
-    assert!(at("link trk0 down") < S(1), "failover at {:?}", at("link trk0 down"));
-    assert!(at("peer-agent end") >= S(95), "ended at {:?}", at("peer-agent end"));
+    assert!(
+        at("link trk0 down") < S(1),
+        "failover at {:?}",
+        at("link trk0 down")
+    );
+    assert!(
+        at("peer-agent end") >= S(95),
+        "ended at {:?}",
+        at("peer-agent end")
+    );
     assert!(at("route 198.18.0.100 false") >= at("peer-agent end"));
-    assert!(r.events.iter().any(|e| matches!(e, Event::HandoffEnded { .. })));
+    assert!(r
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::HandoffEnded { .. })));
     nothing_left(&r);
     // The sysctls `accept` set are restored.
-    assert_eq!(r.h.sysctls.get("net/ipv4/conf/eth0/arp_ignore").unwrap(), "0");
+    assert_eq!(
+        r.h.sysctls.get("net/ipv4/conf/eth0/arp_ignore").unwrap(),
+        "0"
+    );
 }
 
 #[test]
@@ -123,7 +144,10 @@ fn a_peer_agent_that_does_not_answer_or_refuses_changes_nothing() {
         }
         let log = r.h.call_log();
         assert!(
-            !log.iter().any(|c| c.starts_with("restore") || c.starts_with("ipset") || c.starts_with("link") || c.starts_with("route")),
+            !log.iter().any(|c| c.starts_with("restore")
+                || c.starts_with("ipset")
+                || c.starts_with("link")
+                || c.starts_with("route")),
             "{log:?}"
         );
         assert!(r.state.drain_journal().unwrap().is_empty());
@@ -222,7 +246,9 @@ fn undrain_of_a_killed_hand_off_waits_for_the_connections_then_ends_the_peer() {
     assert!(h.fw.inner.sets().is_empty());
     assert!(h.routes.is_empty());
     assert!(state.drain_journal().unwrap().is_empty());
-    assert!(events.iter().any(|e| matches!(e, Event::HandoffEnded { .. })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::HandoffEnded { .. })));
 }
 
 #[test]
@@ -272,15 +298,17 @@ fn the_peer_installs_a_return_path_once_and_removes_it_when_told() {
         .unwrap();
     assert_eq!(again, r);
     assert_eq!(
-        h.call_log().iter().filter(|c| *c == "restore install").count(),
+        h.call_log()
+            .iter()
+            .filter(|c| *c == "restore install")
+            .count(),
         1
     );
     // The peer says the hand-off is over after 5 s.
     let t0 = h.t();
     let end_at = t0 + S(5);
     let clock = h.clock.clone();
-    let report =
-        handoff::supervise(&cfg, &state, &mut h, &r, &|| clock.get() >= end_at).unwrap();
+    let report = handoff::supervise(&cfg, &state, &mut h, &r, &|| clock.get() >= end_at).unwrap();
     assert_eq!(report.end, ReturnEnd::PeerEnded);
     assert!(report.removed);
     assert!(ret.owned_lines(&h.fw.inner.mangle_text()).is_empty());
@@ -292,7 +320,10 @@ fn the_peer_installs_a_return_path_once_and_removes_it_when_told() {
 
 #[test]
 fn the_peer_removes_the_return_path_when_the_node_handing_off_is_gone_or_late() {
-    for (dies, end) in [(Some(S(3)), ReturnEnd::PeerGone), (None, ReturnEnd::Deadline)] {
+    for (dies, end) in [
+        (Some(S(3)), ReturnEnd::PeerGone),
+        (None, ReturnEnd::Deadline),
+    ] {
         let (cfg, _dir, state, mut h) = peer_side();
         h.peer_dies_at = dies;
         let until = h.unix_now() + 10;
@@ -318,15 +349,24 @@ fn the_peer_keeps_the_return_path_when_its_agent_stops_and_refuses_to_drain_mean
     let report = handoff::supervise(&cfg, &state, &mut h, &r, &|| false).unwrap();
     assert_eq!(report.end, ReturnEnd::Stopped);
     assert!(!report.removed);
-    assert!(!r.plan(&cfg).owned_lines(&h.fw.inner.mangle_text()).is_empty());
+    assert!(!r
+        .plan(&cfg)
+        .owned_lines(&h.fw.inner.mangle_text())
+        .is_empty());
     assert_eq!(
         handoff::Returning::recorded(&state.return_journal().unwrap()),
         Some(r.clone())
     );
     // This node cannot drain while it returns its peer's connections.
     h.interrupts_at.clear();
-    let e = drain::run(&test_config("80, 7", ""), &DrainOptions::default(), &state, &mut h, &mut |_| {})
-        .unwrap_err();
+    let e = drain::run(
+        &test_config("80, 7", ""),
+        &DrainOptions::default(),
+        &state,
+        &mut h,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(matches!(e, OpError::ServingHandoff(_)), "{e}");
 }
 
@@ -335,7 +375,9 @@ fn the_peer_refuses_a_hand_off_for_other_vips() {
     let (cfg, _dir, state, mut h) = peer_side();
     let mut vips = VipPorts::of(&cfg);
     vips[0].ports.push(443);
-    let refused = handoff::begin(&cfg, &state, &mut h, &vips, 0).unwrap().unwrap_err();
+    let refused = handoff::begin(&cfg, &state, &mut h, &vips, 0)
+        .unwrap()
+        .unwrap_err();
     assert!(refused.contains("different VIPs"), "{refused}");
     assert!(h.call_log().is_empty());
     assert!(matches!(

@@ -210,6 +210,21 @@ pub fn scale_load() -> LoadSpec {
     load
 }
 
+/// When the hand-off starts in a [`handoff_load`] run: by then ≥ 100 echo sessions are open.
+pub const HANDOFF_EVENT_AT: Duration = Duration::from_millis(12_000);
+
+/// The mixed load with long sessions for a hand-off: 500 short HTTP requests/s, 10 echo
+/// sessions/s of 20 s (≥ 100 open at [`HANDOFF_EVENT_AT`], the last of them ending 20 s after
+/// it), keep-alive sessions and slow downloads, for 36 s; flows started before the hand-off are
+/// the run's steady baseline.
+pub fn handoff_load() -> LoadSpec {
+    let mut load = default_load();
+    load.duration_ms = 36_000;
+    load.echo.session_ms = 20_000;
+    load.baseline_until_ms = Some(HANDOFF_EVENT_AT.as_millis() as u64);
+    load
+}
+
 /// Runs a scenario in a fresh lab (torn down before returning, whatever happens).
 pub fn run(
     name: &str,
@@ -533,6 +548,10 @@ pub enum DuringDrain {
     KillDaemon(Node),
     /// Starts the daemon on a node again.
     StartDaemon(Node),
+    /// A node goes away: its ingress link goes down.
+    NodeLinkDown(Node),
+    /// A node's ingress link comes back.
+    NodeLinkUp(Node),
 }
 
 /// How to run drain-agent in the `drain-agent` scenario.
@@ -561,6 +580,8 @@ pub struct AgentConfig {
     pub post_wait: String,
     /// `drain.poll_interval`.
     pub poll_interval: String,
+    /// `handoff.deadline` (used when the lab has [`LabOptions::handoff`]).
+    pub handoff_deadline: String,
 }
 
 impl Default for AgentConfig {
@@ -571,6 +592,7 @@ impl Default for AgentConfig {
             rollback_grace: "5s".into(),
             post_wait: "1s".into(),
             poll_interval: "100ms".into(),
+            handoff_deadline: "5m".into(),
         }
     }
 }
@@ -579,6 +601,15 @@ impl Lab {
     /// Writes the drain-agent config of a node (its peer is the other node) and returns its path.
     pub fn write_agent_config(&self, node: Node, c: &AgentConfig) -> Result<PathBuf> {
         let path = self.dir.join(format!("agent-{node}.yaml"));
+        let handoff = if self.opts.handoff {
+            format!(
+                "handoff:\n  key_file: {}\n  deadline: {}\n",
+                self.handoff_key()?.display(),
+                c.handoff_deadline
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
             "# drain-agent config of lab node {node}
 vips:
@@ -603,7 +634,7 @@ peer_probe:
   timeout: 200ms
   failures: 2
 state_dir: {dir}/agent-state-{node}
-",
+{handoff}",
             vip = addr::VIP,
             http = addr::HTTP_PORT,
             echo = addr::ECHO_PORT,
@@ -630,6 +661,24 @@ state_dir: {dir}/agent-state-{node}
             dir = self.dir.display(),
         );
         fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// The key both agents' peer link uses (created on first use: 32 random bytes, mode 0600).
+    pub fn handoff_key(&self) -> Result<PathBuf> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join("handoff.key");
+        if !path.exists() {
+            let mut key = [0u8; 32];
+            fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            std::io::Write::write_all(&mut f, &key)?;
+        }
         Ok(path)
     }
 
@@ -760,6 +809,17 @@ fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOu
             DuringDrain::KillDaemon(node) => {
                 lab.kill(&format!("agent-{node}"))?;
                 o.note(clock, format!("{node}: daemon killed (SIGKILL)"));
+            }
+            DuringDrain::NodeLinkDown(node) => {
+                lab.exec(
+                    &lab.node_ns(node),
+                    &["ip", "link", "set", INGRESS_IF, "down"],
+                )?;
+                o.note(clock, format!("{node}: ingress link down (node gone)"));
+            }
+            DuringDrain::NodeLinkUp(node) => {
+                lab.exec(&lab.node_ns(node), &["ip", "link", "set", INGRESS_IF, "up"])?;
+                o.note(clock, format!("{node}: ingress link up"));
             }
             DuringDrain::StartDaemon(node) => {
                 lab.start_daemon(node)?;

@@ -122,6 +122,9 @@ pub struct LabOptions {
     /// Run `drain-agent run` (the daemon) on both nodes, following keepalived's
     /// `vrrp_notify_fifo`, as keepalived/ ships it; the CLI then goes through its control socket.
     pub daemon: bool,
+    /// Give both agents' configurations a `handoff:` section (one shared key in the lab's
+    /// directory), so a daemon serves the peer link and `drain --handoff` works.
+    pub handoff: bool,
 }
 
 impl Default for LabOptions {
@@ -134,6 +137,7 @@ impl Default for LabOptions {
             agent_notify: false,
             track_file_trigger: false,
             daemon: false,
+            handoff: false,
         }
     }
 }
