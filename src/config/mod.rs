@@ -550,6 +550,27 @@ tracked_interface: trk0
     }
 
     #[test]
+    fn the_handoff_section_has_defaults_and_handoff_mode_needs_it() {
+        let c = Config::from_str(
+            &format!("{MINIMAL}handoff:\n  key_file: /etc/drain-agent/handoff.key\n"),
+            "t",
+        )
+        .unwrap();
+        let h = c.handoff.as_ref().unwrap();
+        assert_eq!(h.port.get(), 7424);
+        assert_eq!(h.deadline.get(), Duration::from_secs(3600));
+        assert_eq!(c.drain.mode, DrainMode::Drain);
+        let e = Config::from_str(&format!("{MINIMAL}drain:\n  mode: handoff\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("drain.mode") && e.contains("handoff:"), "{e}");
+        let e = Config::from_str(&format!("{MINIMAL}handoff:\n  port: 7424\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key_file"), "{e}");
+    }
+
+    #[test]
     fn durations_parse_in_every_unit() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));

@@ -131,7 +131,7 @@ impl SystemHost {
 fn links_err(e: LinksError) -> HostError {
     let kind = match &e {
         LinksError::NoSuchInterface { .. } => HostErrorKind::MissingInterface,
-        other if other.to_string().contains("Operation not permitted") => HostErrorKind::Permission,
+        other if other.is_permission() => HostErrorKind::Permission,
         _ => HostErrorKind::Other,
     };
     HostError {
@@ -142,7 +142,7 @@ fn links_err(e: LinksError) -> HostError {
 }
 
 fn sock_err(e: SockDiagError) -> HostError {
-    let kind = if e.to_string().contains("ermission") || e.to_string().contains("not permitted") {
+    let kind = if e.is_permission() {
         HostErrorKind::Permission
     } else {
         HostErrorKind::Other
@@ -168,7 +168,7 @@ fn probe_err(e: ProbeError) -> HostError {
 }
 
 fn sysctl_err(e: SysctlError) -> HostError {
-    let kind = if e.to_string().contains("ermission") {
+    let kind = if e.is_permission() {
         HostErrorKind::Permission
     } else {
         HostErrorKind::Other

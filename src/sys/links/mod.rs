@@ -157,6 +157,33 @@ pub enum LinksError {
     },
 }
 
+impl LinksError {
+    /// Whether the kernel refused for lack of privilege (EPERM/EACCES), by errno.
+    pub fn is_permission(&self) -> bool {
+        let netlink = |e: &rtnetlink::Error| match e {
+            rtnetlink::Error::NetlinkError(m) => m
+                .code
+                .is_some_and(|c| matches!(-c.get(), libc::EPERM | libc::EACCES)),
+            _ => false,
+        };
+        match self {
+            LinksError::Connect { source } => {
+                source.kind() == io::ErrorKind::PermissionDenied
+                    || matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+            }
+            LinksError::LinkQuery { source, .. }
+            | LinksError::SetLink { source, .. }
+            | LinksError::AddressQuery { source, .. }
+            | LinksError::AddRoute { source, .. }
+            | LinksError::DelRoute { source, .. }
+            | LinksError::RouteQuery { source } => netlink(source),
+            LinksError::NoSuchInterface { .. }
+            | LinksError::NoLinkMessage { .. }
+            | LinksError::ForeignRoute { .. } => false,
+        }
+    }
+}
+
 /// Link, address and local-route operations the agent needs. Implemented by [`RtnlLinks`] (the
 /// kernel) and `FakeLinks` (a recording fake for state-machine tests).
 pub trait Links: Send + Sync {

@@ -428,6 +428,24 @@ pub enum SockDiagError {
     },
 }
 
+impl SockDiagError {
+    /// Whether the kernel refused for lack of privilege (EPERM/EACCES), by errno.
+    pub fn is_permission(&self) -> bool {
+        match self {
+            SockDiagError::Open { source, .. }
+            | SockDiagError::Send { source, .. }
+            | SockDiagError::Recv { source, .. }
+            | SockDiagError::Kernel { source, .. }
+            | SockDiagError::Subscribe { source }
+            | SockDiagError::Wait { source } => {
+                source.kind() == io::ErrorKind::PermissionDenied
+                    || matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -72,6 +72,19 @@ pub enum SysctlError {
     },
 }
 
+impl SysctlError {
+    /// Whether the kernel refused for lack of privilege (EPERM/EACCES), by errno.
+    pub fn is_permission(&self) -> bool {
+        match self {
+            SysctlError::Read { source, .. } | SysctlError::Write { source, .. } => {
+                source.kind() == io::ErrorKind::PermissionDenied
+                    || matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A validated sysctl key in its `/proc/sys` path form, e.g. `net/ipv4/conf/eth0.100/arp_ignore`.
 ///
 /// Parsing follows procps `sysctl`: if the first separator in the key is a `.`, the key is in
