@@ -86,6 +86,9 @@ pub enum Change {
     Handoff {
         /// The peer's address.
         peer: Ipv4Addr,
+        /// Its MAC, as this node's divert guard names it.
+        #[serde(default)]
+        peer_mac: String,
         /// Unix time (s) at which the hand-off ends even if connections remain.
         until: u64,
     },
@@ -137,6 +140,29 @@ impl Change {
     pub fn is_maintenance_state(&self) -> bool {
         matches!(self, Change::LinkDown { .. } | Change::TrackFault { .. })
     }
+}
+
+/// Who put the node in maintenance, when, and why (`maintenance.json`; see
+/// `ops::maintenance`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// Why, as the operator wrote it.
+    pub reason: String,
+    /// Who: the user (`SUDO_USER`, `USER`, or the uid) and where the request came from.
+    pub by: String,
+    /// Unix time (s) the node went into maintenance.
+    pub since: u64,
+}
+
+/// keepalived's VRRP state as the agent last saw it (notify or the FIFO; `vrrp.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpSeen {
+    /// MASTER, BACKUP, FAULT, STOP, DELETED.
+    pub state: String,
+    /// The instance or group.
+    pub instance: String,
+    /// Unix time (s) it was seen.
+    pub at: u64,
 }
 
 /// A journal entry.
@@ -365,6 +391,64 @@ impl StateDir {
     /// The journal of the peer's side of a hand-off (the return path).
     pub fn return_journal(&self) -> Result<Journal, JournalError> {
         Journal::open(&self.path.join("return-journal.json"))
+    }
+
+    /// The maintenance record (`maintenance.json`), if the node is in maintenance.
+    pub fn maintenance(&self) -> Result<Option<Maintenance>, JournalError> {
+        let path = self.path.join("maintenance.json");
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| JournalError::File {
+                    path,
+                    cause: format!("unreadable ({e})"),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(JournalError::File {
+                path,
+                cause: e.to_string(),
+            }),
+        }
+    }
+
+    /// Records (`Some`) or clears (`None`) the maintenance.
+    pub fn set_maintenance(&self, m: Option<&Maintenance>) -> Result<(), JournalError> {
+        let path = self.path.join("maintenance.json");
+        let result = match m {
+            Some(m) => write_atomic(
+                &path,
+                serde_json::to_string_pretty(m)
+                    .expect("a record serialises")
+                    .as_bytes(),
+            ),
+            None => match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        };
+        result.map_err(|e| JournalError::File {
+            path,
+            cause: e.to_string(),
+        })
+    }
+
+    /// Records the VRRP state keepalived just notified (best effort: the notification's own
+    /// work matters more than its record).
+    pub fn record_vrrp(&self, state: &str, instance: &str) {
+        let seen = VrrpSeen {
+            state: state.to_string(),
+            instance: instance.to_string(),
+            at: now_secs(),
+        };
+        if let Ok(text) = serde_json::to_string(&seen) {
+            let _ = write_atomic(&self.path.join("vrrp.json"), text.as_bytes());
+        }
+    }
+
+    /// The VRRP state last recorded, if any.
+    pub fn last_vrrp(&self) -> Option<VrrpSeen> {
+        let text = fs::read_to_string(self.path.join("vrrp.json")).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// Path of the record of the last drain.

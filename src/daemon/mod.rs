@@ -62,7 +62,9 @@ impl DaemonError {
 pub fn reconcile(cfg: &Config) -> Result<ops::reconcile::Reconciled, OpError> {
     let (state, mut host) = open(cfg, Arc::new(AtomicU32::new(0)))?;
     let _lock = state.lock_wait(ops::notify::LOCK_WAIT)?;
-    ops::reconcile::reconcile(cfg, &state, &mut *host)
+    let mut r = ops::reconcile::reconcile(cfg, &state, &mut *host)?;
+    r.reasserted = ops::maintenance::reassert(cfg, &state, &mut *host)?;
+    Ok(r)
 }
 
 /// keepalived's notify for `n`, opening the state directory and the host only if the state asks
@@ -71,6 +73,9 @@ pub fn notify(
     cfg: &Config,
     n: &crate::keepalived::NotifyArgs,
 ) -> Result<ops::notify::Notified, OpError> {
+    if let Ok(state) = crate::journal::StateDir::open(cfg.state_dir.as_path()) {
+        state.record_vrrp(n.state.as_str(), &n.name);
+    }
     ops::notify::notify(cfg, n, || open(cfg, Arc::new(AtomicU32::new(0))))
 }
 

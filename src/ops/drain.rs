@@ -272,11 +272,31 @@ fn preflight(
         Some(path) => h.read_track_file(path)?.is_some_and(|v| v <= TRACK_FAULT),
         None => false,
     };
-    if !h.link_up(&p.tracked_interface)?
-        || faulted
-        || j.entries().iter().any(|e| e.change.is_maintenance_state())
-    {
-        return Err(OpError::AlreadyDrained(p.tracked_interface.clone()));
+    let link_up = h.link_up(&p.tracked_interface)?;
+    if let Some(e) = j.entries().iter().find(|e| e.change.is_maintenance_state()) {
+        // Say what is true: after a reboot the journal still records the failover while the
+        // tracked interface is up again.
+        let now = if link_up && !faulted {
+            "but it is not in effect now (rebooted?)"
+        } else {
+            "and it is in effect"
+        };
+        return Err(OpError::AlreadyDrained(format!(
+            "the journal records {} (at {}) {now}",
+            e.change,
+            super::status::fmt_unix(e.at)
+        )));
+    }
+    if !link_up {
+        return Err(OpError::AlreadyDrained(format!(
+            "tracked interface {} is down",
+            p.tracked_interface
+        )));
+    }
+    if faulted {
+        return Err(OpError::AlreadyDrained(
+            "the track file says FAULT".to_string(),
+        ));
     }
     for vip in &p.vips {
         if !h.vip_local(*vip)? {
@@ -487,6 +507,7 @@ fn hand_off(
     let until = h.unix_now() + lasts.as_secs();
     let handoff = Change::Handoff {
         peer: p.peer,
+        peer_mac: handoff::format_mac(&peer_mac),
         until,
     };
     j.record(handoff.clone())?;

@@ -179,7 +179,8 @@ pub fn format_mac(m: &Mac) -> String {
         .join(":")
 }
 
-fn parse_mac(s: &str) -> Option<Mac> {
+/// A MAC from `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Mac> {
     let mut m = [0u8; 6];
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {

@@ -21,6 +21,7 @@ pub mod divert;
 pub mod drain;
 pub mod event;
 pub mod handoff;
+pub mod maintenance;
 pub mod notify;
 pub mod peer;
 pub mod reconcile;
@@ -235,7 +236,7 @@ pub enum OpError {
     #[error("this node does not hold VIP {0} (not MASTER?); nothing to drain, nothing changed")]
     NotMaster(Ipv4Addr),
     /// The node is already out of service.
-    #[error("already drained: tracked interface {0} is down; run `drain-agent undrain` first")]
+    #[error("already out of service: {0}; run `drain-agent undrain` (or `maintenance off`) first")]
     AlreadyDrained(String),
     /// An earlier run left changes behind.
     #[error("leftovers of an earlier run: {0}; run `drain-agent undrain` to remove them")]

@@ -54,6 +54,8 @@ pub struct Reconciled {
     pub repaired: bool,
     /// Changes that stay (the node stays drained until `undrain`).
     pub kept: Vec<Change>,
+    /// A failover trigger that had come undone (a reboot) and was put back.
+    pub reasserted: Option<super::maintenance::Reasserted>,
 }
 
 impl Reconciled {
@@ -71,6 +73,12 @@ impl Reconciled {
                 .iter()
                 .map(|c| format!("kept: {c} (the node stays drained until `drain-agent undrain`)")),
         );
+        if let Some(r) = &self.reasserted {
+            lines.push(format!(
+                "reasserted: {} (the journal says the node is out of service, but the trigger had come undone, e.g. by a reboot)",
+                r.trigger
+            ));
+        }
         lines
     }
 }
@@ -84,7 +92,11 @@ pub fn reconcile(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Rec
         .iter()
         .map(|e| e.change.clone())
         .collect();
-    Ok(Reconciled { repaired, kept })
+    Ok(Reconciled {
+        repaired,
+        kept,
+        reasserted: None,
+    })
 }
 
 #[cfg(test)]

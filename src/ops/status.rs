@@ -8,33 +8,47 @@ use serde::Serialize;
 
 use super::{Host, HostError, OpError};
 use crate::config::Config;
-use crate::journal::{Entry, StateDir};
+use crate::journal::{Change, Entry, StateDir};
 use crate::plan::{DivertPlan, Phase};
 
-/// What the node is doing, as far as the agent is concerned.
+/// What the node is doing, as far as the agent is concerned (first match wins, in this order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// An operation holds the lock.
+    /// An operator put it in maintenance (`maintenance on`): out of service until `off`.
+    Maintenance,
+    /// A drain (or hand-off) is running: it holds the lock and has changed the host.
+    Draining,
+    /// Another operation holds the lock (accept, release, notify, undrain).
     Busy,
-    /// Rules or sets of ours are in place.
-    DivertInstalled,
-    /// The tracked interface is down: out of service until `undrain`.
-    Drained,
+    /// Failed over in a hand-off: the peer returns this node's remaining connections to it.
+    HandingOff,
+    /// Returning the peer's connections to it during the peer's hand-off.
+    Returning,
+    /// A divert is in place with no drain running (an interrupted drain: `undrain` clears it).
+    Diverting,
+    /// Failed over (tracked interface down or track file FAULT): out of service until `undrain`.
+    FailedOver,
     /// Nothing of ours is in place.
-    InService,
+    Serving,
 }
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Mode::Maintenance => "in maintenance",
+            Mode::Draining => "draining",
             Mode::Busy => "busy",
-            Mode::DivertInstalled => "divert-installed",
-            Mode::Drained => "drained",
-            Mode::InService => "in-service",
+            Mode::HandingOff => "handing off",
+            Mode::Returning => "returning the peer's hand-off",
+            Mode::Diverting => "diverting",
+            Mode::FailedOver => "failed over",
+            Mode::Serving => "serving",
         })
     }
 }
+
+pub use crate::journal::VrrpSeen;
 
 /// The tracked interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -82,6 +96,17 @@ pub struct DivertState {
 pub struct Status {
     /// What the node is doing.
     pub mode: Mode,
+    /// Unix time (s) since which it is doing it (`null` when serving).
+    pub since: Option<u64>,
+    /// The maintenance record, when in maintenance.
+    pub maintenance: Option<crate::journal::Maintenance>,
+    /// Set when the journal says the node was taken out of service but the trigger is not in
+    /// effect (a reboot brings the tracked interface back up): what is really true.
+    pub trigger_undone: Option<String>,
+    /// keepalived's state as the agent last saw it.
+    pub vrrp: Option<VrrpSeen>,
+    /// The node's connections on the VIP ports (`null` if they could not be counted).
+    pub sockets: Option<super::SocketCount>,
     /// Pid of the operation holding the lock, if any.
     pub lock_holder_pid: Option<String>,
     /// The tracked interface.
@@ -98,6 +123,10 @@ pub struct Status {
     pub drain_journal: Vec<Entry>,
     /// Changes the accepting side recorded and has not undone.
     pub accept_journal: Vec<Entry>,
+    /// The return path of the peer's hand-off, as the kernel has it.
+    pub returning: Option<DivertState>,
+    /// Changes the peer side of a hand-off recorded (the return path).
+    pub return_journal: Vec<Entry>,
     /// The record of the last drain (`last-drain.json`), if any.
     pub last_drain: Option<serde_json::Value>,
 }
@@ -105,16 +134,34 @@ pub struct Status {
 impl Status {
     /// The text form.
     pub fn text(&self) -> String {
-        let mut t = format!(
-            "mode: {}\ntracked interface {}: {}\n",
-            self.mode,
+        let mut t = format!("mode: {}", self.mode);
+        if let Some(since) = self.since {
+            t.push_str(&format!(" since {}", fmt_unix(since)));
+        }
+        t.push('\n');
+        if let Some(m) = &self.maintenance {
+            t.push_str(&format!("maintenance: {} (by {})\n", m.reason, m.by));
+        }
+        if let Some(u) = &self.trigger_undone {
+            t.push_str(&format!("WARNING: {u}\n"));
+        }
+        t.push_str(&format!(
+            "tracked interface {}: {}\n",
             self.tracked_interface.name,
             if self.tracked_interface.up {
                 "up"
             } else {
                 "DOWN"
             }
-        );
+        ));
+        if let Some(v) = &self.vrrp {
+            t.push_str(&format!(
+                "VRRP {}: {} (seen {})\n",
+                v.instance,
+                v.state,
+                fmt_unix(v.at)
+            ));
+        }
         for v in &self.vips {
             t.push_str(&format!(
                 "VIP {}: {}\n",
@@ -122,31 +169,54 @@ impl Status {
                 if v.local { "held here" } else { "not here" }
             ));
         }
+        if let Some(c) = &self.sockets {
+            let states: Vec<String> = c.by_state.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            t.push_str(&format!(
+                "connections on the VIP ports: {} ({} idle){}\n",
+                c.total,
+                c.idle,
+                if states.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", states.join(", "))
+                }
+            ));
+        }
         if let Some(pid) = &self.lock_holder_pid {
             t.push_str(&format!("operation in progress: pid {pid}\n"));
         }
-        t.push_str(&format!(
-            "divert: {} rule line(s), {} set(s)\n",
-            self.divert_rules.len(),
-            self.divert_sets.len()
-        ));
         if let Some(d) = &self.divert {
             t.push_str(&format!(
-                "divert {}: {} new flow(s) diverted, {} recorded (capacity {} per port, {:.1} MiB), {} SYN(s) unrecorded\n",
+                "divert {}: {} new flow(s) diverted ({} packets), {} recorded (capacity {} per port, {:.1} MiB), {} SYN(s) unrecorded\n",
                 d.phase.map_or("incomplete".to_string(), |p| p.to_string()),
                 d.diverted_flows,
+                d.diverted_packets,
                 d.recorded_flows,
                 d.capacity_per_port,
                 d.record_bytes as f64 / f64::from(1 << 20),
                 d.unrecorded_syns,
             ));
+        } else {
+            t.push_str("divert: none\n");
+        }
+        if let Some(d) = &self.returning {
+            t.push_str(&format!(
+                "return path (peer's hand-off): {} packet(s) returned, {} flow(s) recorded here\n",
+                d.diverted_packets, d.recorded_flows
+            ));
         }
         t.push_str(&format!(
-            "recorded changes: {} (drain), {} (accept)\n",
+            "recorded changes: {} (drain), {} (accept), {} (return)\n",
             self.drain_journal.len(),
-            self.accept_journal.len()
+            self.accept_journal.len(),
+            self.return_journal.len()
         ));
-        for e in self.drain_journal.iter().chain(&self.accept_journal) {
+        for e in self
+            .drain_journal
+            .iter()
+            .chain(&self.accept_journal)
+            .chain(&self.return_journal)
+        {
             t.push_str(&format!("  {}\n", e.change));
         }
         if let Some(last) = &self.last_drain {
@@ -154,6 +224,15 @@ impl Status {
                 "last drain: {}",
                 last["result"].as_str().unwrap_or("?")
             ));
+            if let Some(r) = last["report"].as_object() {
+                t.push_str(&format!(
+                    " ({}, {} after {:.1} s, {} left)",
+                    r.get("mode").and_then(|m| m.as_str()).unwrap_or("drain"),
+                    r.get("reason").and_then(|m| m.as_str()).unwrap_or("?"),
+                    r.get("drain_ms").and_then(|m| m.as_f64()).unwrap_or(0.0) / 1000.0,
+                    r.get("abandoned").and_then(|m| m.as_u64()).unwrap_or(0),
+                ));
+            }
             if let Some(e) = last["error"].as_str() {
                 t.push_str(&format!(" ({e})"));
             }
@@ -162,13 +241,46 @@ impl Status {
     }
 }
 
+/// `2026-12-01 03:12:44 UTC`-style time for a Unix timestamp (UTC, no time zone database).
+pub fn fmt_unix(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Reads the node's state.
 pub fn status(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Status, OpError> {
-    let plan = DivertPlan::new(cfg);
+    let drain_journal = state.drain_journal()?.entries().to_vec();
+    let return_journal = state.return_journal()?.entries().to_vec();
+    let handoff_mac = drain_journal.iter().find_map(|e| match &e.change {
+        Change::Handoff { peer_mac, .. } => super::handoff::parse_mac(peer_mac),
+        _ => None,
+    });
+    let plan = match handoff_mac {
+        Some(mac) => DivertPlan::new(cfg).guarded(mac),
+        None => DivertPlan::new(cfg),
+    };
     let save = h.firewall().save_mangle().map_err(HostError::from)?;
     let divert_rules = plan.owned_lines(&save);
     let divert_sets = plan.existing_sets(&h.firewall().ipset_names().map_err(HostError::from)?);
     let divert = divert_state(h, &plan, &save);
+    let returning = super::handoff::Returning::recorded(&state.return_journal()?)
+        .and_then(|r| divert_state(h, &r.plan(cfg), &save));
     let tracked_up = h.link_up(cfg.tracked_interface.as_str())?;
     let mut vips = Vec::new();
     for v in cfg.vips.iter() {
@@ -177,18 +289,41 @@ pub fn status(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Status
             local: h.vip_local(v.address.get())?,
         });
     }
+    let trigger_undone = trigger_undone(h, &drain_journal)?;
     let lock_holder_pid = state.lock_holder();
-    let mode = if lock_holder_pid.is_some() {
-        Mode::Busy
-    } else if !divert_rules.is_empty() || !divert_sets.is_empty() {
-        Mode::DivertInstalled
-    } else if !tracked_up {
-        Mode::Drained
+    let maintenance = state.maintenance()?;
+    let oldest = |j: &[Entry]| j.iter().map(|e| e.at).min();
+    let ours_in_place = !divert_rules.is_empty() || !divert_sets.is_empty();
+    let handing_off = drain_journal
+        .iter()
+        .any(|e| matches!(e.change, Change::Handoff { .. }));
+    let failed_over = drain_journal
+        .iter()
+        .any(|e| e.change.is_maintenance_state());
+    let (mode, since) = if let Some(m) = &maintenance {
+        (Mode::Maintenance, Some(m.since))
+    } else if lock_holder_pid.is_some() && (ours_in_place || !drain_journal.is_empty()) {
+        (Mode::Draining, oldest(&drain_journal))
+    } else if lock_holder_pid.is_some() {
+        (Mode::Busy, None)
+    } else if handing_off {
+        (Mode::HandingOff, oldest(&drain_journal))
+    } else if !return_journal.is_empty() {
+        (Mode::Returning, oldest(&return_journal))
+    } else if ours_in_place {
+        (Mode::Diverting, oldest(&drain_journal))
+    } else if failed_over || !tracked_up {
+        (Mode::FailedOver, oldest(&drain_journal))
     } else {
-        Mode::InService
+        (Mode::Serving, None)
     };
     Ok(Status {
         mode,
+        since,
+        maintenance,
+        trigger_undone,
+        vrrp: state.last_vrrp(),
+        sockets: h.count().ok(),
         lock_holder_pid,
         tracked_interface: Tracked {
             name: cfg.tracked_interface.as_str().to_string(),
@@ -198,10 +333,38 @@ pub fn status(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Status
         divert_rules,
         divert_sets,
         divert,
-        drain_journal: state.drain_journal()?.entries().to_vec(),
+        drain_journal,
         accept_journal: state.accept_journal()?.entries().to_vec(),
+        returning,
+        return_journal,
         last_drain: state.last_drain(),
     })
+}
+
+/// What the journal says was done to take the node out of service but is not in effect now.
+fn trigger_undone(h: &mut dyn Host, journal: &[Entry]) -> Result<Option<String>, OpError> {
+    for e in journal {
+        match &e.change {
+            Change::LinkDown { ifname } if h.link_up(ifname)? => {
+                return Ok(Some(format!(
+                    "the journal says {ifname} was set down (at {}), but it is up: the node was rebooted or someone brought it up; keepalived may take the VIP back (`drain-agent run` puts it down again on start; `undrain` clears the journal)",
+                    fmt_unix(e.at)
+                )));
+            }
+            Change::TrackFault { path }
+                if h.read_track_file(path)?
+                    .is_none_or(|v| v > super::TRACK_FAULT) =>
+            {
+                return Ok(Some(format!(
+                    "the journal says FAULT was written to {} (at {}), but the file no longer says so; keepalived may take the VIP back",
+                    path.display(),
+                    fmt_unix(e.at)
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// The divert as the kernel has it now; `None` when none is there.
@@ -244,9 +407,9 @@ mod tests {
         let state = StateDir::open(dir.path()).unwrap();
         let mut h = FakeHost::new();
         let s = status(&cfg(), &state, &mut h).unwrap();
-        assert_eq!(s.mode, Mode::InService);
+        assert_eq!(s.mode, Mode::Serving);
         assert!(s.divert.is_none() && s.divert_rules.is_empty());
-        assert!(s.text().starts_with("mode: in-service\n"), "{}", s.text());
+        assert!(s.text().starts_with("mode: serving\n"), "{}", s.text());
         let plan = DivertPlan::new(&cfg());
         crate::ops::divert::install(h.firewall(), &plan).unwrap();
         h.fw.inner.syns(80, 10);
@@ -257,15 +420,63 @@ mod tests {
             )
             .unwrap();
         let s = status(&cfg(), &state, &mut h).unwrap();
-        assert_eq!(s.mode, Mode::DivertInstalled);
+        assert_eq!(s.mode, Mode::Diverting);
         assert_eq!(s.divert_rules, plan.owned_lines(&h.fw.inner.mangle_text()));
         assert!(!s.divert_rules.iter().any(|l| l.contains("comment")));
         let d = s.divert.unwrap();
         assert_eq!(d.phase, Some(Phase::Installed));
         assert_eq!((d.diverted_flows, d.recorded_flows), (10, 10));
         let json = serde_json::to_value(status(&cfg(), &state, &mut h).unwrap()).unwrap();
-        assert_eq!(json["mode"], "divert-installed");
+        assert_eq!(json["mode"], "diverting");
         assert_eq!(json["divert"]["phase"], "installed");
         assert_eq!(json["vips"][0]["address"], "198.18.0.100");
+    }
+
+    #[test]
+    fn a_node_in_maintenance_that_was_rebooted_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut h = FakeHost::new();
+        let mut j = state.drain_journal().unwrap();
+        j.record(Change::LinkDown {
+            ifname: "trk0".into(),
+        })
+        .unwrap();
+        h.links.insert("trk0".into(), false);
+        let s = status(&cfg(), &state, &mut h).unwrap();
+        assert_eq!(s.mode, Mode::FailedOver);
+        assert!(s.since.is_some() && s.trigger_undone.is_none());
+        state
+            .set_maintenance(Some(&crate::journal::Maintenance {
+                reason: "kernel upgrade".into(),
+                by: "alice".into(),
+                since: 1_800_000_000,
+            }))
+            .unwrap();
+        // The reboot brings trk0 back up; the journal still says it was set down.
+        h.links.insert("trk0".into(), true);
+        let s = status(&cfg(), &state, &mut h).unwrap();
+        assert_eq!(s.mode, Mode::Maintenance);
+        assert_eq!(s.since, Some(1_800_000_000));
+        let undone = s.trigger_undone.as_deref().unwrap();
+        assert!(undone.contains("trk0") && undone.contains("up"), "{undone}");
+        let text = s.text();
+        assert!(
+            text.starts_with("mode: in maintenance since 2027-01-15"),
+            "{text}"
+        );
+        assert!(text.contains("kernel upgrade (by alice)"), "{text}");
+        assert!(text.contains("WARNING"), "{text}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["mode"], "maintenance");
+        assert_eq!(json["maintenance"]["reason"], "kernel upgrade");
+        assert_eq!(json["sockets"]["total"], 0);
+    }
+
+    #[test]
+    fn unix_times_read_as_utc_dates() {
+        assert_eq!(fmt_unix(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(fmt_unix(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(fmt_unix(1_800_000_000), "2027-01-15 08:00:00 UTC");
     }
 }

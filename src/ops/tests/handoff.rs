@@ -215,6 +215,7 @@ fn undrain_of_a_killed_hand_off_waits_for_the_connections_then_ends_the_peer() {
     let until = h.unix_now() + 3600;
     j.record(Change::Handoff {
         peer: cfg.peer.get(),
+        peer_mac: "02:00:5e:10:00:0c".into(),
         until,
     })
     .unwrap();
@@ -260,6 +261,7 @@ fn the_daemon_start_leaves_an_unfinished_hand_off_to_undrain() {
     let mut j = state.drain_journal().unwrap();
     j.record(Change::Handoff {
         peer: cfg.peer.get(),
+        peer_mac: "02:00:5e:10:00:0c".into(),
         until: h.unix_now() + 3600,
     })
     .unwrap();

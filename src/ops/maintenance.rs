@@ -1,0 +1,170 @@
+//! Maintenance mode: an operator takes the node out of service on purpose, for a reason, and it
+//! stays out — across agent restarts and reboots — until they bring it back.
+//!
+//! `on` drains the node (or hands it off) and records who, when and why in the state directory
+//! (`maintenance.json`); `off` undoes the drain and clears the record; `status` reads it. After a
+//! reboot the tracked interface comes back up (and the track file may be rewritten by whoever
+//! provisions the node), while the journal still says the node was taken out of service: the
+//! daemon, which starts before keepalived, puts the failover trigger back ([`reassert`]), so the
+//! node does not quietly take the VIP back, and `status` says what happened.
+
+use serde::Serialize;
+
+use super::drain::{self, DrainOptions};
+use super::undrain::{self, UndrainOptions, Undrained};
+use super::{DrainReport, Event, Host, OpError, TRACK_FAULT};
+use crate::config::Config;
+use crate::journal::{Change, StateDir};
+
+pub use crate::journal::Maintenance;
+
+/// What `maintenance on` did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "result", rename = "maintenance-on")]
+pub struct MaintenanceOn {
+    /// The record.
+    pub maintenance: Maintenance,
+    /// The drain that took the node out of service (`None`: it was out of service already).
+    pub drain: Option<DrainReport>,
+}
+
+impl MaintenanceOn {
+    /// The line an operator reads.
+    pub fn summary(&self) -> String {
+        match &self.drain {
+            Some(d) => format!(
+                "in maintenance ({}): {}",
+                self.maintenance.reason,
+                d.summary()
+            ),
+            None => format!(
+                "in maintenance ({}); the node was already out of service",
+                self.maintenance.reason
+            ),
+        }
+    }
+}
+
+/// What `maintenance off` did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "result", rename = "maintenance-off")]
+pub struct MaintenanceOff {
+    /// The record that was cleared (`None`: the node was not in maintenance).
+    pub was: Option<Maintenance>,
+    /// The undrain.
+    pub undrained: Undrained,
+}
+
+impl MaintenanceOff {
+    /// The line an operator reads.
+    pub fn summary(&self) -> String {
+        match &self.was {
+            Some(m) => format!(
+                "maintenance over (was: {}, by {}); {}",
+                m.reason,
+                m.by,
+                self.undrained.summary()
+            ),
+            None => format!("not in maintenance; {}", self.undrained.summary()),
+        }
+    }
+}
+
+/// `maintenance on`: drains the node unless it is out of service already, then records the
+/// maintenance. Idempotent: a node already in maintenance keeps its first record (the reason is
+/// not overwritten by a retry).
+pub fn on(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+    reason: &str,
+    by: &str,
+    opts: &DrainOptions,
+    ev: &mut dyn FnMut(Event),
+) -> Result<MaintenanceOn, OpError> {
+    if reason.trim().is_empty() {
+        return Err(OpError::Config(
+            "maintenance on needs --reason: say why the node goes out of service".into(),
+        ));
+    }
+    if let Some(m) = state.maintenance()? {
+        return Ok(MaintenanceOn {
+            maintenance: m,
+            drain: None,
+        });
+    }
+    let out_of_service = state
+        .drain_journal()?
+        .entries()
+        .iter()
+        .any(|e| e.change.is_maintenance_state());
+    let drain = if out_of_service {
+        None
+    } else {
+        Some(drain::run(cfg, opts, state, h, ev)?)
+    };
+    let m = Maintenance {
+        reason: reason.trim().to_string(),
+        by: by.to_string(),
+        since: h.unix_now(),
+    };
+    state.set_maintenance(Some(&m))?;
+    Ok(MaintenanceOn {
+        maintenance: m,
+        drain,
+    })
+}
+
+/// `maintenance off`: undoes the drain and clears the record. A drain in progress holds the lock,
+/// so `off` is refused then (exit 6) and changes nothing.
+pub fn off(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+    opts: &UndrainOptions,
+    ev: &mut dyn FnMut(Event),
+) -> Result<MaintenanceOff, OpError> {
+    let was = state.maintenance()?;
+    let undrained = undrain::run(cfg, opts, state, h, ev)?;
+    state.set_maintenance(None)?;
+    Ok(MaintenanceOff { was, undrained })
+}
+
+/// What [`reassert`] found and did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reasserted {
+    /// The failover trigger that had come undone (a reboot brings the tracked interface up).
+    pub trigger: String,
+}
+
+/// On the daemon's start: if the journal says the node was taken out of service but the trigger
+/// is no longer in effect (the tracked interface is up again, or the track file no longer says
+/// FAULT — a reboot), puts it back, so the node does not take the VIP back on its own.
+pub fn reassert(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+) -> Result<Option<Reasserted>, OpError> {
+    let _ = cfg;
+    let journal = state.drain_journal()?;
+    for e in journal.entries() {
+        match &e.change {
+            Change::LinkDown { ifname } if h.link_up(ifname)? => {
+                h.set_link(ifname, false)?;
+                return Ok(Some(Reasserted {
+                    trigger: format!("{ifname} down"),
+                }));
+            }
+            Change::TrackFault { path }
+                if h.read_track_file(path)?.is_none_or(|v| v > TRACK_FAULT) =>
+            {
+                h.write_track_file(path, TRACK_FAULT)?;
+                return Ok(Some(Reasserted {
+                    trigger: format!("track file {} = {TRACK_FAULT}", path.display()),
+                }));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
