@@ -31,7 +31,7 @@ fn the_daemon_follows_the_fifo_and_runs_the_clis_drain() {
         String::from_utf8_lossy(&status.stderr)
     );
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(doc["mode"], "in-service", "{doc}");
+    assert_eq!(doc["mode"], "serving", "{doc}");
     assert!(
         doc["summary"].is_string(),
         "the answer came from the daemon: {doc}"

@@ -61,7 +61,8 @@ impl Handler for FakeHandler {
         self.seen.lock().unwrap().push((request.clone(), peer));
         match &request {
             Request::Status => Outcome::ok(json!({"state": "serving", "vrrp": "MASTER"})),
-            Request::Undrain(_) => Outcome::error(7, "not drained"),
+            Request::Undrain(_) | Request::MaintenanceOff(_) => Outcome::error(7, "not drained"),
+            Request::MaintenanceOn(m) => Outcome::ok(json!({"reason": m.reason})),
             Request::Drain(args) => match &self.drain {
                 DrainScript::Events(list) => {
                     for e in list {

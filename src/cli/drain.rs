@@ -34,20 +34,28 @@ fn positive(s: &str) -> Result<PositiveDuration, String> {
     PositiveDuration::try_from(s.to_string()).map_err(|e| e.to_string())
 }
 
+impl DrainArgs {
+    /// The overrides these arguments ask for.
+    pub fn options(&self) -> DrainOptions {
+        let a = self;
+        DrainOptions {
+            abort_on_deadline: a.abort_on_deadline,
+            deadline: a.deadline,
+            idle_threshold: a.idle_threshold,
+            mode: if a.handoff {
+                Some(DrainMode::Handoff)
+            } else if a.no_handoff {
+                Some(DrainMode::Drain)
+            } else {
+                None
+            },
+        }
+    }
+}
+
 /// Runs `drain`: through the daemon when one serves the control socket, else here.
 pub fn run(g: &GlobalOpts, a: &DrainArgs) -> Result<(), Failure> {
-    let opts = DrainOptions {
-        abort_on_deadline: a.abort_on_deadline,
-        deadline: a.deadline,
-        idle_threshold: a.idle_threshold,
-        mode: if a.handoff {
-            Some(DrainMode::Handoff)
-        } else if a.no_handoff {
-            Some(DrainMode::Drain)
-        } else {
-            None
-        },
-    };
+    let opts = a.options();
     if let Some(done) = common::forward(g, &Request::Drain(opts.clone()))? {
         return done;
     }

@@ -11,6 +11,7 @@ mod accept;
 mod check;
 mod common;
 mod drain;
+mod maintenance;
 mod notify;
 mod render;
 mod run;
@@ -67,8 +68,12 @@ enum Command {
     Drain(drain::DrainArgs),
     /// Remove any divert left behind and bring the tracked interface back up.
     Undrain(undrain::UndrainArgs),
-    /// Show what the agent has changed on this node and the state of the drain.
+    /// Show what the node is doing and since when, what the agent has changed, and the last
+    /// drain's result.
     Status(status::StatusArgs),
+    /// Maintenance mode: `on --reason TEXT` drains and holds the node out of service, `off`
+    /// brings it back, `status` shows who, when and why.
+    Maintenance(maintenance::MaintenanceArgs),
     /// On the peer: accept diverted traffic for the VIPs while BACKUP (local route, ARP
     /// suppression). Idempotent; undone by `release`.
     Accept(accept::AcceptArgs),
@@ -149,6 +154,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Drain(a) => drain::run(g, a),
         Command::Undrain(a) => undrain::run(g, a),
         Command::Status(a) => status::run(g, a),
+        Command::Maintenance(a) => maintenance::run(g, a),
         Command::Accept(a) => accept::run_accept(g, a),
         Command::Release(a) => accept::run_release(g, a),
         Command::Notify(a) => notify::run(g, a),

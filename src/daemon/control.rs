@@ -142,6 +142,24 @@ pub enum Request {
     Drain(DrainOptions),
     /// Undo a drain.
     Undrain(UndrainOptions),
+    /// Drain and hold the node out of service, recording why.
+    #[serde(rename = "maintenance-on")]
+    MaintenanceOn(MaintenanceRequest),
+    /// End maintenance: undrain and clear the record.
+    #[serde(rename = "maintenance-off")]
+    MaintenanceOff(UndrainOptions),
+}
+
+/// `maintenance on`'s arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    /// Why.
+    pub reason: String,
+    /// Who asked (the daemon adds the connection's uid).
+    pub by: String,
+    /// The drain's overrides.
+    #[serde(default)]
+    pub drain: DrainOptions,
 }
 
 impl Request {
@@ -151,6 +169,8 @@ impl Request {
             Request::Status => "status",
             Request::Drain(_) => "drain",
             Request::Undrain(_) => "undrain",
+            Request::MaintenanceOn(_) => "maintenance-on",
+            Request::MaintenanceOff(_) => "maintenance-off",
         }
     }
 }

@@ -223,7 +223,13 @@ impl Handler for Daemon {
     fn handle(&self, request: Request, peer: Peer, events: &EventSink) -> Outcome {
         tracing::info!(op = request.op(), uid = peer.uid, pid = ?peer.pid, "control request");
         let interrupts = Arc::new(AtomicU32::new(0));
-        let long = matches!(request, Request::Drain(_) | Request::Undrain(_));
+        let long = matches!(
+            request,
+            Request::Drain(_)
+                | Request::Undrain(_)
+                | Request::MaintenanceOn(_)
+                | Request::MaintenanceOff(_)
+        );
         if long {
             *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(interrupts.clone());
         }
@@ -257,6 +263,19 @@ impl Handler for Daemon {
                 Request::Undrain(opts) => outcome(
                     ops::undrain::run(cfg, &opts, &state, &mut *host, &mut emit),
                     |u| u.summary(),
+                ),
+                Request::MaintenanceOn(m) => {
+                    let by = format!("{} (uid {} over the control socket)", m.by, peer.uid);
+                    outcome(
+                        ops::maintenance::on(
+                            cfg, &state, &mut *host, &m.reason, &by, &m.drain, &mut emit,
+                        ),
+                        |o| o.summary(),
+                    )
+                }
+                Request::MaintenanceOff(opts) => outcome(
+                    ops::maintenance::off(cfg, &state, &mut *host, &opts, &mut emit),
+                    |o| o.summary(),
                 ),
             },
         };

@@ -1,0 +1,124 @@
+//! Maintenance mode against the fake world.
+
+use crate::journal::{Change, StateDir};
+use crate::ops::drain::DrainOptions;
+use crate::ops::fake::{test_config, FakeHost};
+use crate::ops::maintenance::{self, reassert};
+use crate::ops::undrain::UndrainOptions;
+use crate::ops::*;
+
+#[test]
+fn on_drains_and_records_who_when_why_and_off_brings_the_node_back() {
+    let cfg = test_config("80", "");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    let on = maintenance::on(
+        &cfg,
+        &state,
+        &mut h,
+        "kernel upgrade",
+        "alice",
+        &DrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(on.drain.is_some());
+    assert_eq!(on.maintenance.reason, "kernel upgrade");
+    assert_eq!(on.maintenance.by, "alice");
+    assert_eq!(on.maintenance.since, h.unix_now());
+    assert_eq!(state.maintenance().unwrap(), Some(on.maintenance.clone()));
+    assert!(!h.links["trk0"]);
+    // Again: nothing drained twice, the first record stands.
+    let again = maintenance::on(
+        &cfg,
+        &state,
+        &mut h,
+        "something else",
+        "bob",
+        &DrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(again.drain.is_none());
+    assert_eq!(again.maintenance, on.maintenance);
+    let off = maintenance::off(
+        &cfg,
+        &state,
+        &mut h,
+        &UndrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(off.was, Some(on.maintenance));
+    assert!(off.undrained.tracked_interface_up);
+    assert_eq!(state.maintenance().unwrap(), None);
+    assert!(h.links["trk0"]);
+    assert!(state.drain_journal().unwrap().is_empty());
+}
+
+#[test]
+fn on_without_a_reason_changes_nothing() {
+    let cfg = test_config("80", "");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    let e = maintenance::on(
+        &cfg,
+        &state,
+        &mut h,
+        "  ",
+        "alice",
+        &DrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(e.exit_code(), exit::CONFIG);
+    assert!(h.call_log().is_empty());
+    assert_eq!(state.maintenance().unwrap(), None);
+}
+
+#[test]
+fn on_records_a_node_already_out_of_service_without_draining_it_again() {
+    let cfg = test_config("80", "");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    drain::run(&cfg, &DrainOptions::default(), &state, &mut h, &mut |_| {}).unwrap();
+    let calls = h.call_log().len();
+    let on = maintenance::on(
+        &cfg,
+        &state,
+        &mut h,
+        "disk swap",
+        "alice",
+        &DrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(on.drain.is_none());
+    assert_eq!(h.call_log().len(), calls);
+}
+
+#[test]
+fn a_reboot_that_brought_the_tracked_interface_back_is_undone_on_start() {
+    let cfg = test_config("80", "");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    assert_eq!(reassert(&cfg, &state, &mut h).unwrap(), None);
+    state
+        .drain_journal()
+        .unwrap()
+        .record(Change::LinkDown {
+            ifname: "trk0".into(),
+        })
+        .unwrap();
+    // After the reboot trk0 is up again, as the OS brings interfaces up.
+    h.links.insert("trk0".into(), true);
+    let r = reassert(&cfg, &state, &mut h).unwrap().unwrap();
+    assert_eq!(r.trigger, "trk0 down");
+    assert!(!h.links["trk0"]);
+    // In effect already: nothing to do.
+    assert_eq!(reassert(&cfg, &state, &mut h).unwrap(), None);
+}
