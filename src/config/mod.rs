@@ -121,6 +121,17 @@ pub struct Config {
     /// Hand-off between the two agents (`None`: this node neither hands off nor serves the
     /// peer's hand-off).
     pub handoff: Option<Handoff>,
+    /// Prometheus metrics served by the daemon (`None`: not served).
+    pub metrics: Option<Metrics>,
+}
+
+/// `metrics:` section: the daemon serves Prometheus' text format at `http://LISTEN/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Address and port to listen on, e.g. `127.0.0.1:9464` (keep it local, or behind a
+    /// firewall: the metrics name the maintenance reason).
+    pub listen: ListenAddr,
 }
 
 /// What `drain` does by default (`drain --handoff` / `--no-handoff` choose per run).
@@ -272,6 +283,8 @@ mod raw {
         pub state_dir: StateDir,
         #[serde(default)]
         pub handoff: Option<Handoff>,
+        #[serde(default)]
+        pub metrics: Option<Metrics>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -423,6 +436,7 @@ impl Config {
             },
             state_dir: raw.state_dir,
             handoff: raw.handoff,
+            metrics: raw.metrics,
         };
         config.validate(origin)?;
         Ok(config)

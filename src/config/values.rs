@@ -623,3 +623,28 @@ impl TryFrom<String> for TrackValue {
     }
 }
 scalar_newtype!(TrackValue, "an integer in -253..=0", |s| s.0);
+
+/// An IPv4 address and port to listen on, e.g. `127.0.0.1:9464`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(std::net::SocketAddrV4);
+
+impl ListenAddr {
+    /// The address.
+    pub fn get(self) -> std::net::SocketAddrV4 {
+        self.0
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = InvalidValue;
+    fn try_from(text: String) -> Result<Self, InvalidValue> {
+        match text.parse::<std::net::SocketAddrV4>() {
+            Ok(a) if a.port() != 0 => Ok(ListenAddr(a)),
+            Ok(_) => reject(format!("{text:?} has port 0")),
+            Err(_) => reject(format!(
+                "{text:?} is not an IPv4 address and port (e.g. 127.0.0.1:9464)"
+            )),
+        }
+    }
+}
+scalar_newtype!(ListenAddr, "an address and port", |s| s.0.to_string());

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 pub mod client;
 pub mod control;
+pub mod metrics;
 pub mod peerlink;
 
 use crate::config::Config;
@@ -42,9 +43,9 @@ pub enum DaemonError {
     /// The async runtime could not start.
     #[error("tokio runtime: {0}")]
     Runtime(std::io::Error),
-    /// The peer link (`handoff:`) could not be served.
+    /// The peer link (`handoff:`) or the metrics could not be served.
     #[error("{0}")]
-    PeerLink(String),
+    Listen(String),
 }
 
 impl DaemonError {
@@ -52,7 +53,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Op(e) => e.exit_code(),
-            DaemonError::Control(_) | DaemonError::PeerLink(_) => exit::ENVIRONMENT,
+            DaemonError::Control(_) | DaemonError::Listen(_) => exit::ENVIRONMENT,
             DaemonError::Runtime(_) => exit::INTERNAL,
         }
     }
@@ -90,7 +91,7 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
     let key = match &cfg.handoff {
         Some(h) => Some(
             crate::sys::peerlink::Key::load(h.key_file.as_path())
-                .map_err(|e| DaemonError::PeerLink(e.to_string()))?,
+                .map_err(|e| DaemonError::Listen(e.to_string()))?,
         ),
         None => None,
     };
@@ -107,9 +108,11 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
+    let metrics = Arc::new(metrics::Metrics::default());
     let handler = Arc::new(Daemon {
         cfg: cfg.clone(),
         running: Mutex::new(None),
+        metrics: metrics.clone(),
     });
     let cfg = cfg.clone();
     rt.block_on(async move {
@@ -117,13 +120,21 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
         if let (Some(key), Some(h)) = (key, &cfg.handoff) {
             let port = h.port.get();
             let listener = peerlink::bind(port).await.map_err(|e| {
-                DaemonError::PeerLink(format!("cannot listen on handoff.port {port}: {e}"))
+                DaemonError::Listen(format!("cannot listen on handoff.port {port}: {e}"))
             })?;
             eprintln!(
                 "drain-agent run: peer link on port {port} (answers {} only)",
                 cfg.peer.get()
             );
             tokio::spawn(peerlink::serve(listener, key, returns.clone()));
+        }
+        if let Some(m) = &cfg.metrics {
+            let addr = m.listen.get();
+            let listener = metrics::bind(addr).await.map_err(|e| {
+                DaemonError::Listen(format!("cannot listen on metrics.listen {addr}: {e}"))
+            })?;
+            eprintln!("drain-agent run: metrics at http://{addr}/metrics");
+            tokio::spawn(metrics::serve(listener, cfg.clone(), metrics));
         }
         if let Some(path) = fifo {
             tokio::spawn(follow_fifo(cfg.clone(), path));
@@ -185,6 +196,7 @@ struct Daemon {
     cfg: Config,
     /// The interrupt counter of the drain or undrain in progress.
     running: Mutex<Option<Arc<AtomicU32>>>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// An operation's result document with the one-line summary the CLI prints for it.
@@ -236,7 +248,9 @@ impl Handler for Daemon {
         // The client going away (Ctrl-C on the CLI) counts as one interrupt.
         let gone = interrupts.clone();
         let mut told = false;
+        let watcher = self.metrics.clone();
         let mut emit = |e: Event| {
+            watcher.observe(&e);
             if !events
                 .send(serde_json::to_value(crate::ops::event::stamped(&e)).unwrap_or_default())
                 && !told
@@ -252,26 +266,38 @@ impl Handler for Daemon {
                 Request::Status => {
                     outcome(ops::status::status(cfg, &state, &mut *host), |s| s.text())
                 }
-                Request::Drain(opts) => outcome(
-                    ops::drain::run(cfg, &opts, &state, &mut *host, &mut emit)
-                        .map(|report| ops::drain::DrainOutcome::Drained { report }),
-                    |o| match o {
-                        ops::drain::DrainOutcome::Drained { report } => report.summary(),
-                        ops::drain::DrainOutcome::Failed { error, .. } => error.clone(),
-                    },
-                ),
+                Request::Drain(opts) => {
+                    self.metrics.drain_started(opts.apply(cfg).drain.mode);
+                    let r = ops::drain::run(cfg, &opts, &state, &mut *host, &mut emit);
+                    self.metrics.drain_finished(&r);
+                    outcome(
+                        r.map(|report| ops::drain::DrainOutcome::Drained { report }),
+                        |o| match o {
+                            ops::drain::DrainOutcome::Drained { report } => report.summary(),
+                            ops::drain::DrainOutcome::Failed { error, .. } => error.clone(),
+                        },
+                    )
+                }
                 Request::Undrain(opts) => outcome(
                     ops::undrain::run(cfg, &opts, &state, &mut *host, &mut emit),
                     |u| u.summary(),
                 ),
                 Request::MaintenanceOn(m) => {
                     let by = format!("{} (uid {} over the control socket)", m.by, peer.uid);
-                    outcome(
-                        ops::maintenance::on(
-                            cfg, &state, &mut *host, &m.reason, &by, &m.drain, &mut emit,
-                        ),
-                        |o| o.summary(),
-                    )
+                    self.metrics.drain_started(m.drain.apply(cfg).drain.mode);
+                    let r = ops::maintenance::on(
+                        cfg, &state, &mut *host, &m.reason, &by, &m.drain, &mut emit,
+                    );
+                    match &r {
+                        Ok(on) => match &on.drain {
+                            Some(d) => self.metrics.drain_finished(&Ok(d.clone())),
+                            None => self.metrics.drain_skipped(),
+                        },
+                        Err(e) => self
+                            .metrics
+                            .drain_finished(&Err(OpError::Config(e.to_string()))),
+                    }
+                    outcome(r, |o| o.summary())
                 }
                 Request::MaintenanceOff(opts) => outcome(
                     ops::maintenance::off(cfg, &state, &mut *host, &opts, &mut emit),
