@@ -60,7 +60,10 @@ pub fn forward(g: &GlobalOpts, req: &Request) -> Result<Option<Result<(), Failur
     if g.local {
         return Ok(None);
     }
-    let out = Output::new(g.json);
+    let out = match req {
+        Request::Status => Output::new(g.json),
+        _ => Output::live(g.json),
+    };
     let forwarded = call_daemon(&g.socket, req, |v| out.forwarded(v))
         .map_err(|e| Failure::new(exit::INTERNAL, format!("control socket: {e}")))?;
     Ok(forwarded.map(|f| match f {
@@ -84,12 +87,34 @@ pub fn forward(g: &GlobalOpts, req: &Request) -> Result<Option<Result<(), Failur
 /// Output of a command: live events and a final result, as text or JSON lines.
 pub struct Output {
     json: bool,
+    live: std::cell::RefCell<Option<super::progress::Live>>,
+}
+
+impl Drop for Output {
+    /// A failure leaves no half-drawn status line behind its error message.
+    fn drop(&mut self) {
+        self.finish_live();
+    }
 }
 
 impl Output {
     /// Text unless `json`.
     pub fn new(json: bool) -> Output {
-        Output { json }
+        Output {
+            json,
+            live: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// For a command with live events: text lines, JSON lines, or — text on a terminal — the
+    /// redrawn status line of [`super::progress::Live`].
+    pub fn live(json: bool) -> Output {
+        use std::io::IsTerminal;
+        let out = Output::new(json);
+        if !json && std::io::stderr().is_terminal() {
+            *out.live.borrow_mut() = Some(super::progress::Live::new());
+        }
+        out
     }
 
     /// Prints one live event.
@@ -99,8 +124,17 @@ impl Output {
                 "{}",
                 serde_json::to_string(&stamped(e)).expect("an event serialises")
             );
+        } else if let Some(live) = self.live.borrow_mut().as_mut() {
+            live.event(e);
         } else {
             println!("{}", super::render::event_line(e));
+        }
+    }
+
+    /// Ends the status line, if there is one.
+    fn finish_live(&self) {
+        if let Some(live) = self.live.borrow_mut().take() {
+            live.finish();
         }
     }
 
@@ -114,6 +148,7 @@ impl Output {
 
     /// Prints the final result: `doc` as JSON, or `text`.
     pub fn result(&self, doc: &impl Serialize, text: &str) {
+        self.finish_live();
         if self.json {
             println!(
                 "{}",

@@ -61,7 +61,7 @@ pub fn run(g: &GlobalOpts, a: &DrainArgs) -> Result<(), Failure> {
     }
     let cfg = common::load_config(g)?;
     let (state, mut host) = crate::wiring::open(&cfg, common::install_signal_handlers())?;
-    let out = Output::new(g.json);
+    let out = Output::live(g.json);
     let report = drain::run(&cfg, &opts, &state, &mut *host, &mut |e| out.event(&e))?;
     let summary = report.summary();
     out.result(&DrainOutcome::Drained { report }, &summary);

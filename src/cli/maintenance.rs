@@ -64,7 +64,7 @@ pub fn run(g: &GlobalOpts, a: &MaintenanceArgs) -> Result<(), Failure> {
             }
             let cfg = common::load_config(g)?;
             let (state, mut host) = crate::wiring::open(&cfg, common::install_signal_handlers())?;
-            let out = Output::new(g.json);
+            let out = Output::live(g.json);
             let by = format!("{} (local)", req.by);
             let done = maintenance::on(
                 &cfg,
@@ -87,7 +87,7 @@ pub fn run(g: &GlobalOpts, a: &MaintenanceArgs) -> Result<(), Failure> {
             }
             let cfg = common::load_config(g)?;
             let (state, mut host) = crate::wiring::open(&cfg, common::install_signal_handlers())?;
-            let out = Output::new(g.json);
+            let out = Output::live(g.json);
             let done = maintenance::off(&cfg, &state, &mut *host, &opts, &mut |e| out.event(&e))?;
             out.result(&done, &done.summary());
             Ok(())

@@ -13,6 +13,7 @@ mod common;
 mod drain;
 mod maintenance;
 mod notify;
+mod progress;
 mod render;
 mod run;
 mod status;

@@ -5,7 +5,7 @@ use crate::ops::Event;
 /// The line an operator reads for `e`.
 pub fn event_line(e: &Event) -> String {
     match e {
-        Event::Ready { peer, sockets } => {
+        Event::Ready { peer, sockets, .. } => {
             format!("ready: peer answers for the VIP ({peer}); {sockets} connection(s) here")
         }
         Event::Diverted { install_ms } => format!(

@@ -25,7 +25,7 @@ pub fn run(g: &GlobalOpts, a: &UndrainArgs) -> Result<(), Failure> {
     }
     let cfg = common::load_config(g)?;
     let (state, mut host) = crate::wiring::open(&cfg, common::install_signal_handlers())?;
-    let out = Output::new(g.json);
+    let out = Output::live(g.json);
     let done = undrain::run(&cfg, &opts, &state, &mut *host, &mut |e| out.event(&e))?;
     out.result(&done, &done.summary());
     Ok(())

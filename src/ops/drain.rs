@@ -331,6 +331,12 @@ fn preflight(
     ev(Event::Ready {
         peer: answer,
         sockets,
+        mode: if p.handoff.is_some() {
+            crate::config::DrainMode::Handoff
+        } else {
+            crate::config::DrainMode::Drain
+        },
+        deadline_ms: ms(p.handoff.unwrap_or(p.deadline)),
     });
     Ok(receipt)
 }

@@ -73,6 +73,13 @@ pub enum Event {
         peer: PeerAnswer,
         /// Sockets before the divert.
         sockets: usize,
+        /// `drain` or `handoff`.
+        #[serde(default)]
+        mode: crate::config::DrainMode,
+        /// How long the wait for this node's connections may last (drain or hand-off
+        /// deadline), in milliseconds.
+        #[serde(default)]
+        deadline_ms: f64,
     },
     /// The divert is installed and verified.
     Diverted {
