@@ -582,6 +582,8 @@ pub struct AgentConfig {
     pub poll_interval: String,
     /// `handoff.deadline` (used when the lab has [`LabOptions::handoff`]).
     pub handoff_deadline: String,
+    /// `metrics.listen`, if the daemon should serve metrics.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -593,6 +595,7 @@ impl Default for AgentConfig {
             post_wait: "1s".into(),
             poll_interval: "100ms".into(),
             handoff_deadline: "5m".into(),
+            metrics_listen: None,
         }
     }
 }
@@ -610,6 +613,10 @@ impl Lab {
         } else {
             String::new()
         };
+        let metrics = c
+            .metrics_listen
+            .as_ref()
+            .map_or(String::new(), |l| format!("metrics:\n  listen: {l}\n"));
         let text = format!(
             "# drain-agent config of lab node {node}
 vips:
@@ -634,7 +641,7 @@ peer_probe:
   timeout: 200ms
   failures: 2
 state_dir: {dir}/agent-state-{node}
-{handoff}",
+{handoff}{metrics}",
             vip = addr::VIP,
             http = addr::HTTP_PORT,
             echo = addr::ECHO_PORT,
