@@ -3,7 +3,8 @@
 # a machine that has them all does not touch apt at all.
 set -euo pipefail
 pkgs=(keepalived haproxy iptables ipset conntrack nftables iproute2 procps net-tools tcpdump socat
-      wrk ansible-core openssh-server openssh-client sshpass python3 hyperfine systemd)
+      wrk ansible-core openssh-server openssh-client sshpass python3 hyperfine systemd
+      prometheus curl tmux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -19,8 +20,9 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts the services on install; the lab runs its own instances inside namespaces, and a
-# root-namespace keepalived would send VRRP adverts from the host: stop and disable them.
-for svc in keepalived haproxy; do
+# root-namespace keepalived would send VRRP adverts from the host (a root-namespace Prometheus
+# would scrape and listen on the host): stop and disable them.
+for svc in keepalived haproxy prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" >/dev/null 2>&1 || true
     systemctl disable "$svc" >/dev/null 2>&1 || true
