@@ -140,6 +140,7 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
             tokio::spawn(follow_fifo(cfg.clone(), path));
         }
         eprintln!("drain-agent run: serving {}", socket.display());
+        notify_ready();
         let stop = handler.clone();
         server
             .serve(async move {
@@ -162,6 +163,30 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
             .await;
         Ok(())
     })
+}
+
+/// Tells systemd the daemon is ready (`Type=notify`): the start-up repair is done and the
+/// sockets are served. Nothing to do when not started by systemd.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|s| {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_bytes();
+        match bytes.strip_prefix(b"@") {
+            // An abstract socket, as some service managers give.
+            Some(name) => {
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                s.send_to_addr(b"READY=1", &addr)
+            }
+            None => s.send_to(b"READY=1", std::path::Path::new(&path)),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify READY=1 to {}: {e}", path.to_string_lossy());
+    }
 }
 
 /// Follows the FIFO for the daemon's lifetime, applying each state line in order.
