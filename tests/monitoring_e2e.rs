@@ -20,7 +20,7 @@ fn now_s() -> f64 {
 
 fn curl(lab: &Lab, url: &str) -> String {
     let out = lab
-        .exec(
+        .exec_status(
             &lab.node_ns(Node::Lb1),
             &["curl", "-sf", "--max-time", "5", url],
         )
@@ -74,7 +74,7 @@ fn prometheus_sees_the_drains_phases_in_order() {
     let start = Instant::now();
     loop {
         let ready = lab
-            .exec(
+            .exec_status(
                 &ns,
                 &["curl", "-sf", &format!("http://{PROMETHEUS}/-/ready")],
             )
@@ -88,7 +88,23 @@ fn prometheus_sees_the_drains_phases_in_order() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Prometheus' target discovery hands new targets to the scrapers every 5 s: wait for the
+    // first sample, so the record starts before the drain.
     let t0 = now_s();
+    loop {
+        let q = curl(
+            &lab,
+            &format!("http://{PROMETHEUS}/api/v1/query?query=drain_agent_phase%7Bphase%3D%22serving%22%7D"),
+        );
+        if q.contains("\"value\":[") {
+            break;
+        }
+        assert!(
+            now_s() - t0 < 30.0,
+            "prometheus never scraped the agent: {q}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let r = scenario::run_in(
         &mut lab,
         "drain-agent-metrics",

@@ -360,8 +360,10 @@ async fn serve_one(
         && (path == "/metrics" || path.starts_with("/metrics?"))
     {
         let status = tokio::task::spawn_blocking(move || {
-            let (state, mut host) = crate::wiring::open(&cfg, Arc::new(AtomicU32::new(0))).ok()?;
-            crate::ops::status::status(&cfg, &state, &mut *host).ok()
+            let read = crate::wiring::open(&cfg, Arc::new(AtomicU32::new(0)))
+                .and_then(|(state, mut host)| crate::ops::status::status(&cfg, &state, &mut *host));
+            read.map_err(|e| tracing::warn!("metrics: cannot read the node's state: {e}"))
+                .ok()
         })
         .await
         .ok()
