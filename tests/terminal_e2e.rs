@@ -105,7 +105,12 @@ fn drain_on_a_terminal_shows_phase_progress_and_a_summary() {
         });
         take("2-draining", Duration::from_secs(10), &|c| {
             c.lines().last().is_some_and(|l| {
-                l.contains("draining") && l.contains("left") && l.contains("deadline in")
+                // Under way: new flows have gone to the peer and their rate is known.
+                l.contains("draining")
+                    && l.contains("left")
+                    && l.contains("deadline in")
+                    && l.contains("/s)")
+                    && !l.contains(" 0 new flow(s)")
             })
         });
         take("3-done", Duration::from_secs(40), &|c| c.contains("EXIT="));
@@ -137,11 +142,12 @@ fn drain_on_a_terminal_shows_phase_progress_and_a_summary() {
     // While draining, the status line shows the phase, the states left, the diverted flows, the
     // time to the deadline and the peer's health.
     let line = draining.lines().last().unwrap();
+    assert!(!line.contains(" 0 new flow(s)"), "{line}");
     for part in [
         "draining",
         "left",
         "established",
-        "new flow(s) diverted",
+        "new flow(s) diverted (",
         "deadline in",
         "peer ok",
     ] {
