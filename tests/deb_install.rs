@@ -194,13 +194,15 @@ fn contents(deb: &Path) -> Vec<(String, String, String)> {
 
 /// The man pages the binary's subcommands call for.
 fn man_pages() -> Vec<String> {
+    fn add(cmd: &clap::Command, prefix: &str, pages: &mut Vec<String>) {
+        for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+            let name = format!("{prefix}-{}", sub.get_name());
+            pages.push(name.clone());
+            add(sub, &name, pages);
+        }
+    }
     let mut pages = vec!["drain-agent".to_string()];
-    pages.extend(
-        Cli::command()
-            .get_subcommands()
-            .filter(|c| !c.is_hide_set())
-            .map(|c| format!("drain-agent-{}", c.get_name())),
-    );
+    add(&Cli::command(), "drain-agent", &mut pages);
     pages
 }
 

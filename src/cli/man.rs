@@ -127,25 +127,32 @@ const EXIT_STATUS: &[(u8, &str)] = &[
     ),
 ];
 
-/// Every page: drain-agent(8), then one per subcommand (a hidden one would get none).
+/// Every page: drain-agent(8), then one per subcommand, nested ones included (a parent's
+/// SUBCOMMANDS section names `drain-agent-PARENT-CHILD(8)`); a hidden one would get none.
 pub fn pages() -> Vec<Page> {
-    // As clap_mangen::generate_to does: no page for clap's `help` subcommand.
-    let mut root = Cli::command().disable_help_subcommand(true);
+    // As clap_mangen::generate_to does: no page for clap's `help` subcommand, at any level.
+    fn without_help(cmd: Command) -> Command {
+        cmd.disable_help_subcommand(true)
+            .mut_subcommands(without_help)
+    }
+    let mut root = without_help(Cli::command());
     root.build();
-    let subcommands: Vec<Command> = root
-        .get_subcommands()
-        .filter(|c| !c.is_hide_set())
-        .cloned()
-        .collect();
-    let mut pages = vec![page(&root, Some(DESCRIPTION), &root_sections(&root))];
-    pages.extend(subcommands.iter().map(|c| page(c, None, &sub_sections())));
+    let mut pages = vec![page(&root, Some(DESCRIPTION), root_sections(&root))];
+    add_subcommand_pages(&root, &mut pages);
     pages
+}
+
+fn add_subcommand_pages(cmd: &Command, pages: &mut Vec<Page>) {
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        pages.push(page(sub, None, sub_sections()));
+        add_subcommand_pages(sub, pages);
+    }
 }
 
 /// One page: clap_mangen's NAME, SYNOPSIS, DESCRIPTION (`description`, else the help text),
 /// OPTIONS (and SUBCOMMANDS), then EXAMPLES from the command's `after_help` and the `extra`
 /// sections, before clap_mangen's VERSION.
-fn page(cmd: &Command, description: Option<&'static str>, extra: &Roff) -> Page {
+fn page(cmd: &Command, description: Option<&'static str>, extra: Roff) -> Page {
     let name = cmd
         .get_display_name()
         .unwrap_or_else(|| cmd.get_name())
@@ -158,6 +165,7 @@ fn page(cmd: &Command, description: Option<&'static str>, extra: &Roff) -> Page 
     }
     let mut buf = Vec::new();
     Man::new(bare)
+        .section(SECTION)
         .render(&mut buf)
         .expect("rendering into memory");
     let mut roff = String::from_utf8(buf).expect("clap_mangen writes UTF-8");
@@ -176,8 +184,8 @@ fn page(cmd: &Command, description: Option<&'static str>, extra: &Roff) -> Page 
     if let Some(text) = help_examples {
         examples_section(&mut sections, &text);
     }
-    let mut tail = sections.render();
-    tail.push_str(&extra.render());
+    sections.extend([extra]);
+    let tail = sections.render();
     match roff.find("\n.SH VERSION\n") {
         Some(at) => roff.insert_str(at + 1, &tail),
         None => roff.push_str(&tail),
@@ -298,6 +306,33 @@ mod tests {
     }
 
     #[test]
+    fn nested_subcommands_get_the_pages_their_parent_names() {
+        let mut seen = Vec::new();
+        let cmd = Command::new("x").subcommand(
+            Command::new("maint")
+                .about("Maintenance")
+                .subcommand(Command::new("on").about("On"))
+                .subcommand(Command::new("off").about("Off")),
+        );
+        let mut cmd = cmd
+            .disable_help_subcommand(true)
+            .mut_subcommands(|c| c.disable_help_subcommand(true));
+        cmd.build();
+        add_subcommand_pages(&cmd, &mut seen);
+        let files: Vec<&str> = seen.iter().map(|p| p.file.as_str()).collect();
+        assert_eq!(files, ["x-maint.8", "x-maint-on.8", "x-maint-off.8"]);
+        // The parent's page names exactly those, in section 8, and no help page.
+        assert!(
+            seen[0]
+                .roff
+                .contains(".SH SUBCOMMANDS\n.TP\nx\\-maint\\-on(8)\nOn\n.TP\nx\\-maint\\-off(8)\n"),
+            "{}",
+            seen[0].roff
+        );
+        assert!(!seen[0].roff.contains("help(8)"));
+    }
+
+    #[test]
     fn pages_carry_examples_and_the_root_page_exit_codes_and_files() {
         let pages = pages();
         let root = &pages[0].roff;
@@ -322,6 +357,12 @@ mod tests {
         // The extra sections sit before clap_mangen's VERSION, which stays last.
         assert!(root.find(".SH EXAMPLES").unwrap() < root.find(".SH VERSION").unwrap());
         assert!(root.contains("\\fB12\\fR"));
+        assert!(
+            root.contains(".SH SUBCOMMANDS\n.TP\ndrain\\-agent\\-check(8)\n"),
+            "{root}"
+        );
+        // clap_mangen's preamble, and one more before the sections added here.
+        assert_eq!(root.matches(".ds Aq \\(aq").count(), 2, "{root}");
         let drain = pages
             .iter()
             .find(|p| p.file == "drain-agent-drain.8")
