@@ -3,7 +3,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all deps build demo test test-unit lint bench clean-lab
+.PHONY: all deps build deb demo test test-unit lint bench clean-lab
 
 all: build
 
@@ -12,6 +12,13 @@ deps:
 
 build:
 	$(CARGO) build --release --workspace --bins
+
+## Debian package: target/debian/drain-agent_<version>_<arch>.deb (binary, systemd unit, conffile,
+## examples, man pages, completions), staged by packaging/deb/build.sh and built with dpkg-deb.
+## tests/deb_install.rs installs, checks and purges it.
+deb:
+	$(CARGO) build --release -p drain-agent --bin drain-agent
+	bash packaging/deb/build.sh $(RELEASE)/drain-agent target/debian
 
 ## Live demo: brings the lab up once per scenario, runs the mixed load through each way of taking lb1
 ## out of service, prints the comparison table, tears everything down.

@@ -393,6 +393,26 @@ fn cases(lab: &Lab) -> Vec<Case> {
         Case::new("no subcommand", good(), &["-c", "{cfg}"]).fails(exit::USAGE, &["subcommand"]),
         Case::new("stray argument", good(), &["-c", "{cfg}", "check", "now"])
             .fails(exit::USAGE, &["now"]),
+        Case::new(
+            "unknown shell",
+            good(),
+            &["-c", "{cfg}", "completions", "tcsh"],
+        )
+        .fails(exit::USAGE, &["tcsh"]),
+        Case::new(
+            "completions without a shell",
+            good(),
+            &["-c", "{cfg}", "completions"],
+        )
+        .fails(exit::USAGE, &["SHELL"]),
+        Case::new("man without --out-dir", good(), &["-c", "{cfg}", "man"])
+            .fails(exit::USAGE, &["--out-dir"]),
+        Case::new(
+            "man into a directory that cannot be created",
+            good(),
+            &["-c", "{cfg}", "man", "--out-dir", "/proc/drain-agent-man"],
+        )
+        .fails(exit::ENVIRONMENT, &["/proc/drain-agent-man"]),
         // --- environment (exit 4) ---
         Case::new(
             "missing tracked interface",

@@ -4,7 +4,9 @@
 set -euo pipefail
 pkgs=(keepalived haproxy iptables ipset conntrack nftables iproute2 procps net-tools tcpdump socat
       wrk ansible-core openssh-server openssh-client sshpass python3 hyperfine systemd
-      prometheus curl tmux)
+      prometheus curl tmux
+      # make deb and its install test: packaging tools, and what reads the man page and completions
+      dpkg-dev binutils man-db groff-base bash-completion zsh fish)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

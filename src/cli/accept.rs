@@ -7,6 +7,17 @@ use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
 use crate::ops::peer::{accept, release, Accepted};
 
+/// `drain-agent accept --help` ends with these (see `cli::examples`).
+pub(super) const ACCEPT_EXAMPLES: &str = "\
+# On the peer, when keepalived's notify hook is not wired to the agent
+drain-agent accept
+drain-agent accept --json";
+
+/// `drain-agent release --help` ends with these (see `cli::examples`).
+pub(super) const RELEASE_EXAMPLES: &str = "\
+# On the peer, once no drain needs it any more
+drain-agent release";
+
 /// Arguments of `accept`.
 #[derive(Debug, Args)]
 pub struct AcceptArgs {}

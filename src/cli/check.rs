@@ -6,6 +6,17 @@ use super::common::{self, load_config, Output};
 use super::{Failure, GlobalOpts};
 use crate::ops::check::{check, CheckOptions, CheckReport};
 
+/// `drain-agent check --help` ends with these (see `cli::examples`).
+pub(super) const EXAMPLES: &str = "\
+# Everything, including a live SYN probe of the peer through the path a diverted packet takes
+drain-agent check
+# The peer is down for maintenance: check this node only
+drain-agent check --no-peer
+# Size the diverted-flow record for a peak of 3000 new connections/s instead of measuring
+drain-agent check --rate 3000
+# One JSON document with every check, for automation
+drain-agent check --json";
+
 /// Arguments of `check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {

@@ -8,6 +8,21 @@ use crate::config::{DrainMode, PositiveDuration};
 use crate::daemon::control::Request;
 use crate::ops::drain::{self, DrainOptions, DrainOutcome};
 
+/// `drain-agent drain --help` ends with these (see `cli::examples`).
+pub(super) const EXAMPLES: &str = "\
+# Drain with the configured deadline, showing progress; returns when the peer owns the VIP
+drain-agent drain
+# At most 90 s for this node's connections; roll back instead of failing over if any remain
+drain-agent drain --deadline 90s --abort-on-deadline
+# Clients silent for 10 s do not hold the drain
+drain-agent drain --idle-threshold 10s
+# JSON lines for automation: one per event, then the result; the exit code says what happened
+drain-agent drain --json
+# In this process, even if the daemon serves the control socket
+drain-agent drain --local
+# Hand off: fail over at once, the peer returns this node's connections until they end
+drain-agent drain --handoff";
+
 /// Arguments of `drain`.
 #[derive(Debug, Args)]
 pub struct DrainArgs {

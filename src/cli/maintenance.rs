@@ -10,6 +10,16 @@ use crate::daemon::control::{MaintenanceRequest, Request};
 use crate::ops::maintenance;
 use crate::ops::undrain::UndrainOptions;
 
+pub(super) const EXAMPLES: &str = "\
+# Drain and hold the node out of service; who, when and why are recorded and shown
+drain-agent maintenance on --reason \"kernel upgrade, CHG-4711\"
+# The same with a hand-off (long-lived connections end here on their own)
+drain-agent maintenance on --reason \"disk swap\" --handoff
+# Who put the node in maintenance, when, why, and what it is doing now
+drain-agent maintenance status
+# Bring the node back (refused while a drain runs)
+drain-agent maintenance off";
+
 /// Arguments of `maintenance`.
 #[derive(Debug, Args)]
 pub struct MaintenanceArgs {

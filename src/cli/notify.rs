@@ -10,6 +10,14 @@ use crate::keepalived::NotifyArgs;
 use crate::ops::exit;
 use crate::ops::notify::Notified;
 
+/// `drain-agent notify --help` ends with these (see `cli::examples`).
+pub(super) const EXAMPLES: &str = "\
+# keepalived.conf, in the vrrp_instance: notify \"/usr/sbin/drain-agent notify\"
+# keepalived then runs, when this node becomes BACKUP:
+drain-agent notify INSTANCE VI_1 BACKUP 100
+# and when it becomes MASTER (a group's priority is always 0):
+drain-agent notify GROUP VG_1 MASTER 0";
+
 /// Arguments of `notify` (keepalived appends them to the configured command).
 #[derive(Debug, Args)]
 pub struct NotifyCliArgs {

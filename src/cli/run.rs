@@ -7,6 +7,15 @@ use clap::Args;
 use super::{common, Failure, GlobalOpts};
 use crate::keepalived::DEFAULT_FIFO_PATH;
 
+/// `drain-agent run --help` ends with these (see `cli::examples`).
+pub(super) const EXAMPLES: &str = "\
+# As the systemd unit drain-agent.service runs it
+drain-agent run --config /etc/drain-agent/drain-agent.yaml
+# keepalived's vrrp_notify_fifo elsewhere
+drain-agent run --fifo /run/keepalived/vrrp-notify.fifo
+# Serve the control socket only (keepalived calls `drain-agent notify` instead)
+drain-agent run --no-fifo";
+
 /// Arguments of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {

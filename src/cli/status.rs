@@ -6,6 +6,14 @@ use super::common::{self, Output};
 use super::{Failure, GlobalOpts};
 use crate::daemon::control::Request;
 
+/// `drain-agent status --help` ends with these (see `cli::examples`).
+pub(super) const EXAMPLES: &str = "\
+drain-agent status
+# The same as one JSON document (mode, VIPs held, divert, journals, last drain)
+drain-agent status --json
+# Read the host directly, not through the daemon
+drain-agent status --local";
+
 /// Arguments of `status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {}

@@ -7,6 +7,13 @@ use super::{Failure, GlobalOpts};
 use crate::daemon::control::Request;
 use crate::ops::undrain::{self, UndrainOptions};
 
+/// `drain-agent undrain --help` ends with these (see `cli::examples`).
+pub(super) const EXAMPLES: &str = "\
+# After maintenance: remove what is left and rejoin VRRP (as BACKUP with nopreempt)
+drain-agent undrain
+# After a crash: remove the divert but keep the node out of VRRP
+drain-agent undrain --keep-link-down";
+
 /// Arguments of `undrain`.
 #[derive(Debug, Args)]
 pub struct UndrainArgs {

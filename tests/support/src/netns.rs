@@ -170,6 +170,17 @@ pub fn require_tool(test: &str, bin: &str) -> bool {
         )
 }
 
+/// Returns true when nothing stands in the way of `test` (`obstacle` is `None`); otherwise prints
+/// why `test` is skipped and returns false. With `CI=true` an obstacle is a failure (panic).
+/// For conditions other than root and programs, e.g. "this machine has a real installation the
+/// test must not touch".
+pub fn require_no_obstacle(test: &str, obstacle: Option<String>) -> bool {
+    match obstacle {
+        None => true,
+        Some(reason) => skip(test, &reason, ci()),
+    }
+}
+
 /// Whether the environment says this is CI, where no test may skip.
 fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
@@ -354,6 +365,11 @@ mod tests {
     #[should_panic(expected = "some_test: needs something, and CI=true forbids skipping")]
     fn a_skip_is_a_failure_under_ci() {
         skip("some_test", "needs something", true);
+    }
+
+    #[test]
+    fn nothing_in_the_way_means_the_test_runs() {
+        assert!(require_no_obstacle("some_test", None));
     }
 
     #[test]
