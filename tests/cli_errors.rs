@@ -263,6 +263,10 @@ const CHECK: &[&str] = &["-c", "{cfg}", "check"];
 const UNDRAIN: &[&str] = &["-c", "{cfg}", "undrain"];
 const STATUS: &[&str] = &["-c", "{cfg}", "status"];
 const DRAIN_JSON: &[&str] = &["-c", "{cfg}", "--json", "drain"];
+const MAINTENANCE_ON_NO_REASON: &[&str] = &["-c", "{cfg}", "maintenance", "on"];
+const MAINTENANCE_ON_EMPTY_REASON: &[&str] = &["-c", "{cfg}", "maintenance", "on", "--reason", " "];
+const MAINTENANCE_OFF: &[&str] = &["-c", "{cfg}", "maintenance", "off"];
+const HANDOFF_WITHOUT_SECTION: &[&str] = &["-c", "{cfg}", "drain", "--handoff"];
 const UNDRAIN_JSON: &[&str] = &["-c", "{cfg}", "--json", "undrain"];
 
 fn cases(lab: &Lab) -> Vec<Case> {
@@ -480,6 +484,32 @@ fn cases(lab: &Lab) -> Vec<Case> {
         Case::new("corrupt journal", good(), DRAIN)
             .setup(Setup::CorruptJournal)
             .fails(exit::ENVIRONMENT, &["drain-journal.json", "unreadable"]),
+        // --- maintenance and hand-off arguments ---
+        Case::new(
+            "maintenance on without a reason",
+            good(),
+            MAINTENANCE_ON_NO_REASON,
+        )
+        .fails(exit::USAGE, &["--reason"]),
+        Case::new(
+            "maintenance on with an empty reason",
+            good(),
+            MAINTENANCE_ON_EMPTY_REASON,
+        )
+        .fails(exit::CONFIG, &["--reason"]),
+        Case::new(
+            "maintenance off while a drain runs",
+            good(),
+            MAINTENANCE_OFF,
+        )
+        .setup(Setup::HoldLock)
+        .fails(exit::BUSY, &["another drain-agent operation"]),
+        Case::new(
+            "hand-off without a handoff: section",
+            good(),
+            HANDOFF_WITHOUT_SECTION,
+        )
+        .fails(exit::CONFIG, &["handoff:"]),
         // --- with --json, the failure is also the last line on stdout ---
         Case::new("wrong privileges (--json)", good(), DRAIN_JSON)
             .runner(Runner::Nobody)
