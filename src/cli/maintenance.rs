@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use super::common::{self, Output};
 use super::drain::DrainArgs;
 use super::{Failure, GlobalOpts};
-use crate::daemon::control::{MaintenanceRequest, Request};
+use crate::daemon::control::{MaintenanceOffRequest, MaintenanceRequest, Request};
 use crate::ops::maintenance;
 use crate::ops::undrain::UndrainOptions;
 
@@ -18,7 +18,9 @@ drain-agent maintenance on --reason \"disk swap\" --handoff
 # Who put the node in maintenance, when, why, and what it is doing now
 drain-agent maintenance status
 # Bring the node back (refused while a drain runs)
-drain-agent maintenance off";
+drain-agent maintenance off
+# ... and move the VIPs back here: the peer drains itself and returns as BACKUP
+drain-agent maintenance off --failback";
 
 /// Arguments of `maintenance`.
 #[derive(Debug, Args)]
@@ -49,8 +51,13 @@ struct OnArgs {
 #[derive(Debug, Args)]
 struct OffArgs {
     /// Leave the tracked interface down (remove leftovers only).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "failback")]
     keep_link_down: bool,
+    /// Then move the VIPs back here without breaking a connection: the peer's agent drains its
+    /// node (the way its drain.mode says) and brings it back as BACKUP. Needs the peer link
+    /// (handoff: section, `drain-agent run` on the peer).
+    #[arg(long)]
+    failback: bool,
 }
 
 /// Who runs this: the user behind sudo, else the login user, else the uid.
@@ -92,13 +99,19 @@ pub fn run(g: &GlobalOpts, a: &MaintenanceArgs) -> Result<(), Failure> {
             let opts = UndrainOptions {
                 keep_link_down: off.keep_link_down,
             };
-            if let Some(done) = common::forward(g, &Request::MaintenanceOff(opts.clone()))? {
+            let req = MaintenanceOffRequest {
+                undrain: opts.clone(),
+                failback: off.failback,
+            };
+            if let Some(done) = common::forward(g, &Request::MaintenanceOff(req))? {
                 return done;
             }
             let cfg = common::load_config(g)?;
             let (state, mut host) = crate::wiring::open(&cfg, common::install_signal_handlers())?;
             let out = Output::live(g.json);
-            let done = maintenance::off(&cfg, &state, &mut *host, &opts, &mut |e| out.event(&e))?;
+            let done = maintenance::off(&cfg, &state, &mut *host, &opts, off.failback, &mut |e| {
+                out.event(&e)
+            })?;
             out.result(&done, &done.summary());
             Ok(())
         }

@@ -70,6 +70,7 @@ pub fn event_line(e: &Event) -> String {
             format!("hand-off: {peer} returns this node's connections after the failover")
         }
         Event::HandoffEnded { detail } => format!("hand-off over: {detail}"),
+        Event::FailedBack { detail } => format!("failed back: the peer reports: {detail}"),
         Event::HandoffEndFailed { error } => format!(
             "warning: the peer's agent was not told the hand-off is over ({error}); it removes its return path itself once this node stops accepting the VIP"
         ),

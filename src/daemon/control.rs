@@ -147,7 +147,19 @@ pub enum Request {
     MaintenanceOn(MaintenanceRequest),
     /// End maintenance: undrain and clear the record.
     #[serde(rename = "maintenance-off")]
-    MaintenanceOff(UndrainOptions),
+    MaintenanceOff(MaintenanceOffRequest),
+}
+
+/// `maintenance off`'s arguments.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MaintenanceOffRequest {
+    /// The undrain's options.
+    #[serde(flatten)]
+    pub undrain: UndrainOptions,
+    /// Then ask the peer to drain itself, so the VIPs come back here.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failback: bool,
 }
 
 /// `maintenance on`'s arguments.

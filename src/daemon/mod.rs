@@ -324,8 +324,15 @@ impl Handler for Daemon {
                     }
                     outcome(r, |o| o.summary())
                 }
-                Request::MaintenanceOff(opts) => outcome(
-                    ops::maintenance::off(cfg, &state, &mut *host, &opts, &mut emit),
+                Request::MaintenanceOff(off) => outcome(
+                    ops::maintenance::off(
+                        cfg,
+                        &state,
+                        &mut *host,
+                        &off.undrain,
+                        off.failback,
+                        &mut emit,
+                    ),
                     |o| o.summary(),
                 ),
             },

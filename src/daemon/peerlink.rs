@@ -143,6 +143,19 @@ impl Returns {
                 }
             }
             PeerRequest::End => self.end(),
+            PeerRequest::Failback { mode } => {
+                let done = crate::wiring::open(cfg, self.stopping.clone()).and_then(
+                    |(state, mut host)| {
+                        crate::ops::maintenance::fail_back_here(cfg, &state, &mut *host, mode)
+                    },
+                );
+                match done {
+                    Ok(detail) => PeerReply::Ok { detail },
+                    Err(e) => PeerReply::Refused {
+                        reason: e.to_string(),
+                    },
+                }
+            }
         }
     }
 }

@@ -200,6 +200,12 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// `maintenance off --failback`: the peer drained itself and came back as BACKUP; the VIPs
+    /// are here again.
+    FailedBack {
+        /// What the peer reported.
+        detail: String,
+    },
 }
 
 /// How a completed drain went.

@@ -364,6 +364,7 @@ impl Host for FakeHost {
             PeerRequest::Hello { .. } => "hello",
             PeerRequest::Begin { .. } => "begin",
             PeerRequest::End => "end",
+            PeerRequest::Failback { .. } => "failback",
         };
         self.call(format!("peer-agent {op}"));
         self.advance(Duration::from_millis(2));

@@ -82,6 +82,13 @@ pub enum PeerRequest {
     },
     /// The asking node's connections are gone (or its deadline passed): remove the return path.
     End,
+    /// The asking node is back (BACKUP, accepting): take yourself out of service the way `mode`
+    /// says, so the VIPs move back to it without breaking a connection, then come back as
+    /// BACKUP (`undrain`). Answered when done.
+    Failback {
+        /// How the peer drains.
+        mode: crate::config::DrainMode,
+    },
 }
 
 /// The answer.

@@ -53,12 +53,14 @@ pub struct MaintenanceOff {
     pub was: Option<Maintenance>,
     /// The undrain.
     pub undrained: Undrained,
+    /// With `--failback`: what the peer reported of its drain and undrain.
+    pub failed_back: Option<String>,
 }
 
 impl MaintenanceOff {
     /// The line an operator reads.
     pub fn summary(&self) -> String {
-        match &self.was {
+        let back = match &self.was {
             Some(m) => format!(
                 "maintenance over (was: {}, by {}); {}",
                 m.reason,
@@ -66,6 +68,10 @@ impl MaintenanceOff {
                 self.undrained.summary()
             ),
             None => format!("not in maintenance; {}", self.undrained.summary()),
+        };
+        match &self.failed_back {
+            Some(f) => format!("{back}; failed back: {f}"),
+            None => back,
         }
     }
 }
@@ -116,18 +122,95 @@ pub fn on(
 }
 
 /// `maintenance off`: undoes the drain and clears the record. A drain in progress holds the lock,
-/// so `off` is refused then (exit 6) and changes nothing.
+/// so `off` is refused then (exit 6) and changes nothing. With `failback`, then asks the peer's
+/// agent (peer link) to drain itself the way `drain.mode` says and come back as BACKUP, so the
+/// VIPs return here without breaking a connection — in a preempting pair as in one without.
 pub fn off(
     cfg: &Config,
     state: &StateDir,
     h: &mut dyn Host,
     opts: &UndrainOptions,
+    failback: bool,
     ev: &mut dyn FnMut(Event),
 ) -> Result<MaintenanceOff, OpError> {
+    if failback && cfg.handoff.is_none() {
+        return Err(OpError::Config(
+            "--failback asks the peer's agent to drain itself: it needs the peer link (the handoff: section, and `drain-agent run` on the peer)".into(),
+        ));
+    }
     let was = state.maintenance()?;
     let undrained = undrain::run(cfg, opts, state, h, ev)?;
     state.set_maintenance(None)?;
-    Ok(MaintenanceOff { was, undrained })
+    let failed_back = if failback {
+        Some(ask_failback(cfg, h, ev)?)
+    } else {
+        None
+    };
+    Ok(MaintenanceOff {
+        was,
+        undrained,
+        failed_back,
+    })
+}
+
+/// How long this node waits to be ready for the failback (keepalived BACKUP, accepting the VIPs:
+/// the peer's preflight probes it) before giving up.
+const FAILBACK_READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+/// Between two failback requests the peer refused because this node was not ready yet.
+const FAILBACK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn ask_failback(
+    cfg: &Config,
+    h: &mut dyn Host,
+    ev: &mut dyn FnMut(Event),
+) -> Result<String, OpError> {
+    let req = super::handoff::PeerRequest::Failback {
+        mode: cfg.drain.mode,
+    };
+    let until = h.now() + FAILBACK_READY_WITHIN;
+    loop {
+        match h.peer_agent(&req) {
+            Ok(super::handoff::PeerReply::Ok { detail }) => {
+                ev(Event::FailedBack {
+                    detail: detail.clone(),
+                });
+                return Ok(detail);
+            }
+            // The peer refuses while this node is not ready to take the VIPs (keepalived not
+            // BACKUP yet, not accepting yet): its preflight changed nothing, so ask again.
+            Ok(super::handoff::PeerReply::Refused { reason }) if h.now() < until => {
+                tracing::info!("failback: {reason}; asking again");
+                h.sleep(FAILBACK_RETRY);
+            }
+            Ok(super::handoff::PeerReply::Refused { reason }) => {
+                return Err(OpError::PeerNotReady(format!(
+                    "the peer did not fail back: {reason}; this node is back as BACKUP"
+                )))
+            }
+            Err(e) => {
+                return Err(OpError::PeerNotReady(format!(
+                "the peer's agent does not answer the failback ({e}); this node is back as BACKUP"
+            )))
+            }
+        }
+    }
+}
+
+/// The peer's side of a failback: drain this node (`mode`) and bring it back as BACKUP. Returns
+/// the line to answer with.
+pub fn fail_back_here(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+    mode: crate::config::DrainMode,
+) -> Result<String, OpError> {
+    let opts = DrainOptions {
+        mode: Some(mode),
+        ..DrainOptions::default()
+    };
+    let report = drain::run(cfg, &opts, state, h, &mut |_| {})?;
+    let undrained = undrain::run(cfg, &UndrainOptions::default(), state, h, &mut |_| {})?;
+    Ok(format!("{}; {}", report.summary(), undrained.summary()))
 }
 
 /// What [`reassert`] found and did.

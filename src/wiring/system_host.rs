@@ -25,6 +25,9 @@ use crate::sys::sysctl::{ProcSysctl, SysctlError, SysctlKey, Sysctls};
 /// takes tens of milliseconds).
 const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Beyond the peer's deadlines, what its failback may take (preflight, undrain, grace).
+const FAILBACK_SLACK: Duration = Duration::from_secs(60);
+
 /// The shortest gap between two socket counts woken by destroy events.
 const MIN_RECOUNT_GAP: Duration = Duration::from_millis(10);
 
@@ -52,6 +55,8 @@ pub struct SystemHost {
     /// `handoff:` key file and the peer agent's port, if configured; the key, once loaded.
     handoff: Option<(std::path::PathBuf, u16)>,
     handoff_key: Option<peerlink::Key>,
+    /// How long a failback may take on the peer: its whole drain, failover and undrain.
+    failback_timeout: Duration,
 }
 
 impl SystemHost {
@@ -90,6 +95,11 @@ impl SystemHost {
                 .as_ref()
                 .map(|h| (h.key_file.as_path().to_path_buf(), h.port.get())),
             handoff_key: None,
+            failback_timeout: cfg.handoff.as_ref().map_or(cfg.drain.deadline.get(), |h| {
+                h.deadline.get().max(cfg.drain.deadline.get())
+            }) + cfg.failover.timeout.get()
+                + cfg.failover.post_wait.get()
+                + FAILBACK_SLACK,
         })
     }
 
@@ -386,8 +396,11 @@ impl Host for SystemHost {
         };
         let ours = self.our_ip()?;
         let to = std::net::SocketAddr::from((self.peer, port));
-        peerlink::call(&key, ours, to, req, PEER_CALL_TIMEOUT)
-            .map_err(|e| HostError::other("peer link", e))
+        let timeout = match req {
+            PeerRequest::Failback { .. } => self.failback_timeout,
+            _ => PEER_CALL_TIMEOUT,
+        };
+        peerlink::call(&key, ours, to, req, timeout).map_err(|e| HostError::other("peer link", e))
     }
 
     fn unix_now(&self) -> u64 {

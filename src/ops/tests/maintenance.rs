@@ -47,6 +47,7 @@ fn on_drains_and_records_who_when_why_and_off_brings_the_node_back() {
         &state,
         &mut h,
         &UndrainOptions::default(),
+        false,
         &mut |_| {},
     )
     .unwrap();
@@ -121,4 +122,85 @@ fn a_reboot_that_brought_the_tracked_interface_back_is_undone_on_start() {
     assert!(!h.links["trk0"]);
     // In effect already: nothing to do.
     assert_eq!(reassert(&cfg, &state, &mut h).unwrap(), None);
+}
+
+fn handoff_config() -> crate::config::Config {
+    test_config("80", "handoff:\n  key_file: /etc/drain-agent/handoff.key\n")
+}
+
+#[test]
+fn off_with_failback_undrains_first_then_asks_the_peer_to_drain_itself() {
+    let cfg = handoff_config();
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    maintenance::on(
+        &cfg,
+        &state,
+        &mut h,
+        "upgrade",
+        "alice",
+        &DrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut events = Vec::new();
+    let off = maintenance::off(
+        &cfg,
+        &state,
+        &mut h,
+        &UndrainOptions::default(),
+        true,
+        &mut |e| events.push(e),
+    )
+    .unwrap();
+    assert_eq!(off.failed_back.as_deref(), Some("failback done"));
+    let log = h.call_log();
+    let up = log.iter().position(|c| c == "link trk0 up").unwrap();
+    let asked = log.iter().position(|c| c == "peer-agent failback").unwrap();
+    assert!(up < asked, "{log:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::FailedBack { .. })));
+}
+
+#[test]
+fn failback_without_the_peer_link_or_refused_by_the_peer() {
+    // No peer link configured: refused before anything changes.
+    let cfg = test_config("80", "");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    let e = maintenance::off(
+        &cfg,
+        &state,
+        &mut h,
+        &UndrainOptions::default(),
+        true,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(e.exit_code(), exit::CONFIG);
+    assert!(h.call_log().is_empty());
+    // The peer keeps refusing (say its node cannot drain): this node is back, as BACKUP, and
+    // the error says so; the peer was asked again for a while first.
+    let cfg = handoff_config();
+    let mut h = FakeHost::new();
+    h.peer_agent.refuse = Some("peer not ready".into());
+    let e = maintenance::off(
+        &cfg,
+        &state,
+        &mut h,
+        &UndrainOptions::default(),
+        true,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(e.exit_code(), exit::PEER_NOT_READY, "{e}");
+    assert!(e.to_string().contains("back as BACKUP"), "{e}");
+    assert!(
+        h.call_log()
+            .iter()
+            .filter(|c| *c == "peer-agent failback")
+            .count()
+            > 5
+    );
 }

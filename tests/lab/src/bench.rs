@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "6000,8000,10000,12000,14000,16000"
+        default_value = "4000,5000,6000,8000,10000,12000"
     )]
     pub auto_candidates: Vec<f64>,
     /// The rate whose first run is drawn as a timeline.
