@@ -3,7 +3,7 @@
 # a machine that has them all does not touch apt at all.
 set -euo pipefail
 pkgs=(keepalived haproxy iptables ipset conntrack nftables iproute2 procps net-tools tcpdump socat
-      wrk ansible-core openssh-server openssh-client sshpass python3 hyperfine systemd)
+      wrk ansible-core ansible-lint openssh-server openssh-client sshpass python3 hyperfine systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -19,8 +19,9 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts the services on install; the lab runs its own instances inside namespaces, and a
-# root-namespace keepalived would send VRRP adverts from the host: stop and disable them.
-for svc in keepalived haproxy; do
+# root-namespace keepalived would send VRRP adverts from the host: stop and disable them. The same
+# for ssh: the Ansible tests run an sshd of their own inside each LB namespace.
+for svc in keepalived haproxy ssh; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" >/dev/null 2>&1 || true
     systemctl disable "$svc" >/dev/null 2>&1 || true
