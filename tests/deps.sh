@@ -3,7 +3,7 @@
 # a machine that has them all does not touch apt at all.
 set -euo pipefail
 pkgs=(keepalived haproxy iptables ipset conntrack nftables iproute2 procps net-tools tcpdump socat
-      wrk ansible-core openssh-server openssh-client sshpass python3 hyperfine systemd
+      wrk ansible-core ansible-lint openssh-server openssh-client sshpass python3 hyperfine systemd
       prometheus curl tmux
       # make deb and its install test: packaging tools, and what reads the man page and completions
       dpkg-dev binutils man-db groff-base bash-completion zsh fish)
@@ -23,8 +23,12 @@ if ((${#missing[@]})); then
 fi
 # Debian starts the services on install; the lab runs its own instances inside namespaces, and a
 # root-namespace keepalived would send VRRP adverts from the host (a root-namespace Prometheus
-# would scrape and listen on the host): stop and disable them.
-for svc in keepalived haproxy prometheus; do
+# would scrape and listen on the host): stop and disable them. An sshd is stopped only when this run
+# installed it (the Ansible tests run their own inside each LB namespace): one that was already
+# running is how someone reaches this machine.
+stop=(keepalived haproxy prometheus)
+[[ " ${missing[*]} " == *" openssh-server "* ]] && stop+=(ssh)
+for svc in "${stop[@]}"; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" >/dev/null 2>&1 || true
     systemctl disable "$svc" >/dev/null 2>&1 || true

@@ -13,7 +13,7 @@ mod spec;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -75,6 +75,11 @@ pub struct LoadArgs {
     /// Write the JSON report here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// SIGTERM ends the run early instead of killing it: no new flow starts, the flows in
+    /// progress run to their end, and the report covers what ran (its `spec.duration_ms` is then
+    /// how long flows were started). For runs whose length is not known up front.
+    #[arg(long)]
+    pub stop_on_sigterm: bool,
 }
 
 impl LoadArgs {
@@ -93,7 +98,17 @@ impl LoadArgs {
                 })?
             }
         };
-        let report = run(&spec).await?;
+        let report = if self.stop_on_sigterm {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler can be installed in the generator");
+            run_until(&spec, async move {
+                term.recv().await;
+            })
+            .await?
+        } else {
+            run(&spec).await?
+        };
         eprint!("{}", report.table());
         let mut json = serde_json::to_string_pretty(&report)
             .expect("a LoadReport is plain data and always serialises");
@@ -115,7 +130,18 @@ impl LoadArgs {
 /// [`LoadSpec::run_bound`] from its start: flows still going then count as timeouts. Must run on a
 /// multi-threaded tokio runtime (flows are spawned tasks). Fails only for an invalid spec.
 pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
+    run_until(spec, std::future::pending()).await
+}
+
+/// [`run`], but no flow starts once `stop` completes: the flows in progress run to their end and
+/// the report's `spec.duration_ms` says how long flows were started.
+pub async fn run_until(
+    spec: &LoadSpec,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<LoadReport, LoadError> {
     spec.validate()?;
+    tokio::pin!(stop);
+    let mut stopped_at = None;
     let mut warnings = Vec::new();
     if let Err(e) = raise_nofile_limit() {
         warnings.push(format!("cannot raise RLIMIT_NOFILE: {e}"));
@@ -126,7 +152,7 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
         seed: run_seed(),
     });
     let t0 = ctx.t0;
-    let hard_bound = t0 + spec.run_bound();
+    let mut hard_bound = t0 + spec.run_bound();
     let (tx, mut rx) = mpsc::unbounded_channel::<FlowRecord>();
     let mut tasks = JoinSet::new();
     let mut planned: Vec<(FlowClass, f64)> = Vec::new();
@@ -142,7 +168,13 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
         let Some((at, i)) = due else { break };
         next[i] += 1;
         let class = FlowClass::ALL[i];
-        sleep_until(t0 + at).await;
+        tokio::select! {
+            _ = sleep_until(t0 + at) => {}
+            _ = &mut stop => {
+                stopped_at = Some(t0.elapsed());
+                break;
+            }
+        }
         while tasks.try_join_next().is_some() {}
         let id = planned.len();
         planned.push((class, at.as_secs_f64() * 1000.0));
@@ -154,6 +186,15 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
         });
     }
     drop(tx);
+    if let Some(at) = stopped_at {
+        // The flows in progress get what they would have had after a run of that length.
+        hard_bound = hard_bound.min(
+            t0 + at
+                + spec
+                    .run_bound()
+                    .saturating_sub(Duration::from_millis(spec.duration_ms)),
+        );
+    }
 
     let mut records: Vec<Option<FlowRecord>> = vec![None; planned.len()];
     let mut hit_run_bound = false;
@@ -173,6 +214,11 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
     }
     tasks.abort_all();
     let elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let mut ran = spec.clone();
+    if let Some(at) = stopped_at {
+        ran.duration_ms = at.as_millis() as u64;
+    }
+    let spec = &ran;
     let records: Vec<FlowRecord> = records
         .into_iter()
         .zip(planned)

@@ -391,7 +391,8 @@ impl Lab {
         )
     }
 
-    fn haproxy_config_path(&self, node: Node) -> PathBuf {
+    /// HAProxy's configuration file of a node.
+    pub fn haproxy_config_path(&self, node: Node) -> PathBuf {
         self.dir.join(format!("haproxy-{node}.cfg"))
     }
 
@@ -444,7 +445,8 @@ impl Lab {
         Ok(())
     }
 
-    fn keepalived_config_path(&self, node: Node) -> PathBuf {
+    /// keepalived's configuration file of a node (what `start_keepalived` runs).
+    pub fn keepalived_config_path(&self, node: Node) -> PathBuf {
         self.dir.join(format!("keepalived-{node}.conf"))
     }
 
@@ -513,12 +515,17 @@ impl Lab {
         Ok(())
     }
 
+    /// keepalived's pid file of a node (its main process: SIGHUP reloads the configuration).
+    pub fn keepalived_pid_file(&self, node: Node) -> PathBuf {
+        self.dir.join(format!("keepalived-{node}.pid"))
+    }
+
     /// Starts keepalived on a node, with pid files of its own so two instances on one host (in two
     /// namespaces) don't fight over /run/keepalived.pid.
     pub fn start_keepalived(&mut self, node: Node) -> Result<()> {
         let d = &self.dir;
         let cfg = self.keepalived_config_path(node);
-        let p = d.join(format!("keepalived-{node}.pid"));
+        let p = self.keepalived_pid_file(node);
         let r = d.join(format!("vrrp-{node}.pid"));
         let c = d.join(format!("checkers-{node}.pid"));
         let ns = self.node_ns(node);
@@ -766,7 +773,7 @@ impl Drop for Lab {
 }
 
 /// Kills every process still running in a namespace, then deletes it.
-fn remove_namespace(ns: &str) {
+pub fn remove_namespace(ns: &str) {
     if !Path::new("/run/netns").join(ns).exists() {
         return;
     }

@@ -1,0 +1,488 @@
+#!/usr/bin/python3
+# -*- coding: utf-8 -*-
+# drain-agent's Ansible module: wraps the CLI's `--json` output and exit codes.
+# MIT OR Apache-2.0, like the rest of drain-agent.
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: drain_agent
+short_description: Take a keepalived/HAProxy node out of service and back with drain-agent
+description:
+  - Wraps the C(drain-agent) command line of the node it runs on. Every call first reads
+    C(drain-agent status --json); C(changed) is computed from that state and the state read
+    again afterwards, never assumed.
+  - I(state=drained) runs C(drain-agent drain --json) on the node that holds the VIP(s). New
+    connections go to the peer at once, the node's own connections end here, keepalived moves the
+    VIP(s), and every rule is removed. The node stays out of service until I(state=undrained).
+  - I(state=undrained) runs C(drain-agent undrain --json), which removes whatever a drain left and
+    brings the tracked interface (or keepalived's track file) back, so the node returns as BACKUP.
+  - I(state=status) only reads the state.
+  - Exit codes 2 to 7 of the agent mean that nothing was changed on the node; the module says so
+    in C(msg) and returns C(changed=false). Codes 8, 9 and 10 mean the drain was rolled back and
+    the node still serves.
+  - In check mode nothing is run that changes the node. For I(state=drained) the module runs
+    C(drain-agent check --json) (read-only; it probes the peer with one SYN) and fails when the
+    drain would fail before changing anything.
+version_added: "0.1.0"
+author:
+  - drain-agent developers
+options:
+  state:
+    description:
+      - C(drained) takes the node out of service (it must hold the VIP, or be drained already).
+      - C(undrained) brings it back in service.
+      - C(status) reads the state and changes nothing.
+    type: str
+    required: true
+    choices: [drained, undrained, status]
+  binary:
+    description: Path of the drain-agent binary on the node.
+    type: path
+    default: /usr/local/sbin/drain-agent
+  config:
+    description: The agent's configuration file on the node (C(-c)).
+    type: path
+    default: /etc/drain-agent/drain-agent.yaml
+  socket:
+    description:
+      - The daemon's control socket (C(--socket)). When a daemon serves it, C(drain),
+        C(undrain) and C(status) go through the daemon; otherwise they run in the module's
+        process. Omitted, the agent's default (C(/run/drain-agent/control.sock)).
+    type: path
+  local:
+    description: Run the operation in the module's process even if a daemon serves the socket (C(--local)).
+    type: bool
+    default: false
+  deadline:
+    description: For C(drained), overrides C(drain.deadline), for example C(90s) or C(5m).
+    type: str
+  idle_threshold:
+    description: For C(drained), overrides C(drain.idle_threshold).
+    type: str
+  abort_on_deadline:
+    description: For C(drained), roll back instead of failing over when the deadline is reached (exit 10).
+    type: bool
+    default: false
+  keep_link_down:
+    description: For C(undrained), remove what a drain left but keep the tracked interface down (C(--keep-link-down)).
+    type: bool
+    default: false
+notes:
+  - Supports check mode and diff mode. The diff shows the node's mode and the VIPs it holds,
+    before and after (predicted in check mode).
+  - A drain runs in the foreground until the node is out of service, up to the configured
+    deadline (5 minutes by default) plus the failover.
+requirements:
+  - drain-agent on the node (the C(drain_agent) role installs it)
+"""
+
+EXAMPLES = r"""
+- name: Read the node's state
+  drain_agent:
+    state: status
+  register: lb
+
+- name: Take the node holding the VIP out of service
+  drain_agent:
+    state: drained
+    deadline: 2m
+  when: lb.holds_vip
+
+- name: Bring it back (it returns as BACKUP)
+  drain_agent:
+    state: undrained
+
+- name: Per-node paths, as on hosts running several agents
+  drain_agent:
+    state: status
+    binary: /opt/lb1/sbin/drain-agent
+    config: /opt/lb1/etc/drain-agent.yaml
+    socket: /opt/lb1/run/control.sock
+"""
+
+RETURN = r"""
+mode:
+  description: >-
+    The node's mode after the call, as the module reads it: in-service, divert-installed,
+    drained or busy. A node whose drain left keepalived's track file at FAULT reads drained.
+  returned: always
+  type: str
+  sample: drained
+holds_vip:
+  description: Whether the node holds at least one of its VIPs after the call.
+  returned: always
+  type: bool
+  sample: false
+accepting:
+  description: Whether the node accepts diverted traffic for its peer (its accept journal is not empty).
+  returned: always
+  type: bool
+before:
+  description: C(drain-agent status --json) before the call.
+  returned: always
+  type: dict
+status:
+  description: C(drain-agent status --json) after the call (the same as C(before) in check mode).
+  returned: always
+  type: dict
+result:
+  description: The agent's result document (C(drained), C(undrained) or C(failed)), with a C(summary) when a daemon ran it.
+  returned: when the agent was run
+  type: dict
+  sample: {"result": "drained", "report": {"reason": "empty", "drain_ms": 3012.5, "failover_ms": 612.0}}
+report:
+  description: >-
+    For a drain, its report: reason (empty, only-idle, deadline), drain_ms, failover_ms, total_ms,
+    install_ms, abandoned (idle connections left), diverted_flows, recorded_flows,
+    unrecorded_syns, sealed_drops.
+  returned: when a drain succeeded
+  type: dict
+sockets_left:
+  description: Connections still open on the node when the drain ended (idle ones it abandoned).
+  returned: when a drain succeeded
+  type: int
+failover_ms:
+  description: Milliseconds from the failover trigger until the peer owned the VIP.
+  returned: when a drain succeeded
+  type: float
+events:
+  description: The agent's events, without the periodic progress events (the last one is kept).
+  returned: when the agent was run
+  type: list
+  elements: dict
+rc:
+  description: The agent's exit code.
+  returned: when the agent was run
+  type: int
+nothing_changed:
+  description: True when the agent's exit code says it changed nothing (2 to 7).
+  returned: on failure
+  type: bool
+cmd:
+  description: The command line that was run.
+  returned: when the agent was run
+  type: list
+  elements: str
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+# The agent's exit codes (README "Commands and exit codes"): what each means for the node.
+EXIT_MEANINGS = {
+    1: "internal error; rolled back",
+    2: "bad command-line usage; nothing was changed",
+    3: "invalid configuration; nothing was changed",
+    4: "environment not usable; nothing was changed",
+    5: "the peer cannot take the traffic; nothing was changed",
+    6: "another drain-agent operation holds the lock; nothing was changed",
+    7: "the node's state does not allow it; nothing was changed",
+    8: "the peer was lost during the drain; rolled back, the node serves",
+    9: "interrupted; rolled back, the node serves",
+    10: "deadline reached with abort-on-deadline; rolled back, the node serves",
+    11: "failover not confirmed in time; divert removed, tracked interface left down: check keepalived",
+    12: "cleanup incomplete; `drain-agent undrain` retries",
+}
+
+# Exit codes after which the agent guarantees the node is as it was.
+UNCHANGED_CODES = frozenset([2, 3, 4, 5, 6, 7])
+
+# Journal kinds a finished drain keeps: the node stays out of service until `undrain`.
+MAINTENANCE_KINDS = frozenset(["link-down", "track-fault"])
+
+
+def parse_json_lines(text):
+    """The JSON objects of the agent's stdout, one per line; other lines are skipped."""
+    docs = []
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            docs.append(doc)
+    return docs
+
+
+def final_document(docs):
+    """The last document that is not an event: the command's result (or `status`' document)."""
+    for doc in reversed(docs):
+        if "event" not in doc:
+            return doc
+    return None
+
+
+def effective_mode(status):
+    """`status.mode`, except that a node whose drain journal still holds a failover trigger
+    (tracked interface down, or keepalived's track file at FAULT) is drained even when the
+    tracked interface is up (the track-file trigger leaves it up)."""
+    mode = status.get("mode", "unknown")
+    if mode == "in-service" and any(
+        e.get("kind") in MAINTENANCE_KINDS for e in status.get("drain_journal") or []
+    ):
+        return "drained"
+    return mode
+
+
+def holds_vip(status):
+    return any(v.get("local") for v in status.get("vips") or [])
+
+
+def accepting(status):
+    return bool(status.get("accept_journal"))
+
+
+def journal_changes(entries):
+    """A journal's changes without when and by whom they were recorded."""
+    return tuple(
+        json.dumps(dict((k, v) for k, v in e.items() if k not in ("at", "pid")), sort_keys=True)
+        for e in entries or []
+        if isinstance(e, dict)
+    )
+
+
+def state_key(status):
+    """What `changed` compares: everything the agent can change on the node."""
+    return (
+        effective_mode(status),
+        (status.get("tracked_interface") or {}).get("up"),
+        tuple(sorted(v.get("address", "") for v in status.get("vips") or [] if v.get("local"))),
+        tuple(status.get("divert_rules") or []),
+        tuple(status.get("divert_sets") or []),
+        journal_changes(status.get("drain_journal")),
+        journal_changes(status.get("accept_journal")),
+    )
+
+
+def describe(status):
+    """The diff's text: the node's mode and what it holds."""
+    held = [v.get("address") for v in status.get("vips") or [] if v.get("local")]
+    tracked = status.get("tracked_interface") or {}
+    lines = [
+        "mode: %s" % effective_mode(status),
+        "holds VIP: %s" % (", ".join(held) if held else "none"),
+    ]
+    if tracked:
+        lines.append("tracked interface %s: %s" % (tracked.get("name"), "up" if tracked.get("up") else "down"))
+    lines.append("accepting for the peer: %s" % ("yes" if accepting(status) else "no"))
+    return "\n".join(lines) + "\n"
+
+
+class Plan(object):
+    """What one call does: nothing (`reached`), run `argv`, or fail with `error` and `rc`."""
+
+    def __init__(self, reached=False, argv=None, predicted=None, error=None, rc=None):
+        self.reached = reached
+        self.argv = argv
+        self.predicted = predicted
+        self.error = error
+        self.rc = rc
+
+
+def plan_drained(status, params):
+    mode = effective_mode(status)
+    if mode == "drained":
+        return Plan(reached=True)
+    if mode == "busy":
+        return Plan(error="another drain-agent operation is running (pid %s)" % status.get("lock_holder_pid"), rc=6)
+    if mode == "divert-installed":
+        return Plan(error="a divert is in place that no drain finished: run state=undrained first", rc=7)
+    if not holds_vip(status):
+        return Plan(error="this node does not hold the VIP: there is nothing to drain here (drain the node that holds it)",
+                    rc=7)
+    argv = ["drain"]
+    if params.get("abort_on_deadline"):
+        argv.append("--abort-on-deadline")
+    if params.get("deadline"):
+        argv += ["--deadline", params["deadline"]]
+    if params.get("idle_threshold"):
+        argv += ["--idle-threshold", params["idle_threshold"]]
+    predicted = dict(status, mode="drained",
+                     vips=[dict(v, local=False) for v in status.get("vips") or []])
+    return Plan(argv=argv, predicted=predicted)
+
+
+def plan_undrained(status, params):
+    mode = effective_mode(status)
+    clean = (
+        mode == "in-service"
+        and not status.get("divert_rules")
+        and not status.get("divert_sets")
+        and not status.get("drain_journal")
+    )
+    if clean:
+        return Plan(reached=True)
+    if mode == "busy":
+        return Plan(error="another drain-agent operation is running (pid %s)" % status.get("lock_holder_pid"), rc=6)
+    argv = ["undrain"]
+    if params.get("keep_link_down"):
+        argv.append("--keep-link-down")
+    predicted = dict(status, mode="drained" if params.get("keep_link_down") else "in-service",
+                     divert_rules=[], divert_sets=[], divert=None,
+                     drain_journal=[], tracked_interface=dict(status.get("tracked_interface") or {},
+                                                              up=not params.get("keep_link_down")))
+    return Plan(argv=argv, predicted=predicted)
+
+
+# One entry per `state`. A new state (say `maintenance`, once the CLI has it) is one planner:
+# the status it has reached, the CLI arguments that reach it, the status it predicts.
+PLANNERS = {
+    "drained": plan_drained,
+    "undrained": plan_undrained,
+}
+
+
+def failure_message(error, rc):
+    meaning = EXIT_MEANINGS.get(rc, "unknown exit code")
+    error = (error or "").strip() or "drain-agent failed without a message"
+    return "%s (exit %d: %s)" % (error, rc, meaning)
+
+
+def error_of(docs, stderr):
+    """The agent's one-line error: the `failed` document's, else stderr's last line."""
+    doc = final_document(docs)
+    if doc and doc.get("result") == "failed" and doc.get("error"):
+        return doc["error"]
+    lines = [l.strip() for l in (stderr or "").splitlines() if l.strip()]
+    if lines:
+        last = lines[-1]
+        prefix = "drain-agent: error: "
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return ""
+
+
+def check_error(docs):
+    """`check --json`'s first failing row as (exit code, one line), or None when it passed."""
+    doc = final_document(docs)
+    if doc is None:
+        return (1, "drain-agent check printed no report")
+    if doc.get("ok"):
+        return None
+    for row in doc.get("checks") or []:
+        if not row.get("ok"):
+            return (row.get("exit_code") or 1, "check %s: %s" % (row.get("check"), row.get("detail")))
+    return (1, "drain-agent check failed")
+
+
+def summarise_events(docs):
+    """Events without the periodic `progress` ones, except the last."""
+    events = [d for d in docs if "event" in d]
+    progress = [e for e in events if e.get("event") == "progress"]
+    kept = [e for e in events if e.get("event") != "progress"]
+    if progress:
+        kept.append(progress[-1])
+        kept.sort(key=lambda e: e.get("ts_ms", 0))
+    return kept
+
+
+class Agent(object):
+    """Runs the agent with the module's global options."""
+
+    def __init__(self, module):
+        self.module = module
+        p = module.params
+        self.base = [p["binary"], "-c", p["config"], "--json"]
+        if p.get("socket"):
+            self.base += ["--socket", p["socket"]]
+        if p.get("local"):
+            self.base.append("--local")
+
+    def run(self, args):
+        argv = self.base + list(args)
+        rc, out, err = self.module.run_command(argv, environ_update={"LC_ALL": "C"})
+        return argv, rc, parse_json_lines(out), err
+
+    def status(self):
+        argv, rc, docs, err = self.run(["status"])
+        doc = final_document(docs)
+        if rc != 0 or doc is None or "mode" not in doc:
+            self.module.fail_json(
+                msg="drain-agent status failed: " + failure_message(error_of(docs, err), rc),
+                rc=rc, cmd=argv, nothing_changed=True, changed=False)
+        return doc
+
+
+def result_fields(status):
+    return dict(mode=effective_mode(status), holds_vip=holds_vip(status),
+                accepting=accepting(status), status=status)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", required=True, choices=["drained", "undrained", "status"]),
+            binary=dict(type="path", default="/usr/local/sbin/drain-agent"),
+            config=dict(type="path", default="/etc/drain-agent/drain-agent.yaml"),
+            socket=dict(type="path"),
+            local=dict(type="bool", default=False),
+            deadline=dict(type="str"),
+            idle_threshold=dict(type="str"),
+            abort_on_deadline=dict(type="bool", default=False),
+            keep_link_down=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if not (os.path.isfile(p["binary"]) and os.access(p["binary"], os.X_OK)):
+        module.fail_json(msg="drain-agent binary not found or not executable at %s (the drain_agent role installs it)"
+                             % p["binary"], changed=False)
+    if not os.path.isfile(p["config"]):
+        module.fail_json(msg="drain-agent configuration %s does not exist (the drain_agent role renders it)"
+                             % p["config"], changed=False)
+    for key in ("deadline", "idle_threshold"):
+        if p.get(key) is not None and not p[key].strip():
+            module.fail_json(msg="%s must be a duration such as 90s or 5m, not an empty string" % key, changed=False)
+
+    agent = Agent(module)
+    before = agent.status()
+    if p["state"] == "status":
+        module.exit_json(changed=False, before=before, **result_fields(before))
+
+    plan = PLANNERS[p["state"]](before, p)
+    if plan.reached:
+        module.exit_json(changed=False, before=before, diff=dict(before=describe(before), after=describe(before)),
+                         **result_fields(before))
+    if plan.error:
+        module.fail_json(msg=failure_message(plan.error, plan.rc), rc=plan.rc, nothing_changed=True,
+                         changed=False, before=before, **result_fields(before))
+
+    if module.check_mode:
+        if p["state"] == "drained":
+            cmd, _rc, docs, _err = agent.run(["check"])
+            failed = check_error(docs)
+            if failed:
+                module.fail_json(msg="check mode: the drain would fail: " + failure_message(failed[1], failed[0]),
+                                 rc=failed[0], nothing_changed=True, changed=False, cmd=cmd, before=before,
+                                 **result_fields(before))
+        module.exit_json(changed=True, before=before,
+                         diff=dict(before=describe(before), after=describe(plan.predicted)),
+                         **result_fields(before))
+
+    cmd, rc, docs, err = agent.run(plan.argv)
+    after = agent.status()
+    changed = state_key(before) != state_key(after)
+    out = dict(changed=changed, before=before, rc=rc, cmd=cmd, result=final_document(docs),
+               events=summarise_events(docs), diff=dict(before=describe(before), after=describe(after)))
+    out.update(result_fields(after))
+    if rc != 0:
+        out["nothing_changed"] = rc in UNCHANGED_CODES
+        module.fail_json(msg=failure_message(error_of(docs, err), rc), **out)
+    report = (out["result"] or {}).get("report")
+    if report is not None:
+        out["report"] = report
+        out["sockets_left"] = report.get("abandoned")
+        out["failover_ms"] = report.get("failover_ms")
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()
