@@ -659,17 +659,10 @@ fn watch_handoff(
     }
 }
 
-/// Triggers the failover and waits until the peer owns every VIP; keeps the divert meanwhile
-/// (clients keep sending to this node until the peer's gratuitous ARP lands: FIELD-NOTES 8).
-fn failover(
-    h: &mut dyn Host,
-    j: &mut Journal,
-    plan: &DivertPlan,
-    p: &Policy,
-    ev: &mut dyn FnMut(Event),
-    tender: &mut Tender,
-) -> Result<f64, OpError> {
-    let trigger = match (&p.track_file, p.trigger_track_file) {
+/// Pulls the failover trigger the configuration names (tracked interface down, or FAULT in the
+/// track file), journalled first; returns what it did, for the event.
+pub(super) fn pull_trigger(h: &mut dyn Host, j: &mut Journal, p: &Policy) -> Result<String, OpError> {
+    Ok(match (&p.track_file, p.trigger_track_file) {
         (Some(path), true) => {
             j.record(Change::TrackFault { path: path.clone() })?;
             h.write_track_file(path, TRACK_FAULT)?;
@@ -682,7 +675,20 @@ fn failover(
             h.set_link(&p.tracked_interface, false)?;
             format!("{} down", p.tracked_interface)
         }
-    };
+    })
+}
+
+/// Triggers the failover and waits until the peer owns every VIP; keeps the divert meanwhile
+/// (clients keep sending to this node until the peer's gratuitous ARP lands: FIELD-NOTES 8).
+fn failover(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+    tender: &mut Tender,
+) -> Result<f64, OpError> {
+    let trigger = pull_trigger(h, j, p)?;
     ev(Event::FailoverTriggered { trigger });
     let t = h.now();
     loop {

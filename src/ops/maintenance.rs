@@ -24,20 +24,28 @@ pub use crate::journal::Maintenance;
 pub struct MaintenanceOn {
     /// The record.
     pub maintenance: Maintenance,
-    /// The drain that took the node out of service (`None`: it was out of service already).
+    /// The drain that took the node out of service (`None`: it was out of service already, or
+    /// held no VIP).
     pub drain: Option<DrainReport>,
+    /// A node that held no VIP (the pair's BACKUP) is kept out of elections instead of drained:
+    /// the failover trigger it pulled.
+    pub standby: Option<String>,
 }
 
 impl MaintenanceOn {
     /// The line an operator reads.
     pub fn summary(&self) -> String {
-        match &self.drain {
-            Some(d) => format!(
+        match (&self.drain, &self.standby) {
+            (Some(d), _) => format!(
                 "in maintenance ({}): {}",
                 self.maintenance.reason,
                 d.summary()
             ),
-            None => format!(
+            (None, Some(trigger)) => format!(
+                "in maintenance ({}): the node held no VIP, so nothing was drained; {trigger}: keepalived cannot elect it, and it no longer accepts its peer's drains, until `maintenance off`",
+                self.maintenance.reason
+            ),
+            (None, None) => format!(
                 "in maintenance ({}); the node was already out of service",
                 self.maintenance.reason
             ),
@@ -97,6 +105,7 @@ pub fn on(
         return Ok(MaintenanceOn {
             maintenance: m,
             drain: None,
+            standby: None,
         });
     }
     let out_of_service = state
@@ -104,10 +113,17 @@ pub fn on(
         .entries()
         .iter()
         .any(|e| e.change.is_maintenance_state());
-    let drain = if out_of_service {
-        None
+    let policy = super::Policy::from_config(cfg);
+    let mut holds_none = true;
+    for vip in &policy.vips {
+        holds_none &= !h.vip_local(*vip)?;
+    }
+    let (drain, standby) = if out_of_service {
+        (None, None)
+    } else if holds_none {
+        (None, Some(stand_by(cfg, state, h, &policy, ev)?))
     } else {
-        Some(drain::run(cfg, opts, state, h, ev)?)
+        (Some(drain::run(cfg, opts, state, h, ev)?), None)
     };
     let m = Maintenance {
         reason: reason.trim().to_string(),
@@ -118,7 +134,39 @@ pub fn on(
     Ok(MaintenanceOn {
         maintenance: m,
         drain,
+        standby,
     })
+}
+
+/// `maintenance on` for a node that holds no VIP (the pair's BACKUP): there is nothing to drain,
+/// but while its services are down it must neither be elected (the peer failing would hand it the
+/// VIPs) nor take its peer's drain. So it stops accepting the peer's diverts (`release`: the peer's
+/// preflight then refuses to drain, exit 5, nothing changed) and pulls its failover trigger,
+/// journalled like a drain's, so keepalived holds it in FAULT. `off` undoes both: the trigger
+/// by `undrain`, the accept by keepalived's BACKUP notify.
+fn stand_by(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+    p: &super::Policy,
+    ev: &mut dyn FnMut(Event),
+) -> Result<String, OpError> {
+    let _lock = state.lock()?;
+    h.link_up(&p.tracked_interface)?;
+    for vip in &p.vips {
+        if h.vip_local(*vip)? {
+            return Err(OpError::StateChanged(format!(
+                "keepalived moved {vip} here as maintenance began; run `maintenance on` again to drain it"
+            )));
+        }
+    }
+    super::peer::release(cfg, state, h)?;
+    let mut journal = state.drain_journal()?;
+    let trigger = drain::pull_trigger(h, &mut journal, p)?;
+    ev(Event::FailoverTriggered {
+        trigger: trigger.clone(),
+    });
+    Ok(trigger)
 }
 
 /// `maintenance off`: undoes the drain and clears the record. A drain in progress holds the lock,

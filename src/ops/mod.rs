@@ -238,6 +238,9 @@ pub enum OpError {
     /// The node is already out of service.
     #[error("already out of service: {0}; run `drain-agent undrain` (or `maintenance off`) first")]
     AlreadyDrained(String),
+    /// The node changed under the operation (keepalived moved a VIP); nothing was changed.
+    #[error("{0}; nothing changed")]
+    StateChanged(String),
     /// An earlier run left changes behind.
     #[error("leftovers of an earlier run: {0}; run `drain-agent undrain` to remove them")]
     Leftovers(String),
@@ -315,6 +318,7 @@ impl OpError {
             OpError::NotMaster(_)
             | OpError::AlreadyDrained(_)
             | OpError::Leftovers(_)
+            | OpError::StateChanged(_)
             | OpError::ServingHandoff(_) => exit::STATE,
             OpError::PeerLost(_) => exit::PEER_LOST,
             OpError::Interrupted | OpError::HandoffCut(_) => exit::INTERRUPTED,

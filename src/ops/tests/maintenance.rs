@@ -204,3 +204,57 @@ fn failback_without_the_peer_link_or_refused_by_the_peer() {
             > 5
     );
 }
+
+#[test]
+fn on_a_node_without_the_vip_stops_accepting_and_stays_out_of_elections_until_off() {
+    let cfg = test_config("80", "");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    h.vip_local_initially = false;
+    crate::ops::peer::accept(&cfg, &state, &mut h).unwrap();
+    assert!(!state.accept_journal().unwrap().is_empty());
+    let mut events = Vec::new();
+    let on = maintenance::on(
+        &cfg,
+        &state,
+        &mut h,
+        "haproxy upgrade",
+        "alice",
+        &DrainOptions::default(),
+        &mut |e| events.push(e),
+    )
+    .unwrap();
+    assert!(on.drain.is_none(), "nothing to drain on a BACKUP");
+    assert_eq!(on.standby.as_deref(), Some("trk0 down"));
+    assert!(on.summary().contains("held no VIP"), "{}", on.summary());
+    assert!(!h.links["trk0"], "keepalived must not elect it");
+    assert!(
+        state.accept_journal().unwrap().is_empty(),
+        "the peer's drain must find it not accepting"
+    );
+    assert!(h.routes.is_empty(), "the accept's local route is gone");
+    assert!(matches!(
+        state.drain_journal().unwrap().entries()[..],
+        [crate::journal::Entry {
+            change: Change::LinkDown { .. },
+            ..
+        }]
+    ));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::FailoverTriggered { .. })));
+    let off = maintenance::off(
+        &cfg,
+        &state,
+        &mut h,
+        &UndrainOptions::default(),
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(off.was.is_some());
+    assert!(h.links["trk0"]);
+    assert!(state.drain_journal().unwrap().is_empty());
+    assert_eq!(state.maintenance().unwrap(), None);
+}
