@@ -152,6 +152,11 @@ pub struct Maintenance {
     pub by: String,
     /// Unix time (s) the node went into maintenance.
     pub since: u64,
+    /// Whether going into maintenance drained the node: it held the VIPs then (a node that held
+    /// none was only kept out of elections). Automation resuming a rollout reads it to know where
+    /// the VIPs belong.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// keepalived's VRRP state as the agent last saw it (notify or the FIFO; `vrrp.json`).

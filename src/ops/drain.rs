@@ -661,7 +661,11 @@ fn watch_handoff(
 
 /// Pulls the failover trigger the configuration names (tracked interface down, or FAULT in the
 /// track file), journalled first; returns what it did, for the event.
-pub(super) fn pull_trigger(h: &mut dyn Host, j: &mut Journal, p: &Policy) -> Result<String, OpError> {
+pub(super) fn pull_trigger(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    p: &Policy,
+) -> Result<String, OpError> {
     Ok(match (&p.track_file, p.trigger_track_file) {
         (Some(path), true) => {
             j.record(Change::TrackFault { path: path.clone() })?;

@@ -129,6 +129,7 @@ pub fn on(
         reason: reason.trim().to_string(),
         by: by.to_string(),
         since: h.unix_now(),
+        drained: drain.is_some(),
     };
     state.set_maintenance(Some(&m))?;
     Ok(MaintenanceOn {

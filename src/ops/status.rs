@@ -451,6 +451,7 @@ mod tests {
                 reason: "kernel upgrade".into(),
                 by: "alice".into(),
                 since: 1_800_000_000,
+                drained: true,
             }))
             .unwrap();
         // The reboot brings trk0 back up; the journal still says it was set down.

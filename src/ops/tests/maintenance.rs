@@ -27,6 +27,7 @@ fn on_drains_and_records_who_when_why_and_off_brings_the_node_back() {
     assert_eq!(on.maintenance.reason, "kernel upgrade");
     assert_eq!(on.maintenance.by, "alice");
     assert_eq!(on.maintenance.since, h.unix_now());
+    assert!(on.maintenance.drained);
     assert_eq!(state.maintenance().unwrap(), Some(on.maintenance.clone()));
     assert!(!h.links["trk0"]);
     // Again: nothing drained twice, the first record stands.
@@ -226,6 +227,7 @@ fn on_a_node_without_the_vip_stops_accepting_and_stays_out_of_elections_until_of
     )
     .unwrap();
     assert!(on.drain.is_none(), "nothing to drain on a BACKUP");
+    assert!(!on.maintenance.drained);
     assert_eq!(on.standby.as_deref(), Some("trk0 down"));
     assert!(on.summary().contains("held no VIP"), "{}", on.summary());
     assert!(!h.links["trk0"], "keepalived must not elect it");
