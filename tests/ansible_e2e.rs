@@ -212,7 +212,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
     assert!(r.recap.values().all(|c| c.changed > 0));
     for n in &fleet.nodes {
         let (mode, holds, accepting, rules, sets, journal) = agent_state(&fleet, &n.name);
-        assert_eq!(mode, "in-service", "{}", n.name);
+        assert_eq!(mode, "serving", "{}", n.name);
         assert!(rules == 0 && sets == 0 && journal.is_empty(), "{}", n.name);
         // The BACKUP accepts diverted traffic from the start; the MASTER does not need to.
         assert_eq!(
@@ -387,8 +387,9 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
     show("rolling maintenance, check mode", &r);
     assert_ok("rolling check mode", &r, 4);
     assert!(
-        r.stdout.contains("+mode: drained"),
-        "the diff shows the predicted drain:\n{}",
+        r.stdout.contains("+mode: maintenance")
+            && r.stdout.contains("+maintenance: rolling maintenance"),
+        "the diff shows the predicted maintenance:\n{}",
         r.tail(60)
     );
     assert_same(
@@ -441,10 +442,20 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
         if n.name == "p2-lb1" {
             assert_eq!(
                 (mode.as_str(), journal),
-                ("drained", vec!["link-down".to_string()])
+                ("maintenance", vec!["link-down".to_string()])
+            );
+            let s = fleet.agent_status(n).unwrap();
+            assert!(
+                s["maintenance"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("rolling maintenance"))
+                    && s["maintenance"]["drained"] == true,
+                "{}: the maintenance record says why and that it drained: {}",
+                n.name,
+                s["maintenance"]
             );
         } else {
-            assert_eq!(mode, "in-service", "{}", n.name);
+            assert_eq!(mode, "serving", "{}", n.name);
             assert!(journal.is_empty(), "{}: {journal:?}", n.name);
         }
     }
@@ -458,6 +469,16 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
         .unwrap();
     show("rolling maintenance, again with fail_back=true", &r);
     assert_ok("rolling re-run", &r, 4);
+    // The BACKUPs of this rollout (p1-lb2, p2-lb2) were kept out of elections, not drained.
+    for backup in ["p1-lb2", "p2-lb2"] {
+        assert!(
+            r.stdout.contains(&format!(
+                "{backup} held no VIP: nothing to drain; kept out of elections"
+            )),
+            "{backup} was not put in stand-by:\n{}",
+            r.tail(80)
+        );
+    }
     assert_eq!(fleet.vip_owner(0).unwrap(), Some(Node::Lb1));
     assert_eq!(fleet.vip_owner(1).unwrap(), Some(Node::Lb1));
 
@@ -516,7 +537,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
     );
     for n in &fleet.nodes {
         let (mode, holds, accepting, rules, sets, journal) = agent_state(&fleet, &n.name);
-        assert_eq!(mode, "in-service", "{}", n.name);
+        assert_eq!(mode, "serving", "{}", n.name);
         assert!(rules == 0 && sets == 0 && journal.is_empty(), "{}", n.name);
         assert_eq!(accepting, !holds, "{}", n.name);
     }

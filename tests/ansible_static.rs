@@ -84,7 +84,7 @@ fn the_module_documents_itself() {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     let d = &doc["drain_agent"];
     let states = d["doc"]["options"]["state"]["choices"].as_array().unwrap();
-    assert_eq!(states.len(), 3, "{states:?}");
+    assert_eq!(states.len(), 4, "{states:?}");
     assert!(d["examples"].as_str().unwrap().contains("state: drained"));
     assert!(d["return"]["report"].is_object() && d["return"]["rc"].is_object());
 }

@@ -18,8 +18,15 @@ description:
   - I(state=drained) runs C(drain-agent drain --json) on the node that holds the VIP(s). New
     connections go to the peer at once, the node's own connections end here, keepalived moves the
     VIP(s), and every rule is removed. The node stays out of service until I(state=undrained).
-  - I(state=undrained) runs C(drain-agent undrain --json), which removes whatever a drain left and
-    brings the tracked interface (or keepalived's track file) back, so the node returns as BACKUP.
+  - I(state=maintenance) runs C(drain-agent maintenance on --reason REASON --json). The node that
+    holds the VIP(s) is drained as for I(state=drained); a node that holds none (the pair's BACKUP)
+    is kept out of elections instead (it stops accepting its peer's drains and keepalived holds it
+    in FAULT). Who, when and why are recorded on the node and shown by C(drain-agent status).
+  - I(state=undrained) brings the node back as BACKUP, with C(drain-agent maintenance off --json) for a
+    node in maintenance, else C(drain-agent undrain --json), which removes whatever a drain left and
+    brings the tracked interface (or keepalived's track file) back. With I(fail_back=true) it then
+    asks the peer's agent to give the VIP(s) back (C(maintenance off --failback); needs the peer
+    link, the agent's C(handoff) section).
   - I(state=status) only reads the state.
   - Exit codes 2 to 7 of the agent mean that nothing was changed on the node; the module says so
     in C(msg) and returns C(changed=false). Codes 8, 9 and 10 mean the drain was rolled back and
@@ -33,12 +40,25 @@ author:
 options:
   state:
     description:
-      - C(drained) takes the node out of service (it must hold the VIP, or be drained already).
-      - C(undrained) brings it back in service.
+      - C(drained) takes the node out of service (it must hold the VIP, or be out of service already).
+      - C(maintenance) takes it out of service for a I(reason) and records it; works on either node of the pair.
+      - C(undrained) brings it back in service (ending its maintenance, if any).
       - C(status) reads the state and changes nothing.
     type: str
     required: true
-    choices: [drained, undrained, status]
+    choices: [drained, maintenance, undrained, status]
+  reason:
+    description: For C(maintenance), why the node goes out of service (required with it).
+    type: str
+  handoff:
+    description:
+      - For C(drained) and C(maintenance), C(true) hands off (C(--handoff)), C(false) drains
+        (C(--no-handoff)); omitted, the agent's C(drain.mode).
+    type: bool
+  fail_back:
+    description: For C(undrained), then move the VIP(s) back to this node through the peer's agent (C(--failback)).
+    type: bool
+    default: false
   binary:
     description: Path of the drain-agent binary on the node.
     type: path
@@ -58,13 +78,13 @@ options:
     type: bool
     default: false
   deadline:
-    description: For C(drained), overrides C(drain.deadline), for example C(90s) or C(5m).
+    description: For C(drained) and C(maintenance), overrides C(drain.deadline), for example C(90s) or C(5m).
     type: str
   idle_threshold:
-    description: For C(drained), overrides C(drain.idle_threshold).
+    description: For C(drained) and C(maintenance), overrides C(drain.idle_threshold).
     type: str
   abort_on_deadline:
-    description: For C(drained), roll back instead of failing over when the deadline is reached (exit 10).
+    description: For C(drained) and C(maintenance), roll back instead of failing over when the deadline is reached (exit 10).
     type: bool
     default: false
   keep_link_down:
@@ -92,6 +112,11 @@ EXAMPLES = r"""
     deadline: 2m
   when: lb.holds_vip
 
+- name: Maintenance of either node, recorded with its reason
+  drain_agent:
+    state: maintenance
+    reason: "HAProxy upgrade, CHG-4711"
+
 - name: Bring it back (it returns as BACKUP)
   drain_agent:
     state: undrained
@@ -107,11 +132,19 @@ EXAMPLES = r"""
 RETURN = r"""
 mode:
   description: >-
-    The node's mode after the call, as the module reads it: in-service, divert-installed,
-    drained or busy. A node whose drain left keepalived's track file at FAULT reads drained.
+    The node's mode after the call, as C(drain-agent status) says it: serving, draining, busy,
+    handing-off, returning, diverting, failed-over or maintenance.
   returned: always
   type: str
-  sample: drained
+  sample: failed-over
+out_of_service:
+  description: Whether the node is out of service after the call (failed-over, handing-off or maintenance).
+  returned: always
+  type: bool
+maintenance:
+  description: The node's maintenance record after the call (reason, by, since, drained), or null.
+  returned: always
+  type: dict
 holds_vip:
   description: Whether the node holds at least one of its VIPs after the call.
   returned: always
@@ -130,13 +163,15 @@ status:
   returned: always
   type: dict
 result:
-  description: The agent's result document (C(drained), C(undrained) or C(failed)), with a C(summary) when a daemon ran it.
+  description: >-
+    The agent's result document (C(drained), C(maintenance-on), C(maintenance-off), C(undrained)
+    or C(failed)), with a C(summary) when a daemon ran it.
   returned: when the agent was run
   type: dict
   sample: {"result": "drained", "report": {"reason": "empty", "drain_ms": 3012.5, "failover_ms": 612.0}}
 report:
   description: >-
-    For a drain, its report: reason (empty, only-idle, deadline), drain_ms, failover_ms, total_ms,
+    For a drain (C(drained), or C(maintenance) on the node holding the VIP), its report: reason (empty, only-idle, deadline), drain_ms, failover_ms, total_ms,
     install_ms, abandoned (idle connections left), diverted_flows, recorded_flows,
     unrecorded_syns, sealed_drops.
   returned: when a drain succeeded
@@ -193,8 +228,11 @@ EXIT_MEANINGS = {
 # Exit codes after which the agent guarantees the node is as it was.
 UNCHANGED_CODES = frozenset([2, 3, 4, 5, 6, 7])
 
-# Journal kinds a finished drain keeps: the node stays out of service until `undrain`.
-MAINTENANCE_KINDS = frozenset(["link-down", "track-fault"])
+# `drain-agent status` modes (README "JSON output"). Out of service: the node holds no VIP and
+# keepalived cannot elect it until it is brought back.
+OUT_OF_SERVICE = frozenset(["failed-over", "handing-off", "maintenance"])
+# An operation holds the node's lock.
+RUNNING = frozenset(["draining", "busy"])
 
 
 def parse_json_lines(text):
@@ -222,15 +260,7 @@ def final_document(docs):
 
 
 def effective_mode(status):
-    """`status.mode`, except that a node whose drain journal still holds a failover trigger
-    (tracked interface down, or keepalived's track file at FAULT) is drained even when the
-    tracked interface is up (the track-file trigger leaves it up)."""
-    mode = status.get("mode", "unknown")
-    if mode == "in-service" and any(
-        e.get("kind") in MAINTENANCE_KINDS for e in status.get("drain_journal") or []
-    ):
-        return "drained"
-    return mode
+    return status.get("mode", "unknown")
 
 
 def holds_vip(status):
@@ -260,6 +290,8 @@ def state_key(status):
         tuple(status.get("divert_sets") or []),
         journal_changes(status.get("drain_journal")),
         journal_changes(status.get("accept_journal")),
+        journal_changes(status.get("return_journal")),
+        json.dumps(status.get("maintenance"), sort_keys=True),
     )
 
 
@@ -274,6 +306,9 @@ def describe(status):
     if tracked:
         lines.append("tracked interface %s: %s" % (tracked.get("name"), "up" if tracked.get("up") else "down"))
     lines.append("accepting for the peer: %s" % ("yes" if accepting(status) else "no"))
+    m = status.get("maintenance")
+    if m:
+        lines.append("maintenance: %s (by %s)" % (m.get("reason"), m.get("by")))
     return "\n".join(lines) + "\n"
 
 
@@ -288,55 +323,103 @@ class Plan(object):
         self.rc = rc
 
 
-def plan_drained(status, params):
+def refuse_running_or_stale(status):
+    """The states in which no call may act: an operation running, or a divert no drain owns."""
     mode = effective_mode(status)
-    if mode == "drained":
-        return Plan(reached=True)
-    if mode == "busy":
+    if mode in RUNNING:
         return Plan(error="another drain-agent operation is running (pid %s)" % status.get("lock_holder_pid"), rc=6)
-    if mode == "divert-installed":
+    if mode == "diverting":
         return Plan(error="a divert is in place that no drain finished: run state=undrained first", rc=7)
-    if not holds_vip(status):
-        return Plan(error="this node does not hold the VIP: there is nothing to drain here (drain the node that holds it)",
+    if mode == "returning":
+        return Plan(error="this node is returning its peer's connections (the peer's hand-off); wait until it ends",
                     rc=7)
-    argv = ["drain"]
+    return None
+
+
+def drain_args(params):
+    argv = []
+    if params.get("handoff") is True:
+        argv.append("--handoff")
+    elif params.get("handoff") is False:
+        argv.append("--no-handoff")
     if params.get("abort_on_deadline"):
         argv.append("--abort-on-deadline")
     if params.get("deadline"):
         argv += ["--deadline", params["deadline"]]
     if params.get("idle_threshold"):
         argv += ["--idle-threshold", params["idle_threshold"]]
-    predicted = dict(status, mode="drained",
+    return argv
+
+
+def out_of_service(status):
+    return effective_mode(status) in OUT_OF_SERVICE
+
+
+def plan_drained(status, params):
+    if out_of_service(status):
+        return Plan(reached=True)
+    refused = refuse_running_or_stale(status)
+    if refused:
+        return refused
+    if not holds_vip(status):
+        return Plan(error="this node does not hold the VIP: there is nothing to drain here (drain the node that holds it)",
+                    rc=7)
+    predicted = dict(status, mode="failed-over",
                      vips=[dict(v, local=False) for v in status.get("vips") or []])
-    return Plan(argv=argv, predicted=predicted)
+    return Plan(argv=["drain"] + drain_args(params), predicted=predicted)
+
+
+def plan_maintenance(status, params):
+    if effective_mode(status) == "maintenance":
+        return Plan(reached=True)
+    refused = refuse_running_or_stale(status)
+    if refused:
+        return refused
+    record = dict(reason=params["reason"], by="ansible", since=None,
+                  drained=holds_vip(status) and not out_of_service(status))
+    predicted = dict(status, mode="maintenance", maintenance=record,
+                     vips=[dict(v, local=False) for v in status.get("vips") or []])
+    return Plan(argv=["maintenance", "on", "--reason", params["reason"]] + drain_args(params),
+                predicted=predicted)
 
 
 def plan_undrained(status, params):
     mode = effective_mode(status)
     clean = (
-        mode == "in-service"
+        mode == "serving"
         and not status.get("divert_rules")
         and not status.get("divert_sets")
         and not status.get("drain_journal")
     )
-    if clean:
+    if clean and not params.get("fail_back"):
         return Plan(reached=True)
-    if mode == "busy":
-        return Plan(error="another drain-agent operation is running (pid %s)" % status.get("lock_holder_pid"), rc=6)
-    argv = ["undrain"]
-    if params.get("keep_link_down"):
-        argv.append("--keep-link-down")
-    predicted = dict(status, mode="drained" if params.get("keep_link_down") else "in-service",
-                     divert_rules=[], divert_sets=[], divert=None,
+    if clean and holds_vip(status):
+        return Plan(reached=True)
+    refused = refuse_running_or_stale(status) if mode != "diverting" else None
+    if refused:
+        return refused
+    if params.get("fail_back"):
+        argv = ["maintenance", "off", "--failback"]
+    elif mode == "maintenance":
+        argv = ["maintenance", "off"] + (["--keep-link-down"] if params.get("keep_link_down") else [])
+    else:
+        argv = ["undrain"] + (["--keep-link-down"] if params.get("keep_link_down") else [])
+    down = bool(params.get("keep_link_down"))
+    vips = status.get("vips") or []
+    if params.get("fail_back"):
+        vips = [dict(v, local=True) for v in vips]
+    predicted = dict(status, mode="failed-over" if down else "serving", maintenance=None,
+                     divert_rules=[], divert_sets=[], divert=None, vips=vips,
                      drain_journal=[], tracked_interface=dict(status.get("tracked_interface") or {},
-                                                              up=not params.get("keep_link_down")))
+                                                              up=not down))
     return Plan(argv=argv, predicted=predicted)
 
 
-# One entry per `state`. A new state (say `maintenance`, once the CLI has it) is one planner:
-# the status it has reached, the CLI arguments that reach it, the status it predicts.
+# One entry per `state`: the status it has reached, the CLI arguments that reach it, the status
+# it predicts.
 PLANNERS = {
     "drained": plan_drained,
+    "maintenance": plan_maintenance,
     "undrained": plan_undrained,
 }
 
@@ -413,13 +496,17 @@ class Agent(object):
 
 def result_fields(status):
     return dict(mode=effective_mode(status), holds_vip=holds_vip(status),
-                accepting=accepting(status), status=status)
+                accepting=accepting(status), out_of_service=out_of_service(status),
+                maintenance=status.get("maintenance"), status=status)
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type="str", required=True, choices=["drained", "undrained", "status"]),
+            state=dict(type="str", required=True, choices=["drained", "maintenance", "undrained", "status"]),
+            reason=dict(type="str"),
+            handoff=dict(type="bool"),
+            fail_back=dict(type="bool", default=False),
             binary=dict(type="path", default="/usr/local/sbin/drain-agent"),
             config=dict(type="path", default="/etc/drain-agent/drain-agent.yaml"),
             socket=dict(type="path"),
@@ -430,6 +517,8 @@ def main():
             keep_link_down=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
+        required_if=[("state", "maintenance", ("reason",))],
+        mutually_exclusive=[("fail_back", "keep_link_down")],
     )
     p = module.params
     if not (os.path.isfile(p["binary"]) and os.access(p["binary"], os.X_OK)):
@@ -438,6 +527,8 @@ def main():
     if not os.path.isfile(p["config"]):
         module.fail_json(msg="drain-agent configuration %s does not exist (the drain_agent role renders it)"
                              % p["config"], changed=False)
+    if p["state"] == "maintenance" and not p["reason"].strip():
+        module.fail_json(msg="reason must say why the node goes out of service, not be empty", changed=False)
     for key in ("deadline", "idle_threshold"):
         if p.get(key) is not None and not p[key].strip():
             module.fail_json(msg="%s must be a duration such as 90s or 5m, not an empty string" % key, changed=False)
@@ -456,7 +547,7 @@ def main():
                          changed=False, before=before, **result_fields(before))
 
     if module.check_mode:
-        if p["state"] == "drained":
+        if p["state"] == "drained" or (p["state"] == "maintenance" and plan.predicted["maintenance"]["drained"]):
             cmd, _rc, docs, _err = agent.run(["check"])
             failed = check_error(docs)
             if failed:
@@ -476,7 +567,8 @@ def main():
     if rc != 0:
         out["nothing_changed"] = rc in UNCHANGED_CODES
         module.fail_json(msg=failure_message(error_of(docs, err), rc), **out)
-    report = (out["result"] or {}).get("report")
+    # `drain` puts its report under `report`, `maintenance on` under `drain` (null: nothing drained).
+    report = (out["result"] or {}).get("report") or (out["result"] or {}).get("drain")
     if report is not None:
         out["report"] = report
         out["sockets_left"] = report.get("abandoned")

@@ -15,7 +15,7 @@ da = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(da)
 
 
-def status(mode="in-service", local=True, up=True, journal=None, accept=None, rules=None, sets=None):
+def status(mode="serving", local=True, up=True, journal=None, accept=None, rules=None, sets=None):
     return {
         "mode": mode,
         "lock_holder_pid": None,
@@ -26,6 +26,8 @@ def status(mode="in-service", local=True, up=True, journal=None, accept=None, ru
         "divert": None,
         "drain_journal": journal or [],
         "accept_journal": accept or [],
+        "return_journal": [],
+        "maintenance": None,
         "last_drain": None,
     }
 
@@ -69,58 +71,93 @@ class JsonLines(unittest.TestCase):
 
 
 class Modes(unittest.TestCase):
-    def test_a_track_file_drain_reads_drained(self):
-        self.assertEqual(da.effective_mode(status()), "in-service")
-        self.assertEqual(da.effective_mode(status(journal=[TRACK_FAULT])), "drained")
-        self.assertEqual(da.effective_mode(status(mode="drained", up=False, journal=[LINK_DOWN])), "drained")
-        self.assertEqual(da.effective_mode(status(mode="busy")), "busy")
+    def test_out_of_service_modes(self):
+        for mode in ("failed-over", "handing-off", "maintenance"):
+            self.assertTrue(da.out_of_service(status(mode=mode, local=False)), mode)
+        for mode in ("serving", "draining", "busy", "returning", "diverting"):
+            self.assertFalse(da.out_of_service(status(mode=mode)), mode)
 
     def test_changed_ignores_when_and_by_whom(self):
         a = status(local=False, accept=[{"at": 1, "pid": 9, "kind": "local-route", "addr": "198.18.0.100"}])
         b = status(local=False, accept=[{"at": 5, "pid": 7, "kind": "local-route", "addr": "198.18.0.100"}])
         self.assertEqual(da.state_key(a), da.state_key(b))
         self.assertNotEqual(da.state_key(status()), da.state_key(status(local=False)))
-        self.assertNotEqual(da.state_key(status()), da.state_key(status(mode="drained", up=False, local=False,
+        self.assertNotEqual(da.state_key(status()), da.state_key(status(mode="failed-over", up=False, local=False,
                                                                         journal=[LINK_DOWN])))
+        record = {"reason": "upgrade", "by": "alice", "since": 1, "drained": False}
+        self.assertNotEqual(da.state_key(status(mode="failed-over", up=False, local=False, journal=[LINK_DOWN])),
+                            da.state_key(dict(status(mode="maintenance", up=False, local=False, journal=[LINK_DOWN]),
+                                              maintenance=record)))
 
 
 class Plans(unittest.TestCase):
-    params = {"deadline": None, "idle_threshold": None, "abort_on_deadline": False, "keep_link_down": False}
+    params = {"deadline": None, "idle_threshold": None, "abort_on_deadline": False, "keep_link_down": False,
+              "reason": None, "handoff": None, "fail_back": False}
 
     def test_drained_runs_drain_on_the_vip_holder(self):
         p = da.plan_drained(status(), dict(self.params, deadline="90s", abort_on_deadline=True))
         self.assertEqual(p.argv, ["drain", "--abort-on-deadline", "--deadline", "90s"])
-        self.assertEqual(p.predicted["mode"], "drained")
+        self.assertEqual(p.predicted["mode"], "failed-over")
         self.assertFalse(da.holds_vip(p.predicted))
-        self.assertIn("mode: drained", da.describe(p.predicted))
+        self.assertIn("mode: failed-over", da.describe(p.predicted))
+        self.assertEqual(da.plan_drained(status(), dict(self.params, handoff=True)).argv, ["drain", "--handoff"])
+        self.assertEqual(da.plan_drained(status(), dict(self.params, handoff=False)).argv, ["drain", "--no-handoff"])
 
     def test_drained_is_reached_or_refused_without_running_anything(self):
-        self.assertTrue(da.plan_drained(status(mode="drained", up=False, local=False, journal=[LINK_DOWN]),
-                                        self.params).reached)
-        self.assertTrue(da.plan_drained(status(local=False, journal=[TRACK_FAULT]), self.params).reached)
+        for mode in ("failed-over", "handing-off", "maintenance"):
+            self.assertTrue(da.plan_drained(status(mode=mode, up=False, local=False, journal=[LINK_DOWN]),
+                                            self.params).reached, mode)
         for st, rc, words in [
             (status(local=False), 7, "does not hold the VIP"),
             (status(mode="busy"), 6, "another drain-agent operation"),
-            (status(mode="divert-installed", rules=["-A X"]), 7, "state=undrained"),
+            (status(mode="draining"), 6, "another drain-agent operation"),
+            (status(mode="diverting", rules=["-A X"]), 7, "state=undrained"),
+            (status(mode="returning", local=False), 7, "hand-off"),
         ]:
             p = da.plan_drained(st, self.params)
             self.assertIsNone(p.argv)
             self.assertEqual(p.rc, rc)
             self.assertIn(words, p.error)
 
+    def test_maintenance_on_either_node_records_the_reason(self):
+        params = dict(self.params, reason="HAProxy 2.8 upgrade", deadline="2m")
+        p = da.plan_maintenance(status(), params)
+        self.assertEqual(p.argv, ["maintenance", "on", "--reason", "HAProxy 2.8 upgrade", "--deadline", "2m"])
+        self.assertTrue(p.predicted["maintenance"]["drained"], "the VIP holder is drained")
+        self.assertEqual(p.predicted["mode"], "maintenance")
+        self.assertIn("maintenance: HAProxy 2.8 upgrade", da.describe(p.predicted))
+        p = da.plan_maintenance(status(local=False), params)
+        self.assertEqual(p.argv[:2], ["maintenance", "on"])
+        self.assertFalse(p.predicted["maintenance"]["drained"], "a BACKUP is only kept out of elections")
+        self.assertFalse(da.plan_maintenance(status(mode="failed-over", local=False, up=False), params)
+                         .predicted["maintenance"]["drained"])
+        self.assertTrue(da.plan_maintenance(status(mode="maintenance", local=False, up=False), params).reached)
+        self.assertEqual(da.plan_maintenance(status(mode="busy"), params).rc, 6)
+
     def test_undrained(self):
-        self.assertTrue(da.plan_undrained(status(local=False), self.params).reached)
-        p = da.plan_undrained(status(mode="drained", up=False, local=False, journal=[LINK_DOWN]), self.params)
+        self.assertTrue(da.plan_undrained(status(mode="serving", local=False), self.params).reached)
+        p = da.plan_undrained(status(mode="failed-over", up=False, local=False, journal=[LINK_DOWN]), self.params)
         self.assertEqual(p.argv, ["undrain"])
-        self.assertEqual(da.effective_mode(p.predicted), "in-service")
-        p = da.plan_undrained(status(journal=[TRACK_FAULT]), dict(self.params, keep_link_down=True))
+        self.assertEqual(da.effective_mode(p.predicted), "serving")
+        p = da.plan_undrained(status(mode="failed-over", journal=[TRACK_FAULT]), dict(self.params, keep_link_down=True))
         self.assertEqual(p.argv, ["undrain", "--keep-link-down"])
-        p = da.plan_undrained(status(mode="divert-installed", rules=["-A X"]), self.params)
+        p = da.plan_undrained(status(mode="diverting", rules=["-A X"]), self.params)
         self.assertEqual(p.argv, ["undrain"])
+        p = da.plan_undrained(status(mode="maintenance", up=False, local=False, journal=[LINK_DOWN]), self.params)
+        self.assertEqual(p.argv, ["maintenance", "off"])
+        self.assertIsNone(p.predicted["maintenance"])
+        p = da.plan_undrained(status(mode="maintenance", up=False, local=False, journal=[LINK_DOWN]),
+                              dict(self.params, fail_back=True))
+        self.assertEqual(p.argv, ["maintenance", "off", "--failback"])
+        self.assertTrue(da.holds_vip(p.predicted))
+        self.assertTrue(da.plan_undrained(status(mode="serving"), dict(self.params, fail_back=True)).reached,
+                        "a serving node that holds the VIP has nothing to fail back")
+        self.assertEqual(da.plan_undrained(status(mode="serving", local=False), dict(self.params, fail_back=True))
+                         .argv, ["maintenance", "off", "--failback"])
         self.assertEqual(da.plan_undrained(status(mode="busy"), self.params).rc, 6)
 
     def test_every_state_but_status_has_a_planner(self):
-        self.assertEqual(sorted(da.PLANNERS), ["drained", "undrained"])
+        self.assertEqual(sorted(da.PLANNERS), ["drained", "maintenance", "undrained"])
 
 
 class CheckReport(unittest.TestCase):
