@@ -145,18 +145,7 @@ pub fn drain(
 ) -> Result<DrainReport, OpError> {
     let start = h.now();
     let receipt = preflight(h, j, plan, p, ev)?;
-    let t = h.now();
-    if let Err(e) = install(h, j, plan, &receipt) {
-        // firewall::install undoes its own partial work; cleanup then only forgets the entry
-        // (or reports what could not be undone).
-        return Err(match cleanup(h, j, plan) {
-            Ok(()) => e,
-            Err(c) => c,
-        });
-    }
-    let install_ms = ms(h.now() - t);
-    ev(Event::Diverted { install_ms });
-    let mut tender = Tender::new(h.now());
+    let (install_ms, mut tender) = divert_now(h, j, plan, &receipt, ev)?;
     let (reason, remaining, drain_ms) = match watch(h, plan, p, ev, &mut tender) {
         Ok(w) => w,
         Err(e) => {
@@ -525,15 +514,7 @@ fn hand_off(
         peer: p.peer.to_string(),
     });
     let t = h.now();
-    if let Err(e) = install(h, j, plan, &receipt) {
-        return Err(match cleanup(h, j, plan) {
-            Ok(()) => e,
-            Err(c) => c,
-        });
-    }
-    let install_ms = ms(h.now() - t);
-    ev(Event::Diverted { install_ms });
-    let mut tender = Tender::new(h.now());
+    let (install_ms, mut tender) = divert_now(h, j, plan, &receipt, ev)?;
     // Accept the VIPs without owning them, then seal: from the failover on no SYN may start a
     // flow here (an unrecorded one is dropped, counted; its retransmission reaches the peer).
     let ready = super::peer::accept_into(cfg, j, h)
@@ -657,6 +638,29 @@ fn watch_handoff(
         }
         h.wait_for_change(w.pause(p.poll_interval, p.poll_interval));
     }
+}
+
+/// Installs the divert the preflight cleared, announces it, and starts tending the record.
+/// Returns the install's duration (ms) and the tender.
+fn divert_now(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    receipt: &InstallReceipt,
+    ev: &mut dyn FnMut(Event),
+) -> Result<(f64, Tender), OpError> {
+    let t = h.now();
+    if let Err(e) = install(h, j, plan, receipt) {
+        // firewall::install undoes its own partial work; cleanup then only forgets the entry
+        // (or reports what could not be undone).
+        return Err(match cleanup(h, j, plan) {
+            Ok(()) => e,
+            Err(c) => c,
+        });
+    }
+    let install_ms = ms(h.now() - t);
+    ev(Event::Diverted { install_ms });
+    Ok((install_ms, Tender::new(h.now())))
 }
 
 /// Pulls the failover trigger the configuration names (tracked interface down, or FAULT in the
