@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use clap::CommandFactory;
 use drain_agent::cli::Cli;
-use drain_test_support::require_tool;
+use drain_test_support::{require_tool, run_with_home};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drain-agent");
 
@@ -201,24 +201,6 @@ fn man_pages_render_without_warnings_and_show_every_command() {
     }
 }
 
-/// Runs `shell` with `args` and a scratch HOME (no shell writes into the real one).
-fn shell(home: &Path, argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("XDG_DATA_HOME")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{argv:?}: {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 fn script(dir: &Path, shell_name: &str, file: &str) -> String {
     let out = agent(&["completions", shell_name]);
     assert!(out.status.success() && out.stderr.is_empty());
@@ -246,7 +228,7 @@ fn bash_complete(home: &Path, file: &str, line: &str) -> Vec<String> {
         cur = words[words.len() - 1],
         prev = words[words.len() - 2],
     );
-    shell(home, &["bash", "--norc", "-c", &snippet])
+    run_with_home(home, &["bash", "--norc", "-c", &snippet])
         .lines()
         .filter(|l| !l.is_empty())
         .map(String::from)
@@ -276,7 +258,7 @@ fn bash_completion_completes_subcommands_options_and_values() {
         assert!(shells.iter().any(|w| w == s), "{shells:?}");
     }
     // The script registers itself for the command.
-    let registered = shell(
+    let registered = run_with_home(
         h,
         &[
             "bash",
@@ -302,12 +284,12 @@ fn zsh_and_fish_completions_load_and_complete() {
     let zsh_dir = h.join("zfunc");
     fs::create_dir(&zsh_dir).unwrap();
     script(&zsh_dir, "zsh", "_drain-agent");
-    shell(
+    run_with_home(
         h,
         &["zsh", "-n", zsh_dir.join("_drain-agent").to_str().unwrap()],
     );
     // compinit finds the function by its #compdef line in fpath and binds it to the command.
-    let bound = shell(
+    let bound = run_with_home(
         h,
         &[
             "zsh",
@@ -323,7 +305,7 @@ fn zsh_and_fish_completions_load_and_complete() {
 
     let fish = script(h, "fish", "drain-agent.fish");
     let complete = |line: &str| {
-        shell(
+        run_with_home(
             h,
             &[
                 "fish",

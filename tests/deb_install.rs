@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use drain_agent::cli::Cli;
-use drain_test_support::{require_no_obstacle, require_root, require_tool};
+use drain_test_support::{require_no_obstacle, require_root, require_tool, run_with_home};
 use nix::fcntl::{Flock, FlockArg};
 
 const BIN: &str = env!("CARGO_BIN_EXE_drain-agent");
@@ -211,24 +211,6 @@ fn dpkg_install(deb: &Path) {
     assert_eq!(package_status().as_deref(), Some("ii"));
 }
 
-/// Runs a shell snippet with a scratch HOME, so no shell writes into root's home.
-fn shell(home: &Path, argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("XDG_DATA_HOME")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{argv:?}: {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 #[test]
 fn deb_installs_works_and_purges_without_a_trace() {
     const TEST: &str = "deb_installs_works_and_purges_without_a_trace";
@@ -382,7 +364,7 @@ fn deb_installs_works_and_purges_without_a_trace() {
 
     // Completions, loaded the way each shell finds them where the package put them.
     let home = tempfile::tempdir().unwrap();
-    let bash = shell(
+    let bash = run_with_home(
         home.path(),
         &[
             "bash",
@@ -396,7 +378,7 @@ fn deb_installs_works_and_purges_without_a_trace() {
         ],
     );
     assert_eq!(bash.trim(), "undrain");
-    let zsh = shell(
+    let zsh = run_with_home(
         home.path(),
         &[
             "zsh",
@@ -406,7 +388,7 @@ fn deb_installs_works_and_purges_without_a_trace() {
         ],
     );
     assert_eq!(zsh.trim(), "_drain-agent");
-    let fish = shell(
+    let fish = run_with_home(
         home.path(),
         // Not --no-config: that also drops the vendor directories from fish_complete_path.
         &["fish", "-c", "complete -C 'drain-agent und'"],
