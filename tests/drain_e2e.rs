@@ -12,35 +12,6 @@ use drain_lab::topology::{addr, can_run_lab, Lab, LabOptions, Node};
 
 const EVENT_AT: Duration = Duration::from_millis(2500);
 
-/// Both nodes' snapshots (firewall, sets, rules, routes, links, sysctls; VIP lines excluded).
-fn snapshots(lab: &Lab) -> (String, String) {
-    (
-        lab.host_snapshot(Node::Lb1).unwrap(),
-        lab.host_snapshot(Node::Lb2).unwrap(),
-    )
-}
-
-/// Brings lb1 back in service after a drain and checks both hosts equal their `before` state
-/// (VIP lines aside: the lab pair preempts, so lb1 returns as BACKUP, demoted by return_weight,
-/// and the VIP stays on lb2).
-fn assert_host_restored(lab: &Lab, before: &(String, String)) {
-    let out = lab.agent(Node::Lb1, &["undrain"]).unwrap();
-    assert!(
-        out.status.success(),
-        "undrain: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        lab.vip_owner().unwrap(),
-        Some(Node::Lb2),
-        "lb1 did not preempt lb2 on undrain"
-    );
-    let after = snapshots(lab);
-    assert_eq!(before.0, after.0, "lb1 not restored");
-    assert_eq!(before.1, after.1, "lb2 not restored");
-}
-
 fn assert_no_broken(r: &ScenarioResult) {
     let agent = r.event.agent.as_ref().expect("agent ran");
     assert!(
@@ -74,7 +45,7 @@ fn drain_under_mixed_load_breaks_nothing_and_restores_the_hosts() {
         return;
     }
     let mut lab = Lab::up(&LabOptions::default()).unwrap();
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let opts = AgentOptions {
         during: vec![(Duration::from_millis(500), DuringDrain::SecondDrain)],
         ..AgentOptions::default()
@@ -118,7 +89,7 @@ fn drain_under_mixed_load_breaks_nothing_and_restores_the_hosts() {
         0,
         "conntrack became active on lb1"
     );
-    assert_host_restored(&lab, &before);
+    lab.undrain_and_compare(&before).unwrap();
 }
 
 #[test]
@@ -185,7 +156,7 @@ fn stale_conntrack_entries_for_reused_client_ports_break_nothing() {
         }
     }
     assert!(conntrack_count(&lab, Node::Lb1) >= 800);
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let r = scenario::run_in(
         &mut lab,
         "drain-agent",
@@ -197,7 +168,7 @@ fn stale_conntrack_entries_for_reused_client_ports_break_nothing() {
     println!("{}", scenario::comparison_table(std::slice::from_ref(&r)));
     assert_clean(&r);
     assert_eq!(r.event.agent.as_ref().unwrap().exit_code, 0);
-    assert_host_restored(&lab, &before);
+    lab.undrain_and_compare(&before).unwrap();
 }
 
 #[test]
@@ -221,7 +192,7 @@ fn a_zombie_socket_does_not_hold_the_drain() {
     .unwrap();
     lab.exec(&x, &["ip", "link", "set", "eth0", "down"])
         .unwrap();
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let r = scenario::run_in(
         &mut lab,
         "drain-agent",
@@ -240,7 +211,7 @@ fn a_zombie_socket_does_not_hold_the_drain() {
         "the zombie is idle, not a reason to wait for the deadline: {report}"
     );
     assert_eq!(report["abandoned"], 1);
-    assert_host_restored(&lab, &before);
+    lab.undrain_and_compare(&before).unwrap();
 }
 
 #[test]
@@ -322,7 +293,7 @@ fn sigterm_mid_drain_rolls_back_without_breaking_flows() {
         return;
     }
     let mut lab = Lab::up(&LabOptions::default()).unwrap();
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let opts = AgentOptions {
         during: vec![(Duration::from_millis(1000), DuringDrain::Terminate)],
         ..AgentOptions::default()
@@ -344,7 +315,7 @@ fn sigterm_mid_drain_rolls_back_without_breaking_flows() {
         Some(Node::Lb1),
         "the node stays in service"
     );
-    assert_eq!(before, snapshots(&lab), "rolled back exactly");
+    assert_eq!(before, lab.pair_snapshots().unwrap(), "rolled back exactly");
 }
 
 #[test]
@@ -353,7 +324,7 @@ fn a_crashed_drain_is_undone_by_undrain_without_breaking_flows() {
         return;
     }
     let mut lab = Lab::up(&LabOptions::default()).unwrap();
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     // The agent dies mid-drain with the divert installed (no rollback runs); the operator runs
     // `undrain`, which must withdraw gracefully: flows already at the peer finish there.
     let opts = AgentOptions {
@@ -387,7 +358,7 @@ fn a_crashed_drain_is_undone_by_undrain_without_breaking_flows() {
     );
     assert_eq!(
         before,
-        snapshots(&lab),
+        lab.pair_snapshots().unwrap(),
         "undrain removed everything the crashed run left"
     );
 }
@@ -402,7 +373,7 @@ fn drain_at_scale(track_file: bool) {
         ..LabOptions::default()
     })
     .unwrap();
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let r = scenario::run_in(
         &mut lab,
         "drain-agent-scale",
@@ -452,7 +423,7 @@ fn drain_at_scale(track_file: bool) {
         "3000/s for over 11 s: {report}"
     );
     assert_eq!(report["reason"], "empty", "{report}");
-    assert_host_restored(&lab, &before);
+    lab.undrain_and_compare(&before).unwrap();
 }
 
 #[test]

@@ -86,10 +86,7 @@ fn failback(nopreempt: bool, track_file_trigger: bool) {
         ..LabOptions::default()
     };
     let mut lab = Lab::up(&opts).unwrap();
-    let before = (
-        lab.host_snapshot(Node::Lb1).unwrap(),
-        lab.host_snapshot(Node::Lb2).unwrap(),
-    );
+    let before = lab.pair_snapshots().unwrap();
     let mut load = default_load();
     load.duration_ms = 30_000;
     let r = scenario::run_in(
@@ -127,10 +124,7 @@ fn failback(nopreempt: bool, track_file_trigger: bool) {
             "{node} track file holds {v:?}"
         );
     }
-    let after = (
-        lab.host_snapshot(Node::Lb1).unwrap(),
-        lab.host_snapshot(Node::Lb2).unwrap(),
-    );
+    let after = lab.pair_snapshots().unwrap();
     // Acceptance state sits on whichever node is BACKUP, as at the start.
     assert_eq!(before, after, "{name}: hosts differ from the start");
 }

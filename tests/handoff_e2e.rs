@@ -12,13 +12,6 @@ use drain_lab::scenario::{
 };
 use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
 
-fn snapshots(lab: &Lab) -> (String, String) {
-    (
-        lab.host_snapshot(Node::Lb1).unwrap(),
-        lab.host_snapshot(Node::Lb2).unwrap(),
-    )
-}
-
 /// A lab whose agents can hand off, the daemon (the peer link) running on lb2.
 fn handoff_lab() -> Lab {
     let mut lab = Lab::up(&LabOptions {
@@ -73,25 +66,6 @@ fn assert_no_broken(r: &ScenarioResult) {
     );
 }
 
-/// Undrains lb1 and checks both hosts equal their `before` state (VIP lines aside: lb1 returns
-/// as BACKUP, demoted by return_weight, and the VIP stays on lb2).
-fn assert_hosts_restored(lab: &Lab, before: &(String, String)) {
-    let out = lab.agent(Node::Lb1, &["undrain"]).unwrap();
-    assert!(
-        out.status.success(),
-        "undrain: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(lab.vip_owner().unwrap(), Some(Node::Lb2));
-    let after = snapshots(lab);
-    assert_eq!(before.0, after.0, "lb1 not restored");
-    assert_eq!(
-        before.1, after.1,
-        "lb2 not restored (its return path left?)"
-    );
-}
-
 fn noted(r: &ScenarioResult, what: &str) -> bool {
     r.event
         .timeline
@@ -105,7 +79,7 @@ fn handoff_moves_the_vip_at_once_and_breaks_no_connection_however_long() {
         return;
     }
     let mut lab = handoff_lab();
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let r = run(&mut lab, "drain-agent-handoff", "5m", Vec::new());
     let agent = r.event.agent.as_ref().expect("agent ran");
     assert_eq!(agent.exit_code, 0, "{}", agent.stderr);
@@ -151,7 +125,7 @@ fn handoff_moves_the_vip_at_once_and_breaks_no_connection_however_long() {
         r.load.setup_latency_after_baseline_ms.max,
         r.load.slowest_setups.iter().take(5).collect::<Vec<_>>()
     );
-    assert_hosts_restored(&lab, &before);
+    lab.undrain_and_compare(&before).unwrap();
 }
 
 #[test]
@@ -160,7 +134,7 @@ fn handoff_survives_its_agent_killed_and_undrain_finishes_it() {
         return;
     }
     let mut lab = handoff_lab();
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let r = run(
         &mut lab,
         "handoff-agent-killed",
@@ -174,7 +148,7 @@ fn handoff_survives_its_agent_killed_and_undrain_finishes_it() {
     // ran on lb1; `undrain` waited for them, ended lb2's return path and cleaned up.
     assert_no_broken(&r);
     assert!(noted(&r, "undrain exited 0"), "{:?}", r.event.timeline);
-    assert_hosts_restored(&lab, &before);
+    lab.undrain_and_compare(&before).unwrap();
 }
 
 #[test]
@@ -183,7 +157,7 @@ fn handoff_survives_the_peers_daemon_killed_and_restarted() {
         return;
     }
     let mut lab = handoff_lab();
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let r = run(
         &mut lab,
         "handoff-peer-daemon-killed",
@@ -199,7 +173,7 @@ fn handoff_survives_the_peers_daemon_killed_and_restarted() {
     assert_eq!(agent.exit_code, 0, "{}", agent.stderr);
     assert!(agent.event("handoff-ended").is_some(), "{:?}", agent.events);
     assert_no_broken(&r);
-    assert_hosts_restored(&lab, &before);
+    lab.undrain_and_compare(&before).unwrap();
 }
 
 #[test]
@@ -208,7 +182,7 @@ fn handoff_whose_node_goes_away_breaks_only_that_nodes_connections() {
         return;
     }
     let mut lab = handoff_lab();
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let r = run(
         &mut lab,
         "handoff-node-gone",
@@ -250,5 +224,5 @@ fn handoff_whose_node_goes_away_breaks_only_that_nodes_connections() {
             .contains("stopped answering"),
         "lb2 should have ended the return path itself: {ended}"
     );
-    assert_hosts_restored(&lab, &before);
+    lab.undrain_and_compare(&before).unwrap();
 }

@@ -8,13 +8,6 @@ use std::time::Duration;
 use drain_lab::scenario::{self, default_load, AgentConfig, Event, EventOutcome};
 use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
 
-fn snapshots(lab: &Lab) -> (String, String) {
-    (
-        lab.host_snapshot(Node::Lb1).unwrap(),
-        lab.host_snapshot(Node::Lb2).unwrap(),
-    )
-}
-
 #[test]
 fn maintenance_on_then_off_with_failback_breaks_nothing_and_restores_the_pair() {
     if !can_run_lab("maintenance_on_then_off_with_failback", &[]) {
@@ -30,7 +23,7 @@ fn maintenance_on_then_off_with_failback_breaks_nothing_and_restores_the_pair() 
         .unwrap();
     lab.start_daemon(Node::Lb2).unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let before = snapshots(&lab);
+    let before = lab.pair_snapshots().unwrap();
     let mut load = default_load();
     load.duration_ms = 26_000;
     let event = Event::Custom(Box::new(|lab: &mut Lab, _clock| {
@@ -80,7 +73,7 @@ fn maintenance_on_then_off_with_failback_breaks_nothing_and_restores_the_pair() 
     // The VIP is back on lb1, and both nodes are as they were (lb2 back as BACKUP, accepting).
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(lab.vip_owner().unwrap(), Some(Node::Lb1));
-    let after = snapshots(&lab);
+    let after = lab.pair_snapshots().unwrap();
     assert_eq!(before.0, after.0, "lb1 not restored");
     assert_eq!(before.1, after.1, "lb2 not restored");
 }

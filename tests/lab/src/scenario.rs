@@ -689,6 +689,39 @@ state_dir: {dir}/agent-state-{node}
         Ok(path)
     }
 
+    /// Both LB nodes' host snapshots, (lb1, lb2): see [`Lab::host_snapshot`].
+    pub fn pair_snapshots(&self) -> Result<(String, String)> {
+        Ok((
+            self.host_snapshot(Node::Lb1)?,
+            self.host_snapshot(Node::Lb2)?,
+        ))
+    }
+
+    /// Brings lb1 back in service after a drain (`undrain`) and compares both hosts with their
+    /// `before` snapshots (VIP lines aside: the lab pair preempts, so lb1 returns as BACKUP,
+    /// demoted by return_weight, and the VIP stays on lb2). The error names what differs.
+    pub fn undrain_and_compare(&self, before: &(String, String)) -> Result<()> {
+        let out = self.agent(Node::Lb1, &["undrain"])?;
+        if !out.status.success() {
+            bail!("undrain: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let owner = self.vip_owner()?;
+        if owner != Some(Node::Lb2) {
+            bail!("after undrain the VIP is on {owner:?}, not lb2: lb1 preempted lb2");
+        }
+        let after = self.pair_snapshots()?;
+        for (node, b, a) in [("lb1", &before.0, &after.0), ("lb2", &before.1, &after.1)] {
+            if b != a {
+                bail!(
+                    "{node} not restored:\n{}",
+                    crate::fleet::snapshot_diff(b, a)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `drain-agent -c <node config> ARGS...` in a node's namespace and returns its output.
     pub fn agent(&self, node: Node, args: &[&str]) -> Result<std::process::Output> {
         let bin = find_bin("drain-agent")?;
