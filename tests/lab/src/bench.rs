@@ -36,7 +36,8 @@ pub struct BenchArgs {
     pub runs: u32,
     /// Candidate rates for `auto`, tried upwards until one fails. They start just above 3000/s:
     /// on the 2-core CI machine the bench's mix (50 echo sessions/s of 11 s, keep-alive, slow
-    /// downloads) already fails flows at 4000/s without any drain.
+    /// downloads) starts failing flows without any drain somewhere between 4000/s and 6000/s,
+    /// varying from run to run.
     #[arg(
         long,
         value_delimiter = ',',
