@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::divert::{self, InstallReceipt};
 use super::handoff::{self, Returning};
 use super::record::{self, RecordKeeper};
-use super::undrain::{cleanup, withdraw_and_wait};
+use super::undo::{cleanup, withdraw_and_wait};
 use super::{
     ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy, SocketCount,
     MIN_SLEEP, TRACK_FAULT,

@@ -27,11 +27,13 @@ pub mod peer;
 pub mod reconcile;
 pub mod record;
 pub mod status;
+pub mod undo;
 pub mod undrain;
 
 pub use drain::drain;
 pub use event::{DrainReason, DrainReport, Event, PeerAnswer, SocketCount};
-pub use undrain::{cleanup, undo, undo_all, undrain};
+pub use undo::{cleanup, undo, undo_all};
+pub use undrain::undrain;
 
 /// What kind of failure a host operation had; decides the exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -1,18 +1,14 @@
-//! Taking the node back into service, and undoing recorded changes: the one undo path used at the
-//! end of a drain, on rollback, by `undrain` after a crash, and by `release`.
-
-use std::time::Duration;
+//! Taking the node back into service: `undrain` finishes an unfinished hand-off, withdraws and
+//! removes a divert still in place, and undoes everything the journal records (through
+//! [`mod@super::undo`]), the failover trigger last.
 
 use serde::{Deserialize, Serialize};
 
-use super::divert;
-use super::{Event, Host, HostError, OpError, Policy, MIN_SLEEP};
+use super::undo::{cleanup, undo_all, withdraw_and_wait};
+use super::{Event, Host, HostError, OpError, Policy};
 use crate::config::Config;
 use crate::journal::{Change, Journal, StateDir};
 use crate::plan::DivertPlan;
-
-/// How often the rollback grace looks for an interrupt (a second Ctrl-C ends it early).
-const GRACE_TICK: Duration = Duration::from_millis(50);
 
 /// What `drain-agent undrain` (or the daemon's undrain request) may ask for.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -141,98 +137,4 @@ pub fn undrain(
         h.set_link(&p.tracked_interface, true)?;
     }
     Ok(())
-}
-
-/// Undoes every transient change in the journal (newest first), continuing past errors and
-/// reporting all of them. Maintenance state (the tracked interface down) is kept.
-pub fn cleanup(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), OpError> {
-    undo_where(h, j, plan, |c| !c.is_maintenance_state())
-}
-
-/// Undoes every change in the journal, maintenance state included (`undrain`, `release`).
-pub fn undo_all(h: &mut dyn Host, j: &mut Journal, plan: &DivertPlan) -> Result<(), OpError> {
-    undo_where(h, j, plan, |_| true)
-}
-
-fn undo_where(
-    h: &mut dyn Host,
-    j: &mut Journal,
-    plan: &DivertPlan,
-    pick: impl Fn(&Change) -> bool,
-) -> Result<(), OpError> {
-    // Newest first: the reverse of the order things were built in.
-    let changes: Vec<Change> = j
-        .entries()
-        .iter()
-        .rev()
-        .map(|e| e.change.clone())
-        .filter(|c| pick(c))
-        .collect();
-    let mut errors = Vec::new();
-    for c in changes {
-        match undo(h, plan, &c) {
-            Ok(()) => j.forget(&c)?,
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(OpError::CleanupIncomplete(errors.join("; ")))
-    }
-}
-
-/// Undoes one change; succeeds if the change is already gone.
-pub fn undo(h: &mut dyn Host, plan: &DivertPlan, c: &Change) -> Result<(), HostError> {
-    match c {
-        Change::Divert {
-            prefix,
-            drop_mangle_table,
-        } => {
-            if prefix != plan.prefix() {
-                return Err(HostError::other(
-                    "remove divert",
-                    format!("the journal records chain prefix {prefix} but the config now says {}: set firewall.chain_prefix back to {prefix} and run undrain", plan.prefix()),
-                ));
-            }
-            divert::remove(h.firewall(), plan, *drop_mangle_table)
-                .map_err(|e| HostError::other("remove divert", e))
-        }
-        Change::LinkDown { ifname } => h.set_link(ifname, true),
-        Change::TrackFault { path } => h.write_track_file(path, 0),
-        Change::LocalRoute { addr } => h.local_route(*addr, false),
-        Change::Sysctl { key, previous } => h.sysctl_write(key, previous),
-        Change::Handoff { peer, .. } => {
-            // Best effort: a peer that does not hear it removes its return path itself once
-            // this node stops accepting the VIP.
-            if let Err(e) = super::handoff::ask_end(h) {
-                tracing::warn!("hand-off: {peer}'s agent was not told the hand-off is over: {e}");
-            }
-            Ok(())
-        }
-        // A marker: the return path itself is the `Divert` entry under the return prefix.
-        Change::Returning { .. } => Ok(()),
-    }
-}
-
-/// Withdraws the divert for new flows and keeps diverting the flows already at the peer for
-/// `grace`, so they can finish there; returns early on an interrupt that arrived after the call.
-/// If the withdraw fails (e.g. a half-removed divert), returns at once: removal follows anyway.
-pub(super) fn withdraw_and_wait(
-    h: &mut dyn Host,
-    plan: &DivertPlan,
-    grace: Duration,
-    ev: &mut dyn FnMut(Event),
-    reason: String,
-) {
-    let withdrew = divert::withdraw(h.firewall(), plan);
-    ev(Event::Withdrawn { reason });
-    if withdrew.is_err() {
-        return;
-    }
-    let until = h.now() + grace;
-    let seen = h.interrupts();
-    while h.now() < until && h.interrupts() <= seen {
-        h.sleep(GRACE_TICK.min(until.saturating_sub(h.now())).max(MIN_SLEEP));
-    }
 }
