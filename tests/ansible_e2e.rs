@@ -502,22 +502,9 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
             "pair{}: {steady:?} {after:?}",
             i + 1
         );
-        // A dropped SYN shows as a ~1 s connect(); the generator's own wake-up on the busy cores
-        // stays far below this.
-        assert!(
-            rep.setup_latency_after_baseline_ms.max < 100.0,
-            "pair{}: a connect() took {:.1} ms: {:?}",
-            i + 1,
-            rep.setup_latency_after_baseline_ms.max,
-            rep.slowest_setups.iter().take(5).collect::<Vec<_>>()
-        );
-        assert!(
-            after.max <= steady.p999 + 10.0,
-            "pair{}: a handshake took {:.2} ms; the steady p99.9 is {:.3} ms",
-            i + 1,
-            after.max,
-            steady.p999
-        );
+        if let Err(stall) = rep.stall_check() {
+            panic!("pair{}: {stall}", i + 1);
+        }
     }
     // Back where the install left every node: same network state, same agent state.
     let net = |all: &BTreeMap<String, String>| -> BTreeMap<String, String> {

@@ -404,18 +404,9 @@ fn drain_at_scale(track_file: bool) {
         before_hs.count > 30_000 && during_hs.count > 30_000,
         "baseline {before_hs:?}, drain {during_hs:?}"
     );
-    assert!(
-        during_hs.max <= before_hs.p999 + 10.0,
-        "a handshake during the drain took {:.2} ms; the steady baseline's p99.9 is {:.3} ms",
-        during_hs.max,
-        before_hs.p999
-    );
-    assert!(
-        r.load.setup_latency_after_baseline_ms.max < 100.0,
-        "a connect() during the drain took {:.1} ms: {:?}",
-        r.load.setup_latency_after_baseline_ms.max,
-        r.load.slowest_setups.iter().take(5).collect::<Vec<_>>()
-    );
+    if let Err(stall) = r.load.stall_check() {
+        panic!("during the drain: {stall}");
+    }
     let report = &agent.result().unwrap()["report"];
     assert_eq!(report["unrecorded_syns"], 0, "{report}");
     assert!(

@@ -117,18 +117,9 @@ fn handoff_moves_the_vip_at_once_and_breaks_no_connection_however_long() {
         "{open} connections on lb1 at the hand-off; handshakes: steady p99.9 {:.3} ms, max during the hand-off {:.3} ms; connect() max {:.1} ms",
         before_hs.p999, during_hs.max, r.load.setup_latency_after_baseline_ms.max
     );
-    assert!(
-        during_hs.max <= before_hs.p999 + 10.0,
-        "a handshake during the hand-off took {:.2} ms; the steady baseline's p99.9 is {:.3} ms",
-        during_hs.max,
-        before_hs.p999
-    );
-    assert!(
-        r.load.setup_latency_after_baseline_ms.max < 100.0,
-        "a connect() during the hand-off took {:.1} ms: {:?}",
-        r.load.setup_latency_after_baseline_ms.max,
-        r.load.slowest_setups.iter().take(5).collect::<Vec<_>>()
-    );
+    if let Err(stall) = r.load.stall_check() {
+        panic!("during the hand-off: {stall}");
+    }
     lab.undrain_and_compare(&before).unwrap();
 }
 

@@ -243,10 +243,42 @@ pub struct SlowSetup {
     pub setup_ms: f64,
 }
 
+/// How much slower than the steady baseline's p99.9 a handshake after it may be.
+pub const HANDSHAKE_MARGIN_MS: f64 = 10.0;
+/// A connect() this slow is a stall: a dropped SYN costs ~1 s, while the generator's own wake-up
+/// on the busy cores stays far below this.
+pub const CONNECT_STALL_MS: f64 = 100.0;
+
 impl LoadReport {
     /// Flows that did not end ok: the number a drain must keep at zero.
     pub fn broken(&self) -> u64 {
         self.totals.failed
+    }
+
+    /// The stall bar a drain (or hand-off, or rollout) is held to, against the same run's steady
+    /// baseline: no kernel-timed handshake after the baseline slower than its p99.9 plus
+    /// [`HANDSHAKE_MARGIN_MS`], and no connect() of [`CONNECT_STALL_MS`] or more. The error says
+    /// which and by how much.
+    pub fn stall_check(&self) -> Result<(), String> {
+        let (steady, after) = (
+            &self.handshake_baseline_ms,
+            &self.handshake_after_baseline_ms,
+        );
+        if after.max > steady.p999 + HANDSHAKE_MARGIN_MS {
+            return Err(format!(
+                "a handshake took {:.2} ms; the steady baseline's p99.9 is {:.3} ms",
+                after.max, steady.p999
+            ));
+        }
+        let connect = &self.setup_latency_after_baseline_ms;
+        if connect.max >= CONNECT_STALL_MS {
+            return Err(format!(
+                "a connect() took {:.1} ms: {:?}",
+                connect.max,
+                self.slowest_setups.iter().take(5).collect::<Vec<_>>()
+            ));
+        }
+        Ok(())
     }
 
     /// A compact human-readable summary.
