@@ -35,6 +35,25 @@ pub enum JournalError {
         /// Pid written in the lock file by its holder ("?" if unreadable).
         holder: String,
     },
+    /// The state directory could be changed by someone other than root (or this daemon's
+    /// user): the journals in it decide what the agent undoes, as root.
+    #[error("state directory {path} is not safe to use: {why}")]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong (the owner).
+        why: String,
+    },
+    /// A journal exists but does not hold what the agent writes: truncated or damaged. What it
+    /// recorded is unknown, so nothing that depends on it (drain, undrain, start-up repair) may
+    /// run until an operator has repaired it.
+    #[error("journal {path} is corrupt ({why}); drains are refused until it is repaired: undo by hand what it still shows, move it aside, then run `drain-agent undrain` (it finds a divert by its chain names)")]
+    Corrupt {
+        /// The journal file.
+        path: PathBuf,
+        /// What was found instead of a journal.
+        why: String,
+    },
     /// A journal could not be read or written.
     #[error("journal {path}: {cause}")]
     File {
@@ -191,13 +210,25 @@ pub struct Journal {
 
 impl Journal {
     /// Opens (or starts) the journal at `path`.
+    ///
+    /// A missing file is an empty journal; an empty *file* is not: every write is a complete
+    /// JSON array (at least `[]`) renamed into place, so zero bytes mean the file was truncated
+    /// (a crash on a file system that lost the data, or a hand edit), and what it recorded is
+    /// lost; taking it as empty would let the next drain forget changes still on the host.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let corrupt = |why: String| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            why,
+        };
         let entries = match fs::read(path) {
-            Ok(bytes) if bytes.is_empty() => Vec::new(),
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| JournalError::File {
-                path: path.to_path_buf(),
-                cause: format!("unreadable ({e}); inspect or remove it"),
-            })?,
+            Ok(bytes) if bytes.is_empty() => {
+                return Err(corrupt(
+                    "0 bytes, where the agent always writes at least []".into(),
+                ))
+            }
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("unreadable: {e}")))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
                 return Err(JournalError::File {
@@ -292,8 +323,14 @@ pub struct Lock {
 }
 
 impl StateDir {
-    /// Creates the directory (mode 0700) if needed.
+    /// Creates the directory (mode 0700) if needed, and checks that only root (or this
+    /// process's user) owns it; an existing directory others can read or enter is made 0700.
+    ///
+    /// The mode is given to `mkdir(2)` itself: `create_dir_all` creates with 0777 minus the
+    /// umask (0755 under the usual 022), and the old after-the-fact check looked only at the
+    /// write bits, so 0755 stayed.
     pub fn open(path: &Path) -> Result<StateDir, JournalError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         let err = |source| JournalError::Dir {
             path: path.to_path_buf(),
             source,
@@ -303,9 +340,22 @@ impl StateDir {
         if path.exists() && !path.is_dir() {
             return Err(err(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
         }
-        fs::create_dir_all(path).map_err(err)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(err)?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(err(e)),
+            _ => {}
+        }
         let meta = fs::metadata(path).map_err(err)?;
-        if meta.permissions().mode() & 0o022 != 0 {
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(JournalError::Unsafe {
+                path: path.to_path_buf(),
+                why: format!("owned by uid {}, not root; chown root it", meta.uid()),
+            });
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
             fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(err)?;
         }
         Ok(StateDir {
@@ -525,7 +575,80 @@ mod tests {
         let p = dir.path().join("j.json");
         fs::write(&p, b"{not json").unwrap();
         let e = Journal::open(&p).unwrap_err().to_string();
-        assert!(e.contains("j.json") && e.contains("unreadable"), "{e}");
+        assert!(
+            e.contains("j.json") && e.contains("corrupt") && e.contains("drain-agent undrain"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_zero_byte_journal_is_corrupt_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("drain-journal.json");
+        fs::write(&p, b"").unwrap();
+        let e = Journal::open(&p).unwrap_err();
+        assert!(matches!(e, JournalError::Corrupt { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("drain-journal.json") && e.contains("0 bytes"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        // What the agent writes for "nothing recorded" is not that.
+        let other = dir.path().join("other.json");
+        let mut j = Journal::open(&other).unwrap();
+        j.record(Change::LinkDown {
+            ifname: "trk0".into(),
+        })
+        .unwrap();
+        j.forget_all().unwrap();
+        assert!(!fs::read(&other).unwrap().is_empty());
+        assert!(Journal::open(&other).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_state_directory_is_created_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("var/lib/drain-agent");
+        // The umask a host's service usually has; the directory must still not be 0755.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+        let opened = StateDir::open(&path);
+        nix::sys::stat::umask(old);
+        opened.unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // An existing directory others may read is tightened.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        StateDir::open(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn a_state_directory_owned_by_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "needs root to chown a directory"
+            );
+            eprintln!("skipped: needs root to chown a directory");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        fs::create_dir(&path).unwrap();
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let e = StateDir::open(&path).unwrap_err();
+        assert!(matches!(e, JournalError::Unsafe { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("uid 65534"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -83,9 +83,19 @@ pub fn notify(
 /// Runs the daemon until SIGTERM/SIGINT: repairs, then follows `fifo` (if any) and serves
 /// `socket`.
 pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), DaemonError> {
-    for line in reconcile(cfg)?.lines() {
-        tracing::warn!("{line}");
-        eprintln!("drain-agent run: {line}");
+    // A corrupt journal stops only what depends on it (the repair now, drains until an operator
+    // repaired it: they refuse with the same error); exiting instead would, under
+    // `Restart=on-failure`, loop without a control socket, FIFO or peer link, so `status` and
+    // keepalived's notifications would go unanswered too.
+    match reconcile(cfg) {
+        Ok(r) => {
+            for line in r.lines() {
+                tracing::warn!("{line}");
+                eprintln!("drain-agent run: {line}");
+            }
+        }
+        Err(e) if is_corrupt_journal(&e) => degraded("start-up repair skipped", &e),
+        Err(e) => return Err(e.into()),
     }
     let returns = peerlink::Returns::new(cfg.clone());
     let key = match &cfg.handoff {
@@ -95,13 +105,18 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
         ),
         None => None,
     };
-    if let Some(r) = returns.resume()? {
-        let line = format!(
-            "resumed: the return path of {}'s hand-off (until unix time {})",
-            r.peer, r.until
-        );
-        tracing::warn!("{line}");
-        eprintln!("drain-agent run: {line}");
+    match returns.resume() {
+        Ok(Some(r)) => {
+            let line = format!(
+                "resumed: the return path of {}'s hand-off (until unix time {})",
+                r.peer, r.until
+            );
+            tracing::warn!("{line}");
+            eprintln!("drain-agent run: {line}");
+        }
+        Ok(None) => {}
+        Err(e) if is_corrupt_journal(&e) => degraded("return path not resumed", &e),
+        Err(e) => return Err(e.into()),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -165,6 +180,22 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
     })
 }
 
+/// Whether `e` is a journal that exists but cannot be trusted (see
+/// [`crate::journal::JournalError::Corrupt`]).
+fn is_corrupt_journal(e: &OpError) -> bool {
+    matches!(
+        e,
+        OpError::Journal(crate::journal::JournalError::Corrupt { .. })
+    )
+}
+
+/// Reports what the daemon does without because of a corrupt journal, to the log and stderr
+/// (the journal of systemd), loudly: the node may still carry changes nobody will undo.
+fn degraded(what: &str, e: &OpError) {
+    tracing::error!("{what}: {e}");
+    eprintln!("drain-agent run: {what}: {e}");
+}
+
 /// Tells systemd the daemon is ready (`Type=notify`): the start-up repair is done and the
 /// sockets are served. Nothing to do when not started by systemd.
 fn notify_ready() {
@@ -192,8 +223,15 @@ fn notify_ready() {
 /// Follows the FIFO for the daemon's lifetime, applying each state line in order.
 async fn follow_fifo(cfg: Config, path: PathBuf) {
     let mut fifo = NotifyFifo::new(path.clone());
+    // The same error every retry (a FIFO others may write stays refused) is logged once, and
+    // again only when it changes or after the FIFO was followed.
+    let mut last_error: Option<String> = None;
     loop {
-        match fifo.next().await {
+        let event = fifo.next().await;
+        if event.is_ok() {
+            last_error = None;
+        }
+        match event {
             Ok(FifoEvent::Line(FifoLine::State(n))) => {
                 let cfg = cfg.clone();
                 // In order: the next line waits for this one.
@@ -209,7 +247,11 @@ async fn follow_fifo(cfg: Config, path: PathBuf) {
             Ok(FifoEvent::Malformed(e)) => tracing::warn!("fifo: {e}"),
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!("fifo {}: {e}", path.display());
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!("fifo: {text}");
+                    last_error = Some(text);
+                }
                 tokio::time::sleep(FIFO_RETRY).await;
             }
         }

@@ -3,20 +3,26 @@
 //! service layer's answer ([`crate::ops::handoff`]); while a return path is in place, one thread
 //! supervises it until the peer ends the hand-off, the peer is gone, or its deadline passes.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::ops::handoff::{self, PeerReply, PeerRequest, ReturnReport, Returning};
 use crate::sys::peerlink::{self, Key, Replay, MAX_LINE};
 
-/// How long a connected peer may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connected peer may take to send its request, and to take the reply.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections from the peer served at once. The peer's agent makes one at a time; the rest are
+/// refused at accept so that any process on the peer cannot hold file descriptors for long.
+pub const MAX_CONNECTIONS: usize = 8;
+/// Refused connections are logged once per this interval: the first, then a count.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long `End` waits for the supervisor to remove the return path.
 const END_WAIT: Duration = Duration::from_secs(10);
 
@@ -121,10 +127,11 @@ impl Returns {
         Ok(r)
     }
 
-    fn answer(&self, req: PeerRequest) -> PeerReply {
+    /// Answers `req`, which reached this node at `here`.
+    fn answer(&self, req: PeerRequest, here: IpAddr) -> PeerReply {
         let cfg = &self.cfg;
         match req {
-            PeerRequest::Hello { vips } => handoff::hello(cfg, &vips),
+            PeerRequest::Hello { vips } => handoff::hello(cfg, here, &vips),
             PeerRequest::Begin { vips, until } => {
                 let begun = crate::wiring::open(cfg, Arc::new(AtomicU32::new(0))).and_then(
                     |(state, mut host)| handoff::begin(cfg, &state, &mut *host, &vips, until),
@@ -167,12 +174,58 @@ impl Supervisor {
     }
 }
 
+/// Logs refused connections without one line each: the first of an interval at once, the
+/// others as one count when the interval is over (a flood must not flood the log).
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Refusals not logged yet.
+    pending: u64,
+    logged_at: Option<tokio::time::Instant>,
+}
+
+impl Refusals {
+    fn refused(&mut self, from: SocketAddr, why: &str) {
+        let now = tokio::time::Instant::now();
+        match self.logged_at {
+            Some(at) if now.duration_since(at) < REFUSAL_LOG_INTERVAL => self.pending += 1,
+            _ => {
+                self.flush();
+                tracing::warn!(%from, "peer link: connection refused: {why}");
+                self.logged_at = Some(now);
+            }
+        }
+    }
+
+    /// Logs the count of the refusals not logged, if any.
+    fn flush(&mut self) {
+        if self.pending > 0 {
+            tracing::warn!(
+                refused = self.pending,
+                "peer link: {} more connection(s) refused in the last {} s",
+                self.pending,
+                REFUSAL_LOG_INTERVAL.as_secs()
+            );
+            self.pending = 0;
+        }
+    }
+}
+
 /// Serves the peer link on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, key: Key, returns: Arc<Returns>) {
     let peer = returns.cfg.peer.get();
     let replay = Arc::new(Mutex::new(Replay::default()));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut refusals = Refusals::default();
+    let mut tick = tokio::time::interval(REFUSAL_LOG_INTERVAL);
     loop {
-        let (stream, from) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = tick.tick() => {
+                refusals.flush();
+                continue;
+            }
+        };
+        let (stream, from) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("peer link accept: {e}");
@@ -180,15 +233,23 @@ pub async fn serve(listener: TcpListener, key: Key, returns: Arc<Returns>) {
                 continue;
             }
         };
-        if from.ip() != std::net::IpAddr::V4(peer) {
-            tracing::warn!(%from, "peer link: connection from an address that is not the peer; closed");
+        if from.ip() != IpAddr::V4(peer) {
+            refusals.refused(from, "not the peer's address");
             continue;
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refusals.refused(
+                from,
+                &format!("{MAX_CONNECTIONS} connections from the peer already open"),
+            );
+            continue;
+        };
         let (key, replay, returns) = (key.clone(), replay.clone(), returns.clone());
         tokio::spawn(async move {
             if let Err(e) = serve_one(stream, peer, &key, &replay, returns).await {
                 tracing::warn!(%from, "peer link: {e}");
             }
+            drop(slot);
         });
     }
 }
@@ -200,6 +261,7 @@ async fn serve_one(
     replay: &Mutex<Replay>,
     returns: Arc<Returns>,
 ) -> Result<(), String> {
+    let here = stream.local_addr().map_err(|e| e.to_string())?.ip();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::time::timeout(
@@ -215,13 +277,13 @@ async fn serve_one(
         .accept(key, peer, &line)
         .map_err(|e| e.to_string())?;
     tracing::info!(?req, "peer link request");
-    let reply = tokio::task::spawn_blocking(move || returns.answer(req))
+    let reply = tokio::task::spawn_blocking(move || returns.answer(req, here))
         .await
         .map_err(|e| e.to_string())?;
     let out = peerlink::reply_line(key, nonce, &reply);
-    write
-        .write_all(out.as_bytes())
+    tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(out.as_bytes()))
         .await
+        .map_err(|_| "the peer did not take the reply in time".to_string())?
         .map_err(|e| e.to_string())
 }
 

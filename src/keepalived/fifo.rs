@@ -136,6 +136,15 @@ pub enum FifoError {
         /// The error; `InvalidInput` means the path is not a FIFO.
         source: io::Error,
     },
+    /// The FIFO could be written by someone other than root (or this daemon's user): its lines
+    /// make this node accept or release the VIPs, so it is not read.
+    #[error("keepalived's notify FIFO {path} is not safe to follow: {why}")]
+    Unsafe {
+        /// The FIFO path.
+        path: PathBuf,
+        /// Who could write it.
+        why: String,
+    },
     /// Reading the open FIFO failed.
     #[error("cannot read keepalived's notify FIFO {path}: {source}")]
     Read {
@@ -184,6 +193,10 @@ pub struct NotifyFifo {
     /// Set when the last open ended in end-of-file without a single byte: wait a poll interval
     /// before reopening, so that no kernel behaviour can turn the follower into a busy loop.
     backoff: bool,
+    /// Set after an over-long line was reported: what follows up to the next newline is the
+    /// rest of that line, not a line of its own (else a writer could smuggle a notice in at the
+    /// end of a long line).
+    discarding: bool,
 }
 
 #[derive(Debug)]
@@ -209,6 +222,7 @@ impl NotifyFifo {
             open: None,
             buf: Vec::new(),
             backoff: false,
+            discarding: false,
         }
     }
 
@@ -248,12 +262,9 @@ impl NotifyFifo {
                         tokio::time::sleep(self.poll).await;
                         continue;
                     }
-                    Err(source) => {
+                    Err(e) => {
                         self.backoff = true;
-                        return Err(FifoError::Open {
-                            path: self.path.clone(),
-                            source,
-                        });
+                        return Err(e);
                     }
                 }
             };
@@ -302,7 +313,25 @@ impl NotifyFifo {
 
     /// Pops one complete line from the buffer, or reports and drops an overlong one.
     fn take_line(&mut self) -> Option<FifoEvent> {
+        if self.discarding {
+            match self.buf.iter().position(|&b| b == b'\n') {
+                Some(pos) => {
+                    self.buf.drain(..=pos);
+                    self.discarding = false;
+                }
+                None => {
+                    self.buf.clear();
+                    return None;
+                }
+            }
+        }
         if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            if pos > MAX_LINE {
+                // Complete but over-long (it arrived in one read): the same as one cut short.
+                let event = self.overlong();
+                self.buf.drain(..=pos);
+                return Some(event);
+            }
             let line: Vec<u8> = self.buf.drain(..=pos).collect();
             let event = match std::str::from_utf8(&line) {
                 Ok(text) => match FifoLine::parse(text) {
@@ -317,24 +346,47 @@ impl NotifyFifo {
             return Some(event);
         }
         if self.buf.len() > MAX_LINE {
-            let head = String::from_utf8_lossy(&self.buf[..QUOTE_MAX]).into_owned();
+            let event = self.overlong();
             self.buf.clear();
-            return Some(FifoEvent::Malformed(FifoLineError {
-                line: quoted(&head),
-                reason: format!("no newline in {MAX_LINE} bytes; dropped"),
-            }));
+            self.discarding = true;
+            return Some(event);
         }
         None
     }
 
+    fn overlong(&self) -> FifoEvent {
+        let head = String::from_utf8_lossy(&self.buf[..QUOTE_MAX]).into_owned();
+        FifoEvent::Malformed(FifoLineError {
+            line: quoted(&head),
+            reason: format!("no newline in {MAX_LINE} bytes; dropped up to the next newline"),
+        })
+    }
+
     /// Opens the path; `Ok(None)` if it does not exist (yet).
-    fn try_open(&self) -> io::Result<Option<OpenFifo>> {
+    ///
+    /// What is checked is the file opened (`fstat` on its descriptor, so a path swapped after
+    /// the check changes nothing): keepalived creates its FIFO as root with mode 0600 whatever
+    /// the umask (measured with keepalived 2.2.7), so a FIFO owned by another user, or one group
+    /// or others may write, was not made by keepalived, and any local user could make this node
+    /// accept or release the VIPs through it. Such a FIFO is refused, not only warned about:
+    /// the daemon's notify hook (`drain-agent notify`) is the fallback and needs no FIFO.
+    fn try_open(&self) -> Result<Option<OpenFifo>, FifoError> {
+        let open_err = |source| FifoError::Open {
+            path: self.path.clone(),
+            source,
+        };
         let rx = match pipe::OpenOptions::new().open_receiver(&self.path) {
             Ok(rx) => rx,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(open_err(e)),
         };
-        let st = nix::sys::stat::fstat(&rx).map_err(io::Error::from)?;
+        let st = nix::sys::stat::fstat(&rx).map_err(|e| open_err(io::Error::from(e)))?;
+        if let Some(why) = unsafe_writer(st.st_uid, st.st_mode) {
+            return Err(FifoError::Unsafe {
+                path: self.path.clone(),
+                why,
+            });
+        }
         Ok(Some(OpenFifo {
             rx,
             id: (st.st_dev, st.st_ino),
@@ -355,7 +407,31 @@ impl NotifyFifo {
     fn close(&mut self) {
         self.open = None;
         self.buf.clear();
+        self.discarding = false;
     }
+}
+
+/// Who besides root and this process's user could write a FIFO with this owner and mode, if
+/// anyone.
+fn unsafe_writer(uid: u32, mode: u32) -> Option<String> {
+    let me = nix::unistd::geteuid().as_raw();
+    if uid != 0 && uid != me {
+        return Some(format!(
+            "owned by uid {uid}, not root (keepalived creates it as root)"
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "mode {:04o} lets {} write it (keepalived creates it 0600)",
+            mode & 0o7777,
+            if mode & 0o002 != 0 {
+                "anyone"
+            } else {
+                "its group"
+            }
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -581,5 +657,157 @@ mod tests {
             next_within(&mut fifo).await,
             FifoEvent::Malformed(_)
         ));
+    }
+
+    fn new_fifo(dir: &Path, mode: u32) -> PathBuf {
+        let path = dir.join("vrrp.fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // mkfifo's mode is cut by the umask: set the one wanted explicitly.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_an_overlong_line_is_discarded_up_to_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = new_fifo(dir.path(), 0o600);
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(Duration::from_millis(20));
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+        let mut w = keepalived_like_writer(&path);
+        // The reproduction: a 20 KB line that ends like a notice, then a real one.
+        let mut long = vec![b'x'; 20 * 1024];
+        long.extend_from_slice(b"INSTANCE \"VI_9\" FAULT 100\n");
+        w.write_all(&long).unwrap();
+        w.write_all(b"INSTANCE \"VI_1\" BACKUP 100\n").unwrap();
+        let dropped = next_within(&mut fifo).await;
+        assert!(
+            matches!(&dropped, FifoEvent::Malformed(e) if e.reason.contains("dropped")),
+            "{dropped:?}"
+        );
+        assert_eq!(
+            next_within(&mut fifo).await,
+            state_line("VI_1", VrrpState::Backup, 100),
+            "the tail of the over-long line must not count as a line"
+        );
+        // The same with the tail arriving in a later write, and a line far over the limit.
+        w.write_all(&vec![b'y'; 3 * MAX_LINE]).unwrap();
+        let dropped = next_within(&mut fifo).await;
+        assert!(matches!(dropped, FifoEvent::Malformed(_)), "{dropped:?}");
+        w.write_all(b"yyy INSTANCE \"VI_9\" MASTER 100\nINSTANCE \"VI_1\" FAULT 100\n")
+            .unwrap();
+        assert_eq!(
+            next_within(&mut fifo).await,
+            state_line("VI_1", VrrpState::Fault, 100),
+            "one over-long line is reported once, and its tail is not a line"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fifo_others_could_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = new_fifo(dir.path(), 0o622);
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(Duration::from_millis(20));
+        let e = fifo.next().await.unwrap_err();
+        assert!(matches!(e, FifoError::Unsafe { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("vrrp.fifo") && text.contains("0622") && !text.contains('\n'),
+            "{text}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o620)).unwrap();
+        let e = fifo.next().await.unwrap_err().to_string();
+        assert!(e.contains("its group"), "{e}");
+        // Private again: followed.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+    }
+
+    #[tokio::test]
+    async fn a_fifo_owned_by_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "needs root to chown a FIFO"
+            );
+            eprintln!("skipped: needs root to chown a FIFO");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = new_fifo(dir.path(), 0o600);
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(Duration::from_millis(20));
+        let e = fifo.next().await.unwrap_err().to_string();
+        assert!(
+            e.contains("vrrp.fifo") && e.contains("owned by uid 65534"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_that_is_not_utf8_is_reported_and_the_next_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = new_fifo(dir.path(), 0o600);
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(Duration::from_millis(20));
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+        let mut w = keepalived_like_writer(&path);
+        w.write_all(b"INSTANCE \"VI_\xff\" MASTER 100\nINSTANCE \"VI_1\" MASTER 100\n")
+            .unwrap();
+        let bad = next_within(&mut fifo).await;
+        assert!(
+            matches!(&bad, FifoEvent::Malformed(e) if e.reason == "not UTF-8" && e.line.contains("VI_")),
+            "{bad:?}"
+        );
+        assert_eq!(
+            next_within(&mut fifo).await,
+            state_line("VI_1", VrrpState::Master, 100)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_open_and_close_is_followed_by_a_back_off_before_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = new_fifo(dir.path(), 0o600);
+        let poll = Duration::from_millis(300);
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(poll);
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+        // A writer that attaches and leaves without a byte: end-of-file with no data.
+        drop(keepalived_like_writer(&path));
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Closed);
+        let closed = std::time::Instant::now();
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Opened);
+        assert!(
+            closed.elapsed() >= poll,
+            "reopened {:?} after an empty EOF, before the back-off of {poll:?}",
+            closed.elapsed()
+        );
+        // After an open that delivered data, EOF reopens at once: nothing to back off from.
+        let mut w = keepalived_like_writer(&path);
+        w.write_all(b"INSTANCE \"VI_1\" BACKUP 100\n").unwrap();
+        assert_eq!(
+            next_within(&mut fifo).await,
+            state_line("VI_1", VrrpState::Backup, 100)
+        );
+        drop(w);
+        assert_eq!(next_within(&mut fifo).await, FifoEvent::Closed);
+        assert!(!fifo.backoff);
+    }
+
+    #[tokio::test]
+    async fn an_unopenable_path_is_retried_only_after_the_poll_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-fifo");
+        fs::write(&path, "").unwrap();
+        let poll = Duration::from_millis(300);
+        let mut fifo = NotifyFifo::new(&path).with_poll_interval(poll);
+        assert!(fifo.next().await.is_err());
+        let first = std::time::Instant::now();
+        assert!(fifo.next().await.is_err());
+        assert!(
+            first.elapsed() >= poll,
+            "retried after {:?}",
+            first.elapsed()
+        );
     }
 }

@@ -107,11 +107,13 @@ pub enum PeerReply {
     },
 }
 
-/// Answers [`PeerRequest::Hello`]: whether this node could serve `from`'s hand-off.
-pub fn hello(cfg: &Config, vips: &[VipPorts]) -> PeerReply {
+/// Answers [`PeerRequest::Hello`]: whether this node could serve `from`'s hand-off. `here` is
+/// the address the question reached (this node's, as the asker sees it); the reply names it,
+/// not `cfg.peer`, which on this node is the asker.
+pub fn hello(cfg: &Config, here: std::net::IpAddr, vips: &[VipPorts]) -> PeerReply {
     match same_vips(cfg, vips) {
         Ok(()) => PeerReply::Ok {
-            detail: format!("agent on {} ready for a hand-off", cfg.peer.get()),
+            detail: format!("agent on {here} ready for a hand-off"),
         },
         Err(reason) => PeerReply::Refused { reason },
     }
@@ -432,6 +434,24 @@ pub fn ask_end(h: &mut dyn Host) -> Result<String, String> {
             Ok(PeerReply::Refused { reason }) => return Err(reason),
             Err(e) if h.now() >= until => return Err(e.to_string()),
             Err(_) => h.sleep(END_RETRY_EVERY),
+        }
+    }
+}
+
+#[cfg(test)]
+mod hello_tests {
+    use super::*;
+
+    #[test]
+    fn hello_names_the_node_answering_not_its_peer() {
+        let cfg = crate::ops::fake::test_config("80", "");
+        let here: std::net::IpAddr = "198.18.0.11".parse().unwrap();
+        match hello(&cfg, here, &VipPorts::of(&cfg)) {
+            PeerReply::Ok { detail } => assert!(
+                detail.contains("198.18.0.11") && !detail.contains(&cfg.peer.get().to_string()),
+                "{detail}"
+            ),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `path`'s directory (`.` for a bare name) and file name; an error for a path that names no
 /// file (`/`, `..`).
@@ -27,21 +27,19 @@ pub fn dir_and_name(path: &Path) -> io::Result<(&Path, &OsStr)> {
     Ok((dir, name))
 }
 
+/// How many temporary names are tried before giving up (each is random, so a clash means
+/// someone is creating files in the directory on purpose).
+const TMP_TRIES: usize = 8;
+
 /// Replaces `path`'s content with `bytes` atomically; the file gets `mode` if it is created.
+///
+/// The temporary file has a random name and is created with `O_EXCL` (`create_new`): a name
+/// known in advance (it was `.NAME.PID.tmp`) lets whoever can write the directory plant a file
+/// or symlink there first, and a file that already exists is never written through.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let (dir, name) = dir_and_name(path)?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    let (tmp, mut f) = create_temporary(dir, name, mode)?;
     let result = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -52,6 +50,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates a new file `.NAME.RANDOM.tmp` in `dir`, never opening one that exists.
+fn create_temporary(dir: &Path, name: &OsStr, mode: u32) -> io::Result<(PathBuf, File)> {
+    let mut last = None;
+    for _ in 0..TMP_TRIES {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{:016x}.tmp", random_u64()?));
+        let tmp = dir.join(tmp_name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
+}
+
+fn random_u64() -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    // getrandom(2) cannot fail once the pool is initialised, which it is long before a
+    // service starts; a short read is reported rather than used.
+    // SAFETY: the pointer and length describe `b`, which outlives the call.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(b))
 }
 
 #[cfg(test)]
@@ -73,5 +106,33 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(write_atomic(&dir.path().join("missing/f"), b"x", 0o600).is_err());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_file_planted_at_the_old_temporary_name_is_neither_followed_nor_in_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drain-journal.json");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        // The name write_atomic used to use, predictable from the pid.
+        let planted = dir
+            .path()
+            .join(format!(".drain-journal.json.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomic(&path, b"[]", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"[]");
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert!(fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn temporary_names_are_not_predictable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = create_temporary(dir.path(), OsStr::new("f"), 0o600).unwrap();
+        let (b, _) = create_temporary(dir.path(), OsStr::new("f"), 0o600).unwrap();
+        assert_ne!(a, b);
     }
 }

@@ -28,6 +28,8 @@ use sha2::Sha256;
 
 /// The shortest key accepted, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
+/// The longest key file read: HMAC hashes longer keys down anyway, so more is a wrong path.
+pub const MAX_KEY_BYTES: u64 = 4096;
 /// How far a request's timestamp may be from the receiver's clock.
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
 /// Longest line accepted either way.
@@ -70,21 +72,55 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
-    /// Reads the key file: at least [`MIN_KEY_BYTES`], and readable by its owner only (a key
-    /// others can read authenticates nothing).
+    /// Reads the key file: a regular file (not through a symlink) owned by root or this
+    /// process's user, readable by its owner only (a key others can read or replace
+    /// authenticates nothing), of at least [`MIN_KEY_BYTES`].
+    ///
+    /// The file is opened once and everything is checked on that descriptor (`fstat`, then
+    /// `read`), so it cannot be swapped between the check and the read. `O_NONBLOCK` keeps a
+    /// FIFO put in its place from blocking the open; it is then refused as not a regular file.
     pub fn load(path: &Path) -> Result<Key, LinkError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let err = |why: String| LinkError::Key {
             path: path.to_path_buf(),
             why,
         };
-        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => err(
+                    "is a symbolic link; name the key file itself (a link can be repointed)".into(),
+                ),
+                _ => err(e.to_string()),
+            })?;
+        let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+        if !meta.file_type().is_file() {
+            return Err(err("not a regular file".into()));
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(err(format!(
+                "owned by uid {}, who could change it; chown root",
+                meta.uid()
+            )));
+        }
         if meta.mode() & 0o077 != 0 {
             return Err(err(format!(
                 "mode {:04o} lets others read it; chmod 600",
                 meta.mode() & 0o7777
             )));
         }
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_KEY_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| err(e.to_string()))?;
+        if bytes.len() as u64 > MAX_KEY_BYTES {
+            return Err(err(format!(
+                "longer than {MAX_KEY_BYTES} bytes; not a key file"
+            )));
+        }
         if bytes.len() < MIN_KEY_BYTES {
             return Err(err(format!(
                 "{} bytes; at least {MIN_KEY_BYTES} are needed (e.g. head -c 32 /dev/urandom)",
@@ -200,6 +236,22 @@ pub fn call<Req: Serialize, Rep: DeserializeOwned>(
     body: &Req,
     timeout: Duration,
 ) -> Result<Rep, LinkError> {
+    let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
+        .map_err(|source| LinkError::Io { addr: to, source })?;
+    call_on(stream, key, from, body, timeout)
+}
+
+/// [`call`] on a connection already made (from a chosen source address, say).
+pub fn call_on<Req: Serialize, Rep: DeserializeOwned>(
+    stream: TcpStream,
+    key: &Key,
+    from: Ipv4Addr,
+    body: &Req,
+    timeout: Duration,
+) -> Result<Rep, LinkError> {
+    let to = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let io = |source| LinkError::Io { addr: to, source };
     let nonce = nonce().map_err(io)?;
     let line = key.seal(&RequestPayload {
@@ -208,7 +260,7 @@ pub fn call<Req: Serialize, Rep: DeserializeOwned>(
         nonce: nonce.clone(),
         body,
     });
-    let mut stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map_err(io)?;
+    let mut stream = stream;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     stream.write_all(line.as_bytes()).map_err(io)?;
@@ -222,21 +274,76 @@ pub fn call<Req: Serialize, Rep: DeserializeOwned>(
     Ok(reply.body)
 }
 
+/// A nonce is 16 random bytes in lowercase hex, exactly; anything else is refused before it
+/// is looked up or stored, so the replay memory holds at most this much per request.
+pub const NONCE_HEX_LEN: usize = 32;
+/// The most nonces remembered. Requests are a handful per hand-off; a window of
+/// 2 × [`MAX_SKEW`] holding this many means a flood, and the next request is refused rather
+/// than a nonce forgotten early (which would let its request be replayed).
+pub const MAX_SEEN: usize = 4096;
+
 /// The receiving side's memory of nonces, so a recorded request cannot be played again.
-#[derive(Debug, Default)]
+///
+/// Across a restart the memory is gone, so a request stamped before this memory was made is
+/// refused: it may be one recorded before the restart. That closes replay across restarts
+/// without a file to fsync on every request (and to trust after a crash); the price is that for
+/// as long as the peer's clock is behind this node's, requests sent just after a restart are
+/// refused until its clock passes the start, and the sender's retries cover that.
+#[derive(Debug)]
 pub struct Replay {
     seen: HashMap<String, u64>,
+    /// Unix ms when this memory started: the earliest stamp accepted.
+    since_ms: u64,
+}
+
+impl Default for Replay {
+    fn default() -> Replay {
+        Replay::since(unix_ms())
+    }
 }
 
 impl Replay {
+    /// A memory that accepts requests stamped at `since_ms` or later.
+    pub fn since(since_ms: u64) -> Replay {
+        Replay {
+            seen: HashMap::new(),
+            since_ms,
+        }
+    }
+
+    /// How many nonces are remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// True if no nonce is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
     /// Opens and checks one request line from `peer_addr` (the connection's source): MAC, sender,
-    /// clock skew, and a nonce not seen before. Returns the body and the line to reply with.
+    /// nonce format, clock skew, the daemon's start, and a nonce not seen before. Returns the
+    /// body and the nonce to reply with.
     pub fn accept<Req: DeserializeOwned>(
         &mut self,
         key: &Key,
         expected: Ipv4Addr,
         line: &str,
     ) -> Result<(Req, String), LinkError> {
+        self.accept_at(unix_ms(), key, expected, line)
+    }
+
+    fn accept_at<Req: DeserializeOwned>(
+        &mut self,
+        now: u64,
+        key: &Key,
+        expected: Ipv4Addr,
+        line: &str,
+    ) -> Result<(Req, String), LinkError> {
+        let skew = MAX_SKEW.as_millis() as u64;
+        // Pruned on every request, refused ones too, so the memory shrinks back after a burst
+        // whatever comes next.
+        self.seen.retain(|_, ts| *ts + 2 * skew >= now);
         let p: RequestPayload<Req> = key.open(line)?;
         if p.from != expected {
             return Err(LinkError::Protocol(format!(
@@ -244,8 +351,17 @@ impl Replay {
                 p.from
             )));
         }
-        let now = unix_ms();
-        let skew = MAX_SKEW.as_millis() as u64;
+        if p.nonce.len() != NONCE_HEX_LEN
+            || !p
+                .nonce
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(LinkError::Protocol(format!(
+                "the nonce is {} bytes, not {NONCE_HEX_LEN} lowercase hex digits",
+                p.nonce.len()
+            )));
+        }
         if p.ts_ms + skew < now || p.ts_ms > now + skew {
             return Err(LinkError::Protocol(format!(
                 "request timestamp is {} ms away from this node's clock (more than {} s: replayed, or the clocks differ)",
@@ -253,12 +369,24 @@ impl Replay {
                 MAX_SKEW.as_secs()
             )));
         }
-        self.seen.retain(|_, ts| *ts + 2 * skew >= now);
-        if self.seen.insert(p.nonce.clone(), p.ts_ms).is_some() {
+        if p.ts_ms < self.since_ms {
+            return Err(LinkError::Protocol(format!(
+                "request stamped {} ms before this agent started (replayed from before a restart, or the peer's clock is behind); retry",
+                self.since_ms - p.ts_ms
+            )));
+        }
+        if self.seen.contains_key(&p.nonce) {
             return Err(LinkError::Protocol(
                 "request replayed (nonce seen before)".into(),
             ));
         }
+        if self.seen.len() >= MAX_SEEN {
+            return Err(LinkError::Protocol(format!(
+                "{MAX_SEEN} requests within {} s; refused until older ones expire",
+                2 * MAX_SKEW.as_secs()
+            )));
+        }
+        self.seen.insert(p.nonce.clone(), p.ts_ms);
         Ok((p.body, p.nonce))
     }
 }
@@ -278,6 +406,90 @@ mod tests {
 
     const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
 
+    /// A well-formed nonce, distinct for each `i`.
+    fn n(i: u64) -> String {
+        format!("{i:032x}")
+    }
+
+    /// A fixed "now" for the tests that drive the clock.
+    const T: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_nonce_that_is_not_16_bytes_of_hex_is_refused_and_not_stored() {
+        let mut r = Replay::since(T);
+        let bad_nonces = [
+            "a".repeat(60 * 1024),
+            "ab".to_string(),
+            "A".repeat(NONCE_HEX_LEN),
+            n(1)[1..].to_string(),
+            format!("{}g", &n(1)[1..]),
+        ];
+        for bad in bad_nonces {
+            let line = request("begin", A, T, &bad, &key());
+            let e = r.accept_at::<String>(T, &key(), A, &line).unwrap_err();
+            assert!(e.to_string().contains("nonce"), "{e}");
+            assert!(r.is_empty(), "a refused nonce is not remembered");
+        }
+        let line = request("begin", A, T, &n(1), &key());
+        assert!(r.accept_at::<String>(T, &key(), A, &line).is_ok());
+    }
+
+    #[test]
+    fn the_memory_is_pruned_on_every_request_even_a_refused_one() {
+        let mut r = Replay::since(T);
+        for i in 0..10 {
+            let line = request("begin", A, T, &n(i), &key());
+            r.accept_at::<String>(T, &key(), A, &line).unwrap();
+        }
+        assert_eq!(r.len(), 10);
+        let later = T + 3 * MAX_SKEW.as_millis() as u64;
+        assert!(r
+            .accept_at::<String>(later, &key(), A, "not even an envelope")
+            .is_err());
+        assert!(r.is_empty(), "expired nonces dropped by a refused request");
+    }
+
+    #[test]
+    fn the_memory_is_bounded_by_refusing_not_by_forgetting() {
+        let mut r = Replay::since(T);
+        for i in 0..MAX_SEEN as u64 {
+            let line = request("begin", A, T, &n(i), &key());
+            r.accept_at::<String>(T, &key(), A, &line).unwrap();
+        }
+        let line = request("begin", A, T, &n(MAX_SEEN as u64), &key());
+        let e = r.accept_at::<String>(T, &key(), A, &line).unwrap_err();
+        assert!(
+            e.to_string().contains("refused until older ones expire"),
+            "{e}"
+        );
+        assert_eq!(r.len(), MAX_SEEN);
+        // The first is still remembered: its replay is refused, not accepted.
+        let first = request("begin", A, T, &n(0), &key());
+        let e = r.accept_at::<String>(T, &key(), A, &first).unwrap_err();
+        assert!(e.to_string().contains("replayed"), "{e}");
+    }
+
+    #[test]
+    fn a_request_stamped_before_the_daemon_started_is_refused() {
+        // Recorded 5 s before a restart, replayed 1 s after it: inside the skew window, and the
+        // new memory has not seen the nonce.
+        let recorded = request("end", A, T - 5_000, &n(7), &key());
+        let mut before_restart = Replay::since(T - 60_000);
+        assert!(before_restart
+            .accept_at::<String>(T - 5_000, &key(), A, &recorded)
+            .is_ok());
+        let mut after_restart = Replay::since(T);
+        let e = after_restart
+            .accept_at::<String>(T + 1_000, &key(), A, &recorded)
+            .unwrap_err();
+        assert!(e.to_string().contains("before this agent started"), "{e}");
+        // A fresh request after the start is accepted.
+        let fresh = request("end", A, T + 1_000, &n(8), &key());
+        assert!(after_restart
+            .accept_at::<String>(T + 1_000, &key(), A, &fresh)
+            .is_ok());
+    }
+
     fn request(body: &str, from: Ipv4Addr, ts_ms: u64, nonce: &str, k: &Key) -> String {
         k.seal(&RequestPayload {
             from,
@@ -290,9 +502,9 @@ mod tests {
     #[test]
     fn a_request_is_accepted_once_and_only_as_sent() {
         let mut r = Replay::default();
-        let line = request("begin", A, unix_ms(), "n1", &key());
+        let line = request("begin", A, unix_ms(), &n(1), &key());
         let (body, nonce): (String, String) = r.accept(&key(), A, &line).unwrap();
-        assert_eq!((body.as_str(), nonce.as_str()), ("begin", "n1"));
+        assert_eq!((body.as_str(), nonce.as_str()), ("begin", n(1).as_str()));
         // The same line again is a replay.
         let again = r.accept::<String>(&key(), A, &line).unwrap_err();
         assert!(again.to_string().contains("replayed"), "{again}");
@@ -301,19 +513,19 @@ mod tests {
         let e = r.accept::<String>(&key(), A, &tampered).unwrap_err();
         assert!(e.to_string().contains("authentication failed"), "{e}");
         // Another key: refused.
-        let other = request("begin", A, unix_ms(), "n2", &Key::from_bytes(&[8u8; 32]));
+        let other = request("begin", A, unix_ms(), &n(2), &Key::from_bytes(&[8u8; 32]));
         assert!(r.accept::<String>(&key(), A, &other).is_err());
         // Signed by the right key, but as from another node.
         let elsewhere = request(
             "begin",
             Ipv4Addr::new(198, 18, 0, 99),
             unix_ms(),
-            "n3",
+            &n(3),
             &key(),
         );
         assert!(r.accept::<String>(&key(), A, &elsewhere).is_err());
         // Too old.
-        let old = request("begin", A, unix_ms() - 60_000, "n4", &key());
+        let old = request("begin", A, unix_ms() - 60_000, &n(4), &key());
         let e = r.accept::<String>(&key(), A, &old).unwrap_err();
         assert!(e.to_string().contains("clock"), "{e}");
     }
@@ -346,5 +558,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn a_symlinked_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.key");
+        std::fs::write(&real, [1u8; 32]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(Key::load(&real).is_ok());
+        let e = Key::load(&link).unwrap_err().to_string();
+        assert!(
+            e.contains("link.key") && e.contains("symbolic link") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_file_owned_by_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "needs root to chown a key file"
+            );
+            eprintln!("skipped: needs root to chown a key file");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, [1u8; 32]).unwrap();
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let e = Key::load(&path).unwrap_err().to_string();
+        assert!(e.contains("/k:") && e.contains("uid 65534"), "{e}");
+    }
+
+    #[test]
+    fn a_key_path_that_is_not_a_regular_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("k.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = Key::load(&fifo).unwrap_err().to_string();
+        assert!(
+            e.contains("k.fifo") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let e = Key::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

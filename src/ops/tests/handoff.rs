@@ -383,7 +383,7 @@ fn the_peer_refuses_a_hand_off_for_other_vips() {
     assert!(refused.contains("different VIPs"), "{refused}");
     assert!(h.call_log().is_empty());
     assert!(matches!(
-        handoff::hello(&cfg, &vips),
+        handoff::hello(&cfg, "198.18.0.12".parse().unwrap(), &vips),
         handoff::PeerReply::Refused { .. }
     ));
     let _ = PeerRequest::End;
