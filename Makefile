@@ -3,7 +3,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all deps build deb demo test test-unit lint bench clean-lab
+.PHONY: all deps build deb demo test test-unit golden lint bench clean-lab
 
 all: build
 
@@ -33,6 +33,12 @@ test: deps
 
 test-unit:
 	$(CARGO) test --workspace --lib --bins
+
+## Rewrites tests/golden/ from the planner's current output (the only way they change; refused
+## under CI=true), then shows what changed: review the diff before committing it.
+golden:
+	UPDATE_GOLDEN=1 $(CARGO) test --release -p drain-agent --lib plan::tests::golden
+	git diff --stat -- tests/golden
 
 lint:
 	$(CARGO) fmt --all -- --check
