@@ -236,6 +236,16 @@ impl FakeHost {
             .map(|(t, _)| *t)
     }
 
+    /// Where the first call starting with `what` is in the call log (firewall calls included).
+    /// Panics naming the call when it never happened: an order check on `Option` positions would
+    /// pass on a missing step, since `Some(_) > None`.
+    pub fn call_index(&self, what: &str) -> usize {
+        let log = self.calls.borrow();
+        log.iter()
+            .position(|c| c.starts_with(what))
+            .unwrap_or_else(|| panic!("no call {what:?} in {log:?}"))
+    }
+
     /// Every call so far.
     pub fn call_log(&self) -> Vec<String> {
         self.calls.borrow().clone()

@@ -90,9 +90,10 @@ fn hands_off_at_once_and_waits_for_its_connections_longer_than_a_drain_would() {
     };
     // The peer's return path first, then the divert, then the VIP accepted here, then the
     // failover at once (no drain wait), and the end only after the last connection.
-    let begin = log.iter().position(|c| c == "peer-agent begin").unwrap();
-    let install = log.iter().position(|c| c == "restore install").unwrap();
-    assert!(begin < install, "{log:?}");
+    assert!(
+        r.h.call_index("peer-agent begin") < r.h.call_index("restore install"),
+        "{log:?}"
+    );
     assert!(at("route 198.18.0.100 true") <= at("link trk0 down"));
     assert!(
         at("link trk0 down") < S(1),
@@ -386,5 +387,60 @@ fn the_peer_refuses_a_hand_off_for_other_vips() {
         handoff::hello(&cfg, &vips),
         handoff::PeerReply::Refused { .. }
     ));
-    let _ = PeerRequest::End;
+}
+
+/// The peer link's messages as they travel: during an upgrade the two nodes run different
+/// builds, so a renamed tag or field would break every hand-off between them.
+#[test]
+fn peer_link_messages_keep_their_wire_format() {
+    let vips = vec![VipPorts {
+        vip: std::net::Ipv4Addr::new(198, 18, 0, 100),
+        ports: vec![80, 7],
+    }];
+    let wire_vips = serde_json::json!([{"vip": "198.18.0.100", "ports": [80, 7]}]);
+    let requests = [
+        (
+            PeerRequest::Hello { vips: vips.clone() },
+            serde_json::json!({"op": "hello", "vips": wire_vips}),
+        ),
+        (
+            PeerRequest::Begin { vips, until: 1234 },
+            serde_json::json!({"op": "begin", "vips": wire_vips, "until": 1234}),
+        ),
+        (PeerRequest::End, serde_json::json!({"op": "end"})),
+        (
+            PeerRequest::Failback {
+                mode: crate::config::DrainMode::Handoff,
+            },
+            serde_json::json!({"op": "failback", "mode": "handoff"}),
+        ),
+    ];
+    for (request, wire) in requests {
+        assert_eq!(serde_json::to_value(&request).unwrap(), wire);
+        assert_eq!(
+            serde_json::from_value::<PeerRequest>(wire).unwrap(),
+            request
+        );
+    }
+    let replies = [
+        (
+            handoff::PeerReply::Ok {
+                detail: "return path installed".into(),
+            },
+            serde_json::json!({"reply": "ok", "detail": "return path installed"}),
+        ),
+        (
+            handoff::PeerReply::Refused {
+                reason: "busy".into(),
+            },
+            serde_json::json!({"reply": "refused", "reason": "busy"}),
+        ),
+    ];
+    for (reply, wire) in replies {
+        assert_eq!(serde_json::to_value(&reply).unwrap(), wire);
+        assert_eq!(
+            serde_json::from_value::<handoff::PeerReply>(wire).unwrap(),
+            reply
+        );
+    }
 }

@@ -157,9 +157,10 @@ fn off_with_failback_undrains_first_then_asks_the_peer_to_drain_itself() {
     .unwrap();
     assert_eq!(off.failed_back.as_deref(), Some("failback done"));
     let log = h.call_log();
-    let up = log.iter().position(|c| c == "link trk0 up").unwrap();
-    let asked = log.iter().position(|c| c == "peer-agent failback").unwrap();
-    assert!(up < asked, "{log:?}");
+    assert!(
+        h.call_index("link trk0 up") < h.call_index("peer-agent failback"),
+        "{log:?}"
+    );
     assert!(events.iter().any(|e| matches!(e, Event::FailedBack { .. })));
 }
 
