@@ -141,6 +141,8 @@ pub struct FakeHost {
 pub struct FakePeerAgent {
     /// Does not answer at all (not running, wrong key, network).
     pub down: bool,
+    /// Does not answer before this time (its agent restarting).
+    pub down_until: Option<Duration>,
     /// Answers every request with this refusal.
     pub refuse: Option<String>,
 }
@@ -378,7 +380,8 @@ impl Host for FakeHost {
         };
         self.call(format!("peer-agent {op}"));
         self.advance(Duration::from_millis(2));
-        if self.peer_agent.down || !self.peer_alive() {
+        let restarting = self.peer_agent.down_until.is_some_and(|t| self.t() < t);
+        if self.peer_agent.down || restarting || !self.peer_alive() {
             return Err(HostError::other("peer link", "connection refused"));
         }
         Ok(match &self.peer_agent.refuse {

@@ -444,3 +444,49 @@ fn peer_link_messages_keep_their_wire_format() {
         );
     }
 }
+
+#[test]
+fn ask_end_retries_while_the_peers_agent_restarts_and_stops_at_a_refusal() {
+    let ends = |h: &FakeHost| {
+        h.call_log()
+            .iter()
+            .filter(|c| *c == "peer-agent end")
+            .count()
+    };
+    // The agent answers again 3 s in: the end gets through.
+    let mut h = FakeHost::new();
+    h.peer_agent.down_until = Some(S(3));
+    assert_eq!(handoff::ask_end(&mut h), Ok("end done".into()));
+    assert!(ends(&h) > 1, "{:?}", h.call_log());
+    assert!(h.t() >= S(3));
+    // It never answers: the last error, once END_RETRY_FOR has passed and not before.
+    let mut h = FakeHost::new();
+    h.peer_agent.down = true;
+    let e = handoff::ask_end(&mut h).unwrap_err();
+    assert!(e.contains("connection refused"), "{e}");
+    assert!(h.t() >= handoff::END_RETRY_FOR, "gave up at {:?}", h.t());
+    assert!(ends(&h) > 1);
+    // A refusal is an answer: not asked again.
+    let mut h = FakeHost::new();
+    h.peer_agent.refuse = Some("no return path here".into());
+    assert_eq!(handoff::ask_end(&mut h), Err("no return path here".into()));
+    assert_eq!(ends(&h), 1);
+}
+
+#[test]
+fn the_peer_refuses_a_hand_off_while_another_operation_holds_the_lock() {
+    let (cfg, _dir, state, mut h) = peer_side();
+    // flock locks conflict between open files, so a lock taken here is "another process's".
+    let held = state.lock().unwrap();
+    let until = h.unix_now() + 100;
+    let e = handoff::begin(&cfg, &state, &mut h, &VipPorts::of(&cfg), until).unwrap_err();
+    assert_eq!(e.exit_code(), exit::BUSY, "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("pid {}", std::process::id())),
+        "names the holder: {e}"
+    );
+    assert!(h.call_log().is_empty(), "{:?}", h.call_log());
+    assert!(state.return_journal().unwrap().is_empty());
+    drop(held);
+}

@@ -2,6 +2,7 @@
 
 mod drain;
 mod handoff;
+mod lock;
 mod maintenance;
 
 use crate::ops::Event;
