@@ -3,7 +3,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all deps build deb demo test test-unit lint bench clean-lab
+.PHONY: all deps build deb demo test test-unit golden fuzz lint bench clean-lab
 
 all: build
 
@@ -33,6 +33,18 @@ test: deps
 
 test-unit:
 	$(CARGO) test --workspace --lib --bins
+
+## Rewrites tests/golden/ from the planner's current output (the only way they change; refused
+## under CI=true), then shows what changed: review the diff before committing it.
+golden:
+	UPDATE_GOLDEN=1 $(CARGO) test --release -p drain-agent --lib plan::tests::golden
+	git diff --stat -- tests/golden
+
+## Property tests of every parser of outside input (tests/parsers_prop.rs), a million cases each
+## (the normal suite runs 256); prints each parser's count and time. FUZZ_CASES overrides.
+FUZZ_CASES ?= 1000000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p drain-agent --test parsers_prop -- --nocapture --test-threads=1
 
 lint:
 	$(CARGO) fmt --all -- --check

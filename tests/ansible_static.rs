@@ -71,7 +71,44 @@ fn the_module_logic_passes_its_unit_tests() {
     }
     let py = ansible_python();
     let text = assert_success(&[&py, "-m", "unittest", "discover", "-s", "tests", "-v"]);
-    assert!(text.contains("OK"), "{text}");
+    // unittest (3.11) also says OK after "Ran 0 tests": the count must be every test written.
+    let ran: usize = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no \"Ran N tests\" line:\n{text}"));
+    let written = python_tests_written();
+    assert!(written > 0, "no test_ methods found in ansible/tests");
+    assert_eq!(ran, written, "tests ran vs test_ methods written:\n{text}");
+    assert_eq!(
+        text.lines().rev().find(|l| !l.trim().is_empty()),
+        Some("OK"),
+        "not a plain OK (a skip or failure):\n{text}"
+    );
+}
+
+/// The `def test_…` methods in ansible/tests/test_*.py, counted from the source, so a discovery
+/// that finds fewer of them (a renamed file, a class that is no longer a TestCase) fails.
+fn python_tests_written() -> usize {
+    let dir = ansible_dir().join("tests");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("test_") && name.ends_with(".py") {
+            n += std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .filter(|l| l.trim_start().starts_with("def test_"))
+                .count();
+        }
+    }
+    n
 }
 
 #[test]

@@ -23,6 +23,22 @@ use tokio::sync::oneshot;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound for anything a test waits for; never reached when things work.
 const PATIENCE: Duration = Duration::from_secs(20);
+/// How long the `UntilClientGone` handler keeps sending: well inside `PATIENCE`, so a handler
+/// that never learns its client left still reports (and fails the test) before the test gives up.
+const HANDLER_PATIENCE: Duration = Duration::from_secs(10);
+
+/// What the `UntilClientGone` handler observed. It goes to the test thread because a check on the
+/// server's blocking thread cannot fail the test: its panic becomes an error reply to a client
+/// that has already left.
+#[derive(Debug)]
+struct GoneReport {
+    /// Events the sink accepted before refusing one.
+    accepted: usize,
+    /// The sink refused an event (the loop did not just run out of time).
+    send_refused: bool,
+    /// `client_connected()` after the refusal.
+    connected_after: bool,
+}
 
 /// What the fake handler does for a drain.
 #[derive(Clone)]
@@ -31,8 +47,9 @@ enum DrainScript {
     Events(Vec<Value>),
     /// Send event 1, wait until the test says the client saw it, send event 2.
     Lockstep(Arc<Mutex<std::sync::mpsc::Receiver<()>>>),
-    /// Send events until the client is gone (bounded), then report how many were accepted.
-    UntilClientGone(Arc<Mutex<Option<usize>>>),
+    /// Send events until the client is gone (bounded by `HANDLER_PATIENCE`), then send what it
+    /// saw to the test.
+    UntilClientGone(tokio::sync::mpsc::UnboundedSender<GoneReport>),
     /// Take this long.
     Sleep(Duration),
 }
@@ -85,16 +102,22 @@ impl Handler for FakeHandler {
                 }
                 DrainScript::UntilClientGone(report) => {
                     let mut accepted = 0;
+                    let mut send_refused = false;
                     let start = std::time::Instant::now();
-                    while start.elapsed() < PATIENCE {
+                    while start.elapsed() < HANDLER_PATIENCE {
                         if !events.send(json!({"tick": accepted})) {
+                            send_refused = true;
                             break;
                         }
                         accepted += 1;
+                        // Paces the events; not an ordering wait (the loop ends on the refusal).
                         std::thread::sleep(Duration::from_millis(5));
                     }
-                    *report.lock().unwrap() = Some(accepted);
-                    assert!(!events.client_connected());
+                    let _ = report.send(GoneReport {
+                        accepted,
+                        send_refused,
+                        connected_after: events.client_connected(),
+                    });
                     Outcome::ok(json!({"accepted": accepted}))
                 }
                 DrainScript::Sleep(d) => {
@@ -244,8 +267,8 @@ async fn a_handler_learns_that_its_client_left_and_finishes() {
     if !require_root("a_handler_learns_that_its_client_left_and_finishes") {
         return;
     }
-    let report = Arc::new(Mutex::new(None));
-    let handler = FakeHandler::new(DrainScript::UntilClientGone(report.clone()));
+    let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let handler = FakeHandler::new(DrainScript::UntilClientGone(report));
     let mut server = TestServer::start(handler);
     // A client that sends a drain, reads one event and hangs up.
     let mut s = StdUnixStream::connect(&server.path).unwrap();
@@ -254,14 +277,20 @@ async fn a_handler_learns_that_its_client_left_and_finishes() {
     BufReader::new(&s).read_line(&mut first).unwrap();
     assert!(first.starts_with("{\"event\":"), "{first}");
     drop(s);
-    let start = std::time::Instant::now();
-    while report.lock().unwrap().is_none() {
-        assert!(
-            start.elapsed() < PATIENCE,
-            "the handler never saw the client leave"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let seen = tokio::time::timeout(PATIENCE, reports.recv())
+        .await
+        .expect("the handler never finished")
+        .expect("the handler dropped its report");
+    assert!(
+        seen.send_refused,
+        "the event sink kept accepting for {HANDLER_PATIENCE:?} after the client left: {seen:?}"
+    );
+    assert!(
+        !seen.connected_after,
+        "the sink refused an event but still says the client is connected: {seen:?}"
+    );
+    // The client read one event before leaving, so the sink took at least that one.
+    assert!(seen.accepted >= 1, "{seen:?}");
     server.shutdown().await;
 }
 

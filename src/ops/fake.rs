@@ -141,6 +141,8 @@ pub struct FakeHost {
 pub struct FakePeerAgent {
     /// Does not answer at all (not running, wrong key, network).
     pub down: bool,
+    /// Does not answer before this time (its agent restarting).
+    pub down_until: Option<Duration>,
     /// Answers every request with this refusal.
     pub refuse: Option<String>,
 }
@@ -234,6 +236,16 @@ impl FakeHost {
             .iter()
             .find(|(_, c)| c.starts_with(what))
             .map(|(t, _)| *t)
+    }
+
+    /// Where the first call starting with `what` is in the call log (firewall calls included).
+    /// Panics naming the call when it never happened: an order check on `Option` positions would
+    /// pass on a missing step, since `Some(_) > None`.
+    pub fn call_index(&self, what: &str) -> usize {
+        let log = self.calls.borrow();
+        log.iter()
+            .position(|c| c.starts_with(what))
+            .unwrap_or_else(|| panic!("no call {what:?} in {log:?}"))
     }
 
     /// Every call so far.
@@ -368,7 +380,8 @@ impl Host for FakeHost {
         };
         self.call(format!("peer-agent {op}"));
         self.advance(Duration::from_millis(2));
-        if self.peer_agent.down || !self.peer_alive() {
+        let restarting = self.peer_agent.down_until.is_some_and(|t| self.t() < t);
+        if self.peer_agent.down || restarting || !self.peer_alive() {
             return Err(HostError::other("peer link", "connection refused"));
         }
         Ok(match &self.peer_agent.refuse {

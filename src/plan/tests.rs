@@ -29,28 +29,74 @@ fn golden_plan() -> DivertPlan {
     plan_from(GOLDEN_CONFIG)
 }
 
-/// Compares `actual` with tests/golden/`name`; with UPDATE_GOLDEN=1 rewrites the file instead.
+/// Compares `actual` with tests/golden/`name`; a missing golden file fails like a changed one.
+///
+/// Only `make golden` (`UPDATE_GOLDEN=1`, exactly that value) rewrites the file instead, and
+/// never under CI: there a rewrite would turn every golden test into one that cannot fail. Any
+/// other value (`0`, empty, `true`) is ignored and the text is compared, so a stray variable
+/// cannot switch the comparison off.
 fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
+    if update_golden(
+        std::env::var("UPDATE_GOLDEN").ok().as_deref(),
+        std::env::var("CI").ok().as_deref(),
+    ) {
+        std::fs::write(&path, actual)
+            .unwrap_or_else(|e| panic!("{}: cannot write: {e}", path.display()));
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
+            "{}: {e}; a new golden file is created with `make golden`",
             path.display()
         )
     });
     assert_eq!(
         actual,
         expected,
-        "{} differs; if the change is intended, rerun with UPDATE_GOLDEN=1 and review the diff",
+        "{} differs; if the change is intended, run `make golden` and review the diff",
         path.display()
     );
+}
+
+/// Whether `golden` rewrites instead of comparing, from `UPDATE_GOLDEN` and `CI`; panics when a
+/// rewrite is asked for under CI (the CI values are the lab's: `true` or `1`).
+fn update_golden(update: Option<&str>, ci: Option<&str>) -> bool {
+    if update != Some("1") {
+        return false;
+    }
+    assert!(
+        !matches!(ci, Some("true" | "1")),
+        "UPDATE_GOLDEN=1 under CI={}: golden files are regenerated only by hand (`make golden`)",
+        ci.unwrap_or_default()
+    );
+    true
+}
+
+#[test]
+fn only_update_golden_1_outside_ci_rewrites() {
+    for ignored in [
+        None,
+        Some(""),
+        Some("0"),
+        Some("true"),
+        Some("yes"),
+        Some(" 1"),
+    ] {
+        assert!(!update_golden(ignored, None), "{ignored:?}");
+        assert!(
+            !update_golden(ignored, Some("true")),
+            "{ignored:?} under CI"
+        );
+    }
+    assert!(update_golden(Some("1"), None));
+    assert!(update_golden(Some("1"), Some("false")));
+    for ci in ["true", "1"] {
+        let refused = std::panic::catch_unwind(|| update_golden(Some("1"), Some(ci)));
+        assert!(refused.is_err(), "UPDATE_GOLDEN=1 accepted under CI={ci}");
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ use crate::journal::{Change, Journal};
 use crate::ops::divert;
 use crate::ops::drain::install;
 use crate::ops::fake::{Conn, FakeHost};
+use crate::ops::tests::event_index;
 use crate::ops::*;
 use crate::plan::DivertPlan;
 use crate::sys::firewall::{FakeOp, FirewallError};
@@ -132,11 +133,7 @@ fn drains_fails_over_and_removes_everything() {
     // Order: sets before the rules that use them; the link goes down only after the drain; the
     // divert stays until the peer owns the VIP, and only then goes.
     let c = r.host.call_log();
-    let pos = |s: &str| {
-        c.iter()
-            .position(|x| x.starts_with(s))
-            .unwrap_or_else(|| panic!("{s} not in {c:?}"))
-    };
+    let pos = |s: &str| r.host.call_index(s);
     assert!(pos("ipset create") < pos("restore install"));
     assert_eq!(
         c.iter().filter(|x| x.starts_with("ipset create")).count(),
@@ -174,7 +171,8 @@ fn divert_stays_until_peer_owns_the_vip_plus_post_wait() {
     assert!(rep.failover_ms >= 1500.0, "{rep:?}");
     assert!(rep.total_ms >= 1500.0 + 1000.0, "post_wait kept: {rep:?}");
     assert!(
-        c.iter().position(|x| x == "restore remove") > c.iter().position(|x| x == "link trk0 down")
+        r.host.call_index("link trk0 down") < r.host.call_index("restore remove"),
+        "{c:?}"
     );
 }
 
@@ -570,14 +568,8 @@ fn link_down_undrain_demotes_before_bringing_the_link_up() {
     assert!(!r.host.links["trk0"]);
     undrain(&mut r.host, &mut r.journal, &plan(), &p, false, &mut |_| {}).unwrap();
     let log = r.host.call_log();
-    let demote = log
-        .iter()
-        .position(|c| c == "track /t/track -51")
-        .expect("demoted");
-    let up = log
-        .iter()
-        .position(|c| c == "link trk0 up")
-        .expect("link up");
+    let demote = r.host.call_index("track /t/track -51");
+    let up = r.host.call_index("link trk0 up");
     assert!(
         demote < up,
         "a preempting node must be demoted before its fault clears: {log:?}"
@@ -656,16 +648,11 @@ fn a_full_record_is_reported_served_locally_then_dropped_after_the_seal() {
         "{rep:?}"
     );
     assert!(grown(&r).is_empty(), "no room to grow at capacity 1024");
-    let unrecorded = r
-        .events
-        .iter()
-        .position(|e| matches!(e, Event::Unrecorded { .. }))
-        .expect("reported while it happens");
-    let sealed = r
-        .events
-        .iter()
-        .position(|e| matches!(e, Event::Sealed { .. }))
-        .unwrap();
+    // Reported while it happens, not only in the totals.
+    let unrecorded = event_index(&r.events, "Unrecorded", |e| {
+        matches!(e, Event::Unrecorded { .. })
+    });
+    let sealed = event_index(&r.events, "Sealed", |e| matches!(e, Event::Sealed { .. }));
     assert!(unrecorded < sealed);
     assert!(matches!(
         r.events.iter().rev().find(|e| matches!(e, Event::DivertTotals { .. })),
@@ -679,11 +666,17 @@ fn the_seal_comes_after_the_drain_and_before_drained_and_the_trigger() {
     h.conns = vec![conn(Some(300), false)];
     let r = run(h, policy());
     assert!(r.result.is_ok());
-    let at = |f: fn(&Event) -> bool| r.events.iter().position(f).unwrap();
-    let sealed = at(|e| matches!(e, Event::Sealed { .. }));
-    assert!(at(|e| matches!(e, Event::Diverted { .. })) < sealed);
-    assert!(sealed < at(|e| matches!(e, Event::Drained { .. })));
-    assert!(sealed < at(|e| matches!(e, Event::FailoverTriggered { .. })));
+    let at = |what, f: fn(&Event) -> bool| event_index(&r.events, what, f);
+    let sealed = at("Sealed", |e| matches!(e, Event::Sealed { .. }));
+    assert!(at("Diverted", |e| matches!(e, Event::Diverted { .. })) < sealed);
+    assert!(sealed < at("Drained", |e| matches!(e, Event::Drained { .. })));
+    assert!(
+        sealed
+            < at("FailoverTriggered", |e| matches!(
+                e,
+                Event::FailoverTriggered { .. }
+            ))
+    );
 }
 
 #[test]

@@ -90,9 +90,10 @@ fn hands_off_at_once_and_waits_for_its_connections_longer_than_a_drain_would() {
     };
     // The peer's return path first, then the divert, then the VIP accepted here, then the
     // failover at once (no drain wait), and the end only after the last connection.
-    let begin = log.iter().position(|c| c == "peer-agent begin").unwrap();
-    let install = log.iter().position(|c| c == "restore install").unwrap();
-    assert!(begin < install, "{log:?}");
+    assert!(
+        r.h.call_index("peer-agent begin") < r.h.call_index("restore install"),
+        "{log:?}"
+    );
     assert!(at("route 198.18.0.100 true") <= at("link trk0 down"));
     assert!(
         at("link trk0 down") < S(1),
@@ -386,5 +387,106 @@ fn the_peer_refuses_a_hand_off_for_other_vips() {
         handoff::hello(&cfg, "198.18.0.12".parse().unwrap(), &vips),
         handoff::PeerReply::Refused { .. }
     ));
-    let _ = PeerRequest::End;
+}
+
+/// The peer link's messages as they travel: during an upgrade the two nodes run different
+/// builds, so a renamed tag or field would break every hand-off between them.
+#[test]
+fn peer_link_messages_keep_their_wire_format() {
+    let vips = vec![VipPorts {
+        vip: std::net::Ipv4Addr::new(198, 18, 0, 100),
+        ports: vec![80, 7],
+    }];
+    let wire_vips = serde_json::json!([{"vip": "198.18.0.100", "ports": [80, 7]}]);
+    let requests = [
+        (
+            PeerRequest::Hello { vips: vips.clone() },
+            serde_json::json!({"op": "hello", "vips": wire_vips}),
+        ),
+        (
+            PeerRequest::Begin { vips, until: 1234 },
+            serde_json::json!({"op": "begin", "vips": wire_vips, "until": 1234}),
+        ),
+        (PeerRequest::End, serde_json::json!({"op": "end"})),
+        (
+            PeerRequest::Failback {
+                mode: crate::config::DrainMode::Handoff,
+            },
+            serde_json::json!({"op": "failback", "mode": "handoff"}),
+        ),
+    ];
+    for (request, wire) in requests {
+        assert_eq!(serde_json::to_value(&request).unwrap(), wire);
+        assert_eq!(
+            serde_json::from_value::<PeerRequest>(wire).unwrap(),
+            request
+        );
+    }
+    let replies = [
+        (
+            handoff::PeerReply::Ok {
+                detail: "return path installed".into(),
+            },
+            serde_json::json!({"reply": "ok", "detail": "return path installed"}),
+        ),
+        (
+            handoff::PeerReply::Refused {
+                reason: "busy".into(),
+            },
+            serde_json::json!({"reply": "refused", "reason": "busy"}),
+        ),
+    ];
+    for (reply, wire) in replies {
+        assert_eq!(serde_json::to_value(&reply).unwrap(), wire);
+        assert_eq!(
+            serde_json::from_value::<handoff::PeerReply>(wire).unwrap(),
+            reply
+        );
+    }
+}
+
+#[test]
+fn ask_end_retries_while_the_peers_agent_restarts_and_stops_at_a_refusal() {
+    let ends = |h: &FakeHost| {
+        h.call_log()
+            .iter()
+            .filter(|c| *c == "peer-agent end")
+            .count()
+    };
+    // The agent answers again 3 s in: the end gets through.
+    let mut h = FakeHost::new();
+    h.peer_agent.down_until = Some(S(3));
+    assert_eq!(handoff::ask_end(&mut h), Ok("end done".into()));
+    assert!(ends(&h) > 1, "{:?}", h.call_log());
+    assert!(h.t() >= S(3));
+    // It never answers: the last error, once END_RETRY_FOR has passed and not before.
+    let mut h = FakeHost::new();
+    h.peer_agent.down = true;
+    let e = handoff::ask_end(&mut h).unwrap_err();
+    assert!(e.contains("connection refused"), "{e}");
+    assert!(h.t() >= handoff::END_RETRY_FOR, "gave up at {:?}", h.t());
+    assert!(ends(&h) > 1);
+    // A refusal is an answer: not asked again.
+    let mut h = FakeHost::new();
+    h.peer_agent.refuse = Some("no return path here".into());
+    assert_eq!(handoff::ask_end(&mut h), Err("no return path here".into()));
+    assert_eq!(ends(&h), 1);
+}
+
+#[test]
+fn the_peer_refuses_a_hand_off_while_another_operation_holds_the_lock() {
+    let (cfg, _dir, state, mut h) = peer_side();
+    // flock locks conflict between open files, so a lock taken here is "another process's".
+    let held = state.lock().unwrap();
+    let until = h.unix_now() + 100;
+    let e = handoff::begin(&cfg, &state, &mut h, &VipPorts::of(&cfg), until).unwrap_err();
+    assert_eq!(e.exit_code(), exit::BUSY, "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("pid {}", std::process::id())),
+        "names the holder: {e}"
+    );
+    assert!(h.call_log().is_empty(), "{:?}", h.call_log());
+    assert!(state.return_journal().unwrap().is_empty());
+    drop(held);
 }

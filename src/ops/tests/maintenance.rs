@@ -1,5 +1,6 @@
 //! Maintenance mode against the fake world.
 
+use crate::config::DrainMode;
 use crate::journal::{Change, StateDir};
 use crate::ops::drain::DrainOptions;
 use crate::ops::fake::{test_config, FakeHost};
@@ -157,9 +158,10 @@ fn off_with_failback_undrains_first_then_asks_the_peer_to_drain_itself() {
     .unwrap();
     assert_eq!(off.failed_back.as_deref(), Some("failback done"));
     let log = h.call_log();
-    let up = log.iter().position(|c| c == "link trk0 up").unwrap();
-    let asked = log.iter().position(|c| c == "peer-agent failback").unwrap();
-    assert!(up < asked, "{log:?}");
+    assert!(
+        h.call_index("link trk0 up") < h.call_index("peer-agent failback"),
+        "{log:?}"
+    );
     assert!(events.iter().any(|e| matches!(e, Event::FailedBack { .. })));
 }
 
@@ -259,4 +261,64 @@ fn on_a_node_without_the_vip_stops_accepting_and_stays_out_of_elections_until_of
     assert!(h.links["trk0"]);
     assert!(state.drain_journal().unwrap().is_empty());
     assert_eq!(state.maintenance().unwrap(), None);
+}
+
+#[test]
+fn a_reboot_that_reset_the_track_file_is_undone_on_start() {
+    let cfg = test_config("80", "");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    let path = std::path::PathBuf::from("/t/track");
+    state
+        .drain_journal()
+        .unwrap()
+        .record(Change::TrackFault { path: path.clone() })
+        .unwrap();
+    // Gone (a tmpfs after the reboot), or rewritten to a healthy weight by whoever manages it.
+    for reset in [None, Some(0), Some(TRACK_FAULT + 1)] {
+        match reset {
+            None => h.track.remove(&path),
+            Some(v) => h.track.insert(path.clone(), v),
+        };
+        let r = reassert(&cfg, &state, &mut h)
+            .unwrap()
+            .unwrap_or_else(|| panic!("track file at {reset:?} left as it is"));
+        assert_eq!(r.trigger, format!("track file /t/track = {TRACK_FAULT}"));
+        assert_eq!(h.track.get(&path), Some(&TRACK_FAULT), "after {reset:?}");
+    }
+    assert!(h.links["trk0"], "the link is not the trigger here");
+    // FAULT, or lower (still FAULT to keepalived): in effect, nothing written.
+    let calls = h.call_log().len();
+    for in_effect in [TRACK_FAULT, TRACK_FAULT - 1] {
+        h.track.insert(path.clone(), in_effect);
+        assert_eq!(reassert(&cfg, &state, &mut h).unwrap(), None);
+    }
+    assert_eq!(h.call_log().len(), calls, "{:?}", h.call_log());
+}
+
+#[test]
+fn fail_back_here_drains_this_node_the_way_asked_and_brings_it_back_as_backup() {
+    for mode in [DrainMode::Drain, DrainMode::Handoff] {
+        let cfg = handoff_config();
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut h = FakeHost::new();
+        let mangle_before = h.fw.inner.mangle_text();
+        let line = maintenance::fail_back_here(&cfg, &state, &mut h, mode)
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert!(!line.is_empty());
+        let log = h.call_log();
+        // Out of service first (the VIP moves to the asking node), then back, as BACKUP.
+        assert!(
+            h.call_index("link trk0 down") < h.call_index("link trk0 up"),
+            "{mode:?}: {log:?}"
+        );
+        assert!(h.links["trk0"], "{mode:?}");
+        let handed_off = log.iter().any(|c| c == "peer-agent begin");
+        assert_eq!(handed_off, mode == DrainMode::Handoff, "{mode:?}: {log:?}");
+        assert_eq!(h.fw.inner.mangle_text(), mangle_before, "{mode:?}");
+        assert!(state.drain_journal().unwrap().is_empty(), "{mode:?}");
+        assert_eq!(state.lock_holder(), None);
+    }
 }
