@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain};
+use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain, When};
 use drain_lab::topology::{can_run_lab, wait_until, Lab, LabOptions, Node};
 
 fn wait_for(what: &str, cond: impl FnMut() -> bool) {
@@ -147,8 +147,9 @@ fn keepalived_restarting_on_the_peer_mid_drain_breaks_nothing() {
     // (notify BACKUP): the acceptance they depend on must stay in place throughout.
     let opts = AgentOptions {
         no_accept: true,
+        // While lb2 serves diverted flows.
         during: vec![(
-            Duration::from_millis(1000),
+            When::After("diverted", Duration::from_millis(500)),
             DuringDrain::RestartKeepalived(Node::Lb2),
         )],
         ..AgentOptions::default()

@@ -24,6 +24,10 @@ pub struct LoadReport {
     pub spec: LoadSpec,
     /// Wall time of the whole run.
     pub elapsed_ms: f64,
+    /// The run's start (every `*_ms` here is from it) on CLOCK_MONOTONIC, in nanoseconds; 0 in a
+    /// report not produced by a run.
+    #[serde(default)]
+    pub t0_mono_ns: u64,
     /// True if the run's hard bound cut flows short (they count as timeouts).
     pub hit_run_bound: bool,
     /// Problems of the generator itself (e.g. the fd limit could not be raised).
@@ -498,6 +502,7 @@ pub(crate) fn build(
     LoadReport {
         spec: spec.clone(),
         elapsed_ms,
+        t0_mono_ns: 0,
         hit_run_bound,
         warnings,
         classes,
