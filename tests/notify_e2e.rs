@@ -36,7 +36,9 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
     wait_for("lb2 (BACKUP) to accept", || {
         lab.accepting(Node::Lb2).unwrap() && arp_ignore(&lab, Node::Lb2) == "1"
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // lb1's last start-up notify (MASTER) has run, and no notify call is still going.
+    lab.wait_announced(Node::Lb1, "MASTER", 0, Duration::from_secs(15))
+        .unwrap();
     assert!(
         !lab.accepting(Node::Lb1).unwrap(),
         "the MASTER carries no acceptance state"
@@ -109,6 +111,7 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
     // Back in service: the lab pair preempts, so undrain demotes lb1 (return_weight) and it comes
     // back as BACKUP — accepting, as notify BACKUP makes it — while lb2 keeps the VIP and its
     // connections. (tests/failback_e2e.rs drains the VIP back.)
+    let seen = lab.notify_states(Node::Lb1).len();
     let out = lab.agent(Node::Lb1, &["undrain"]).unwrap();
     assert!(
         out.status.success(),
@@ -118,7 +121,9 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
     wait_for("lb1 (BACKUP) to accept", || {
         lab.accepting(Node::Lb1).unwrap() && arp_ignore(&lab, Node::Lb1) == "1"
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // keepalived on lb1 announced BACKUP after the undrain and every notify call has ended.
+    lab.wait_announced(Node::Lb1, "BACKUP", seen, Duration::from_secs(15))
+        .unwrap();
     assert_eq!(
         lab.vip_owner().unwrap(),
         Some(Node::Lb2),

@@ -486,6 +486,71 @@ impl Lab {
         self.dir.join(format!("notify-{node}.log"))
     }
 
+    /// Whether HAProxy on a node listens on both frontends (it binds them after start-up).
+    pub fn haproxy_listening(&self, node: Node) -> Result<bool> {
+        for port in [addr::HTTP_PORT, addr::ECHO_PORT] {
+            let out = self.exec(
+                &self.node_ns(node),
+                &["ss", "-Hltn", &format!("sport = :{port}")],
+            )?;
+            if out.stdout.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The states keepalived announced on a node so far, in order (the notify log's STATE).
+    pub fn notify_states(&self, node: Node) -> Vec<String> {
+        fs::read_to_string(self.notify_log(node))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+            .collect()
+    }
+
+    /// Whether every notify call keepalived started on a node has finished: with
+    /// [`LabOptions::agent_notify`], each `drain-agent notify` run logs its exit after it ends;
+    /// without it the hook only appends its log line, which is done when it is there.
+    pub fn notify_settled(&self, node: Node) -> bool {
+        if !self.opts.agent_notify {
+            return true;
+        }
+        let finished = fs::read_to_string(self.dir.join(format!("agent-notify-{node}.log")))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.rsplit_once(" exit ")
+                    .is_some_and(|(_, code)| code.trim().parse::<i32>().is_ok())
+            })
+            .count();
+        finished == self.notify_states(node).len()
+    }
+
+    /// Waits (at most `timeout`) until keepalived on `node` has announced `state` as its
+    /// `after`-th or later state change and every notify call of both nodes has finished: what
+    /// "keepalived has acted on the change" means from outside.
+    pub fn wait_announced(
+        &self,
+        node: Node,
+        state: &str,
+        after: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        wait_until(
+            &format!("{node} to announce {state} (after {after} state changes)"),
+            timeout,
+            || {
+                self.notify_states(node)
+                    .iter()
+                    .skip(after)
+                    .any(|s| s == state)
+                    && Node::ALL.iter().all(|n| self.notify_settled(*n))
+            },
+        )
+        .with_context(|| format!("{node}'s states: {:?}", self.notify_states(node)))
+    }
+
     fn write_notify_script(&self, agent: bool) -> Result<()> {
         let path = self.notify_script();
         let mut text = format!(
