@@ -748,14 +748,13 @@ state_dir: {dir}/agent-state-{node}
     /// `before` snapshots (VIP lines aside: the lab pair preempts, so lb1 returns as BACKUP,
     /// demoted by return_weight, and the VIP stays on lb2). The error names what differs.
     pub fn undrain_and_compare(&self, before: &(String, String)) -> Result<()> {
-        let seen = self.notify_states(Node::Lb1).len();
         let out = self.agent(Node::Lb1, &["undrain"])?;
         if !out.status.success() {
             bail!("undrain: {}", String::from_utf8_lossy(&out.stderr));
         }
         // Compared once keepalived on lb1 has left FAULT (it announces BACKUP) and every notify
         // call has finished, not after a guessed pause.
-        self.wait_announced(Node::Lb1, "BACKUP", seen, Duration::from_secs(15))?;
+        self.wait_announced(Node::Lb1, "BACKUP", Duration::from_secs(15))?;
         let owner = self.vip_owner()?;
         if owner != Some(Node::Lb2) {
             bail!("after undrain the VIP is on {owner:?}, not lb2: lb1 preempted lb2");

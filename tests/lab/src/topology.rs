@@ -527,27 +527,14 @@ impl Lab {
         finished == self.notify_states(node).len()
     }
 
-    /// Waits (at most `timeout`) until keepalived on `node` has announced `state` as its
-    /// `after`-th or later state change and every notify call of both nodes has finished: what
-    /// "keepalived has acted on the change" means from outside.
-    pub fn wait_announced(
-        &self,
-        node: Node,
-        state: &str,
-        after: usize,
-        timeout: Duration,
-    ) -> Result<()> {
-        wait_until(
-            &format!("{node} to announce {state} (after {after} state changes)"),
-            timeout,
-            || {
-                self.notify_states(node)
-                    .iter()
-                    .skip(after)
-                    .any(|s| s == state)
-                    && Node::ALL.iter().all(|n| self.notify_settled(*n))
-            },
-        )
+    /// Waits (at most `timeout`) until the latest state keepalived announced on `node` is
+    /// `state` and every notify call of both nodes has finished: what "keepalived has acted on
+    /// the change" means from outside.
+    pub fn wait_announced(&self, node: Node, state: &str, timeout: Duration) -> Result<()> {
+        wait_until(&format!("{node} to announce {state}"), timeout, || {
+            self.notify_states(node).last().map(String::as_str) == Some(state)
+                && Node::ALL.iter().all(|n| self.notify_settled(*n))
+        })
         .with_context(|| format!("{node}'s states: {:?}", self.notify_states(node)))
     }
 
