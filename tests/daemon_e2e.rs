@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain};
+use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain, When};
 use drain_lab::topology::{can_run_lab, wait_until, Lab, LabOptions, Node};
 
 fn wait_for(what: &str, cond: impl FnMut() -> bool) {
@@ -84,13 +84,15 @@ fn a_daemon_killed_mid_drain_repairs_on_restart_without_breaking_flows() {
     // drain owns and withdraws it gracefully: flows already at lb2 finish there.
     let opts = AgentOptions {
         no_accept: true,
+        // Killed once the divert is in place (the CLI streams the daemon's events), so the
+        // restarted daemon has a divert to repair; started again as soon as it is dead.
         during: vec![
             (
-                Duration::from_millis(1000),
+                When::After("diverted", Duration::from_millis(500)),
                 DuringDrain::KillDaemon(Node::Lb1),
             ),
             (
-                Duration::from_millis(1500),
+                When::At(Duration::ZERO),
                 DuringDrain::StartDaemon(Node::Lb1),
             ),
         ],
@@ -105,9 +107,36 @@ fn a_daemon_killed_mid_drain_repairs_on_restart_without_breaking_flows() {
     )
     .unwrap();
     let agent = r.event.agent.as_ref().unwrap();
-    assert_ne!(
-        agent.exit_code, 0,
-        "the CLI lost its daemon mid-drain and must say so"
+    // The CLI lost its daemon mid-drain: exit 1 (internal error: the daemon closed the
+    // connection before the final result), not a panic (101) or any other failure.
+    assert_eq!(agent.exit_code, 1, "{}", agent.stderr);
+    assert!(
+        agent
+            .stderr
+            .contains("the daemon closed the connection before the final result"),
+        "{}",
+        agent.stderr
+    );
+    let diverted = agent
+        .event("diverted")
+        .and_then(|e| e["t_ms"].as_f64())
+        .unwrap_or_else(|| panic!("killed before the divert: {:?}", r.event.timeline));
+    let killed = r
+        .event
+        .timeline
+        .iter()
+        .find(|(_, n)| n.contains("lb1: daemon killed"))
+        .unwrap()
+        .0;
+    assert!(
+        diverted < killed,
+        "killed at {killed:.1} ms, before the divert at {diverted:.1} ms: {:?}",
+        r.event.timeline
+    );
+    assert!(
+        agent.event("withdrawn").is_none(),
+        "the daemon undid its own divert before the kill: {:?}",
+        agent.events
     );
     assert_eq!(
         r.broken,

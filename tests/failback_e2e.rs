@@ -46,16 +46,17 @@ fn sequence(lab: &mut Lab, clock: &Clock) -> anyhow::Result<EventOutcome> {
     lab.wait_vip_owner(Node::Lb2, Duration::from_secs(5))?;
     // Maintenance on lb1: HAProxy killed and started again.
     lab.kill("haproxy-lb1")?;
-    std::thread::sleep(Duration::from_millis(500));
     lab.start_haproxy(Node::Lb1)?;
+    wait_until("lb1's HAProxy to listen", Duration::from_secs(15), || {
+        lab.haproxy_listening(Node::Lb1).unwrap()
+    })?;
     o.note(clock, "lb1: HAProxy restarted");
-    std::thread::sleep(Duration::from_millis(500));
     agent_ok(lab, &mut o, clock, Node::Lb1, &["undrain"])?;
     // lb1 must come back as BACKUP (nopreempt, or demoted by return_weight) and accept.
     wait_until("lb1 accepting as BACKUP", Duration::from_secs(15), || {
         lab.accepting(Node::Lb1).unwrap()
     })?;
-    std::thread::sleep(Duration::from_millis(1500));
+    lab.wait_announced(Node::Lb1, "BACKUP", Duration::from_secs(15))?;
     if lab.vip_owner()? != Some(Node::Lb2) {
         anyhow::bail!("lb1 took the VIP back on undrain: preemption would cut lb2's connections");
     }
@@ -66,7 +67,7 @@ fn sequence(lab: &mut Lab, clock: &Clock) -> anyhow::Result<EventOutcome> {
     wait_until("lb2 accepting as BACKUP", Duration::from_secs(15), || {
         lab.accepting(Node::Lb2).unwrap()
     })?;
-    std::thread::sleep(Duration::from_millis(1500));
+    lab.wait_announced(Node::Lb2, "BACKUP", Duration::from_secs(15))?;
     if lab.vip_owner()? != Some(Node::Lb1) {
         anyhow::bail!("lb2 took the VIP back on undrain");
     }
@@ -86,6 +87,12 @@ fn failback(nopreempt: bool, track_file_trigger: bool) {
         ..LabOptions::default()
     };
     let mut lab = Lab::up(&opts).unwrap();
+    // The `before` snapshot once the start-up notify calls are done (lb2's BACKUP makes it
+    // accept), not while they still change the hosts.
+    lab.wait_announced(Node::Lb2, "BACKUP", Duration::from_secs(15))
+        .unwrap();
+    lab.wait_announced(Node::Lb1, "MASTER", Duration::from_secs(15))
+        .unwrap();
     let before = lab.pair_snapshots().unwrap();
     let mut load = default_load();
     load.duration_ms = 30_000;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use drain_lab::scenario::{
-    self, drain_agent, handoff_load, AgentConfig, AgentOptions, DuringDrain, ScenarioResult,
+    self, drain_agent, handoff_load, AgentConfig, AgentOptions, DuringDrain, ScenarioResult, When,
     HANDOFF_EVENT_AT,
 };
 use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
@@ -29,7 +29,7 @@ fn run(
     lab: &mut Lab,
     name: &str,
     handoff_deadline: &str,
-    during: Vec<(Duration, DuringDrain)>,
+    during: Vec<(When, DuringDrain)>,
 ) -> ScenarioResult {
     let r = scenario::run_in(
         lab,
@@ -89,15 +89,30 @@ fn handoff_moves_the_vip_at_once_and_breaks_no_connection_however_long() {
         open >= 100,
         "only {open} connections on lb1 at the hand-off"
     );
-    // The VIP is on lb2 within about a second of the command (keepalived's advert_int is 1 s).
+    // The VIP moves at once: before lb1's connections end, not after them as in a drain. The
+    // first progress report after lb2 took the VIP still counts most of the connections lb1 had
+    // when the hand-off started (its echo sessions last 20 s).
     let owned_at = agent.event("peer-owns-vip").unwrap()["t_ms"]
         .as_f64()
         .unwrap();
-    let vip_moved_ms = owned_at - HANDOFF_EVENT_AT.as_millis() as f64;
-    println!("VIP on lb2 {vip_moved_ms:.0} ms after the command");
+    println!(
+        "VIP on lb2 {:.0} ms after the command",
+        owned_at - HANDOFF_EVENT_AT.as_millis() as f64
+    );
+    let drained_at = agent.event("drained").unwrap()["t_ms"].as_f64().unwrap();
     assert!(
-        vip_moved_ms < 2000.0,
-        "the VIP moved {vip_moved_ms:.0} ms after the command"
+        owned_at < drained_at,
+        "the VIP moved at {owned_at:.0} ms, after lb1's connections ended at {drained_at:.0} ms"
+    );
+    let remaining = agent
+        .events
+        .iter()
+        .find(|e| e["event"] == "progress" && e["t_ms"].as_f64().unwrap() > owned_at)
+        .and_then(|e| e["remaining"].as_u64())
+        .expect("a progress event after the VIP moved");
+    assert!(
+        remaining * 2 > open,
+        "only {remaining} of {open} connections were left when the VIP moved"
     );
     // lb1's connections, sessions of 20 s among them, ended on their own, long after the 3 s a
     // drain would have waited: the peer returned their packets all along.
@@ -135,8 +150,11 @@ fn handoff_survives_its_agent_killed_and_undrain_finishes_it() {
         "handoff-agent-killed",
         "5m",
         vec![
-            (Duration::from_secs(4), DuringDrain::Kill),
-            (Duration::from_secs(6), DuringDrain::Undrain),
+            (
+                When::After("peer-owns-vip", Duration::from_secs(1)),
+                DuringDrain::Kill,
+            ),
+            (When::At(Duration::ZERO), DuringDrain::Undrain),
         ],
     );
     // Killed after the failover: lb1's connections kept coming back through lb2 while no agent
@@ -158,8 +176,14 @@ fn handoff_survives_the_peers_daemon_killed_and_restarted() {
         "handoff-peer-daemon-killed",
         "5m",
         vec![
-            (Duration::from_secs(3), DuringDrain::KillDaemon(Node::Lb2)),
-            (Duration::from_secs(6), DuringDrain::StartDaemon(Node::Lb2)),
+            (
+                When::After("peer-owns-vip", Duration::from_secs(1)),
+                DuringDrain::KillDaemon(Node::Lb2),
+            ),
+            (
+                When::At(Duration::from_secs(6)),
+                DuringDrain::StartDaemon(Node::Lb2),
+            ),
         ],
     );
     // The return path lives in lb2's kernel, not in its agent; the restarted daemon resumed
@@ -183,8 +207,14 @@ fn handoff_whose_node_goes_away_breaks_only_that_nodes_connections() {
         "handoff-node-gone",
         "15s",
         vec![
-            (Duration::from_secs(5), DuringDrain::NodeLinkDown(Node::Lb1)),
-            (Duration::from_secs(9), DuringDrain::NodeLinkUp(Node::Lb1)),
+            (
+                When::After("peer-owns-vip", Duration::from_secs(2)),
+                DuringDrain::NodeLinkDown(Node::Lb1),
+            ),
+            (
+                When::At(Duration::from_secs(9)),
+                DuringDrain::NodeLinkUp(Node::Lb1),
+            ),
         ],
     );
     // lb2 saw lb1 stop answering for the VIP and removed its return path on its own; lb1's

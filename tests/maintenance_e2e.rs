@@ -22,7 +22,11 @@ fn maintenance_on_then_off_with_failback_breaks_nothing_and_restores_the_pair() 
     lab.write_agent_config(Node::Lb2, &AgentConfig::default())
         .unwrap();
     lab.start_daemon(Node::Lb2).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    // The start-up notify calls are done (lb2 BACKUP accepts) before the `before` snapshot.
+    lab.wait_announced(Node::Lb2, "BACKUP", Duration::from_secs(15))
+        .unwrap();
+    lab.wait_announced(Node::Lb1, "MASTER", Duration::from_secs(15))
+        .unwrap();
     let before = lab.pair_snapshots().unwrap();
     let mut load = default_load();
     load.duration_ms = 26_000;
@@ -44,7 +48,8 @@ fn maintenance_on_then_off_with_failback_breaks_nothing_and_restores_the_pair() 
             "status: {doc}"
         );
         anyhow::ensure!(lab.vip_owner()? == Some(Node::Lb2), "the VIP did not move");
-        std::thread::sleep(Duration::from_secs(2));
+        // The maintenance window: until lb2 has announced MASTER and its notify (release) ran.
+        lab.wait_announced(Node::Lb2, "MASTER", Duration::from_secs(15))?;
         let off = lab.agent(Node::Lb1, &["--json", "maintenance", "off", "--failback"])?;
         anyhow::ensure!(
             off.status.success(),
@@ -71,7 +76,8 @@ fn maintenance_on_then_off_with_failback_breaks_nothing_and_restores_the_pair() 
         serde_json::to_string_pretty(&r.load.failures.iter().take(10).collect::<Vec<_>>()).unwrap()
     );
     // The VIP is back on lb1, and both nodes are as they were (lb2 back as BACKUP, accepting).
-    std::thread::sleep(Duration::from_secs(2));
+    lab.wait_announced(Node::Lb2, "BACKUP", Duration::from_secs(15))
+        .unwrap();
     assert_eq!(lab.vip_owner().unwrap(), Some(Node::Lb1));
     let after = lab.pair_snapshots().unwrap();
     assert_eq!(before.0, after.0, "lb1 not restored");

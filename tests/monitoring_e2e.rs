@@ -119,7 +119,22 @@ fn prometheus_sees_the_drains_phases_in_order() {
     assert_eq!(r.broken, 0);
     let a = r.event.agent.as_ref().unwrap();
     assert_eq!(a.exit_code, 0, "{}", a.stderr);
-    std::thread::sleep(Duration::from_secs(2));
+    // Until Prometheus has scraped the phase the drain ended in.
+    let waited = now_s();
+    loop {
+        let q = curl(
+            &lab,
+            &format!("http://{PROMETHEUS}/api/v1/query?query=drain_agent_phase%7Bphase%3D%22failed-over%22%7D%3D%3D1"),
+        );
+        if q.contains("\"value\":[") {
+            break;
+        }
+        assert!(
+            now_s() - waited < 30.0,
+            "prometheus never scraped the final phase: {q}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let t1 = now_s();
 
     // The exposition as a scraper gets it is valid.
@@ -162,7 +177,17 @@ fn prometheus_sees_the_drains_phases_in_order() {
             }
         }
     }
-    at.sort_by(|a, b| a.0.total_cmp(&b.0));
+    at.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    // Exactly one phase at every step: two at once would be a broken gauge.
+    for w in at.windows(2) {
+        assert!(
+            w[0].0 != w[1].0,
+            "two phases at {:.2} s: {} and {}",
+            w[0].0 - t0,
+            w[0].1,
+            w[1].1
+        );
+    }
     let mut seen: Vec<String> = Vec::new();
     for (t, p) in &at {
         if seen.last() != Some(p) {
@@ -170,12 +195,7 @@ fn prometheus_sees_the_drains_phases_in_order() {
             seen.push(p.clone());
         }
     }
+    // The exact sequence: each phase once, in order, nothing repeated or skipped.
     let order = ["serving", "draining", "failing-over", "failed-over"];
-    let mut i = 0;
-    for p in &seen {
-        if i < order.len() && p == order[i] {
-            i += 1;
-        }
-    }
-    assert_eq!(i, order.len(), "phases seen in this order: {seen:?}");
+    assert_eq!(seen, order, "phases as Prometheus recorded them");
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain};
+use drain_lab::scenario::{self, default_load, drain_agent, AgentOptions, DuringDrain, When};
 use drain_lab::topology::{can_run_lab, wait_until, Lab, LabOptions, Node};
 
 fn wait_for(what: &str, cond: impl FnMut() -> bool) {
@@ -36,7 +36,9 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
     wait_for("lb2 (BACKUP) to accept", || {
         lab.accepting(Node::Lb2).unwrap() && arp_ignore(&lab, Node::Lb2) == "1"
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // lb1's last start-up notify (MASTER) has run, and no notify call is still going.
+    lab.wait_announced(Node::Lb1, "MASTER", Duration::from_secs(15))
+        .unwrap();
     assert!(
         !lab.accepting(Node::Lb1).unwrap(),
         "the MASTER carries no acceptance state"
@@ -118,7 +120,9 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
     wait_for("lb1 (BACKUP) to accept", || {
         lab.accepting(Node::Lb1).unwrap() && arp_ignore(&lab, Node::Lb1) == "1"
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // keepalived on lb1 announced BACKUP after the undrain and every notify call has ended.
+    lab.wait_announced(Node::Lb1, "BACKUP", Duration::from_secs(15))
+        .unwrap();
     assert_eq!(
         lab.vip_owner().unwrap(),
         Some(Node::Lb2),
@@ -147,8 +151,9 @@ fn keepalived_restarting_on_the_peer_mid_drain_breaks_nothing() {
     // (notify BACKUP): the acceptance they depend on must stay in place throughout.
     let opts = AgentOptions {
         no_accept: true,
+        // While lb2 serves diverted flows.
         during: vec![(
-            Duration::from_millis(1000),
+            When::After("diverted", Duration::from_millis(500)),
             DuringDrain::RestartKeepalived(Node::Lb2),
         )],
         ..AgentOptions::default()

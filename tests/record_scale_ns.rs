@@ -97,6 +97,19 @@ fn look(node: &ScratchNetns, plan: &DivertPlan) -> (RecordStats, DivertCounters)
     .unwrap()
 }
 
+/// [`look`], once the divert has counted `syns` SYNs (at most 5 s): frames the peer sent are
+/// still being processed by the node when `send` returns, so counters read at once may be short.
+fn look_after(node: &ScratchNetns, plan: &DivertPlan, syns: u64) -> (RecordStats, DivertCounters) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (stats, counters) = look(node, plan);
+        if counters.syns >= syns || Instant::now() >= deadline {
+            return (stats, counters);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A node with the divert installed and a peer counting clones; frames ready to send.
 struct Bench {
     pair: common::MiniPair,
@@ -290,7 +303,8 @@ fn a_full_record_counts_every_unrecorded_syn_and_drops_them_once_sealed() {
     let bench = Bench::new("recfull", Some(1024));
     let flows = synthetic::flows(Ipv4Addr::new(198, 18, 128, 0), 5000);
     bench.send(&bench.frames(&flows[..4000], Segment::Syn), true);
-    let (stats, counters) = look(&bench.pair.node, &bench.plan);
+    let (stats, counters) = look_after(&bench.pair.node, &bench.plan, 4000);
+    assert_eq!(counters.syns, 4000, "every SYN reached the divert");
     assert_eq!(stats.entries(), 1024);
     assert_eq!(counters.unrecorded_syns(), 4000 - 1024);
     assert_eq!(counters.sealed_drops, 0, "served locally before the seal");
@@ -302,7 +316,8 @@ fn a_full_record_counts_every_unrecorded_syn_and_drops_them_once_sealed() {
         .unwrap();
     bench.send(&bench.frames(&flows[4000..], Segment::Syn), false);
     let seen = bench.settle(1024, 0);
-    let (_, counters) = look(&bench.pair.node, &bench.plan);
+    let (_, counters) = look_after(&bench.pair.node, &bench.plan, 5000);
+    assert_eq!(counters.syns, 5000, "every SYN reached the divert");
     assert_eq!(counters.unrecorded_syns(), 5000 - 1024);
     assert_eq!(counters.sealed_drops, 1000, "dropped once sealed");
     assert_eq!(seen, (1024, 0), "only recorded flows reach the peer");

@@ -236,7 +236,8 @@ pub struct DrainReport {
 }
 
 /// An event as the JSON line `--json` prints (and the daemon streams): its `event` kind, its
-/// fields, and `ts_ms`, the wall-clock time in milliseconds since the epoch.
+/// fields, `ts_ms`, the wall-clock time in milliseconds since the epoch, and `mono_ns`, the
+/// CLOCK_MONOTONIC time in nanoseconds.
 #[derive(Debug, Serialize)]
 pub struct Stamped<'a> {
     /// The event.
@@ -244,6 +245,10 @@ pub struct Stamped<'a> {
     pub event: &'a Event,
     /// When it was stamped, in milliseconds since the epoch.
     pub ts_ms: u64,
+    /// When it was stamped on CLOCK_MONOTONIC: the clock every process of the host shares
+    /// (network namespaces too), which wall-clock steps do not move, so a caller can put the
+    /// event on the same time line as its own measurements.
+    pub mono_ns: u64,
 }
 
 /// `e`, stamped now.
@@ -252,5 +257,12 @@ pub fn stamped(e: &Event) -> Stamped<'_> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    Stamped { event: e, ts_ms }
+    let mono_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    Stamped {
+        event: e,
+        ts_ms,
+        mono_ns,
+    }
 }

@@ -31,8 +31,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::load::{LoadReport, LoadSpec};
 use crate::ssh::{self, KeyPair, Sshd};
 use crate::topology::{
-    self, addr, find_bin, remove_namespace, run, Lab, LabOptions, Node, INGRESS_IF, PREFIX,
-    STATE_ROOT, TRACKED_IF,
+    self, addr, find_bin, remove_namespace, run, Lab, LabLock, LabOptions, Node, INGRESS_IF,
+    LAB_LOCK, LAB_LOCK_WAIT, PREFIX, STATE_ROOT, TRACKED_IF,
 };
 
 /// The controller's address on the management network.
@@ -208,6 +208,8 @@ pub struct Fleet {
     /// The controller's key pair.
     pub key: KeyPair,
     torn_down: bool,
+    /// The lab lock, for all the fleet's labs; declared last, so released after teardown.
+    _lock: LabLock,
 }
 
 impl Fleet {
@@ -222,6 +224,7 @@ impl Fleet {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
+        let lock = LabLock::acquire(Path::new(LAB_LOCK), LAB_LOCK_WAIT)?;
         let dir = Path::new(STATE_ROOT).join(format!("{PREFIX}{id}"));
         fs::create_dir_all(STATE_ROOT)?;
         fs::set_permissions(STATE_ROOT, fs::Permissions::from_mode(0o755))?;
@@ -235,6 +238,7 @@ impl Fleet {
             nodes: Vec::new(),
             key,
             torn_down: false,
+            _lock: lock,
         };
         if let Err(e) = fleet.build(pairs) {
             let logs: String = fleet.labs.iter().map(Lab::log_tail).collect();
@@ -259,7 +263,8 @@ impl Fleet {
             ..LabOptions::default()
         };
         for _ in 0..pairs {
-            self.labs.push(Lab::up(&opts)?);
+            // The fleet holds the lab lock for all its labs.
+            self.labs.push(Lab::up_locked(&opts, None)?);
         }
         let (mgmt, ctl) = (self.mgmt_ns(), self.ctl_ns());
         for ns in [&mgmt, &ctl] {

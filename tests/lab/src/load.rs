@@ -146,6 +146,9 @@ pub async fn run_until(
     if let Err(e) = raise_nofile_limit() {
         warnings.push(format!("cannot raise RLIMIT_NOFILE: {e}"));
     }
+    // Read next to each other, the two name the same instant to well under a microsecond: every
+    // `*_ms` of the report is from `t0`, and `t0_mono_ns` puts them on the host's shared clock.
+    let t0_mono_ns = monotonic_ns();
     let ctx = Arc::new(FlowCtx {
         spec: spec.clone(),
         t0: Instant::now(),
@@ -247,13 +250,18 @@ pub async fn run_until(
             })
         })
         .collect();
-    Ok(report::build(
-        spec,
-        &records,
-        elapsed_ms,
-        hit_run_bound,
-        warnings,
-    ))
+    let mut report = report::build(spec, &records, elapsed_ms, hit_run_bound, warnings);
+    report.t0_mono_ns = t0_mono_ns;
+    Ok(report)
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: one clock for the whole host (network namespaces share
+/// it), so the load generator's times, the agent's events (`mono_ns`) and a scenario's notes can
+/// be compared without measuring offsets between processes.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always readable");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 /// Descriptor-table slots reserved up front by [`raise_nofile_limit`].

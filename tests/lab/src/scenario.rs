@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::load::{FlowClass, LoadReport, LoadSpec};
+use crate::load::{monotonic_ns, FlowClass, LoadReport, LoadSpec};
 use crate::topology::{addr, find_bin, Lab, LabOptions, Node, INGRESS_IF};
 
 /// The event a scenario performs on lb1 (the MASTER) while the load runs.
@@ -70,15 +70,31 @@ impl AgentRun {
     }
 }
 
-/// The scenario clock: milliseconds since the load generator was started.
+/// The scenario clock: CLOCK_MONOTONIC, the clock the load generator (`t0_mono_ns`) and the
+/// agent's events (`mono_ns`) also stamp with, read as milliseconds from the moment the scenario
+/// started the load generator. When the run ends, [`run_in`] moves every note and event onto
+/// the load report's own origin (its `t0`, taken once the generator's runtime was up), so that
+/// "after the withdrawal" compares one clock with itself: no offset between processes is guessed.
 pub struct Clock {
-    start: Instant,
+    origin_ns: u64,
 }
 
 impl Clock {
-    /// Milliseconds since the load started.
+    /// Starts the clock now.
+    pub fn start() -> Clock {
+        Clock {
+            origin_ns: monotonic_ns(),
+        }
+    }
+
+    /// Milliseconds since the clock started.
     pub fn ms(&self) -> f64 {
-        self.start.elapsed().as_secs_f64() * 1000.0
+        self.at(monotonic_ns())
+    }
+
+    /// A CLOCK_MONOTONIC time (ns) as milliseconds on this clock.
+    pub fn at(&self, mono_ns: u64) -> f64 {
+        (mono_ns as f64 - self.origin_ns as f64) / 1e6
     }
 }
 
@@ -132,12 +148,12 @@ pub struct NodeSamples {
 /// How often [`NodeSamples`] are taken.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Samples `PassiveOpens` of one namespace on a thread inside it until `stop`.
+/// Samples `PassiveOpens` of one namespace on a thread inside it until `stop`; times are
+/// CLOCK_MONOTONIC ns, put on the scenario clock by the caller.
 fn sample_node(
     ns: String,
-    start: Instant,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Vec<(f64, u64)>> {
+) -> std::thread::JoinHandle<Vec<(u64, u64)>> {
     std::thread::spawn(move || {
         let mut out = Vec::new();
         let Ok(fd) = fs::File::open(format!("/run/netns/{ns}")) else {
@@ -152,7 +168,7 @@ fn sample_node(
                 .ok()
                 .and_then(|t| passive_opens(&t))
             {
-                out.push((start.elapsed().as_secs_f64() * 1000.0, n));
+                out.push((monotonic_ns(), n));
             }
             std::thread::sleep(SAMPLE_INTERVAL);
         }
@@ -271,16 +287,13 @@ fn run_inner(
     let spec_path = lab.dir.join(format!("load-{name}.json"));
     let out_path = lab.dir.join(format!("report-{name}.json"));
     fs::write(&spec_path, serde_json::to_vec_pretty(load)?)?;
+    let clock = Clock::start();
     let mut gen = start_load(lab, &spec_path, &out_path)?;
-    let clock = Clock {
-        start: Instant::now(),
-    };
     let stop = StopOnDrop(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
         false,
     )));
-    let samplers = sample.then(|| {
-        [Node::Lb1, Node::Lb2].map(|n| sample_node(lab.node_ns(n), clock.start, stop.0.clone()))
-    });
+    let samplers =
+        sample.then(|| [Node::Lb1, Node::Lb2].map(|n| sample_node(lab.node_ns(n), stop.0.clone())));
     std::thread::sleep(event_at);
     let outcome = match event {
         Event::None => Ok(EventOutcome::default()),
@@ -289,7 +302,7 @@ fn run_inner(
         Event::Custom(f) => f(lab, &clock),
     };
     let status = gen.wait()?;
-    let outcome =
+    let mut outcome =
         outcome.with_context(|| format!("scenario {name}: event failed\n{}", lab.log_tail()))?;
     // The generator exits 1 when it saw broken flows: that is a result, not an error.
     if !matches!(status.code(), Some(0) | Some(1)) {
@@ -299,12 +312,32 @@ fn run_inner(
         );
     }
     drop(stop);
-    let samples = samplers.map(|[lb1, lb2]| NodeSamples {
-        lb1: lb1.join().unwrap_or_default(),
-        lb2: lb2.join().unwrap_or_default(),
-    });
     let report: LoadReport =
         serde_json::from_slice(&fs::read(&out_path)?).context("parsing the load report")?;
+    if report.t0_mono_ns == 0 {
+        bail!("scenario {name}: the load report has no `t0_mono_ns`: an old drain-lab binary?");
+    }
+    // From here on every time is on the load report's clock.
+    let load_clock = Clock {
+        origin_ns: report.t0_mono_ns,
+    };
+    let shift_ms = clock.at(report.t0_mono_ns);
+    for note in &mut outcome.timeline {
+        note.0 -= shift_ms;
+    }
+    if let Some(agent) = outcome.agent.as_mut() {
+        for e in &mut agent.events {
+            if let Some(t) = e["t_ms"].as_f64() {
+                e["t_ms"] = serde_json::json!(t - shift_ms);
+            }
+        }
+    }
+    let on_load_clock =
+        |v: Vec<(u64, u64)>| v.into_iter().map(|(t, n)| (load_clock.at(t), n)).collect();
+    let samples = samplers.map(|[lb1, lb2]| NodeSamples {
+        lb1: on_load_clock(lb1.join().unwrap_or_default()),
+        lb2: on_load_clock(lb2.join().unwrap_or_default()),
+    });
     let mut r = summarise(name, report, outcome, lab.vip_owner()?);
     r.samples = samples;
     Ok(r)
@@ -554,6 +587,20 @@ pub enum DuringDrain {
     NodeLinkUp(Node),
 }
 
+/// When a [`DuringDrain`] action happens.
+#[derive(Clone, Debug)]
+pub enum When {
+    /// This long after the drain command was started (or at once, if that has passed).
+    At(Duration),
+    /// This long after the agent printed its first event of this kind (`ready`, `diverted`, ...):
+    /// the action follows that step however slowly the machine runs. The scenario fails if the
+    /// event does not come within [`EVENT_WAIT`].
+    After(&'static str, Duration),
+}
+
+/// How long [`When::After`] waits for its event.
+pub const EVENT_WAIT: Duration = Duration::from_secs(60);
+
 /// How to run drain-agent in the `drain-agent` scenario.
 #[derive(Clone, Debug, Default)]
 pub struct AgentOptions {
@@ -561,8 +608,8 @@ pub struct AgentOptions {
     pub args: Vec<String>,
     /// Config overrides for lb1 (see [`Lab::write_agent_config`]).
     pub overrides: AgentConfig,
-    /// Actions at given delays after the drain starts.
-    pub during: Vec<(Duration, DuringDrain)>,
+    /// Actions while the drain runs, in this order, each when its [`When`] says.
+    pub during: Vec<(When, DuringDrain)>,
     /// Skip `accept` on the peer (to test that the agent refuses an unprepared peer).
     pub no_accept: bool,
 }
@@ -705,7 +752,9 @@ state_dir: {dir}/agent-state-{node}
         if !out.status.success() {
             bail!("undrain: {}", String::from_utf8_lossy(&out.stderr));
         }
-        std::thread::sleep(Duration::from_secs(1));
+        // Compared once keepalived on lb1 has left FAULT (it announces BACKUP) and every notify
+        // call has finished, not after a guessed pause.
+        self.wait_announced(Node::Lb1, "BACKUP", Duration::from_secs(15))?;
         let owner = self.vip_owner()?;
         if owner != Some(Node::Lb2) {
             bail!("after undrain the VIP is on {owner:?}, not lb2: lb1 preempted lb2");
@@ -740,14 +789,6 @@ state_dir: {dir}/agent-state-{node}
     }
 }
 
-/// Unix time in ms.
-fn unix_ms() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
-}
-
 /// The `drain-agent` event: `accept` on lb2, `drain --json` on lb1 (with the given actions while it
 /// runs), `release` on lb2.
 pub fn drain_agent(opts: AgentOptions) -> Event {
@@ -768,7 +809,6 @@ fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOu
         }
         o.note(clock, "lb2: drain-agent accept");
     }
-    let clock_origin_unix = unix_ms() - clock.ms();
     let bin = find_bin("drain-agent")?;
     let cfg = lab.dir.join("agent-lb1.yaml");
     let mut cmd = Command::new("ip");
@@ -788,34 +828,67 @@ fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOu
         .stderr(Stdio::piped())
         .spawn()
         .context("starting drain-agent")?;
-    // Read both pipes while the agent runs, or its live progress could fill a pipe and block it.
-    let drain_pipe = |p: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_string(&mut s);
+    // Read both pipes while the agent runs, or its live progress could fill a pipe and block it;
+    // stdout line by line, so that an action can wait for the event it must follow.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout_pipe = child.stdout.take();
+    let stdout = std::thread::spawn(move || {
+        use std::io::BufRead;
+        if let Some(p) = stdout_pipe {
+            for line in std::io::BufReader::new(p).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
             }
-            s
-        })
+        }
+    });
+    let stderr_pipe = child.stderr.take();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = stderr_pipe {
+            let _ = std::io::Read::read_to_string(&mut p, &mut s);
+        }
+        s
+    });
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    let take_line = |line: String, events: &mut Vec<serde_json::Value>| {
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if let Some(ns) = v["mono_ns"].as_u64() {
+                v["t_ms"] = serde_json::json!(clock.at(ns));
+            }
+            events.push(v);
+        }
     };
-    let stdout = drain_pipe(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    );
-    let stderr = drain_pipe(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-    );
-    let mut during = opts.during.clone();
-    during.sort_by_key(|(d, _)| *d);
-    for (at, action) in during {
-        let now = t0.elapsed();
-        if at > now {
-            std::thread::sleep(at - now);
+    let mut exited = None;
+    for (when, action) in opts.during.clone() {
+        match when {
+            When::At(at) => {
+                let now = t0.elapsed();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+            }
+            When::After(kind, delay) => {
+                let bound = Instant::now() + EVENT_WAIT;
+                while !events.iter().any(|e| e["event"] == kind) {
+                    match lines.recv_timeout(bound.saturating_duration_since(Instant::now())) {
+                        Ok(line) => take_line(line, &mut events),
+                        Err(e) => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            bail!(
+                                "the agent never emitted `{kind}` ({}), so {action:?} cannot follow it; events: {:?}\nstderr: {}",
+                                if e == std::sync::mpsc::RecvTimeoutError::Timeout { format!("not within {EVENT_WAIT:?}") } else { "it exited".to_string() },
+                                events.iter().map(|e| e["event"].clone()).collect::<Vec<_>>(),
+                                stderr.join().unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+                o.note(clock, format!("lb1: the agent emitted `{kind}`"));
+                // Not ordering (the event did that): how far into the step the action lands.
+                std::thread::sleep(delay);
+            }
         }
         match action {
             DuringDrain::PeerLinkDown => {
@@ -839,6 +912,9 @@ fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOu
                     nix::unistd::Pid::from_raw(child.id() as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 )?;
+                // Dead before the next action: an `undrain` must not find the lock still held.
+                exited = Some(child.wait()?);
+                o.note(clock, "lb1: drain-agent gone");
             }
             DuringDrain::RestartKeepalived(node) => {
                 lab.stop(&format!("keepalived-{node}"))?;
@@ -889,22 +965,17 @@ fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOu
             }
         }
     }
-    let status = child.wait()?;
-    let (stdout, stderr) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
+    let status = match exited {
+        Some(s) => s,
+        None => child.wait()?,
+    };
     let exit_code = status.code().unwrap_or(-1);
     o.note(clock, format!("lb1: drain-agent exited {exit_code}"));
-    let mut events = Vec::new();
-    for line in stdout.lines() {
-        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) {
-            if let Some(ts) = v["ts_ms"].as_f64() {
-                v["t_ms"] = serde_json::json!(ts - clock_origin_unix);
-            }
-            events.push(v);
-        }
+    let _ = stdout.join();
+    for line in lines.try_iter() {
+        take_line(line, &mut events);
     }
+    let stderr = stderr.join().unwrap_or_default();
     let run = AgentRun {
         exit_code,
         events,

@@ -153,9 +153,65 @@ pub struct Lab {
     pub opts: LabOptions,
     children: Vec<(String, Child)>,
     torn_down: bool,
+    /// Held for the lab's whole life (released when the lab is dropped, after teardown); `None`
+    /// in a [`crate::fleet::Fleet`], which holds it for all its labs.
+    _lock: Option<LabLock>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The lock every [`Lab`] holds while it exists, so two labs never run at once (they would share
+/// the 2 cores and each other's timing, and `Lab::up` removes leftovers), whatever the test
+/// runner's thread count or how many test binaries run.
+pub const LAB_LOCK: &str = "/run/drain-lab/lab.lock";
+
+/// How long [`Lab::up`] waits for another lab to finish: longer than the longest lab test.
+pub const LAB_LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// An exclusive `flock` on a file: per open file description, so it serialises threads of one
+/// process as well as processes. Released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct LabLock {
+    _file: fs::File,
+}
+
+impl LabLock {
+    /// Takes the lock at `path` (created if missing), waiting at most `bound` for its holder;
+    /// the error names the holder's pid, which the holder writes into the file.
+    pub fn acquire(path: &Path, bound: Duration) -> Result<LabLock> {
+        use std::os::fd::AsRawFd;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening the lab lock {}", path.display()))?;
+        let start = Instant::now();
+        // SAFETY: flock on a descriptor this function owns.
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(anyhow!("locking {}: {err}", path.display()));
+            }
+            if start.elapsed() >= bound {
+                let holder = fs::read_to_string(path).unwrap_or_default();
+                bail!(
+                    "another lab holds {} (pid {}) after {bound:?}",
+                    path.display(),
+                    holder.trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        file.set_len(0)?;
+        write!(file, "{}", std::process::id())?;
+        Ok(LabLock { _file: file })
+    }
+}
 
 /// Lab roles that get a namespace.
 const ROLES: [&str; 5] = ["sw", "cl", "lb1", "lb2", "be"];
@@ -179,12 +235,19 @@ impl Lab {
     /// Builds the topology, starts the backend, keepalived and HAProxy on both nodes, and returns
     /// once lb1 is MASTER and the VIP answers HTTP and echo from the client namespace.
     pub fn up(opts: &LabOptions) -> Result<Lab> {
+        let lock = LabLock::acquire(Path::new(LAB_LOCK), LAB_LOCK_WAIT)?;
+        Lab::up_locked(opts, Some(lock))
+    }
+
+    /// [`Lab::up`] for a caller that already holds the [`LAB_LOCK`] (a fleet of labs).
+    pub(crate) fn up_locked(opts: &LabOptions, lock: Option<LabLock>) -> Result<Lab> {
         require_root()?;
         for bin in ["ip", "keepalived", "haproxy"] {
             which(bin).with_context(|| format!("the lab needs `{bin}`: run `make deps` (or apt-get install keepalived haproxy iproute2)"))?;
         }
         // A killed earlier run may have left namespaces behind; they would not collide with ours
-        // (names carry the pid) but would eat memory and confuse `ip netns list`.
+        // (names carry the pid) but would eat memory and confuse `ip netns list`. Under the lock
+        // no other lab is alive to lose its namespaces.
         let _ = cleanup_leftovers(false);
         let id = format!(
             "{}-{}",
@@ -198,6 +261,7 @@ impl Lab {
             opts: opts.clone(),
             children: Vec::new(),
             torn_down: false,
+            _lock: lock,
         };
         if let Err(e) = lab.build(opts) {
             let logs = lab.log_tail();
@@ -422,6 +486,58 @@ impl Lab {
         self.dir.join(format!("notify-{node}.log"))
     }
 
+    /// Whether HAProxy on a node listens on both frontends (it binds them after start-up).
+    pub fn haproxy_listening(&self, node: Node) -> Result<bool> {
+        for port in [addr::HTTP_PORT, addr::ECHO_PORT] {
+            let out = self.exec(
+                &self.node_ns(node),
+                &["ss", "-Hltn", &format!("sport = :{port}")],
+            )?;
+            if out.stdout.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The states keepalived announced on a node so far, in order (the notify log's STATE).
+    pub fn notify_states(&self, node: Node) -> Vec<String> {
+        fs::read_to_string(self.notify_log(node))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+            .collect()
+    }
+
+    /// Whether every notify call keepalived started on a node has finished: with
+    /// [`LabOptions::agent_notify`], each `drain-agent notify` run logs its exit after it ends;
+    /// without it the hook only appends its log line, which is done when it is there.
+    pub fn notify_settled(&self, node: Node) -> bool {
+        if !self.opts.agent_notify {
+            return true;
+        }
+        let finished = fs::read_to_string(self.dir.join(format!("agent-notify-{node}.log")))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.rsplit_once(" exit ")
+                    .is_some_and(|(_, code)| code.trim().parse::<i32>().is_ok())
+            })
+            .count();
+        finished == self.notify_states(node).len()
+    }
+
+    /// Waits (at most `timeout`) until the latest state keepalived announced on `node` is
+    /// `state` and every notify call of both nodes has finished: what "keepalived has acted on
+    /// the change" means from outside.
+    pub fn wait_announced(&self, node: Node, state: &str, timeout: Duration) -> Result<()> {
+        wait_until(&format!("{node} to announce {state}"), timeout, || {
+            self.notify_states(node).last().map(String::as_str) == Some(state)
+                && Node::ALL.iter().all(|n| self.notify_settled(*n))
+        })
+        .with_context(|| format!("{node}'s states: {:?}", self.notify_states(node)))
+    }
+
     fn write_notify_script(&self, agent: bool) -> Result<()> {
         let path = self.notify_script();
         let mut text = format!(
@@ -479,12 +595,13 @@ impl Lab {
             fifo.to_str().unwrap(),
         ];
         self.spawn(&format!("agent-{node}"), &ns, &argv)?;
-        // Serving once the socket exists (reconcile runs first).
+        // Serving once the socket answers (reconcile runs first). Its mere existence says
+        // nothing after a killed daemon, which leaves its socket file behind.
         let start = Instant::now();
-        while !sock.exists() {
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             if start.elapsed() > Duration::from_secs(10) {
                 bail!(
-                    "drain-agent run on {node} did not create {}",
+                    "drain-agent run on {node} does not answer on {}",
                     sock.display()
                 );
             }
@@ -1111,7 +1228,7 @@ pub fn can_run_lab(test: &str, extra_bins: &[&str]) -> bool {
         "{test}: skipped: {} (run `make deps` as root)",
         why.join(", ")
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+    if netns::is_ci() {
         panic!("{msg} — under CI=true a skip is a failure");
     }
     eprintln!("{msg}");
@@ -1142,6 +1259,42 @@ pub fn cleanup_pid(pid: i32) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lab_lock_serialises_threads_of_one_process() {
+        let dir = std::env::temp_dir().join(format!("drain-lab-lock-test-{}", std::process::id()));
+        let path = dir.join("lab.lock");
+        let first = LabLock::acquire(&path, Duration::ZERO).unwrap();
+        // Held: a second taker (another open file description, as another test thread's lab
+        // would have) is refused, naming the holder.
+        let p = path.clone();
+        let refused = std::thread::spawn(move || LabLock::acquire(&p, Duration::from_millis(200)))
+            .join()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains(&format!("pid {}", std::process::id())),
+            "{refused}"
+        );
+        // Released: a waiting taker gets it, and only after the release.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let lock = LabLock::acquire(&p, Duration::from_secs(30));
+            tx.send(()).unwrap();
+            lock
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "taken while held"
+        );
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("taken once released");
+        waiter.join().unwrap().unwrap();
+        let _ = fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn owner_pid_parses_lab_names() {

@@ -31,7 +31,7 @@ fn root_or_skip(test: &str) -> bool {
         return true;
     }
     assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
+        !drain_test_support::netns::is_ci(),
         "{test}: needs root (network namespaces, iptables) and CI=true forbids skipping"
     );
     eprintln!("{test}: SKIPPED, needs root to create a network namespace");

@@ -153,7 +153,7 @@ pub fn require_root(test: &str) -> bool {
         || skip(
             test,
             "needs root (network namespaces, setns, raw sockets)",
-            ci(),
+            is_ci(),
         )
 }
 
@@ -166,7 +166,7 @@ pub fn require_tool(test: &str, bin: &str) -> bool {
         || skip(
             test,
             &format!("`{bin}` is not installed (run tests/deps.sh)"),
-            ci(),
+            is_ci(),
         )
 }
 
@@ -177,13 +177,19 @@ pub fn require_tool(test: &str, bin: &str) -> bool {
 pub fn require_no_obstacle(test: &str, obstacle: Option<String>) -> bool {
     match obstacle {
         None => true,
-        Some(reason) => skip(test, &reason, ci()),
+        Some(reason) => skip(test, &reason, is_ci()),
     }
 }
 
-/// Whether the environment says this is CI, where no test may skip.
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
+/// Whether the environment says this is CI (`CI=true` or `CI=1`), where no test may skip. The
+/// one answer every skip helper of the suite (this crate's and the lab's) goes by.
+pub fn is_ci() -> bool {
+    ci_value_means_ci(std::env::var("CI").ok().as_deref())
+}
+
+/// Whether a value of `CI` means CI: the `true` CI services set, or `1`.
+fn ci_value_means_ci(v: Option<&str>) -> bool {
+    matches!(v, Some("true" | "1"))
 }
 
 /// Prints one line saying that `test` is skipped and why, and returns false; under CI panics
@@ -343,6 +349,15 @@ fn check_output(name: &str, argv: &[&str], out: Output) -> Result<String, NetnsE
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ci_is_true_or_1_and_nothing_else() {
+        use super::ci_value_means_ci as ci;
+        assert!(ci(Some("true")) && ci(Some("1")));
+        for v in [None, Some(""), Some("0"), Some("false"), Some("yes")] {
+            assert!(!ci(v), "{v:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -24,6 +24,10 @@ pub struct LoadReport {
     pub spec: LoadSpec,
     /// Wall time of the whole run.
     pub elapsed_ms: f64,
+    /// The run's start (every `*_ms` here is from it) on CLOCK_MONOTONIC, in nanoseconds; 0 in a
+    /// report not produced by a run.
+    #[serde(default)]
+    pub t0_mono_ns: u64,
     /// True if the run's hard bound cut flows short (they count as timeouts).
     pub hit_run_bound: bool,
     /// Problems of the generator itself (e.g. the fd limit could not be raised).
@@ -259,11 +263,20 @@ impl LoadReport {
     /// baseline: no kernel-timed handshake after the baseline slower than its p99.9 plus
     /// [`HANDSHAKE_MARGIN_MS`], and no connect() of [`CONNECT_STALL_MS`] or more. The error says
     /// which and by how much.
+    ///
+    /// A run with no handshake on either side of the baseline's end has nothing to compare and
+    /// fails: an empty baseline's p99.9 is 0, which would otherwise let an empty "after" pass.
     pub fn stall_check(&self) -> Result<(), String> {
         let (steady, after) = (
             &self.handshake_baseline_ms,
             &self.handshake_after_baseline_ms,
         );
+        if steady.count == 0 || after.count == 0 {
+            return Err(format!(
+                "no stall bar without a baseline: {} handshakes before `baseline_until_ms` ({:?}), {} after",
+                steady.count, self.spec.baseline_until_ms, after.count
+            ));
+        }
         if after.max > steady.p999 + HANDSHAKE_MARGIN_MS {
             return Err(format!(
                 "a handshake took {:.2} ms; the steady baseline's p99.9 is {:.3} ms",
@@ -489,6 +502,7 @@ pub(crate) fn build(
     LoadReport {
         spec: spec.clone(),
         elapsed_ms,
+        t0_mono_ns: 0,
         hit_run_bound,
         warnings,
         classes,
@@ -646,6 +660,87 @@ mod tests {
         assert_eq!(r.failures.len(), MAX_FAILURES_LISTED);
         assert_eq!(r.broken(), (MAX_FAILURES_LISTED + 20) as u64);
         assert_eq!(r.slowest_setups.len(), SLOWEST_SETUPS_LISTED);
+    }
+
+    /// A report whose baseline handshakes are 0.1..=1.0 ms (p99.9 = 1.0 ms over 1000 samples)
+    /// and whose flows after the baseline have the given handshake and connect() times.
+    fn stall_report(after: &[(f64, f64)]) -> LoadReport {
+        let spec = LoadSpec {
+            baseline_until_ms: Some(1000),
+            ..LoadSpec::default()
+        };
+        let steady = (0..1000).map(|i| {
+            let mut r = rec(i, FlowClass::Short, i as f64 * 0.5, i as f64, Outcome::Ok);
+            r.handshake_ms = Some(f64::from(i as u32 % 10 + 1) / 10.0);
+            r.setup_ms = Some(1.0);
+            r
+        });
+        let later = after.iter().enumerate().map(|(k, &(hs, setup))| {
+            let mut r = rec(
+                1000 + k,
+                FlowClass::Short,
+                1000.0 + k as f64,
+                1001.0 + k as f64,
+                Outcome::Ok,
+            );
+            r.handshake_ms = Some(hs);
+            r.setup_ms = Some(setup);
+            r
+        });
+        let records: Vec<FlowRecord> = steady.chain(later).collect();
+        build(&spec, &records, 3000.0, false, vec![])
+    }
+
+    #[test]
+    fn stall_check_passes_up_to_the_baseline_plus_the_margin() {
+        let r = stall_report(&[(0.2, 1.0), (1.0 + HANDSHAKE_MARGIN_MS, 1.0)]);
+        assert_eq!(r.handshake_baseline_ms.p999, 1.0);
+        assert_eq!(r.stall_check(), Ok(()));
+        // connect() just under the bar.
+        let r = stall_report(&[(0.2, CONNECT_STALL_MS - 0.1)]);
+        assert_eq!(r.stall_check(), Ok(()));
+    }
+
+    #[test]
+    fn stall_check_fails_just_over_the_baseline_plus_the_margin() {
+        let r = stall_report(&[(0.2, 1.0), (1.0 + HANDSHAKE_MARGIN_MS + 0.01, 1.0)]);
+        let err = r.stall_check().unwrap_err();
+        assert!(err.contains("a handshake took 11.01 ms"), "{err}");
+        assert!(err.contains("p99.9 is 1.000 ms"), "{err}");
+    }
+
+    #[test]
+    fn stall_check_fails_on_a_connect_at_the_bar() {
+        // The handshake is fine (a connect() the generator noticed late), the connect() is not.
+        let r = stall_report(&[(0.3, CONNECT_STALL_MS)]);
+        let err = r.stall_check().unwrap_err();
+        assert!(err.contains("a connect() took 100.0 ms"), "{err}");
+        // A retransmitted SYN (~1 s) fails on both counts; the handshake is named first.
+        let r = stall_report(&[(1003.0, 1003.0)]);
+        assert!(r
+            .stall_check()
+            .unwrap_err()
+            .contains("handshake took 1003.00 ms"));
+    }
+
+    #[test]
+    fn stall_check_only_judges_flows_after_the_baseline() {
+        // A slow setup inside the baseline raises the baseline; it is not a stall.
+        let mut r = stall_report(&[(0.5, 2.0)]);
+        assert_eq!(r.stall_check(), Ok(()));
+        r.setup_latency_baseline_ms.max = 500.0;
+        assert_eq!(r.stall_check(), Ok(()));
+    }
+
+    #[test]
+    fn stall_check_without_a_baseline_fails_instead_of_passing_vacuously() {
+        let records = vec![rec(0, FlowClass::Short, 0.0, 5.0, Outcome::Ok)];
+        let none = build(&LoadSpec::default(), &records, 10.0, false, vec![]);
+        let err = none.stall_check().unwrap_err();
+        assert!(err.contains("no stall bar without a baseline"), "{err}");
+        // A baseline but nothing after it: nothing was measured during the event.
+        let err = stall_report(&[]).stall_check().unwrap_err();
+        assert!(err.contains("0 after"), "{err}");
     }
 
     #[test]
