@@ -333,6 +333,11 @@ fn ready_then_serving(lab: &Lab, sock: &std::os::unix::net::UnixDatagram) {
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("READY=1 within the bound");
     assert_eq!(&buf[..n], b"READY=1");
+    // First, before anything slower: the socket must be in place when READY=1 is sent.
+    assert!(
+        lab.control_socket(Node::Lb1).exists(),
+        "READY=1 came before the control socket existed"
+    );
     let status = lab.agent(Node::Lb1, &["--json", "status"]).unwrap();
     assert!(status.status.success(), "status answers once READY=1 came");
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();

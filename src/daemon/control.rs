@@ -754,11 +754,19 @@ pub async fn call(
     let (read_half, mut write_half) = stream.into_split();
     let mut line = serde_json::to_string(request).map_err(|e| io_err(e.into()))?;
     line.push('\n');
-    write_half
-        .write_all(line.as_bytes())
-        .await
-        .map_err(io_err)?;
+    let sent = write_half.write_all(line.as_bytes()).await;
     let mut reader = BufReader::new(read_half);
+    if let Err(e) = sent {
+        // The daemon may have answered and closed before reading the request (a refusal:
+        // too many connections, or not root): that answer says more than the broken pipe.
+        return match read_line(&mut reader, MAX_REPLY_BYTES).await {
+            Ok(Some(line)) => match Reply::parse(&line) {
+                Ok(Reply::Final(outcome)) => Ok(outcome),
+                _ => Err(io_err(e)),
+            },
+            _ => Err(io_err(e)),
+        };
+    }
     loop {
         let Some(line) = read_line(&mut reader, MAX_REPLY_BYTES)
             .await
@@ -977,6 +985,48 @@ mod tests {
             .unwrap();
         assert!(!path.exists(), "the socket file went with the server");
         drop(client);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_cap_are_refused_busy_and_the_slots_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let (finished, _handler_done) = std::sync::mpsc::channel();
+        let server = ControlServer::bind(
+            &path,
+            Arc::new(Chatty {
+                events: 0,
+                finished,
+            }),
+        )
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        let call_status = || async {
+            tokio::time::timeout(HANG, call(&path, &Request::Status, HANG, |_| {}))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        // Idle connections (no request sent) take every slot.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let refused = call_status().await;
+        assert_eq!(refused.exit_code, exit::BUSY, "{:?}", refused.result);
+        drop(idle);
+        let start = std::time::Instant::now();
+        loop {
+            if call_status().await == Outcome::ok(json!("done")) {
+                break;
+            }
+            assert!(start.elapsed() < HANG, "the slots never came back");
+        }
+        stop.send(()).unwrap();
+        tokio::time::timeout(HANG, serving).await.unwrap().unwrap();
     }
 
     #[tokio::test]
