@@ -51,7 +51,7 @@ echo /etc/drain-agent/drain-agent.yaml > "$stage/DEBIAN/conffiles"
 
 # keepalived drops a track_file whose directory is missing when it starts, which may be before
 # the unit's StateDirectory= first creates it.
-install -d -m 0755 "$stage/var/lib/drain-agent"
+install -d -m 0700 "$stage/var/lib/drain-agent"
 
 # Documentation and the ready-to-copy files for a pair.
 doc=$stage/usr/share/doc/drain-agent

@@ -55,6 +55,19 @@ const MAX_REPLY_BYTES: u64 = 1024 * 1024;
 /// How long a connected client may take to send its request, so an idle connection cannot pin a
 /// task forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events a handler may have queued for its connection before further ones are dropped: the
+/// handler never waits for a client (see [`EventSink`]).
+const EVENT_QUEUE: usize = 256;
+/// Bytes of reply lines waiting for a client that does not read (it was suspended, or is stuck)
+/// before further events are dropped. The final line is always kept.
+const MAX_PENDING_BYTES: usize = 256 * 1024;
+/// Control connections served at once: each holds a descriptor and a task, so a runaway client
+/// (a script in a loop) cannot exhaust the daemon's. Over the cap a connection gets a one-line
+/// refusal and is closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long the final line may take to reach a client once the request is over: a client that
+/// does not read must not keep its connection, or the daemon's shutdown, waiting.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of the control socket; each names the socket path.
 #[derive(Debug, Error)]
@@ -237,17 +250,39 @@ pub struct Peer {
 /// Where a [`Handler`] sends progress events; each goes to the client as one line, immediately.
 ///
 /// Sending never blocks, whatever the client does: a drain must not stall because the terminal
-/// that started it was suspended.
+/// that started it was suspended. The queue is bounded: when a client does not read, the events
+/// it misses are dropped (and counted in the log), never the final line.
 #[derive(Debug, Clone)]
 pub struct EventSink {
-    tx: mpsc::UnboundedSender<Value>,
+    tx: mpsc::Sender<Value>,
+    /// Events dropped because the queue was full.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EventSink {
+    /// A sink and the receiving end of its bounded queue.
+    fn new() -> (EventSink, mpsc::Receiver<Value>) {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let sink = EventSink {
+            tx,
+            dropped: Arc::default(),
+        };
+        (sink, rx)
+    }
+
     /// Queues an event for the client; false once the client has gone (the request itself goes
-    /// on: whether to stop is the handler's decision).
+    /// on: whether to stop is the handler's decision). A full queue drops the event and still
+    /// answers true: a client that is slow has not gone.
     pub fn send(&self, event: Value) -> bool {
-        self.tx.send(event).is_ok()
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// False once the client has disconnected (detected when a write to it fails).
@@ -464,14 +499,22 @@ impl ControlServer {
             _lock,
         } = self;
         let mut tasks = JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        tasks.spawn(serve_connection(stream, handler.clone()));
-                    }
+                    Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            let handler = handler.clone();
+                            tasks.spawn(async move {
+                                serve_connection(stream, handler).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(_) => refuse_busy(&stream),
+                    },
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning; keep serving.
                         tracing::warn!(path = %path.display(), error = %e, "control socket accept failed");
@@ -495,6 +538,17 @@ impl ControlServer {
             }
         }
     }
+}
+
+/// Tells a connection over [`MAX_CONNECTIONS`] why it is closed, without waiting for it: a
+/// client that does not read gets nothing.
+fn refuse_busy(stream: &UnixStream) {
+    let o = Outcome::error(
+        exit::BUSY,
+        format!("the drain-agent daemon is serving {MAX_CONNECTIONS} control connections already; try again"),
+    );
+    let _ = stream.try_write(Reply::Final(o).to_line().as_bytes());
+    tracing::debug!("control connection refused: {MAX_CONNECTIONS} connections in progress");
 }
 
 /// Writes one reply line; false if the client is gone.
@@ -569,38 +623,87 @@ async fn serve_connection(stream: UnixStream, handler: Arc<dyn Handler>) {
     let op = request.op();
     tracing::info!(op, pid = peer.pid, "control request");
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let sink = EventSink { tx };
-    let mut job = tokio::task::spawn_blocking(move || handler.handle(request, peer, &sink));
+    let (sink, rx) = EventSink::new();
+    let dropped = sink.dropped.clone();
+    let job = tokio::task::spawn_blocking(move || handler.handle(request, peer, &sink));
+    let (outcome, mut forwarded) = forward(&mut write_half, rx, job, op, FINAL_WRITE_TIMEOUT).await;
+    forwarded.dropped += dropped.load(std::sync::atomic::Ordering::Relaxed);
+    if forwarded.dropped > 0 {
+        tracing::warn!(
+            op,
+            dropped = forwarded.dropped,
+            "control client did not read: events dropped"
+        );
+    }
+    if !forwarded.final_sent {
+        tracing::info!(
+            op,
+            exit_code = outcome.exit_code,
+            "control request finished after its client disconnected or stopped reading"
+        );
+    }
+}
 
-    // Forward events while the handler runs. The end is the handler's return, not the channel's
-    // closing: a handler may keep a clone of the sink alive.
+/// How the replies of one request reached (or did not reach) the client.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Forwarded {
+    /// Events dropped because the client did not read.
+    dropped: u64,
+    /// The final line was written completely.
+    final_sent: bool,
+}
+
+/// Forwards the handler's events to the client while `job` runs, then its final line.
+///
+/// Writing never waits on the client while the request runs: lines go into a buffer of at most
+/// [`MAX_PENDING_BYTES`] that is written as the client reads, and events that do not fit are
+/// dropped. A write error means the client has gone: the event queue is closed so the handler's
+/// next send reports it. The final line is always queued, and gets `final_timeout` to be
+/// written, so a client that stopped reading holds neither this task nor the daemon's shutdown.
+async fn forward<W: AsyncWriteExt + Unpin>(
+    out: &mut W,
+    mut rx: mpsc::Receiver<Value>,
+    mut job: tokio::task::JoinHandle<Outcome>,
+    op: &str,
+    final_timeout: Duration,
+) -> (Outcome, Forwarded) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut report = Forwarded::default();
     let mut client_gone = false;
     let mut events_open = true;
+    fn queue(pending: &mut Vec<u8>, report: &mut Forwarded, event: Value) {
+        let line = Reply::Event(event).to_line();
+        if pending.len() + line.len() <= MAX_PENDING_BYTES {
+            pending.extend_from_slice(line.as_bytes());
+        } else {
+            report.dropped += 1;
+        }
+    }
+    // The end is the handler's return, not the channel's closing: a handler may keep a clone of
+    // the sink alive.
     let done = loop {
         tokio::select! {
             // Events first, so none queued before the handler returned is overtaken by the end.
             biased;
             event = rx.recv(), if events_open => match event {
-                Some(event) => {
-                    if !client_gone && !send_line(&mut write_half, &Reply::Event(event)).await {
-                        client_gone = true;
-                        // Further sends fail fast (the sink reports the client gone) instead of
-                        // queueing for nobody.
-                        rx.close();
-                    }
-                }
+                Some(event) if !client_gone => queue(&mut pending, &mut report, event),
+                Some(_) => {}
                 None => events_open = false,
+            },
+            // `write` is cancel-safe: when another branch wins, nothing was written.
+            written = out.write(&pending), if !pending.is_empty() && !client_gone => match written {
+                Ok(n) if n > 0 => { pending.drain(..n); }
+                _ => {
+                    client_gone = true;
+                    pending.clear();
+                    // Further sends fail fast (the sink reports the client gone) instead of
+                    // queueing for nobody.
+                    rx.close();
+                }
             },
             done = &mut job => break done,
         }
     };
-    while let Ok(event) = rx.try_recv() {
-        if client_gone || !send_line(&mut write_half, &Reply::Event(event)).await {
-            client_gone = true;
-            break;
-        }
-    }
     let outcome = done.unwrap_or_else(|e| {
         tracing::error!(op, error = %e, "control request handler failed");
         Outcome::error(
@@ -608,13 +711,20 @@ async fn serve_connection(stream: UnixStream, handler: Arc<dyn Handler>) {
             format!("internal error: the {op} handler failed"),
         )
     });
-    if client_gone || !send_line(&mut write_half, &Reply::Final(outcome.clone())).await {
-        tracing::info!(
-            op,
-            exit_code = outcome.exit_code,
-            "control request finished after its client disconnected"
-        );
+    if client_gone {
+        return (outcome, report);
     }
+    while let Ok(event) = rx.try_recv() {
+        queue(&mut pending, &mut report, event);
+    }
+    pending.extend_from_slice(Reply::Final(outcome.clone()).to_line().as_bytes());
+    let flushed = tokio::time::timeout(final_timeout, async {
+        out.write_all(&pending).await?;
+        out.flush().await
+    })
+    .await;
+    report.final_sent = matches!(flushed, Ok(Ok(())));
+    (outcome, report)
 }
 
 /// Sends `request` to the daemon at `path` and waits for its final line, passing every event to
@@ -644,11 +754,19 @@ pub async fn call(
     let (read_half, mut write_half) = stream.into_split();
     let mut line = serde_json::to_string(request).map_err(|e| io_err(e.into()))?;
     line.push('\n');
-    write_half
-        .write_all(line.as_bytes())
-        .await
-        .map_err(io_err)?;
+    let sent = write_half.write_all(line.as_bytes()).await;
     let mut reader = BufReader::new(read_half);
+    if let Err(e) = sent {
+        // The daemon may have answered and closed before reading the request (a refusal:
+        // too many connections, or not root): that answer says more than the broken pipe.
+        return match read_line(&mut reader, MAX_REPLY_BYTES).await {
+            Ok(Some(line)) => match Reply::parse(&line) {
+                Ok(Reply::Final(outcome)) => Ok(outcome),
+                _ => Err(io_err(e)),
+            },
+            _ => Err(io_err(e)),
+        };
+    }
     loop {
         let Some(line) = read_line(&mut reader, MAX_REPLY_BYTES)
             .await
@@ -737,6 +855,178 @@ mod tests {
         ] {
             assert!(Reply::parse(line).is_err(), "{line}");
         }
+    }
+
+    /// A handler that sends `events` events of about 1 KB and tells `finished` when it returns.
+    struct Chatty {
+        events: usize,
+        finished: std::sync::mpsc::Sender<bool>,
+    }
+
+    impl Handler for Chatty {
+        fn handle(&self, _: Request, _: Peer, sink: &EventSink) -> Outcome {
+            let pad = "x".repeat(1000);
+            let all_sent = (0..self.events).all(|i| sink.send(json!({"n": i, "pad": pad})));
+            let _ = self.finished.send(all_sent);
+            Outcome::ok(json!("done"))
+        }
+    }
+
+    /// Runs `forward` for a [`Chatty`] handler over a real socket pair whose client end is
+    /// returned unread.
+    fn chatty_forward(
+        events: usize,
+        final_timeout: Duration,
+    ) -> (
+        tokio::task::JoinHandle<(Outcome, Forwarded)>,
+        UnixStream,
+        std::sync::mpsc::Receiver<bool>,
+    ) {
+        let (server, client) = UnixStream::pair().unwrap();
+        let (finished, handler_done) = std::sync::mpsc::channel();
+        let (sink, rx) = EventSink::new();
+        let handler = Chatty { events, finished };
+        let dropped = sink.dropped.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            handler.handle(Request::Status, test_peer(), &sink)
+        });
+        let task = tokio::spawn(async move {
+            let mut server = server;
+            let (o, mut f) = forward(&mut server, rx, job, "status", final_timeout).await;
+            f.dropped += dropped.load(std::sync::atomic::Ordering::Relaxed);
+            (o, f)
+        });
+        (task, client, handler_done)
+    }
+
+    fn test_peer() -> Peer {
+        Peer {
+            pid: None,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    /// Bound of the waits below: only reached when something hangs.
+    const HANG: Duration = Duration::from_secs(30);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_does_not_read_loses_events_but_not_the_final_line() {
+        // 20 MB of events, far more than the socket buffer and the pending bound hold.
+        let (task, client, handler_done) = chatty_forward(20_000, HANG);
+        let all_sent = tokio::task::spawn_blocking(move || handler_done.recv_timeout(HANG))
+            .await
+            .unwrap()
+            .expect("the handler finishes while its client does not read");
+        assert!(all_sent, "a slow client is not a gone client");
+        let mut reader = BufReader::new(client);
+        let mut events = 0;
+        let last = loop {
+            let line = tokio::time::timeout(HANG, read_line(&mut reader, MAX_REPLY_BYTES))
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("the final line comes before the end");
+            match Reply::parse(&line).expect("every line is whole") {
+                Reply::Event(_) => events += 1,
+                Reply::Final(o) => break o,
+            }
+        };
+        assert_eq!(last, Outcome::ok(json!("done")));
+        let (_, forwarded) = task.await.unwrap();
+        assert!(forwarded.final_sent);
+        assert!(
+            forwarded.dropped > 0 && events + forwarded.dropped == 20_000,
+            "events {events}, dropped {}",
+            forwarded.dropped
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_cannot_hold_its_connection() {
+        let (task, client, _) = chatty_forward(20_000, Duration::from_millis(200));
+        let (outcome, forwarded) = tokio::time::timeout(HANG, task)
+            .await
+            .expect("the connection ends although its client never reads")
+            .unwrap();
+        assert_eq!(outcome, Outcome::ok(json!("done")));
+        assert!(!forwarded.final_sent);
+        drop(client);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let (finished, handler_done) = std::sync::mpsc::channel();
+        let server = ControlServer::bind(
+            &path,
+            Arc::new(Chatty {
+                events: 20_000,
+                finished,
+            }),
+        )
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        // A client that sends its request and then never reads a byte (a suspended terminal).
+        let mut client = UnixStream::connect(&path).await.unwrap();
+        client.write_all(b"{\"op\":\"status\"}\n").await.unwrap();
+        tokio::task::spawn_blocking(move || handler_done.recv_timeout(HANG))
+            .await
+            .unwrap()
+            .expect("the handler is not held by the client");
+        stop.send(()).unwrap();
+        tokio::time::timeout(HANG, serving)
+            .await
+            .expect("shutdown does not wait for the client that never reads")
+            .unwrap();
+        assert!(!path.exists(), "the socket file went with the server");
+        drop(client);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_cap_are_refused_busy_and_the_slots_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let (finished, _handler_done) = std::sync::mpsc::channel();
+        let server = ControlServer::bind(
+            &path,
+            Arc::new(Chatty {
+                events: 0,
+                finished,
+            }),
+        )
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        let call_status = || async {
+            tokio::time::timeout(HANG, call(&path, &Request::Status, HANG, |_| {}))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        // Idle connections (no request sent) take every slot.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let refused = call_status().await;
+        assert_eq!(refused.exit_code, exit::BUSY, "{:?}", refused.result);
+        drop(idle);
+        let start = std::time::Instant::now();
+        loop {
+            if call_status().await == Outcome::ok(json!("done")) {
+                break;
+            }
+            assert!(start.elapsed() < HANG, "the slots never came back");
+        }
+        stop.send(()).unwrap();
+        tokio::time::timeout(HANG, serving).await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -1,9 +1,17 @@
 //! Prometheus metrics: the daemon serves the text exposition format (0.0.4) at
 //! `http://<metrics.listen>/metrics`.
 //!
-//! Gauges describe the node as `status` reads it at scrape time (so they are right whatever ran
-//! the drain: the daemon, or the CLI with `--local`); while the daemon itself runs a drain, the
-//! phase follows that drain's events. Counters and histograms count the drains the daemon ran.
+//! Gauges describe the node as `status` reads it (so they are right whatever ran the drain: the
+//! daemon, or the CLI with `--local`); while the daemon itself runs a drain, the phase follows
+//! that drain's events. Counters and histograms count the drains the daemon ran.
+//!
+//! Reading the node's state costs real work (iptables-save, ipset, a sock_diag dump,
+//! rtnetlink), so it is not done per scrape: the state is read at most once per
+//! [`REFRESH_EVERY`], by one refresh at a time, and every scrape in between is answered from that
+//! snapshot. So a scrape costs the same whatever the scrape rate; and at most
+//! [`MAX_CONNECTIONS`] connections are served at once (more are closed at accept), each given
+//! [`REQUEST_TIMEOUT`] to send its request, so idle connections cannot exhaust the daemon's file
+//! descriptors.
 //!
 //! | metric | type | |
 //! |---|---|---|
@@ -27,7 +35,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,8 +63,15 @@ const BUCKETS: [f64; 12] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-/// How long a scraper may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a scraper may take to send its request: a scraper sends it at once, so an idle
+/// connection is closed soon.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How old the snapshot of the node's state may be before a scrape refreshes it.
+pub const REFRESH_EVERY: Duration = Duration::from_millis(1000);
+/// Metrics connections served at once; further ones are closed when accepted.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long `serve` backs off after a failed accept (EMFILE) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest request accepted.
 const MAX_REQUEST: usize = 8 * 1024;
 
@@ -320,27 +335,138 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The node's state as last read for the metrics, shared by every scrape.
+pub struct Snapshot<F> {
+    read: Arc<F>,
+    every: Duration,
+    cached: Mutex<Option<(Instant, Option<Arc<Status>>)>>,
+    /// Held by the one refresh in progress.
+    refreshing: tokio::sync::Mutex<()>,
+    /// How many times the state was read (for tests and the log).
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl<F> Snapshot<F>
+where
+    F: Fn() -> Option<Status> + Send + Sync + 'static,
+{
+    /// A snapshot that calls `read` (on the blocking pool) at most once per `every`.
+    pub fn new(every: Duration, read: F) -> Snapshot<F> {
+        Snapshot {
+            read: Arc::new(read),
+            every,
+            cached: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            reads: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn cached(&self) -> Option<(Instant, Option<Arc<Status>>)> {
+        self.cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The node's state, at most `every` old: refreshed by the first caller that finds it stale;
+    /// callers that come while that refresh runs get the previous snapshot at once (only the
+    /// very first scrape waits).
+    pub async fn get(&self) -> Option<Arc<Status>> {
+        let fresh = |c: &Option<(Instant, Option<Arc<Status>>)>| {
+            c.as_ref()
+                .filter(|(at, _)| at.elapsed() < self.every)
+                .is_some()
+        };
+        let cached = self.cached();
+        if fresh(&cached) {
+            return cached.and_then(|(_, s)| s);
+        }
+        let _refresh = match self.refreshing.try_lock() {
+            Ok(guard) => guard,
+            Err(_) if cached.is_some() => return cached.and_then(|(_, s)| s),
+            Err(_) => self.refreshing.lock().await,
+        };
+        // Another caller may have refreshed while this one waited for the lock.
+        let cached = self.cached();
+        if fresh(&cached) {
+            return cached.and_then(|(_, s)| s);
+        }
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let read = self.read.clone();
+        let status = tokio::task::spawn_blocking(move || read())
+            .await
+            .ok()
+            .flatten()
+            .map(Arc::new);
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), status.clone()));
+        status
+    }
+
+    /// How many times the node's state was read.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Reads the node's state as `status` does; `None` (logged) when it cannot be read.
+fn read_status(cfg: &Config) -> Option<Status> {
+    let read = crate::wiring::open(cfg, Arc::new(AtomicU32::new(0)))
+        .and_then(|(state, mut host)| crate::ops::status::status(cfg, &state, &mut *host));
+    read.map_err(|e| tracing::warn!("metrics: cannot read the node's state: {e}"))
+        .ok()
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, cfg: Config, metrics: Arc<Metrics>) {
+    let snapshot = Arc::new(Snapshot::new(REFRESH_EVERY, move || read_status(&cfg)));
+    serve_with(listener, snapshot, metrics, MAX_CONNECTIONS).await;
+}
+
+/// [`serve`] with the snapshot and the connection cap given.
+async fn serve_with<F>(
+    listener: TcpListener,
+    snapshot: Arc<Snapshot<F>>,
+    metrics: Arc<Metrics>,
+    max_connections: usize,
+) where
+    F: Fn() -> Option<Status> + Send + Sync + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
-        let Ok((stream, from)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::debug!("metrics: accept failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // Over the cap the connection is closed at once: its descriptor is given back now
+        // instead of waiting in a queue, and the scrapes already served are not slowed.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
             continue;
         };
-        let (cfg, metrics) = (cfg.clone(), metrics.clone());
+        let (snapshot, metrics) = (snapshot.clone(), metrics.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_one(stream, cfg, metrics).await {
+            if let Err(e) = serve_one(stream, &snapshot, metrics).await {
                 tracing::debug!(%from, "metrics: {e}");
             }
+            drop(slot);
         });
     }
 }
 
-async fn serve_one(
+async fn serve_one<F>(
     mut stream: TcpStream,
-    cfg: Config,
+    snapshot: &Snapshot<F>,
     metrics: Arc<Metrics>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    F: Fn() -> Option<Status> + Send + Sync + 'static,
+{
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -356,42 +482,38 @@ async fn serve_one(
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
     let path = head.split_whitespace().nth(1).unwrap_or("");
-    let (status_line, body, ctype) = if head.starts_with("GET ")
-        && (path == "/metrics" || path.starts_with("/metrics?"))
-    {
-        let status = tokio::task::spawn_blocking(move || {
-            let read = crate::wiring::open(&cfg, Arc::new(AtomicU32::new(0)))
-                .and_then(|(state, mut host)| crate::ops::status::status(&cfg, &state, &mut *host));
-            read.map_err(|e| tracing::warn!("metrics: cannot read the node's state: {e}"))
-                .ok()
-        })
-        .await
-        .ok()
-        .flatten();
-        (
-            "200 OK",
-            metrics.render(status.as_ref()),
-            "text/plain; version=0.0.4; charset=utf-8",
-        )
-    } else if head.starts_with("GET ") && path == "/" {
-        (
-            "200 OK",
-            "drain-agent: metrics at /metrics\n".to_string(),
-            "text/plain; charset=utf-8",
-        )
-    } else {
-        (
-            "404 Not Found",
-            "not found\n".to_string(),
-            "text/plain; charset=utf-8",
-        )
-    };
+    let (status_line, body, ctype) =
+        if head.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
+            let status = snapshot.get().await;
+            (
+                "200 OK",
+                metrics.render(status.as_deref()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        } else if head.starts_with("GET ") && path == "/" {
+            (
+                "200 OK",
+                "drain-agent: metrics at /metrics\n".to_string(),
+                "text/plain; charset=utf-8",
+            )
+        } else {
+            (
+                "404 Not Found",
+                "not found\n".to_string(),
+                "text/plain; charset=utf-8",
+            )
+        };
     let response = format!(
         "HTTP/1.1 {status_line}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    // A scraper that does not read holds its slot no longer than one that does not send.
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response not read"))?
 }
 
 /// Binds the metrics address.
@@ -444,6 +566,96 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("drain_agent_status_ok 0"), "{text}");
+    }
+
+    /// Bound of the waits below: only reached when something hangs.
+    const HANG: Duration = Duration::from_secs(30);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_scrapes_read_the_node_once_per_interval() {
+        let snap = Arc::new(Snapshot::new(Duration::from_secs(3600), || {
+            // Slow like a real read, so the scrapes overlap it.
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        }));
+        let scrapes: Vec<_> = (0..200)
+            .map(|_| {
+                let s = snap.clone();
+                tokio::spawn(async move { s.get().await })
+            })
+            .collect();
+        for s in scrapes {
+            assert!(s.await.unwrap().is_none());
+        }
+        assert_eq!(snap.reads(), 1, "one read for 200 scrapes");
+        let stale = Snapshot::new(Duration::ZERO, || None);
+        for _ in 0..3 {
+            stale.get().await;
+        }
+        assert_eq!(stale.reads(), 3, "a stale snapshot is read again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_during_a_refresh_get_the_previous_snapshot_at_once() {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let snap = Arc::new(Snapshot::new(Duration::ZERO, move || {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                // The second read hangs until the test lets it go.
+                let _ = gate.lock().unwrap().recv_timeout(HANG);
+            }
+            None
+        }));
+        snap.get().await;
+        let slow = {
+            let s = snap.clone();
+            tokio::spawn(async move { s.get().await })
+        };
+        let start = Instant::now();
+        while snap.reads() < 2 {
+            assert!(start.elapsed() < HANG, "the second refresh never started");
+            tokio::task::yield_now().await;
+        }
+        tokio::time::timeout(HANG, snap.get())
+            .await
+            .expect("a scrape during a refresh does not wait for it");
+        assert_eq!(snap.reads(), 2, "no second refresh at the same time");
+        release.send(()).unwrap();
+        slow.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_cap_are_closed_and_the_others_served() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let snap = Arc::new(Snapshot::new(Duration::from_secs(3600), || None));
+        let server = tokio::spawn(serve_with(listener, snap, Arc::new(Metrics::default()), 2));
+        let scrape = || async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let _ = c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(HANG, c.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        assert!(scrape().await.starts_with("HTTP/1.1 200"));
+        // Two idle connections take both slots (each is served once accepted: wait for that).
+        let idle = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        let refused = scrape().await;
+        assert_eq!(refused, "", "the third connection is closed unanswered");
+        drop(idle);
+        let start = Instant::now();
+        loop {
+            if scrape().await.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(start.elapsed() < HANG, "the slots never came back");
+        }
+        server.abort();
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! A drain runs on a blocking thread; SIGTERM/SIGINT to the daemon, or the client going away
 //! (Ctrl-C on `drain-agent drain`), count as an interrupt and roll the drain back.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,7 +127,7 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
     let metrics = Arc::new(metrics::Metrics::default());
     let handler = Arc::new(Daemon {
         cfg: cfg.clone(),
-        running: Mutex::new(None),
+        operations: Operations::default(),
         metrics: metrics.clone(),
     });
     let cfg = cfg.clone();
@@ -170,9 +171,14 @@ pub fn run(cfg: &Config, socket: PathBuf, fifo: Option<PathBuf>) -> Result<(), D
                         }
                     } => {}
                 }
-                // A drain in progress rolls back before the server stops; a return path stays
-                // (journalled) for the next start.
-                stop.interrupt();
+                // Every operation in progress rolls back (the server waits for them before it
+                // returns) and none starts any more; a return path stays (journalled) for the
+                // next start.
+                let n = stop.operations.stop();
+                tracing::info!(
+                    interrupted = n,
+                    "stopping: operations in progress interrupted"
+                );
                 returns.stop();
             })
             .await;
@@ -261,9 +267,88 @@ async fn follow_fifo(cfg: Config, path: PathBuf) {
 /// The control-socket handler.
 struct Daemon {
     cfg: Config,
-    /// The interrupt counter of the drain or undrain in progress.
-    running: Mutex<Option<Arc<AtomicU32>>>,
+    /// Every request in flight, so a stop reaches each of them.
+    operations: Operations,
     metrics: Arc<metrics::Metrics>,
+}
+
+/// The interrupt counters of every request in flight, and whether the daemon is stopping.
+///
+/// One slot is not enough: a second request (an `undrain` refused as busy) would overwrite the
+/// drain's counter and clear it when it ends, and SIGTERM would then reach nothing. So each
+/// request holds its own entry for exactly as long as it runs ([`Registered`]), and a stop
+/// interrupts all of them and refuses what comes after.
+#[derive(Debug, Default)]
+struct Operations {
+    inner: Mutex<OperationsInner>,
+}
+
+#[derive(Debug, Default)]
+struct OperationsInner {
+    next: u64,
+    running: HashMap<u64, Arc<AtomicU32>>,
+    stopping: bool,
+}
+
+/// A request refused because the daemon is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the drain-agent daemon is stopping (SIGTERM/SIGINT): request refused, nothing was changed"
+)]
+struct Stopping;
+
+impl Operations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OperationsInner> {
+        // A panic elsewhere must not stop a SIGTERM from reaching the drains.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new request with a fresh interrupt counter; refused once stopping, so no
+    /// operation can start after the stop has interrupted the others.
+    fn register(&self) -> Result<Registered<'_>, Stopping> {
+        let mut inner = self.lock();
+        if inner.stopping {
+            return Err(Stopping);
+        }
+        let id = inner.next;
+        inner.next += 1;
+        let interrupts = Arc::new(AtomicU32::new(0));
+        inner.running.insert(id, interrupts.clone());
+        Ok(Registered {
+            operations: self,
+            id,
+            interrupts,
+        })
+    }
+
+    /// Enters the stopping state and interrupts every request in flight; returns how many.
+    fn stop(&self) -> usize {
+        let mut inner = self.lock();
+        inner.stopping = true;
+        for n in inner.running.values() {
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+        inner.running.len()
+    }
+
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        self.lock().running.len()
+    }
+}
+
+/// One request's entry in [`Operations`]; dropping it removes that entry and no other.
+#[derive(Debug)]
+struct Registered<'a> {
+    operations: &'a Operations,
+    id: u64,
+    interrupts: Arc<AtomicU32>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.operations.lock().running.remove(&self.id);
+    }
 }
 
 /// An operation's result document with the one-line summary the CLI prints for it.
@@ -285,33 +370,15 @@ fn outcome<T: Serialize>(r: Result<T, OpError>, summary: impl FnOnce(&T) -> Stri
     }
 }
 
-impl Daemon {
-    fn interrupt(&self) {
-        if let Some(n) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            n.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
 impl Handler for Daemon {
     fn handle(&self, request: Request, peer: Peer, events: &EventSink) -> Outcome {
         tracing::info!(op = request.op(), uid = peer.uid, pid = ?peer.pid, "control request");
-        let interrupts = Arc::new(AtomicU32::new(0));
-        let long = matches!(
-            request,
-            Request::Drain(_)
-                | Request::Undrain(_)
-                | Request::MaintenanceOn(_)
-                | Request::MaintenanceOff(_)
-        );
-        if long {
-            *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(interrupts.clone());
-        }
+        // Held until this function returns: the entry goes with the request, whatever it ends.
+        let registered = match self.operations.register() {
+            Ok(r) => r,
+            Err(e) => return Outcome::error(exit::INTERRUPTED, e.to_string()),
+        };
+        let interrupts = registered.interrupts.clone();
         // The client going away (Ctrl-C on the CLI) counts as one interrupt.
         let gone = interrupts.clone();
         let mut told = false;
@@ -379,9 +446,84 @@ impl Handler for Daemon {
                 ),
             },
         };
-        if long {
-            *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        }
+        drop(registered);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_request_ending_leaves_the_first_interruptible() {
+        let ops = Operations::default();
+        let drain = ops.register().unwrap();
+        {
+            // The undrain refused as busy: registers and goes, as the lost-signal bug's did.
+            let undrain = ops.register().unwrap();
+            assert_eq!(ops.in_flight(), 2);
+            drop(undrain);
+        }
+        assert_eq!(ops.in_flight(), 1, "only the undrain's own entry went");
+        assert_eq!(ops.stop(), 1);
+        assert_eq!(drain.interrupts.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn stop_interrupts_every_request_in_flight_once() {
+        let ops = Operations::default();
+        let a = ops.register().unwrap();
+        let b = ops.register().unwrap();
+        let c = ops.register().unwrap();
+        drop(b);
+        assert_eq!(ops.stop(), 2);
+        assert_eq!(a.interrupts.load(Ordering::SeqCst), 1);
+        assert_eq!(c.interrupts.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn no_request_starts_once_stopping() {
+        let ops = Operations::default();
+        let running = ops.register().unwrap();
+        ops.stop();
+        assert_eq!(ops.register().unwrap_err(), Stopping);
+        // Entries still go away normally while stopping, so shutdown sees the drain end.
+        drop(running);
+        assert_eq!(ops.in_flight(), 0);
+    }
+
+    #[test]
+    fn requests_racing_a_stop_are_either_interrupted_or_refused() {
+        let ops = Arc::new(Operations::default());
+        let mut seen = Vec::new();
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    let ops = ops.clone();
+                    s.spawn(move || {
+                        (0..200)
+                            .map(|_| match ops.register() {
+                                // Read while still registered: a stop that ran before this
+                                // point must have reached this counter.
+                                Ok(r) => Some((r.interrupts.clone(), ops.lock().stopping)),
+                                Err(Stopping) => None,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            ops.stop();
+            for w in workers {
+                seen.extend(w.join().unwrap());
+            }
+        });
+        for (counter, stopping_while_registered) in seen.into_iter().flatten() {
+            if stopping_while_registered {
+                assert_eq!(counter.load(Ordering::SeqCst), 1);
+            }
+        }
+        assert_eq!(ops.register().unwrap_err(), Stopping);
+        assert_eq!(ops.in_flight(), 0);
     }
 }
