@@ -135,11 +135,13 @@ fn a_corrupt_journal_does_not_stop_the_daemon_and_drains_are_refused() {
         daemon_log()
     );
 
-    // `status` is answered (by the daemon: no --local), with the journal's problem.
+    // `status` is answered (by the daemon: no --local): the node's state as the kernel has it,
+    // with the journal's problem on top, and exit 0 (it reported what it was asked).
     let status = agent(&ns, &cfg, &sock, &["status"]);
     let out = text(&status);
+    assert_eq!(status.status.code(), Some(0), "{out}");
     assert!(
-        out.contains("drain-journal.json") && out.contains("corrupt"),
+        out.contains("drain-journal.json") && out.contains("corrupt") && out.contains("mode: "),
         "{out}"
     );
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Host, HostError, OpError};
 use crate::config::Config;
-use crate::journal::{Change, Entry, StateDir};
+use crate::journal::{Change, Entry, Journal, JournalError, StateDir};
 use crate::plan::{DivertPlan, Phase};
 
 /// What the node is doing, as far as the agent is concerned (first match wins, in this order).
@@ -129,12 +129,20 @@ pub struct Status {
     pub return_journal: Vec<Entry>,
     /// The record of the last drain (`last-drain.json`), if any.
     pub last_drain: Option<serde_json::Value>,
+    /// The state files that could not be read (a truncated or damaged journal), one line each
+    /// with the repair. Their entries are missing above; drains are refused until they are
+    /// repaired. Empty when every file was read.
+    pub state_errors: Vec<String>,
 }
 
 impl Status {
     /// The text form.
     pub fn text(&self) -> String {
-        let mut t = format!("mode: {}", self.mode);
+        let mut t = String::new();
+        for e in &self.state_errors {
+            t.push_str(&format!("WARNING: {e}\n"));
+        }
+        t.push_str(&format!("mode: {}", self.mode));
         if let Some(since) = self.since {
             t.push_str(&format!(" since {}", fmt_unix(since)));
         }
@@ -264,9 +272,30 @@ pub fn fmt_unix(secs: u64) -> String {
 }
 
 /// Reads the node's state.
+///
+/// A state file that cannot be read does not fail it: status is what an operator runs to find
+/// out what is wrong, and the daemon answers it whatever the journals hold. Such a file is
+/// reported in [`Status::state_errors`] and counts as empty here; what the kernel shows (rules,
+/// sets, links, VIPs) is read as always.
 pub fn status(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Status, OpError> {
-    let drain_journal = state.drain_journal()?.entries().to_vec();
-    let return_journal = state.return_journal()?.entries().to_vec();
+    let mut state_errors = Vec::new();
+    let mut readable = |r: Result<Journal, JournalError>| match r {
+        Ok(j) => Some(j),
+        Err(e) => {
+            state_errors.push(e.to_string());
+            None
+        }
+    };
+    let drain = readable(state.drain_journal());
+    let accept = readable(state.accept_journal());
+    let returns = readable(state.return_journal());
+    let entries = |j: &Option<Journal>| j.as_ref().map_or_else(Vec::new, |j| j.entries().to_vec());
+    let (drain_journal, accept_journal, return_journal) =
+        (entries(&drain), entries(&accept), entries(&returns));
+    let maintenance = state.maintenance().unwrap_or_else(|e| {
+        state_errors.push(e.to_string());
+        None
+    });
     let handoff_mac = drain_journal.iter().find_map(|e| match &e.change {
         Change::Handoff { peer_mac, .. } => super::handoff::parse_mac(peer_mac),
         _ => None,
@@ -279,7 +308,9 @@ pub fn status(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Status
     let divert_rules = plan.owned_lines(&save);
     let divert_sets = plan.existing_sets(&h.firewall().ipset_names().map_err(HostError::from)?);
     let divert = divert_state(h, &plan, &save);
-    let returning = super::handoff::Returning::recorded(&state.return_journal()?)
+    let returning = returns
+        .as_ref()
+        .and_then(super::handoff::Returning::recorded)
         .and_then(|r| divert_state(h, &r.plan(cfg), &save));
     let tracked_up = h.link_up(cfg.tracked_interface.as_str())?;
     let mut vips = Vec::new();
@@ -291,7 +322,6 @@ pub fn status(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Status
     }
     let trigger_undone = trigger_undone(h, &drain_journal)?;
     let lock_holder_pid = state.lock_holder();
-    let maintenance = state.maintenance()?;
     let oldest = |j: &[Entry]| j.iter().map(|e| e.at).min();
     let ours_in_place = !divert_rules.is_empty() || !divert_sets.is_empty();
     let handing_off = drain_journal
@@ -334,10 +364,11 @@ pub fn status(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Status
         divert_sets,
         divert,
         drain_journal,
-        accept_journal: state.accept_journal()?.entries().to_vec(),
+        accept_journal,
         returning,
         return_journal,
         last_drain: state.last_drain(),
+        state_errors,
     })
 }
 
@@ -399,6 +430,34 @@ mod tests {
 
     fn cfg() -> Config {
         crate::ops::fake::test_config("80", "")
+    }
+
+    #[test]
+    fn a_corrupt_journal_is_reported_and_the_kernel_state_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut h = FakeHost::new();
+        let plan = DivertPlan::new(&cfg());
+        crate::ops::divert::install(h.firewall(), &plan).unwrap();
+        // Truncated mid-write by a full disk, say: what it recorded is unknown.
+        std::fs::write(dir.path().join("drain-journal.json"), "[{\"at\":17").unwrap();
+        let s = status(&cfg(), &state, &mut h).unwrap();
+        assert_eq!(s.state_errors.len(), 1, "{:?}", s.state_errors);
+        assert!(
+            s.state_errors[0].contains("drain-journal.json") && s.state_errors[0].contains("corrupt"),
+            "{:?}",
+            s.state_errors
+        );
+        assert_eq!(s.mode, Mode::Diverting, "the rules in the kernel still show");
+        assert_eq!(s.divert_rules, plan.owned_lines(&h.fw.inner.mangle_text()));
+        let text = s.text();
+        assert!(text.starts_with("WARNING: journal "), "{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with("WARNING")).count(), 1);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["state_errors"].as_array().unwrap().len(), 1);
+        // Repaired (moved aside): nothing to report.
+        std::fs::remove_file(dir.path().join("drain-journal.json")).unwrap();
+        assert!(status(&cfg(), &state, &mut h).unwrap().state_errors.is_empty());
     }
 
     #[test]
