@@ -444,11 +444,16 @@ mod tests {
         let s = status(&cfg(), &state, &mut h).unwrap();
         assert_eq!(s.state_errors.len(), 1, "{:?}", s.state_errors);
         assert!(
-            s.state_errors[0].contains("drain-journal.json") && s.state_errors[0].contains("corrupt"),
+            s.state_errors[0].contains("drain-journal.json")
+                && s.state_errors[0].contains("corrupt"),
             "{:?}",
             s.state_errors
         );
-        assert_eq!(s.mode, Mode::Diverting, "the rules in the kernel still show");
+        assert_eq!(
+            s.mode,
+            Mode::Diverting,
+            "the rules in the kernel still show"
+        );
         assert_eq!(s.divert_rules, plan.owned_lines(&h.fw.inner.mangle_text()));
         let text = s.text();
         assert!(text.starts_with("WARNING: journal "), "{text}");
@@ -457,7 +462,10 @@ mod tests {
         assert_eq!(json["state_errors"].as_array().unwrap().len(), 1);
         // Repaired (moved aside): nothing to report.
         std::fs::remove_file(dir.path().join("drain-journal.json")).unwrap();
-        assert!(status(&cfg(), &state, &mut h).unwrap().state_errors.is_empty());
+        assert!(status(&cfg(), &state, &mut h)
+            .unwrap()
+            .state_errors
+            .is_empty());
     }
 
     #[test]
