@@ -376,18 +376,12 @@ fn the_daemon_sends_ready_to_an_abstract_notify_socket() {
     }
     let mut lab = daemon_lab();
     lab.stop("agent-lb1").unwrap();
-    // An abstract name belongs to a network namespace: bind it in lb1's, where the daemon runs,
-    // from a thread of its own (setns changes only the calling thread).
+    // An abstract name belongs to a network namespace: bind it in lb1's, where the daemon runs.
     let name = format!("drain-agent-test-notify-{}", lab.id);
-    let ns_file = std::fs::File::open(format!("/run/netns/{}", lab.node_ns(Node::Lb1))).unwrap();
-    let bind_name = name.clone();
-    let sock = std::thread::spawn(move || {
-        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let addr =
-            std::os::unix::net::SocketAddr::from_abstract_name(bind_name.as_bytes()).unwrap();
+    let sock = drain_test_support::netns::in_netns(&lab.node_ns(Node::Lb1), || {
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap()
     })
-    .join()
     .unwrap();
     let _daemon = KillOnDrop(daemon_with_notify_socket(&lab, &format!("@{name}")));
     ready_then_serving(&lab, &sock);

@@ -59,18 +59,7 @@ fn a_corrupt_journal_does_not_stop_the_daemon_and_drains_are_refused() {
     }
     let ns = ScratchNetns::new("jrnl").unwrap();
     for link in ["eth0", "trk0"] {
-        ns.run_ok(&[
-            "ip",
-            "link",
-            "add",
-            link,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{link}p"),
-        ])
-        .unwrap();
+        ns.add_veth(link, &format!("{link}p")).unwrap();
         ns.run_ok(&["ip", "link", "set", link, "up"]).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();

@@ -59,18 +59,7 @@ impl Fixture {
             add_lo_addr(&ns, addr);
         }
         for link in ["eth0", "trk0"] {
-            ns.run_ok(&[
-                "ip",
-                "link",
-                "add",
-                link,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("{link}p"),
-            ])
-            .unwrap();
+            ns.add_veth(link, &format!("{link}p")).unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("handoff.key");

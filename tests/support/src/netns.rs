@@ -273,6 +273,14 @@ impl ScratchNetns {
         check_output(&self.name, argv, out)
     }
 
+    /// Adds a veth pair `name`/`peer` inside this namespace, both ends down: a stand-in for an
+    /// interface the agent only needs to find (ingress, tracked) when nothing is sent over it.
+    pub fn add_veth(&self, name: &str, peer: &str) -> Result<String, NetnsError> {
+        self.run_ok(&[
+            "ip", "link", "add", name, "type", "veth", "peer", "name", peer,
+        ])
+    }
+
     /// Runs `f` on a thread inside this namespace (`f` may borrow); see [`in_netns`].
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
         in_netns(&self.name, f)
