@@ -79,7 +79,8 @@ pub fn run(
 /// installed (the agent died mid-drain) is withdrawn gracefully first — new flows local at once,
 /// flows already at the peer keep going there for `grace` — then every recorded change is undone,
 /// plus any chain or set named with our prefix (the journal may be gone with the disk), and the
-/// tracked interface is brought up unless `keep_link_down`.
+/// tracked interface is brought up unless `keep_link_down`. `return_weight` goes to the track
+/// file only if the node left service: a node still MASTER is never demoted.
 pub fn undrain(
     h: &mut dyn Host,
     j: &mut Journal,
@@ -123,7 +124,10 @@ pub fn undrain(
     // The track file first, so a preempting node is already demoted (`return_weight`) when its
     // FAULT clears below: it comes back as BACKUP instead of taking the VIP from the peer.
     if let Some(path) = &p.track_file {
-        if h.read_track_file(path)? != Some(p.return_weight) {
+        // The demotion is for a node coming back; one that never left (a drain killed before
+        // its failover) is MASTER, and demoting it makes a preempting peer take the VIP: the
+        // failover undrain exists to avoid, resetting every flow this node serves.
+        if !still_in_service(h, j, p)? && h.read_track_file(path)? != Some(p.return_weight) {
             h.write_track_file(path, p.return_weight)?;
         }
         for e in j.entries().to_vec() {
@@ -137,4 +141,20 @@ pub fn undrain(
         h.set_link(&p.tracked_interface, true)?;
     }
     Ok(())
+}
+
+/// Whether the node never left service: no failover recorded, the tracked interface up, and a
+/// VIP on one of its interfaces (keepalived's MASTER).
+fn still_in_service(h: &mut dyn Host, j: &Journal, p: &Policy) -> Result<bool, OpError> {
+    if j.entries().iter().any(|e| e.change.is_maintenance_state())
+        || !h.link_up(&p.tracked_interface)?
+    {
+        return Ok(false);
+    }
+    for vip in &p.vips {
+        if h.vip_local(*vip)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

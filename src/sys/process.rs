@@ -4,6 +4,7 @@
 //! arguments and the first line it printed to standard error.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,7 +72,28 @@ pub fn run(
 ) -> Result<String, ProcessError> {
     let name = binary.display().to_string();
     let args_text = args.join(" ");
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    let agent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl and
+    // getppid, both async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            // A SIGKILLed agent runs no cleanup: its tool (iptables-restore with the whole
+            // transaction in the pipe) would otherwise finish the change after the agent died,
+            // where neither the journal's owner nor `undrain` racing it can see it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent died between fork and prctl: the signal will never come.
+            if libc::getppid() as u32 != agent {
+                return Err(std::io::Error::other(
+                    "the agent exited while starting the tool",
+                ));
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -198,6 +220,82 @@ mod tests {
     fn a_hanging_tool_is_killed_at_the_timeout() {
         let err = run(Path::new("sleep"), &["30"], None, Duration::from_millis(50)).unwrap_err();
         assert!(matches!(err, ProcessError::Timeout { .. }), "{err}");
+    }
+
+    /// Set in the copy of this test binary that [`a_tool_dies_with_the_agent`] starts.
+    const CHILD_ENV: &str = "DRAIN_AGENT_TOOL_PARENT_PIDFILE";
+
+    /// Not a test of its own: the body of the process [`a_tool_dies_with_the_agent`] kills.
+    /// It runs a tool that records its pid and waits far longer than the test.
+    #[test]
+    fn tool_parent_for_the_pdeathsig_test() {
+        let Some(pidfile) = std::env::var_os(CHILD_ENV) else {
+            return;
+        };
+        let script = format!(
+            "echo $$ > {}.tmp; mv {0}.tmp {0}; exec sleep 60",
+            Path::new(&pidfile).display()
+        );
+        let _ = run(
+            Path::new("sh"),
+            &["-c", &script],
+            None,
+            Duration::from_secs(60),
+        );
+    }
+
+    #[test]
+    fn a_tool_dies_with_the_agent() {
+        // A SIGKILLed agent runs no cleanup: a tool it started (iptables-restore with its whole
+        // transaction already in the pipe) must not live on and change the host after the
+        // agent died, outside anything `undrain` can see.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("tool.pid");
+        let mut parent = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sys::process::tests::tool_parent_for_the_pdeathsig_test",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &pidfile)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let tool: i32 = loop {
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                break text.trim().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "the tool never started");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        // Gone, or a zombie waiting for init to reap it: either way no longer running.
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{tool}/stat"))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let alive = running();
+        if alive {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(tool),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(!alive, "tool {tool} outlived the process that started it");
     }
 
     #[test]

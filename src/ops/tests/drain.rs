@@ -576,6 +576,35 @@ fn link_down_undrain_demotes_before_bringing_the_link_up() {
     );
 }
 
+#[test]
+fn undrain_of_a_node_still_master_never_demotes_it() {
+    // A drain killed before its failover (at `ready`, or with the divert in place) leaves the
+    // node MASTER. Writing `return_weight` there drops it below its preempting peer: keepalived
+    // moves the VIP, the peer resets every flow this node serves (52 in the lab). Undrain must
+    // only demote a node that is coming back from out of service.
+    let mut p = policy();
+    let path = std::path::PathBuf::from("/t/track");
+    p.track_file = Some(path.clone());
+    p.return_weight = -51;
+    for divert_left in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
+        let mut h = FakeHost::new();
+        if divert_left {
+            install_fresh(&mut h, &mut j).unwrap();
+        }
+        undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+        assert_eq!(
+            h.track.get(&path),
+            None,
+            "divert left: {divert_left}: {:?}",
+            h.call_log()
+        );
+        assert!(j.is_empty());
+        assert!(h.links["trk0"]);
+    }
+}
+
 /// Installs the divert as the drain does (journal first), as a crashed drain would leave it.
 fn install_fresh(h: &mut FakeHost, j: &mut Journal) -> Result<(), OpError> {
     let receipt = divert::prepare(h.firewall(), &plan()).map_err(HostError::from)?;
