@@ -29,7 +29,7 @@ demo: deps build
 ## HAProxy, iptables, ipset). Lab tests run one at a time: they share the 2 cores with the load.
 test: deps
 	$(CARGO) build --release --workspace --bins
-	$(CARGO) test --release --workspace -- --test-threads=1
+	$(CARGO) test --release --workspace --no-fail-fast -- --test-threads=1
 
 test-unit:
 	$(CARGO) test --workspace --lib --bins
