@@ -277,6 +277,9 @@ fn deb_installs_works_and_purges_without_a_trace() {
     for (mode, owner, path) in &entries {
         assert_eq!(owner, "root/root", "{path}");
         let want = match mode.chars().next() {
+            // The state directory (journals, lock, track file) is root's alone, as the unit's
+            // StateDirectoryMode and the agent itself make it.
+            Some('d') if path == STATE_DIR => "drwx------",
             Some('d') => "drwxr-xr-x",
             _ if path == "/usr/sbin/drain-agent" => "-rwxr-xr-x",
             _ => "-rw-r--r--",
