@@ -62,7 +62,7 @@ fn the_daemon_follows_the_fifo_and_runs_the_clis_drain() {
         "{:?}",
         r.load.failures.iter().take(5).collect::<Vec<_>>()
     );
-    r.load.no_retransmitted_handshake().unwrap();
+    assert!(r.worst_setup_ms < 100.0);
     wait_for("lb2 (MASTER, from the FIFO) to release", || {
         !lab.accepting(Node::Lb2).unwrap()
     });
@@ -145,7 +145,7 @@ fn a_daemon_killed_mid_drain_repairs_on_restart_without_breaking_flows() {
         r.load.failures.iter().take(5).collect::<Vec<_>>(),
         r.event.timeline
     );
-    r.load.no_retransmitted_handshake().unwrap();
+    assert!(r.worst_setup_ms < 100.0);
     assert_eq!(
         r.vip_owner_after,
         Some(Node::Lb1),

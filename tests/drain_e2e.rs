@@ -26,9 +26,12 @@ fn assert_no_broken(r: &ScenarioResult) {
 
 fn assert_clean(r: &ScenarioResult) {
     assert_no_broken(r);
-    if let Err(e) = r.load.no_retransmitted_handshake() {
-        panic!("a connection setup stalled: {e}");
-    }
+    assert!(
+        r.worst_setup_ms < 100.0,
+        "a connection setup stalled {} ms: {:?}",
+        r.worst_setup_ms,
+        r.load.slowest_setups.first()
+    );
 }
 
 fn conntrack_count(lab: &Lab, node: Node) -> usize {

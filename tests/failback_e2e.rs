@@ -117,9 +117,11 @@ fn failback(nopreempt: bool, track_file_trigger: bool) {
         r.broken,
         r.load.failures.iter().take(10).collect::<Vec<_>>()
     );
-    if let Err(e) = r.load.no_retransmitted_handshake() {
-        panic!("{name}: {e}");
-    }
+    assert!(
+        r.worst_setup_ms < 100.0,
+        "{name}: setup stall {} ms",
+        r.worst_setup_ms
+    );
     assert_eq!(r.vip_owner_after, Some(Node::Lb1));
     // lb1's full priority is back (its notify reset the demotion once MASTER): track files read 0.
     for node in Node::ALL {

@@ -66,7 +66,7 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
         "{:?}",
         r.load.failures.iter().take(5).collect::<Vec<_>>()
     );
-    r.load.no_retransmitted_handshake().unwrap();
+    assert!(r.worst_setup_ms < 100.0);
     // lb2 became MASTER: its notify released the acceptance state.
     wait_for("lb2 (MASTER) to release", || {
         !lab.accepting(Node::Lb2).unwrap() && arp_ignore(&lab, Node::Lb2) == "0"
@@ -178,7 +178,7 @@ fn keepalived_restarting_on_the_peer_mid_drain_breaks_nothing() {
         "{:?}",
         r.load.failures.iter().take(5).collect::<Vec<_>>()
     );
-    r.load.no_retransmitted_handshake().unwrap();
+    assert!(r.worst_setup_ms < 100.0);
     assert!(r
         .event
         .timeline

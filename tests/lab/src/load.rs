@@ -235,7 +235,6 @@ pub async fn run_until(
                 end_ms: elapsed_ms,
                 setup_ms: None,
                 handshake_ms: None,
-                handshake_retransmits: 0,
                 outcome: if hit_run_bound {
                     Outcome::Timeout
                 } else {

@@ -111,12 +111,6 @@ fn plain_failover_breakage_is_detected() {
         .stall_check()
         .expect_err("a plain failover stalls connection setups");
     assert!(stall.contains("a handshake took"), "{stall}");
-    // And the kernel's own count, the bar of the drain tests, sees the retransmitted SYNs.
-    assert!(
-        r.load.retransmitted_handshakes >= 1,
-        "a plain failover makes clients retransmit SYNs: {:?}",
-        r.load.slowest_setups.iter().take(5).collect::<Vec<_>>()
-    );
     assert_eq!(r.vip_owner_after, Some(drain_lab::topology::Node::Lb2));
 }
 

@@ -129,10 +129,6 @@ pub(crate) struct FlowRecord {
     /// whole `setup_ms` instead. Unlike `setup_ms` it leaves out how long the generator itself
     /// took to notice the connection.
     pub handshake_ms: Option<f64>,
-    /// Segments the kernel retransmitted before connect() returned (a SYN whose SYN-ACK did not
-    /// come within the initial RTO, 1 s), from `TCP_INFO`: the stall a failover without a drain
-    /// causes, as the kernel's count rather than a time.
-    pub handshake_retransmits: u32,
     pub outcome: Outcome,
     /// Error text; empty when ok.
     pub detail: String,
@@ -232,7 +228,6 @@ pub(crate) async fn run_flow(
         end_ms: 0.0,
         setup_ms: None,
         handshake_ms: None,
-        handshake_retransmits: 0,
         outcome: Outcome::Ok,
         detail: String::new(),
         requests_ok: 0,
@@ -259,11 +254,7 @@ pub(crate) async fn run_flow(
             record.setup_ms = Some(setup_ms);
             record.handshake_ms = Some(match handshake(&stream) {
                 Some((rtt_ms, 0)) => rtt_ms.min(setup_ms),
-                Some((_, retransmits)) => {
-                    record.handshake_retransmits = retransmits;
-                    setup_ms
-                }
-                None => setup_ms,
+                _ => setup_ms,
             });
             let progress = Progress::default();
             let budget = spec.flow_budget(class);

@@ -62,14 +62,6 @@ pub struct LoadReport {
     pub failures: Vec<FailedFlow>,
     /// The [`SLOWEST_SETUPS_LISTED`] slowest connection setups, slowest first.
     pub slowest_setups: Vec<SlowSetup>,
-    /// Connections whose handshake needed a retransmission (see
-    /// `FlowRecord::handshake_retransmits`), all classes: what a drain must keep at zero so that
-    /// no client waits for a SYN retransmit.
-    #[serde(default)]
-    pub retransmitted_handshakes: u64,
-    /// The first [`MAX_FAILURES_LISTED`] of them by start time.
-    #[serde(default)]
-    pub retransmitted_handshakes_listed: Vec<SlowSetup>,
 }
 
 /// One [`ClassReport`] per flow class.
@@ -302,22 +294,6 @@ impl LoadReport {
         Ok(())
     }
 
-    /// No connection waited for a retransmitted handshake segment (a lost SYN costs its client
-    /// the 1 s initial RTO): the kernel's count, so the bar holds on a busy machine too. The error
-    /// says how many and lists the first of them.
-    pub fn no_retransmitted_handshake(&self) -> Result<(), String> {
-        match self.retransmitted_handshakes {
-            0 => Ok(()),
-            n => Err(format!(
-                "{n} connection(s) needed a retransmitted handshake: {:?}",
-                self.retransmitted_handshakes_listed
-                    .iter()
-                    .take(5)
-                    .collect::<Vec<_>>()
-            )),
-        }
-    }
-
     /// A compact human-readable summary.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -439,7 +415,6 @@ pub(crate) fn build(
     let mut timeline: Vec<TimelineBucket> = Vec::new();
     let mut failures = Vec::new();
     let mut slowest = Vec::new();
-    let mut retransmitted = Vec::new();
     let bucket = |timeline: &mut Vec<TimelineBucket>, ms: f64| -> usize {
         let i = (ms.max(0.0) as u64 / TIMELINE_BUCKET_MS) as usize;
         while timeline.len() <= i {
@@ -505,13 +480,6 @@ pub(crate) fn build(
                 setup_ms,
             });
         }
-        if r.handshake_retransmits > 0 {
-            retransmitted.push(SlowSetup {
-                class: r.class,
-                start_ms: r.start_ms,
-                setup_ms: r.setup_ms.unwrap_or_default(),
-            });
-        }
         if let Some(l) = r.latency_ms.filter(|_| r.outcome == Outcome::Ok) {
             short_latency.push(l);
         }
@@ -531,9 +499,6 @@ pub(crate) fn build(
     failures.truncate(MAX_FAILURES_LISTED);
     slowest.sort_by(|a, b| b.setup_ms.total_cmp(&a.setup_ms));
     slowest.truncate(SLOWEST_SETUPS_LISTED);
-    let retransmitted_handshakes = retransmitted.len() as u64;
-    retransmitted.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
-    retransmitted.truncate(MAX_FAILURES_LISTED);
     LoadReport {
         spec: spec.clone(),
         elapsed_ms,
@@ -554,8 +519,6 @@ pub(crate) fn build(
         timeline,
         failures,
         slowest_setups: slowest,
-        retransmitted_handshakes,
-        retransmitted_handshakes_listed: retransmitted,
     }
 }
 
@@ -581,7 +544,6 @@ mod tests {
             end_ms: end,
             setup_ms: (outcome != Outcome::Refused).then_some(id as f64),
             handshake_ms: (outcome != Outcome::Refused).then_some(id as f64 / 2.0),
-            handshake_retransmits: 0,
             outcome,
             detail: if outcome == Outcome::Ok {
                 String::new()
@@ -702,31 +664,6 @@ mod tests {
 
     /// A report whose baseline handshakes are 0.1..=1.0 ms (p99.9 = 1.0 ms over 1000 samples)
     /// and whose flows after the baseline have the given handshake and connect() times.
-    #[test]
-    fn a_retransmitted_handshake_is_counted_and_fails_the_check() {
-        let spec = LoadSpec::default();
-        let mut records: Vec<FlowRecord> = (0..10)
-            .map(|i| rec(i, FlowClass::Short, i as f64, i as f64 + 1.0, Outcome::Ok))
-            .collect();
-        let clean = build(&spec, &records, 100.0, false, vec![]);
-        assert_eq!(clean.retransmitted_handshakes, 0);
-        clean.no_retransmitted_handshake().unwrap();
-        records[7].handshake_retransmits = 1;
-        records[3].handshake_retransmits = 2;
-        let r = build(&spec, &records, 100.0, false, vec![]);
-        assert_eq!(r.retransmitted_handshakes, 2, "flows, not segments");
-        let starts: Vec<f64> = r
-            .retransmitted_handshakes_listed
-            .iter()
-            .map(|s| s.start_ms)
-            .collect();
-        assert_eq!(starts, [3.0, 7.0], "by start time");
-        let e = r.no_retransmitted_handshake().unwrap_err();
-        assert!(e.starts_with("2 connection(s)"), "{e}");
-        let back: LoadReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
-        assert_eq!(back, r);
-    }
-
     fn stall_report(after: &[(f64, f64)]) -> LoadReport {
         let spec = LoadSpec {
             baseline_until_ms: Some(1000),
