@@ -114,6 +114,9 @@ struct Inner {
     probe_failures: u64,
     drain_seconds: Histogram,
     failover_seconds: Histogram,
+    /// Bumped whenever the daemon's own drain stops deciding the phase, so a snapshot of the
+    /// node read before that (while the drain held the lock: "draining") is not shown after it.
+    generation: u64,
 }
 
 /// The daemon's metrics.
@@ -161,7 +164,15 @@ impl Metrics {
 
     /// The daemon's request needed no drain after all (the node was out of service already).
     pub fn drain_skipped(&self) {
-        self.lock().live = None;
+        let mut i = self.lock();
+        i.live = None;
+        i.generation += 1;
+    }
+
+    /// Which snapshot of the node the phase may fall back to: one read at this generation (see
+    /// [`Snapshot::get`]).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
     }
 
     /// The drain the daemon ran is over.
@@ -169,6 +180,7 @@ impl Metrics {
         let mut i = self.lock();
         let mode = mode_name(i.live_mode);
         i.live = None;
+        i.generation += 1;
         let result = match r {
             Ok(rep) => {
                 i.drain_seconds.observe(rep.drain_ms / 1000.0);
@@ -335,11 +347,15 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One reading of the node: when, at which [`Metrics::generation`], and what.
+type Cached = (Instant, u64, Option<Arc<Status>>);
+
 /// The node's state as last read for the metrics, shared by every scrape.
 pub struct Snapshot<F> {
     read: Arc<F>,
     every: Duration,
-    cached: Mutex<Option<(Instant, Option<Arc<Status>>)>>,
+    /// When it was read, the [`Metrics::generation`] it was read at, and what was read.
+    cached: Mutex<Option<Cached>>,
     /// Held by the one refresh in progress.
     refreshing: tokio::sync::Mutex<()>,
     /// How many times the state was read (for tests and the log).
@@ -361,35 +377,38 @@ where
         }
     }
 
-    fn cached(&self) -> Option<(Instant, Option<Arc<Status>>)> {
+    fn cached(&self) -> Option<Cached> {
         self.cached
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// The node's state, at most `every` old: refreshed by the first caller that finds it stale;
-    /// callers that come while that refresh runs get the previous snapshot at once (only the
-    /// very first scrape waits).
-    pub async fn get(&self) -> Option<Arc<Status>> {
-        let fresh = |c: &Option<(Instant, Option<Arc<Status>>)>| {
-            c.as_ref()
-                .filter(|(at, _)| at.elapsed() < self.every)
-                .is_some()
+    /// The node's state, at most `every` old and read at `generation`: refreshed by the first
+    /// caller that finds it stale; callers that come while that refresh runs get the previous
+    /// snapshot at once if it was read at `generation` (a scrape never waits for the node, except
+    /// the very first and the first after a drain of the daemon's ended: the snapshot from
+    /// before that end would show the drain still running).
+    pub async fn get(&self, generation: u64) -> Option<Arc<Status>> {
+        let usable = |c: &Option<Cached>| c.as_ref().is_some_and(|(_, g, _)| *g == generation);
+        let fresh = |c: &Option<Cached>| {
+            usable(c)
+                && c.as_ref()
+                    .is_some_and(|(at, _, _)| at.elapsed() < self.every)
         };
         let cached = self.cached();
         if fresh(&cached) {
-            return cached.and_then(|(_, s)| s);
+            return cached.and_then(|(_, _, s)| s);
         }
         let _refresh = match self.refreshing.try_lock() {
             Ok(guard) => guard,
-            Err(_) if cached.is_some() => return cached.and_then(|(_, s)| s),
+            Err(_) if usable(&cached) => return cached.and_then(|(_, _, s)| s),
             Err(_) => self.refreshing.lock().await,
         };
         // Another caller may have refreshed while this one waited for the lock.
         let cached = self.cached();
         if fresh(&cached) {
-            return cached.and_then(|(_, s)| s);
+            return cached.and_then(|(_, _, s)| s);
         }
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -399,8 +418,10 @@ where
             .ok()
             .flatten()
             .map(Arc::new);
+        // Stamped with the generation it was asked for: a drain that ended during the read
+        // bumped it, so the next scrape reads again.
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), status.clone()));
+            Some((Instant::now(), generation, status.clone()));
         status
     }
 
@@ -484,7 +505,7 @@ where
     let path = head.split_whitespace().nth(1).unwrap_or("");
     let (status_line, body, ctype) =
         if head.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
-            let status = snapshot.get().await;
+            let status = snapshot.get(metrics.generation()).await;
             (
                 "200 OK",
                 metrics.render(status.as_deref()),
@@ -581,7 +602,7 @@ mod tests {
         let scrapes: Vec<_> = (0..200)
             .map(|_| {
                 let s = snap.clone();
-                tokio::spawn(async move { s.get().await })
+                tokio::spawn(async move { s.get(0).await })
             })
             .collect();
         for s in scrapes {
@@ -590,7 +611,7 @@ mod tests {
         assert_eq!(snap.reads(), 1, "one read for 200 scrapes");
         let stale = Snapshot::new(Duration::ZERO, || None);
         for _ in 0..3 {
-            stale.get().await;
+            stale.get(0).await;
         }
         assert_eq!(stale.reads(), 3, "a stale snapshot is read again");
     }
@@ -607,22 +628,72 @@ mod tests {
             }
             None
         }));
-        snap.get().await;
+        snap.get(0).await;
         let slow = {
             let s = snap.clone();
-            tokio::spawn(async move { s.get().await })
+            tokio::spawn(async move { s.get(0).await })
         };
         let start = Instant::now();
         while snap.reads() < 2 {
             assert!(start.elapsed() < HANG, "the second refresh never started");
             tokio::task::yield_now().await;
         }
-        tokio::time::timeout(HANG, snap.get())
+        tokio::time::timeout(HANG, snap.get(0))
             .await
             .expect("a scrape during a refresh does not wait for it");
         assert_eq!(snap.reads(), 2, "no second refresh at the same time");
         release.send(()).unwrap();
         slow.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_from_before_the_daemons_drain_ended_is_never_shown_after_it() {
+        // The monitoring e2e saw "failed-over, draining, failed-over": the snapshot read while
+        // the drain held the lock (mode draining) was served for up to a second after it ended.
+        let m = Metrics::default();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let snap = Arc::new(Snapshot::new(Duration::from_secs(3600), move || {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                // The read after the drain's end hangs until the test lets it go.
+                let _ = gate.lock().unwrap().recv_timeout(HANG);
+            }
+            None
+        }));
+        m.drain_started(DrainMode::Drain);
+        snap.get(m.generation()).await;
+        snap.get(m.generation()).await;
+        assert_eq!(snap.reads(), 1, "fresh within the interval: read once");
+        m.drain_finished(&Err(OpError::Interrupted));
+        let after = m.generation();
+        let first = {
+            let s = snap.clone();
+            tokio::spawn(async move { s.get(after).await })
+        };
+        let start = Instant::now();
+        while snap.reads() < 2 {
+            assert!(
+                start.elapsed() < HANG,
+                "the drain's end did not force a read"
+            );
+            tokio::task::yield_now().await;
+        }
+        // A scrape while that read runs must wait for it, not take the old snapshot.
+        let mut second = {
+            let s = snap.clone();
+            tokio::spawn(async move { s.get(after).await })
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut second)
+                .await
+                .is_err(),
+            "served the snapshot from before the end"
+        );
+        release.send(()).unwrap();
+        first.await.unwrap();
+        second.await.unwrap();
+        assert_eq!(snap.reads(), 2, "the waiter took the new reading");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

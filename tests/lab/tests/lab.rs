@@ -110,7 +110,13 @@ fn plain_failover_breakage_is_detected() {
         .load
         .stall_check()
         .expect_err("a plain failover stalls connection setups");
-    assert!(stall.contains("a handshake took"), "{stall}");
+    // Either side of the bar may see it: a retransmitted SYN counts with its whole setup as the
+    // handshake; a CI run also showed connect()s of ~1035 ms with a small kernel RTT and no
+    // retransmission counted (cause not captured yet), which only the connect() side sees.
+    assert!(
+        stall.contains("a handshake took") || stall.contains("a connect() took"),
+        "{stall}"
+    );
     assert_eq!(r.vip_owner_after, Some(drain_lab::topology::Node::Lb2));
 }
 
