@@ -195,7 +195,18 @@ fn prometheus_sees_the_drains_phases_in_order() {
             seen.push(p.clone());
         }
     }
-    // The exact sequence: each phase once, in order, nothing repeated or skipped.
+    // The exact sequence: each phase once, in order, nothing repeated or skipped. The preflight
+    // (checks before the divert) lasts tens of milliseconds: a scrape may or may not land in it.
     let order = ["serving", "draining", "failing-over", "failed-over"];
-    assert_eq!(seen, order, "phases as Prometheus recorded them");
+    let with_preflight = [
+        "serving",
+        "preflight",
+        "draining",
+        "failing-over",
+        "failed-over",
+    ];
+    assert!(
+        seen == order || seen == with_preflight,
+        "phases as Prometheus recorded them: {seen:?}"
+    );
 }
