@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::journal::StateDir;
 use crate::ops::handoff::{self, PeerReply, PeerRequest, ReturnReport, Returning};
+use crate::ops::{Host, OpError};
 use crate::sys::peerlink::{self, Key, Replay, MAX_LINE};
 
 /// How long a connected peer may take to send its request, and to take the reply.
@@ -24,7 +26,12 @@ pub const MAX_CONNECTIONS: usize = 8;
 /// Refused connections are logged once per this interval: the first, then a count.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long `End` waits for the supervisor to remove the return path.
-const END_WAIT: Duration = Duration::from_secs(10);
+pub const END_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the state directory and a host for one piece of work, with the interrupt counter it
+/// should watch: [`crate::wiring::open`] in the daemon, the fake world in unit tests.
+pub type Opener =
+    dyn Fn(&Config, Arc<AtomicU32>) -> Result<(StateDir, Box<dyn Host>), OpError> + Send + Sync;
 
 /// The return path this daemon supervises, if any.
 pub struct Returns {
@@ -33,6 +40,9 @@ pub struct Returns {
     /// journalled; the next start resumes it).
     stopping: Arc<AtomicU32>,
     running: Mutex<Option<Supervisor>>,
+    open: Arc<Opener>,
+    /// How long `End` waits for the supervisor ([`END_WAIT`] in the daemon).
+    end_wait: Duration,
 }
 
 struct Supervisor {
@@ -43,10 +53,17 @@ struct Supervisor {
 impl Returns {
     /// Nothing supervised yet.
     pub fn new(cfg: Config) -> Arc<Returns> {
+        Returns::with(cfg, Arc::new(crate::wiring::open), END_WAIT)
+    }
+
+    /// Nothing supervised yet; hosts come from `open` and `End` waits `end_wait`.
+    fn with(cfg: Config, open: Arc<Opener>, end_wait: Duration) -> Arc<Returns> {
         Arc::new(Returns {
             cfg,
             stopping: Arc::new(AtomicU32::new(0)),
             running: Mutex::new(None),
+            open,
+            end_wait,
         })
     }
 
@@ -60,9 +77,10 @@ impl Returns {
         let (tx, rx) = mpsc::channel();
         tracing::info!(peer = %r.peer, until = r.until, "hand-off: return path in place, supervising");
         let (cfg, stopping, flag) = (self.cfg.clone(), self.stopping.clone(), ended.clone());
+        let open = self.open.clone();
         std::thread::spawn(move || {
             let result = (|| {
-                let (state, mut host) = crate::wiring::open(&cfg, stopping)?;
+                let (state, mut host) = open(&cfg, stopping)?;
                 handoff::supervise(&cfg, &state, &mut *host, &r, &|| {
                     flag.load(Ordering::SeqCst)
                 })
@@ -87,7 +105,7 @@ impl Returns {
         let result = match sup {
             Some(s) => {
                 s.ended.store(true, Ordering::SeqCst);
-                match s.done.recv_timeout(END_WAIT) {
+                match s.done.recv_timeout(self.end_wait) {
                     Ok(r) => r.map(|r| r.summary(self.cfg.peer.get())),
                     Err(_) => Err("the return path's supervisor did not finish in time".into()),
                 }
@@ -103,7 +121,7 @@ impl Returns {
     fn remove_unsupervised(&self) -> Result<String, String> {
         let cfg = &self.cfg;
         let (state, mut host) =
-            crate::wiring::open(cfg, Arc::new(AtomicU32::new(0))).map_err(|e| e.to_string())?;
+            (self.open)(cfg, Arc::new(AtomicU32::new(0))).map_err(|e| e.to_string())?;
         let recorded = state.return_journal().map_err(|e| e.to_string())?;
         if recorded.is_empty() {
             return Ok("no return path here".into());
@@ -133,9 +151,10 @@ impl Returns {
         match req {
             PeerRequest::Hello { vips } => handoff::hello(cfg, here, &vips),
             PeerRequest::Begin { vips, until } => {
-                let begun = crate::wiring::open(cfg, Arc::new(AtomicU32::new(0))).and_then(
-                    |(state, mut host)| handoff::begin(cfg, &state, &mut *host, &vips, until),
-                );
+                let begun =
+                    (self.open)(cfg, Arc::new(AtomicU32::new(0))).and_then(|(state, mut host)| {
+                        handoff::begin(cfg, &state, &mut *host, &vips, until)
+                    });
                 match begun {
                     Ok(Ok(r)) => {
                         self.start(r);
@@ -151,11 +170,9 @@ impl Returns {
             }
             PeerRequest::End => self.end(),
             PeerRequest::Failback { mode } => {
-                let done = crate::wiring::open(cfg, self.stopping.clone()).and_then(
-                    |(state, mut host)| {
-                        crate::ops::maintenance::fail_back_here(cfg, &state, &mut *host, mode)
-                    },
-                );
+                let done = (self.open)(cfg, self.stopping.clone()).and_then(|(state, mut host)| {
+                    crate::ops::maintenance::fail_back_here(cfg, &state, &mut *host, mode)
+                });
                 match done {
                     Ok(detail) => PeerReply::Ok { detail },
                     Err(e) => PeerReply::Refused {
@@ -290,4 +307,103 @@ async fn serve_one(
 /// Binds the peer link's port (all addresses; only the peer is answered).
 pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::ops::fake::{test_config, FakeHost};
+    use crate::ops::handoff::VipPorts;
+
+    thread_local! {
+        /// A fake host the next open on this thread gets, with the state a test gave it.
+        static LENT: RefCell<Option<FakeHost>> = const { RefCell::new(None) };
+    }
+
+    fn cfg() -> Config {
+        test_config(
+            "80, 7",
+            "handoff:\n  key_file: /etc/drain-agent/handoff.key\n  deadline: 1h\n",
+        )
+    }
+
+    /// Opens the state in `dir` and the host lent on this thread (a fresh fake if none).
+    fn opener(dir: PathBuf) -> Arc<Opener> {
+        Arc::new(move |_, _| {
+            let host = LENT
+                .with(|l| l.borrow_mut().take())
+                .unwrap_or_else(FakeHost::new);
+            Ok((StateDir::open(&dir)?, Box::new(host) as Box<dyn Host>))
+        })
+    }
+
+    #[test]
+    fn end_removes_a_return_path_no_supervisor_holds() {
+        // The return path was installed, then the daemon restarted and its supervisor never came
+        // back (or ended): the peer's End must still remove it.
+        let (cfg, dir) = (cfg(), tempfile::tempdir().unwrap());
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut h = FakeHost::new();
+        let until = h.unix_now() + 100;
+        handoff::begin(&cfg, &state, &mut h, &VipPorts::of(&cfg), until)
+            .unwrap()
+            .unwrap();
+        assert!(!state.return_journal().unwrap().is_empty());
+        let calls = h.calls.clone();
+        LENT.with(|l| *l.borrow_mut() = Some(h));
+        let returns = Returns::with(cfg, opener(dir.path().into()), END_WAIT);
+
+        assert_eq!(
+            returns.end(),
+            PeerReply::Ok {
+                detail: "return path removed".into()
+            }
+        );
+        assert!(state.return_journal().unwrap().is_empty());
+        assert!(
+            calls.borrow().iter().any(|c| c == "restore remove"),
+            "{:?}",
+            calls.borrow()
+        );
+        // Asked again: nothing is left, and the reply says so.
+        assert_eq!(
+            returns.end(),
+            PeerReply::Ok {
+                detail: "no return path here".into()
+            }
+        );
+    }
+
+    #[test]
+    fn end_refuses_when_the_supervisor_does_not_finish_in_time() {
+        let (cfg, dir) = (cfg(), tempfile::tempdir().unwrap());
+        // A supervisor stuck before its first step: its host comes only when released.
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let open = opener(dir.path().into());
+        let stuck: Arc<Opener> = Arc::new(move |cfg, stop| {
+            let _ = gate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .recv_timeout(Duration::from_secs(30));
+            open(cfg, stop)
+        });
+        let returns = Returns::with(cfg.clone(), stuck, Duration::from_millis(200));
+        returns.start(Returning {
+            peer: cfg.peer.get(),
+            peer_mac: [2, 0, 0, 0, 0, 1],
+            until: u64::MAX,
+        });
+
+        assert_eq!(
+            returns.end(),
+            PeerReply::Refused {
+                reason: "the return path's supervisor did not finish in time".into()
+            }
+        );
+        release.send(()).unwrap();
+    }
 }
