@@ -62,7 +62,9 @@ fn the_daemon_follows_the_fifo_and_runs_the_clis_drain() {
         "{:?}",
         r.load.failures.iter().take(5).collect::<Vec<_>>()
     );
-    assert!(r.worst_setup_ms < 100.0);
+    if let Err(stall) = r.load.stall_check() {
+        panic!("{stall}");
+    }
     wait_for("lb2 (MASTER, from the FIFO) to release", || {
         !lab.accepting(Node::Lb2).unwrap()
     });
@@ -145,7 +147,9 @@ fn a_daemon_killed_mid_drain_repairs_on_restart_without_breaking_flows() {
         r.load.failures.iter().take(5).collect::<Vec<_>>(),
         r.event.timeline
     );
-    assert!(r.worst_setup_ms < 100.0);
+    if let Err(stall) = r.load.stall_check() {
+        panic!("{stall}");
+    }
     assert_eq!(
         r.vip_owner_after,
         Some(Node::Lb1),

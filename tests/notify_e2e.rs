@@ -66,7 +66,9 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
         "{:?}",
         r.load.failures.iter().take(5).collect::<Vec<_>>()
     );
-    assert!(r.worst_setup_ms < 100.0);
+    if let Err(stall) = r.load.stall_check() {
+        panic!("{stall}");
+    }
     // lb2 became MASTER: its notify released the acceptance state.
     wait_for("lb2 (MASTER) to release", || {
         !lab.accepting(Node::Lb2).unwrap() && arp_ignore(&lab, Node::Lb2) == "0"
@@ -178,7 +180,9 @@ fn keepalived_restarting_on_the_peer_mid_drain_breaks_nothing() {
         "{:?}",
         r.load.failures.iter().take(5).collect::<Vec<_>>()
     );
-    assert!(r.worst_setup_ms < 100.0);
+    if let Err(stall) = r.load.stall_check() {
+        panic!("{stall}");
+    }
     assert!(r
         .event
         .timeline

@@ -286,7 +286,12 @@ fn run_inner(
 ) -> Result<ScenarioResult> {
     let spec_path = lab.dir.join(format!("load-{name}.json"));
     let out_path = lab.dir.join(format!("report-{name}.json"));
-    fs::write(&spec_path, serde_json::to_vec_pretty(load)?)?;
+    // Unless told otherwise, the flows started before the event are the run's steady baseline,
+    // the one [`LoadReport::stall_check`] compares the rest to.
+    let mut load = load.clone();
+    load.baseline_until_ms
+        .get_or_insert(event_at.as_millis() as u64);
+    fs::write(&spec_path, serde_json::to_vec_pretty(&load)?)?;
     let clock = Clock::start();
     let mut gen = start_load(lab, &spec_path, &out_path)?;
     let stop = StopOnDrop(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
