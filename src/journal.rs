@@ -307,6 +307,10 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// How old a temporary file in the state directory must be for the lock's taker to remove it as
+/// left by a killed writer (a write takes milliseconds).
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How often `lock_wait` tries the lock again.
 const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -387,6 +391,20 @@ impl StateDir {
             Ok(mut flock) => {
                 flock.set_len(0).map_err(err)?;
                 write!(flock, "{}", std::process::id()).map_err(err)?;
+                // Every journal write happens under this lock, so a temporary file older than
+                // a write can take was left by a writer that was killed: sweep it now.
+                match crate::sys::fs::remove_stale_temporaries(&self.path, STALE_TEMPORARY) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        removed = n,
+                        "state directory {}: removed {n} temporary file(s) a killed write left",
+                        self.path.display()
+                    ),
+                    Err(e) => tracing::warn!(
+                        "state directory {}: cannot sweep temporary files: {e}",
+                        self.path.display()
+                    ),
+                }
                 Ok(Lock { _flock: flock })
             }
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -687,5 +705,19 @@ mod tests {
         drop(sd.lock().unwrap());
         assert!(sd.lock().is_ok());
         assert_eq!(sd.lock_holder(), None);
+    }
+
+    #[test]
+    fn taking_the_lock_sweeps_the_temporary_file_a_killed_write_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path()).unwrap();
+        let left = dir.path().join(".drain-journal.json.0123456789abcdef.tmp");
+        fs::write(&left, b"[{\"half\": ").unwrap();
+        let f = fs::File::options().write(true).open(&left).unwrap();
+        f.set_modified(std::time::SystemTime::now() - STALE_TEMPORARY * 2)
+            .unwrap();
+        let _lock = sd.lock().unwrap();
+        assert!(!left.exists());
+        assert!(sd.drain_journal().unwrap().is_empty());
     }
 }

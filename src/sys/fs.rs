@@ -75,6 +75,48 @@ fn create_temporary(dir: &Path, name: &OsStr, mode: u32) -> io::Result<(PathBuf,
     Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
 }
 
+/// Whether `name` is one [`create_temporary`] makes: `.NAME.` then 16 hex digits then `.tmp`.
+fn is_temporary_name(name: &str) -> bool {
+    let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    match stem.rsplit_once('.') {
+        Some((base, hex)) => {
+            !base.is_empty() && hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
+    }
+}
+
+/// Removes the temporary files [`write_atomic`] left in `dir` when its process was killed
+/// between creating one and renaming it (SIGKILL, power loss), if they are older than `age`: a
+/// write in progress takes milliseconds, so an older one has no writer any more. Only regular
+/// files with the temporary name pattern go; symlinks and other names are left. Returns how
+/// many were removed.
+pub fn remove_stale_temporaries(dir: &Path, age: std::time::Duration) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(is_temporary_name) {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        let old = meta
+            .modified()?
+            .elapsed()
+            .is_ok_and(|elapsed| elapsed >= age);
+        if meta.file_type().is_file() && old {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 fn random_u64() -> io::Result<u64> {
     let mut b = [0u8; 8];
     // getrandom(2) cannot fail once the pool is initialised, which it is long before a
@@ -126,6 +168,46 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_nothing_else() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let age = |name: &str| {
+            let f = File::options().write(true).open(d.join(name)).unwrap();
+            f.set_modified(old).unwrap();
+        };
+        // What a SIGKILL between create and rename leaves, an hour ago.
+        let (stale, _) = create_temporary(d, OsStr::new("drain-journal.json"), 0o600).unwrap();
+        let stale_name = stale.file_name().unwrap().to_str().unwrap().to_string();
+        age(&stale_name);
+        // A write in progress now, and files that only look alike.
+        let (fresh, _) = create_temporary(d, OsStr::new("drain-journal.json"), 0o600).unwrap();
+        for other in [
+            "drain-journal.json",
+            ".drain-journal.json.1234.tmp",
+            ".drain-journal.json.0123456789abcdeg.tmp",
+            "x.0123456789abcdef.tmp",
+        ] {
+            fs::write(d.join(other), b"keep").unwrap();
+            age(other);
+        }
+        std::os::unix::fs::symlink("/etc/passwd", d.join(".f.0123456789abcdef.tmp")).unwrap();
+
+        assert_eq!(
+            remove_stale_temporaries(d, Duration::from_secs(60)).unwrap(),
+            1
+        );
+        assert!(!stale.exists());
+        assert!(fresh.exists());
+        assert_eq!(fs::read_dir(d).unwrap().count(), 6);
+        assert_eq!(
+            remove_stale_temporaries(d, Duration::from_secs(60)).unwrap(),
+            0
+        );
     }
 
     #[test]
