@@ -40,11 +40,13 @@ golden:
 	UPDATE_GOLDEN=1 $(CARGO) test --release -p drain-agent --lib plan::tests::golden
 	git diff --stat -- tests/golden
 
-## Property tests of every parser of outside input (tests/parsers_prop.rs), a million cases each
+## Property tests of every parser of outside input (tests/parsers_prop.rs and the sock_diag reply
+## parser's own, in src/sys/sockdiag/wire.rs), a million cases each
 ## (the normal suite runs 256); prints each parser's count and time. FUZZ_CASES overrides.
 FUZZ_CASES ?= 1000000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p drain-agent --test parsers_prop -- --nocapture --test-threads=1
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p drain-agent --lib sockdiag::wire::tests::prop -- --test-threads=1
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -6,8 +6,8 @@
 //! Each property runs `PROPTEST_CASES` cases (proptest's default, 256, in the normal suite);
 //! `make fuzz` runs a million per parser and prints the counts and times.
 //!
-//! Not covered here: the sock_diag reply parser (`sys::sockdiag::wire`) is private to its module;
-//! its byte-level tests live there.
+//! The sock_diag reply parser (`sys::sockdiag::wire`) is private to its module; its property
+//! tests live there (`sockdiag::wire::tests::prop`), and `make fuzz` runs them too.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};

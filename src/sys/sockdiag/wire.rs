@@ -734,4 +734,96 @@ pub(crate) mod tests {
         let f = SocketFilter::new(addrs, (1..=3000).collect::<Vec<u16>>());
         assert_eq!(KernelFilter::compile(&f), None);
     }
+
+    /// Property tests of the reply parser (`make fuzz` runs a million cases of each): the bytes
+    /// come from the kernel, and a parser that panics on some layout would take the daemon with it.
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One socket of a dump: state, local and remote endpoint, tcp_info's two idle fields.
+        type Sock = (u8, [u8; 4], u16, [u8; 4], u16, Option<(u32, u32)>);
+
+        fn sock() -> impl Strategy<Value = Sock> {
+            (
+                any::<u8>(),
+                any::<[u8; 4]>(),
+                any::<u16>(),
+                any::<[u8; 4]>(),
+                any::<u16>(),
+                proptest::option::of((any::<u32>(), any::<u32>())),
+            )
+        }
+
+        fn dump(socks: &[Sock], seq: u32) -> Vec<u8> {
+            let mut r = Reply::default();
+            for &(state, l, lp, rem, rp, info) in socks {
+                let local = format!("{}:{lp}", Ipv4Addr::from(l));
+                let remote = format!("{}:{rp}", Ipv4Addr::from(rem));
+                r = r.sock(seq, state, &local, &remote, info);
+            }
+            r.done(seq, 0).0
+        }
+
+        /// An error is one line naming where the datagram went wrong.
+        fn clean(r: &Result<Progress, SockDiagError>) -> Result<(), TestCaseError> {
+            if let Err(e) = r {
+                let text = e.to_string();
+                prop_assert!(!text.is_empty() && !text.contains('\n'), "{text:?}");
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn prop_any_bytes_parse_or_fail_with_one_line(
+                bytes in proptest::collection::vec(any::<u8>(), 0..600),
+                seq in proptest::option::of(any::<u32>()),
+            ) {
+                let r = parse_datagram(&bytes, seq, &mut |_| {});
+                clean(&r)?;
+            }
+
+            #[test]
+            fn prop_a_well_formed_dump_reads_back_every_socket(
+                socks in proptest::collection::vec(sock(), 0..24),
+                seq in any::<u32>(),
+            ) {
+                let (r, got) = collect(&dump(&socks, seq), Some(seq));
+                prop_assert_eq!(r.unwrap(), Progress::Done);
+                prop_assert_eq!(got.len(), socks.len());
+                for (s, &(state, l, lp, rem, rp, info)) in got.iter().zip(&socks) {
+                    prop_assert_eq!(s.state, TcpState::from_kernel(state));
+                    prop_assert_eq!(s.local, SocketAddrV4::new(l.into(), lp));
+                    prop_assert_eq!(s.remote, SocketAddrV4::new(rem.into(), rp));
+                    prop_assert_eq!(s.idle_ms, info.map(|(data, ack)| data.min(ack)));
+                }
+            }
+
+            #[test]
+            fn prop_a_damaged_dump_never_panics(
+                socks in proptest::collection::vec(sock(), 1..8),
+                cut in any::<proptest::sample::Index>(),
+                flips in proptest::collection::vec(
+                    (any::<proptest::sample::Index>(), any::<u8>()), 0..8),
+            ) {
+                let mut d = dump(&socks, 7);
+                for (at, b) in &flips {
+                    let i = at.index(d.len());
+                    d[i] = *b;
+                }
+                d.truncate(cut.index(d.len() + 1));
+                let mut seen = 0usize;
+                let r = parse_datagram(&d, Some(7), &mut |_| seen += 1);
+                clean(&r)?;
+                // Every socket reported was read from bytes that are there.
+                prop_assert!(seen * (NLMSG_HDRLEN + DIAG_MSG_LEN) <= d.len());
+            }
+        }
+    }
 }
