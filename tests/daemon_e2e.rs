@@ -119,27 +119,7 @@ fn a_daemon_killed_mid_drain_repairs_on_restart_without_breaking_flows() {
         "{}",
         agent.stderr
     );
-    let diverted = agent
-        .event("diverted")
-        .and_then(|e| e["t_ms"].as_f64())
-        .unwrap_or_else(|| panic!("killed before the divert: {:?}", r.event.timeline));
-    let killed = r
-        .event
-        .timeline
-        .iter()
-        .find(|(_, n)| n.contains("lb1: daemon killed"))
-        .unwrap()
-        .0;
-    assert!(
-        diverted < killed,
-        "killed at {killed:.1} ms, before the divert at {diverted:.1} ms: {:?}",
-        r.event.timeline
-    );
-    assert!(
-        agent.event("withdrawn").is_none(),
-        "the daemon undid its own divert before the kill: {:?}",
-        agent.events
-    );
+    r.assert_killed_after_the_divert("lb1: daemon killed");
     assert_eq!(
         r.broken,
         0,

@@ -359,7 +359,7 @@ fn a_crashed_drain_is_undone_by_undrain_without_breaking_flows() {
     // The agent dies mid-drain with the divert installed (no rollback runs); the operator runs
     // `undrain`, which must withdraw gracefully: flows already at the peer finish there.
     let r = crash_then_undrain(When::After("diverted", Duration::from_millis(500)));
-    assert_killed_after_the_divert(&r, "SIGKILL to drain-agent");
+    r.assert_killed_after_the_divert("SIGKILL to drain-agent");
 }
 
 #[test]
@@ -435,32 +435,6 @@ fn crash_then_undrain(kill: When) -> ScenarioResult {
         "undrain demoted a node that never left service (keepalived's track file)"
     );
     r
-}
-
-/// The crash happened where the test says: the agent had printed `diverted` (the divert was in
-/// place, so the repair path had something to repair) before the kill, on the one scenario clock.
-fn assert_killed_after_the_divert(r: &ScenarioResult, kill_note: &str) {
-    let agent = r.event.agent.as_ref().expect("agent ran");
-    let diverted = agent
-        .event("diverted")
-        .and_then(|e| e["t_ms"].as_f64())
-        .unwrap_or_else(|| panic!("killed before the divert: {:?}", r.event.timeline));
-    let killed = r
-        .event
-        .timeline
-        .iter()
-        .find(|(_, n)| n.contains(kill_note))
-        .unwrap_or_else(|| panic!("no kill in {:?}", r.event.timeline))
-        .0;
-    assert!(
-        diverted < killed,
-        "killed at {killed:.1} ms, before the divert at {diverted:.1} ms"
-    );
-    assert!(
-        agent.event("withdrawn").is_none(),
-        "the agent undid its own divert: {:?}",
-        agent.events
-    );
 }
 
 /// The drain at a high rate: 3000 new connections/s, 50 echo sessions/s of 11 s (≥ 500 open when

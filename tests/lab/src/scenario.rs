@@ -135,6 +135,37 @@ pub struct ScenarioResult {
     pub samples: Option<NodeSamples>,
 }
 
+impl ScenarioResult {
+    /// Asserts the crash happened where a test says: the agent had printed `diverted` (the
+    /// divert was in place, so the repair path had something to repair) before the timeline's
+    /// note containing `kill_note`, on the one scenario clock, and it had not withdrawn its own
+    /// divert before.
+    pub fn assert_killed_after_the_divert(&self, kill_note: &str) {
+        let agent = self.event.agent.as_ref().expect("agent ran");
+        let diverted = agent
+            .event("diverted")
+            .and_then(|e| e["t_ms"].as_f64())
+            .unwrap_or_else(|| panic!("killed before the divert: {:?}", self.event.timeline));
+        let killed = self
+            .event
+            .timeline
+            .iter()
+            .find(|(_, n)| n.contains(kill_note))
+            .unwrap_or_else(|| panic!("no {kill_note:?} in {:?}", self.event.timeline))
+            .0;
+        assert!(
+            diverted < killed,
+            "killed at {killed:.1} ms, before the divert at {diverted:.1} ms: {:?}",
+            self.event.timeline
+        );
+        assert!(
+            agent.event("withdrawn").is_none(),
+            "the agent undid its own divert before the kill: {:?}",
+            agent.events
+        );
+    }
+}
+
 /// Every [`SAMPLE_INTERVAL`] on the scenario clock: how many connections each LB node had
 /// accepted so far (`PassiveOpens` of its namespace), so a plot can show who served new flows.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
