@@ -1,7 +1,7 @@
 //! End-to-end: `drain-agent drain` on the MASTER of a real keepalived + HAProxy pair under the
 //! lab's mixed load (≥ 500 short HTTP/s, 10 long echo sessions/s with half-close, keep-alive
 //! sessions, slow downloads). The bar is zero broken flows and no connection-setup stall, also
-//! under each of the conditions that broke flows in FIELD-NOTES, and a host left exactly as it was.
+//! under each of the conditions that broke flows (docs/kernel-facts.md), and a host left exactly as it was.
 
 use std::time::Duration;
 
@@ -83,7 +83,7 @@ fn drain_under_mixed_load_breaks_nothing_and_restores_the_hosts() {
         "a second drain while one runs is refused with exit 6: {:?}",
         r.event.timeline
     );
-    // Our rules use no conntrack match: conntrack stayed off in lb1 the whole time (pitfall 1
+    // Our rules use no conntrack match: conntrack stayed off in lb1 the whole time (kernel-facts K1
     // cannot apply), which also makes this the "conntrack never active" case.
     assert_eq!(
         conntrack_count(&lab, Node::Lb1),
@@ -124,7 +124,7 @@ fn stale_conntrack_entries_for_reused_client_ports_break_nothing() {
     )
     .unwrap();
     // ... and lb1 holds stale ESTABLISHED entries (5-day timeout) for every one of them, as a
-    // flow that ended by a reset lb1 never saw would leave (pitfall 3).
+    // flow that ended by a reset lb1 never saw would leave (docs/kernel-facts.md#k3).
     let vip = addr::VIP.to_string();
     let client = addr::CLIENT.to_string();
     for port in 40000..40400u16 {

@@ -540,7 +540,7 @@ fn arp_for_the_vip_needs_arp_ignore_on_a_backup_peer() {
     with_links(&lab.b, |links| async move {
         links.add_local_route(VIP).await.unwrap()
     });
-    // FIELD-NOTES pitfall 5, measured: with arp_ignore=0 the local route alone makes the BACKUP
+    // docs/kernel-facts.md#k5, measured: with arp_ignore=0 the local route alone makes the BACKUP
     // peer answer ARP for the VIP — it would pull clients (and their established flows) to it.
     assert_eq!(ask(&lab), vec![B_MAC]);
 

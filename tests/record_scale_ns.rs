@@ -329,7 +329,7 @@ fn a_default_hash_set_fed_from_the_packet_path_never_grows() {
     if !require_root("a_default_hash_set_fed_from_the_packet_path_never_grows") {
         return;
     }
-    // The kernel fact behind the record's design (FIELD-NOTES 9): if a kernel ever resizes on a
+    // The kernel fact behind the record's design (docs/kernel-facts.md#k9): if a kernel ever resizes on a
     // packet-path add, this fails and the design can be simplified.
     let bench = Bench::new("recfact", None);
     let node = &bench.pair.node;

@@ -174,7 +174,7 @@ pub struct Failover {
     #[serde(default = "defaults::failover_timeout")]
     pub timeout: PositiveDuration,
     /// Keep diverting this long after the peer owns the VIPs: clients keep sending to this node
-    /// until the peer's gratuitous ARP reaches them (FIELD-NOTES pitfall 8).
+    /// until the peer's gratuitous ARP reaches them (docs/kernel-facts.md#k8).
     #[serde(default = "defaults::post_wait")]
     pub post_wait: HumanDuration,
     /// The file keepalived's `track_file` block watches. Required by `method: track-file`; with
@@ -229,7 +229,7 @@ pub struct Drain {
     #[serde(default = "defaults::deadline")]
     pub deadline: PositiveDuration,
     /// Sockets whose client was silent this long do not hold the drain (zombie sockets,
-    /// FIELD-NOTES pitfall 4).
+    /// docs/kernel-facts.md#k4).
     #[serde(default = "defaults::idle_threshold")]
     pub idle_threshold: PositiveDuration,
     /// How often the local sockets are counted.

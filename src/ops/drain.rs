@@ -687,7 +687,7 @@ pub(super) fn pull_trigger(
 }
 
 /// Triggers the failover and waits until the peer owns every VIP; keeps the divert meanwhile
-/// (clients keep sending to this node until the peer's gratuitous ARP lands: FIELD-NOTES 8).
+/// (clients keep sending to this node until the peer's gratuitous ARP lands: docs/kernel-facts.md#k8).
 fn failover(
     h: &mut dyn Host,
     j: &mut Journal,

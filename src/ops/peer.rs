@@ -1,5 +1,5 @@
 //! `accept` and `release`, on the peer: accept diverted traffic for the VIPs while BACKUP,
-//! reversibly. FIELD-NOTES pitfall 5: the BACKUP peer must take packets addressed to the VIP (a
+//! reversibly. docs/kernel-facts.md#k5: the BACKUP peer must take packets addressed to the VIP (a
 //! `local VIP/32 dev lo` route, no address on any interface) but must not answer ARP for it
 //! (`arp_ignore=1`, `arp_announce=2` on the ingress interface), or clients could send established
 //! flows to the wrong node. The caller holds the state directory's lock.

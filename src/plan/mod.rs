@@ -7,7 +7,7 @@
 //! during the drain must go to the peer, every packet of them, until the end.
 //!
 //! **Flows are classified by what is true, not by conntrack.** Conntrack cannot be trusted for
-//! this (FIELD-NOTES pitfalls 1-3): in a network namespace it is inactive until a rule needs it,
+//! this (docs/kernel-facts.md#k1 to #k3): in a network namespace it is inactive until a rule needs it,
 //! so pre-existing flows are picked up mid-stream as NEW; the same happens after `conntrack -F` or
 //! a table overflow; stale ESTABLISHED entries (5-day timeout) match a new connection that reuses
 //! a client port; and a diverted flow never gets a confirmed entry on this node at all (its
@@ -37,7 +37,7 @@
 //! clone is sent to the peer's MAC, still addressed to the VIP; the peer accepts it through a local
 //! route, see [`PeerPlan`]), then DROP the original so the local stack never answers it with a RST.
 //! TEE rather than routing, because a routed packet makes this node send ICMP redirects and its
-//! conntrack sees an asymmetric flow (pitfall 6).
+//! conntrack sees an asymmetric flow (docs/kernel-facts.md#k6).
 //!
 //! # Chains and sets (P = `firewall.chain_prefix`)
 //!

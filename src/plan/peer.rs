@@ -22,14 +22,14 @@ impl SysctlChange {
 }
 
 /// What the peer must do before it receives diverted packets, as data; the links adapter applies
-/// it and the caller records the old values to restore them (pitfall 7: every sysctl changed is
+/// it and the caller records the old values to restore them (docs/kernel-facts.md#k7: every sysctl changed is
 /// restored).
 ///
 /// The peer is still BACKUP while the drain runs, so it does not hold the VIPs: it accepts packets
 /// addressed to them only through a local route (`local VIP/32 dev lo`). And it must not answer
 /// ARP for them (`arp_ignore=1`: answer only for addresses configured on the asking interface;
 /// `arp_announce=2`: never use a VIP as ARP source), or clients may learn its MAC for the VIP and
-/// send flows that must stay on the draining node to it (pitfall 5).
+/// send flows that must stay on the draining node to it (docs/kernel-facts.md#k5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerPlan {
     /// Addresses that need a local route (`ip route add local A/32 dev lo`).

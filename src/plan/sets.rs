@@ -8,7 +8,7 @@
 //! resizes a hash set on a packet-path add** (`ip_set_hash_gen.h`: "Resizing can be triggered by
 //! userspace command only"). A `hash:ip,port,ip` set is an array of `hashsize` buckets of at most
 //! `bucketsize` (12) entries; when the bucket an element hashes to is full, the add from the
-//! packet path simply fails. Measured (FIELD-NOTES 9): 20 000 SYNs from distinct ports into a set
+//! packet path simply fails. Measured (docs/kernel-facts.md#k9): 20 000 SYNs from distinct ports into a set
 //! created with the default `hashsize 1024` left 12 227 entries; during a drain at 1500–3000 new
 //! connections/s a few SYNs per thousand were not recorded, fell through to "local", and after the
 //! VIP had left the node the kernel dropped them in routing (`IP_INADDRERRORS`): a 1 s stall, or a

@@ -3,7 +3,7 @@
 //! The drain needs four kernel facts and changes: is the tracked interface up (and does the
 //! kernel consider it running — keepalived's `track_interface` reads `IFF_UP` and
 //! `IFF_RUNNING`), downing/upping it, is the VIP configured on this node (and on which link),
-//! and — on the *peer* — a main-table `local VIP/32 dev lo` route (FIELD-NOTES pitfall 5: the
+//! and — on the *peer* — a main-table `local VIP/32 dev lo` route (docs/kernel-facts.md#k5: the
 //! peer must accept packets for the VIP while it is BACKUP; a local route does that without
 //! putting the address on an interface, where keepalived owns it and adds its own local-table
 //! route when it becomes MASTER).

@@ -5,7 +5,7 @@
 //! while this node owns the VIP, a packet to the VIP sent through our routing would be delivered
 //! locally, never reaching the peer. Sending a hand-made Ethernet frame to the peer's MAC proves
 //! what a diverted flow needs — the peer's kernel accepts packets for the VIP (its local route,
-//! FIELD-NOTES pitfall 5) and something listens on VIP:port there.
+//! docs/kernel-facts.md#k5) and something listens on VIP:port there.
 //!
 //! Synchronous with bounded waits (the caller may use `spawn_blocking`); IPv4 over Ethernet only.
 //! Sockets act in the network namespace of the calling thread.
@@ -145,7 +145,7 @@ pub fn arp_resolve(
 
 /// Like [`arp_resolve`] but listens for the whole `timeout` and returns every distinct MAC that
 /// answered, in order of arrival. More than one means two hosts claim the address — for the VIP,
-/// a split brain or a peer answering ARP while BACKUP (FIELD-NOTES pitfall 5).
+/// a split brain or a peer answering ARP while BACKUP (docs/kernel-facts.md#k5).
 pub fn arp_resolve_all(
     ifname: &str,
     our_ip: Ipv4Addr,

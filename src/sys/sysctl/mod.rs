@@ -8,7 +8,7 @@
 //! `/proc/thread-self/net/...` follows the calling thread. There is no `/proc/thread-self/sys`.)
 //! The privileged tests in `tests/netops_ns.rs` check all of this on the running kernel.
 //!
-//! FIELD-NOTES pitfall 7: every sysctl the agent changes must be recorded and restored, which is
+//! docs/kernel-facts.md#k7: every sysctl the agent changes must be recorded and restored, which is
 //! why [`Sysctls::swap`] hands back the previous value.
 
 use std::fmt;
@@ -180,7 +180,7 @@ pub trait Sysctls: Send + Sync {
     fn read(&self, key: &SysctlKey) -> Result<String, SysctlError>;
     /// Sets a value.
     fn write(&self, key: &SysctlKey, value: &str) -> Result<(), SysctlError>;
-    /// Sets a value and returns the previous one, for the restore list (FIELD-NOTES pitfall 7).
+    /// Sets a value and returns the previous one, for the restore list (docs/kernel-facts.md#k7).
     fn swap(&self, key: &SysctlKey, value: &str) -> Result<String, SysctlError> {
         let old = self.read(key)?;
         self.write(key, value)?;

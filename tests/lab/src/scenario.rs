@@ -23,7 +23,7 @@ pub enum Event {
     None,
     /// The tracked interface goes down; VRRP moves the VIP; nothing else is done.
     PlainFailover,
-    /// The iptables ruleset of ../shared/seeds/002 (last answer), adapted to the lab's addresses,
+    /// The CONNMARK/TEE ruleset operators used before this agent (docs/kernel-facts.md#k2), adapted to the lab's addresses,
     /// then the tracked interface down once lb1's established count falls (or a deadline).
     SeedRules,
     /// A custom event (e.g. running drain-agent); it gets the lab and the scenario clock.
@@ -433,7 +433,7 @@ fn plain_failover(lab: &mut Lab, clock: &Clock) -> Result<EventOutcome> {
     Ok(o)
 }
 
-/// The seed's rules (shared/seeds/002, last answer), with the lab's VIP, ingress interface and peer.
+/// The operators' hand-written rules (docs/kernel-facts.md#k2), with the lab's VIP, ingress interface and peer.
 pub fn seed_rules_list() -> Vec<String> {
     let vip = addr::VIP;
     let peer = addr::LB2;
@@ -448,7 +448,7 @@ pub fn seed_rules_list() -> Vec<String> {
     ]
 }
 
-/// What the peer needs to accept TEE'd packets for the VIP while BACKUP (FIELD-NOTES pitfall 5),
+/// What the peer needs to accept TEE'd packets for the VIP while BACKUP (docs/kernel-facts.md#k5),
 /// done by hand for the seed scenario the way its author would have had to.
 fn peer_accept(lab: &Lab, node: Node, on: bool) -> Result<()> {
     let ns = lab.node_ns(node);

@@ -1,6 +1,6 @@
 //! Detection cases that need a kernel we control: a private network namespace (root only).
 //!
-//! - An RST that answers our FIN after all data was exchanged (FIELD-NOTES pitfall 2: a node
+//! - An RST that answers our FIN after all data was exchanged (docs/kernel-facts.md#k2: a node
 //!   answering a FIN it was wrongly sent). The application never reads again, so only the
 //!   socket's SO_ERROR after the close handshake shows it; an iptables REJECT --reject-with
 //!   tcp-reset on the server's FINs reproduces it exactly.

@@ -4,7 +4,7 @@
 //! send our FIN, require the peer's FIN with nothing after the expected bytes, wait until the
 //! kernel has closed the socket, and only then look at `SO_ERROR`. That last step is what catches
 //! an RST that arrives after the data was complete, e.g. a node answering a FIN it was wrongly sent
-//! (FIELD-NOTES pitfall 2): the application never reads again, so only the socket error shows it.
+//! (docs/kernel-facts.md#k2): the application never reads again, so only the socket error shows it.
 
 use std::io;
 use std::net::SocketAddr;

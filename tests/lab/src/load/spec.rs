@@ -1,6 +1,6 @@
 //! What the load generator offers: [`LoadSpec`], read from JSON, every field defaulted.
 //!
-//! The defaults reproduce the mixed workload behind the baselines in FIELD-NOTES.md (500 short
+//! The defaults reproduce the mixed workload behind the measured baselines (500 short
 //! HTTP requests/s, each on a new connection, plus 10 echo sessions/s of 3 s, for 8 s) so results
 //! stay comparable; the keep-alive and slow-download classes are off by default but carry sensible
 //! shapes, so enabling one only needs its rate.
