@@ -220,12 +220,13 @@ EXIT_MEANINGS = {
     7: "the node's state does not allow it; nothing was changed",
     8: "the peer was lost during the drain; rolled back, the node serves",
     9: "interrupted; rolled back, the node serves",
-    10: "deadline reached with abort-on-deadline; rolled back, the node serves",
+    10: "deadline reached with --abort-on-deadline; rolled back, the node serves",
     11: "failover not confirmed in time; divert removed, tracked interface left down: check keepalived",
     12: "cleanup incomplete; `drain-agent undrain` retries",
 }
 
-# Exit codes after which the agent guarantees the node is as it was.
+# Exit codes after which the agent guarantees the node is as it was. Both tables are held to the
+# agent's own (src/ops/exit.rs) by tests/exit_codes.rs.
 UNCHANGED_CODES = frozenset([2, 3, 4, 5, 6, 7])
 
 # `drain-agent status` modes (README "JSON output"). Out of service: the node holds no VIP and

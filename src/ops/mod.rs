@@ -20,6 +20,7 @@ pub mod check;
 pub mod divert;
 pub mod drain;
 pub mod event;
+pub mod exit;
 pub mod handoff;
 pub mod maintenance;
 pub mod notify;
@@ -273,36 +274,6 @@ pub enum OpError {
     /// SIGINT/SIGTERM after the failover of a hand-off: the node's remaining connections were cut.
     #[error("interrupted during the hand-off: {0} connection(s) of this node cut; the peer serves the VIP, this node stays out of service until `drain-agent undrain`")]
     HandoffCut(usize),
-}
-
-/// Exit codes — an API: keepalived and Ansible read them. Documented in the README.
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// Unexpected internal error.
-    pub const INTERNAL: u8 = 1;
-    /// Bad command-line usage.
-    pub const USAGE: u8 = 2;
-    /// The configuration file is invalid.
-    pub const CONFIG: u8 = 3;
-    /// The environment is not usable (missing binary, interface, privilege, kernel feature).
-    pub const ENVIRONMENT: u8 = 4;
-    /// The peer cannot take the traffic (nothing was changed).
-    pub const PEER_NOT_READY: u8 = 5;
-    /// Another drain-agent operation is running.
-    pub const BUSY: u8 = 6;
-    /// The node's state does not allow it (not MASTER, already drained, leftovers).
-    pub const STATE: u8 = 7;
-    /// The peer was lost during the drain (rolled back).
-    pub const PEER_LOST: u8 = 8;
-    /// Interrupted by a signal (rolled back).
-    pub const INTERRUPTED: u8 = 9;
-    /// Deadline reached with abort_on_deadline (rolled back).
-    pub const DEADLINE: u8 = 10;
-    /// Failover not confirmed in time.
-    pub const FAILOVER: u8 = 11;
-    /// Cleanup incomplete: changes remain (listed in the journal).
-    pub const CLEANUP: u8 = 12;
 }
 
 impl OpError {
