@@ -27,9 +27,12 @@ demo: deps build
 
 ## Unit tests, kernel tests in scratch namespaces, and the end-to-end lab tests (real keepalived,
 ## HAProxy, iptables, ipset). Lab tests run one at a time: they share the 2 cores with the load.
+## The tests that need root are #[ignore]d, so a plain `cargo test` without root lists them as
+## ignored rather than passed; this target includes them (and, under CI=true, fails any that
+## cannot run).
 test: deps
 	$(CARGO) build --release --workspace --bins
-	$(CARGO) test --release --workspace --no-fail-fast -- --test-threads=1
+	$(CARGO) test --release --workspace --no-fail-fast -- --test-threads=1 --include-ignored
 
 test-unit:
 	$(CARGO) test --workspace --lib --bins

@@ -12,6 +12,7 @@ fn wait_for(what: &str, cond: impl FnMut() -> bool) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn the_daemon_follows_the_fifo_and_runs_the_clis_drain() {
     if !can_run_lab("daemon_fifo_and_socket", &[]) {
         return;
@@ -71,6 +72,7 @@ fn the_daemon_follows_the_fifo_and_runs_the_clis_drain() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_daemon_killed_mid_drain_repairs_on_restart_without_breaking_flows() {
     if !can_run_lab("daemon_killed_mid_drain", &[]) {
         return;

@@ -115,6 +115,7 @@ fn fifo_line(lab: &Lab, node: Node, line: &str) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn idle_connections_and_scrapes_leave_the_daemon_bounded_and_serving() {
     if !can_run_lab("daemon_limits_metrics_flood", &[]) {
         return;

@@ -254,6 +254,7 @@ fn sigterm_mid_drain(second_request: bool, name: &str) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn sigterm_to_the_daemon_rolls_back_its_drain_after_a_refused_undrain() {
     if !can_run_lab("daemon_sigterm_after_second_request", &[]) {
         return;
@@ -262,6 +263,7 @@ fn sigterm_to_the_daemon_rolls_back_its_drain_after_a_refused_undrain() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn sigterm_to_the_daemon_rolls_back_its_drain() {
     if !can_run_lab("daemon_sigterm_mid_drain", &[]) {
         return;
@@ -270,6 +272,7 @@ fn sigterm_to_the_daemon_rolls_back_its_drain() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn ctrl_c_on_the_cli_rolls_the_daemons_drain_back() {
     if !can_run_lab("daemon_cli_ctrl_c", &[]) {
         return;
@@ -356,6 +359,7 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn the_daemon_sends_ready_to_a_path_notify_socket_once_it_serves() {
     if !can_run_lab("daemon_sd_notify_path", &[]) {
         return;
@@ -369,6 +373,7 @@ fn the_daemon_sends_ready_to_a_path_notify_socket_once_it_serves() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn the_daemon_sends_ready_to_an_abstract_notify_socket() {
     use std::os::linux::net::SocketAddrExt;
     if !can_run_lab("daemon_sd_notify_abstract", &[]) {

@@ -212,6 +212,7 @@ fn dpkg_install(deb: &Path) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn deb_installs_works_and_purges_without_a_trace() {
     const TEST: &str = "deb_installs_works_and_purges_without_a_trace";
     if !prerequisites(TEST) {
@@ -430,6 +431,7 @@ fn deb_installs_works_and_purges_without_a_trace() {
 /// keepalived reads a deleted track file as 0 (it would put a drained node back into VRRP), so
 /// purge keeps it, says so, and removes the rest of the state directory.
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn purge_keeps_keepalived_track_file() {
     const TEST: &str = "purge_keeps_keepalived_track_file";
     if !prerequisites(TEST) {

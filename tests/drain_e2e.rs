@@ -37,6 +37,7 @@ fn conntrack_count(lab: &Lab, node: Node) -> usize {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn drain_under_mixed_load_breaks_nothing_and_restores_the_hosts() {
     if !can_run_lab("drain_under_mixed_load", &["conntrack"]) {
         return;
@@ -94,6 +95,7 @@ fn drain_under_mixed_load_breaks_nothing_and_restores_the_hosts() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn stale_conntrack_entries_for_reused_client_ports_break_nothing() {
     if !can_run_lab("stale_conntrack_entries", &["conntrack"]) {
         return;
@@ -173,6 +175,7 @@ fn stale_conntrack_entries_for_reused_client_ports_break_nothing() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_zombie_socket_does_not_hold_the_drain() {
     if !can_run_lab("zombie_socket", &[]) {
         return;
@@ -221,6 +224,7 @@ fn a_zombie_socket_does_not_hold_the_drain() {
 const SYN_SEND_SLACK_MS: f64 = 20.0;
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn peer_death_mid_drain_withdraws_at_the_configured_probe_failures_and_spares_local_flows() {
     if !can_run_lab("peer_death", &[]) {
         return;
@@ -317,6 +321,7 @@ fn peer_death_mid_drain_withdraws_at_the_configured_probe_failures_and_spares_lo
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn sigterm_mid_drain_rolls_back_without_breaking_flows() {
     if !can_run_lab("sigterm_mid_drain", &[]) {
         return;
@@ -352,6 +357,7 @@ fn sigterm_mid_drain_rolls_back_without_breaking_flows() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_crashed_drain_is_undone_by_undrain_without_breaking_flows() {
     if !can_run_lab("crashed_drain", &[]) {
         return;
@@ -363,6 +369,7 @@ fn a_crashed_drain_is_undone_by_undrain_without_breaking_flows() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_drain_killed_before_its_divert_is_undone_by_undrain_without_breaking_flows() {
     if !can_run_lab("drain_killed_on_ready", &[]) {
         return;
@@ -492,6 +499,7 @@ fn drain_at_scale(track_file: bool) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn drain_at_3000_per_s_with_link_down_breaks_nothing_and_never_stalls() {
     if !can_run_lab("drain_at_3000_per_s_with_link_down", &[]) {
         return;
@@ -500,6 +508,7 @@ fn drain_at_3000_per_s_with_link_down_breaks_nothing_and_never_stalls() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn drain_at_3000_per_s_with_the_track_file_breaks_nothing_and_never_stalls() {
     if !can_run_lab("drain_at_3000_per_s_with_the_track_file", &[]) {
         return;

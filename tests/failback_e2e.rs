@@ -135,21 +135,25 @@ fn failback(nopreempt: bool, track_file_trigger: bool) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn failback_nopreempt_link_down() {
     failback(true, false);
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn failback_preempt_link_down() {
     failback(false, false);
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn failback_nopreempt_track_file() {
     failback(true, true);
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn failback_preempt_track_file() {
     failback(false, true);
 }

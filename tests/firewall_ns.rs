@@ -114,6 +114,7 @@ fn round_trip(ns: &ScratchNetns) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn round_trip_in_a_namespace_that_never_had_a_mangle_table() {
     if !require_root("round_trip_in_a_namespace_that_never_had_a_mangle_table") {
         return;
@@ -127,6 +128,7 @@ fn round_trip_in_a_namespace_that_never_had_a_mangle_table() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn round_trip_next_to_a_user_rule_in_an_existing_mangle_table() {
     if !require_root("round_trip_next_to_a_user_rule_in_an_existing_mangle_table") {
         return;
@@ -160,6 +162,7 @@ fn round_trip_next_to_a_user_rule_in_an_existing_mangle_table() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_preexisting_set_name_is_refused_with_nothing_changed() {
     if !require_root("a_preexisting_set_name_is_refused_with_nothing_changed") {
         return;
@@ -185,6 +188,7 @@ fn a_preexisting_set_name_is_refused_with_nothing_changed() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_preexisting_chain_is_refused_with_nothing_changed() {
     if !require_root("a_preexisting_chain_is_refused_with_nothing_changed") {
         return;
@@ -218,6 +222,7 @@ fn a_preexisting_chain_is_refused_with_nothing_changed() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn the_mangle_table_is_kept_when_something_else_landed_in_it() {
     if !require_root("the_mangle_table_is_kept_when_something_else_landed_in_it") {
         return;
@@ -242,6 +247,7 @@ fn the_mangle_table_is_kept_when_something_else_landed_in_it() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn iptables_restore_failure_names_the_binary_and_the_cause() {
     if !require_root("iptables_restore_failure_names_the_binary_and_the_cause") {
         return;
@@ -451,6 +457,7 @@ fn connect_from(port: u16) -> TcpStream {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn traffic_is_split_by_when_the_syn_arrived() {
     if !require_root("traffic_is_split_by_when_the_syn_arrived") {
         return;

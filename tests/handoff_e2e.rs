@@ -74,6 +74,7 @@ fn noted(r: &ScenarioResult, what: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn handoff_moves_the_vip_at_once_and_breaks_no_connection_however_long() {
     if !can_run_lab("handoff_moves_the_vip_at_once", &[]) {
         return;
@@ -139,6 +140,7 @@ fn handoff_moves_the_vip_at_once_and_breaks_no_connection_however_long() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn handoff_survives_its_agent_killed_and_undrain_finishes_it() {
     if !can_run_lab("handoff_survives_its_agent_killed", &[]) {
         return;
@@ -165,6 +167,7 @@ fn handoff_survives_its_agent_killed_and_undrain_finishes_it() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn handoff_survives_the_peers_daemon_killed_and_restarted() {
     if !can_run_lab("handoff_survives_the_peers_daemon_killed", &[]) {
         return;
@@ -196,6 +199,7 @@ fn handoff_survives_the_peers_daemon_killed_and_restarted() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn handoff_whose_node_goes_away_breaks_only_that_nodes_connections() {
     if !can_run_lab("handoff_whose_node_goes_away", &[]) {
         return;

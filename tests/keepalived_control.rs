@@ -172,6 +172,7 @@ async fn status(path: &Path) -> Result<Outcome, ControlError> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 async fn status_round_trip() {
     if !require_root("status_round_trip") {
         return;
@@ -208,6 +209,7 @@ async fn status_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 async fn events_stream_in_order_before_the_result() {
     if !require_root("events_stream_in_order_before_the_result") {
         return;
@@ -236,6 +238,7 @@ async fn events_stream_in_order_before_the_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 async fn events_reach_the_client_while_the_handler_still_runs() {
     if !require_root("events_reach_the_client_while_the_handler_still_runs") {
         return;
@@ -263,6 +266,7 @@ async fn events_reach_the_client_while_the_handler_still_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 async fn a_handler_learns_that_its_client_left_and_finishes() {
     if !require_root("a_handler_learns_that_its_client_left_and_finishes") {
         return;
@@ -295,6 +299,7 @@ async fn a_handler_learns_that_its_client_left_and_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 async fn malformed_requests_get_a_usage_error_and_reach_no_handler() {
     if !require_root("malformed_requests_get_a_usage_error_and_reach_no_handler") {
         return;
@@ -331,6 +336,7 @@ async fn malformed_requests_get_a_usage_error_and_reach_no_handler() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 async fn stale_socket_is_replaced_live_one_and_other_files_are_not() {
     if !require_root("stale_socket_is_replaced_live_one_and_other_files_are_not") {
         return;
@@ -369,6 +375,7 @@ async fn stale_socket_is_replaced_live_one_and_other_files_are_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 async fn shutdown_finishes_requests_in_progress_and_removes_the_socket() {
     if !require_root("shutdown_finishes_requests_in_progress_and_removes_the_socket") {
         return;
@@ -502,6 +509,7 @@ fn as_nobody(path: &Path, request: &str) -> NobodyResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 async fn non_root_peers_are_refused() {
     if !require_root("non_root_peers_are_refused") {
         return;

@@ -158,6 +158,7 @@ fn keepalived_check(ns: &ScratchNetns, file: &Path) -> (bool, String) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn keepalived_accepts_both_configs() {
     if !require_root("keepalived_accepts_both_configs")
         || !require_tool("keepalived_accepts_both_configs", "keepalived")

@@ -128,6 +128,7 @@ fn vi1(state: VrrpState) -> NotifyArgs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 async fn real_keepalived_fifo_notify_and_both_failover_triggers() {
     if !require_root("real_keepalived_fifo_notify_and_both_failover_triggers")
         || !require_tool(

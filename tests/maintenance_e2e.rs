@@ -9,6 +9,7 @@ use drain_lab::scenario::{self, default_load, AgentConfig, Event, EventOutcome};
 use drain_lab::topology::{can_run_lab, Lab, LabOptions, Node};
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn maintenance_on_then_off_with_failback_breaks_nothing_and_restores_the_pair() {
     if !can_run_lab("maintenance_on_then_off_with_failback", &[]) {
         return;

@@ -34,6 +34,7 @@ fn curl(lab: &Lab, url: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn prometheus_sees_the_drains_phases_in_order() {
     if !can_run_lab(
         "prometheus_sees_the_drains_phases_in_order",

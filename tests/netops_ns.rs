@@ -128,6 +128,7 @@ impl Lab {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn scratch_netns_enters_only_a_worker_thread_and_cleans_up() {
     if !require_root("scratch_netns_enters_only_a_worker_thread_and_cleans_up") {
         return;
@@ -181,6 +182,7 @@ fn scratch_netns_enters_only_a_worker_thread_and_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn link_state_and_up_down_round_trip() {
     if !require_root("link_state_and_up_down_round_trip") {
         return;
@@ -219,6 +221,7 @@ fn link_state_and_up_down_round_trip() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn missing_interface_is_a_distinct_error_naming_it() {
     if !require_root("missing_interface_is_a_distinct_error_naming_it") {
         return;
@@ -242,6 +245,7 @@ fn missing_interface_is_a_distinct_error_naming_it() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn has_address_reports_the_link_and_ignores_ptp_peers() {
     if !require_root("has_address_reports_the_link_and_ignores_ptp_peers") {
         return;
@@ -305,6 +309,7 @@ fn has_address_reports_the_link_and_ignores_ptp_peers() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn local_route_add_del_is_idempotent_and_leaves_foreign_routes_alone() {
     if !require_root("local_route_add_del_is_idempotent_and_leaves_foreign_routes_alone") {
         return;
@@ -431,6 +436,7 @@ fn local_route_add_del_is_idempotent_and_leaves_foreign_routes_alone() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn sysctl_writes_land_in_the_namespace_of_the_thread_only() {
     if !require_root("sysctl_writes_land_in_the_namespace_of_the_thread_only") {
         return;
@@ -500,6 +506,7 @@ fn sysctl_writes_land_in_the_namespace_of_the_thread_only() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn arp_resolve_finds_the_peer_mac() {
     if !require_root("arp_resolve_finds_the_peer_mac") {
         return;
@@ -527,6 +534,7 @@ fn arp_resolve_finds_the_peer_mac() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn arp_for_the_vip_needs_arp_ignore_on_a_backup_peer() {
     if !require_root("arp_for_the_vip_needs_arp_ignore_on_a_backup_peer") {
         return;
@@ -559,6 +567,7 @@ fn arp_for_the_vip_needs_arp_ignore_on_a_backup_peer() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn syn_probe_tells_accepted_refused_and_no_answer() {
     if !require_root("syn_probe_tells_accepted_refused_and_no_answer") {
         return;
@@ -609,6 +618,7 @@ fn syn_probe_tells_accepted_refused_and_no_answer() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn probe_failures_are_errors_not_answers() {
     if !require_root("probe_failures_are_errors_not_answers") {
         return;

@@ -22,6 +22,7 @@ fn arp_ignore(lab: &Lab, node: Node) -> String {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn notify_prepares_the_backup_and_releases_it_once_master() {
     if !can_run_lab("notify_e2e", &[]) {
         return;
@@ -137,6 +138,7 @@ fn notify_prepares_the_backup_and_releases_it_once_master() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn keepalived_restarting_on_the_peer_mid_drain_breaks_nothing() {
     if !can_run_lab("keepalived_restart_mid_drain", &[]) {
         return;

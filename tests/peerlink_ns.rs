@@ -168,6 +168,7 @@ fn still_open(s: &mut TcpStream) -> bool {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn the_peer_link_answers_the_peer_only_and_names_the_node_answering() {
     if !require_root("the_peer_link_answers_the_peer_only_and_names_the_node_answering") {
         return;
@@ -193,6 +194,7 @@ fn the_peer_link_answers_the_peer_only_and_names_the_node_answering() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_connection_that_sends_no_request_is_closed_after_the_request_timeout() {
     if !require_root("a_connection_that_sends_no_request_is_closed_after_the_request_timeout") {
         return;
@@ -216,6 +218,7 @@ fn a_connection_that_sends_no_request_is_closed_after_the_request_timeout() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn the_connections_one_peer_holds_open_are_capped() {
     if !require_root("the_connections_one_peer_holds_open_are_capped") {
         return;
@@ -243,6 +246,7 @@ fn the_connections_one_peer_holds_open_are_capped() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn refused_connections_are_logged_once_then_counted() {
     if !require_root("refused_connections_are_logged_once_then_counted") {
         return;
@@ -287,6 +291,7 @@ fn refusals(log: &str) -> (usize, usize) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn end_without_a_return_path_says_so_and_changes_nothing() {
     if !require_root("end_without_a_return_path_says_so_and_changes_nothing") {
         return;

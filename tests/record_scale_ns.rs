@@ -249,6 +249,7 @@ impl Bench {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn every_one_of_200k_flows_is_recorded_and_every_packet_diverted() {
     if !require_root("every_one_of_200k_flows_is_recorded_and_every_packet_diverted") {
         return;
@@ -296,6 +297,7 @@ fn every_one_of_200k_flows_is_recorded_and_every_packet_diverted() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_full_record_counts_every_unrecorded_syn_and_drops_them_once_sealed() {
     if !require_root("a_full_record_counts_every_unrecorded_syn_and_drops_them_once_sealed") {
         return;
@@ -325,6 +327,7 @@ fn a_full_record_counts_every_unrecorded_syn_and_drops_them_once_sealed() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_default_hash_set_fed_from_the_packet_path_never_grows() {
     if !require_root("a_default_hash_set_fed_from_the_packet_path_never_grows") {
         return;

@@ -90,6 +90,7 @@ fn iptables(ns: &ScratchNetns, rule: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn counts_only_the_filtered_served_sockets_through_their_lifecycle() {
     if !require_root("counts_only_the_filtered_served_sockets_through_their_lifecycle") {
         return;
@@ -203,6 +204,7 @@ fn counts_only_the_filtered_served_sockets_through_their_lifecycle() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn idle_means_no_data_and_no_acks_from_the_client() {
     if !require_root("idle_means_no_data_and_no_acks_from_the_client") {
         return;
@@ -269,6 +271,7 @@ fn idle_means_no_data_and_no_acks_from_the_client() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn request_sockets_in_syn_recv_are_counted() {
     if !require_root("request_sockets_in_syn_recv_are_counted") {
         return;
@@ -336,6 +339,7 @@ fn request_sockets_in_syn_recv_are_counted() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn destroy_watcher_wakes_on_a_closed_connection_but_not_on_a_dropped_request() {
     if !require_root("destroy_watcher_wakes_on_a_closed_connection_but_not_on_a_dropped_request") {
         return;
@@ -429,6 +433,7 @@ fn destroy_watcher_wakes_on_a_closed_connection_but_not_on_a_dropped_request() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn dual_stack_listener_sockets_are_counted_when_v4_mapped_is_on() {
     if !require_root("dual_stack_listener_sockets_are_counted_when_v4_mapped_is_on") {
         return;

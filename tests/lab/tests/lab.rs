@@ -54,6 +54,7 @@ fn lab_processes(id: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn steady_load_has_no_failures() {
     if !can_run_lab("steady_load_has_no_failures", &[]) {
         return;
@@ -81,6 +82,7 @@ fn steady_load_has_no_failures() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn plain_failover_breakage_is_detected() {
     if !can_run_lab("plain_failover_breakage_is_detected", &[]) {
         return;
@@ -121,6 +123,7 @@ fn plain_failover_breakage_is_detected() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn teardown_leaves_nothing_behind() {
     if !can_run_lab("teardown_leaves_nothing_behind", &[]) {
         return;
@@ -163,6 +166,7 @@ fn teardown_leaves_nothing_behind() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn teardown_happens_when_a_test_panics() {
     if !can_run_lab("teardown_happens_when_a_test_panics", &[]) {
         return;
@@ -183,6 +187,7 @@ fn teardown_happens_when_a_test_panics() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn leftovers_of_a_killed_run_are_removed() {
     if !can_run_lab("leftovers_of_a_killed_run_are_removed", &[]) {
         return;
