@@ -1,6 +1,7 @@
 //! The daemon survives its own clients: 2000 idle connections to the metrics port plus ~300
 //! scrapes/s leave its descriptors bounded (the listener's cap), its memory within 2x its idle
-//! size, the control socket answering `status`, and keepalived's FIFO lines read and applied.
+//! size, the control socket answering `status` as fast as before the flood (within a margin),
+//! and keepalived's FIFO lines read and applied.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
@@ -18,6 +19,10 @@ const IDLE_CONNECTIONS: usize = 2000;
 /// Scrapes at ~300/s for 6 s.
 const SCRAPES: u64 = 1800;
 const SCRAPE_EVERY: Duration = Duration::from_micros(3333);
+/// `status` calls timed before the flood, the baseline the ones during it are held to.
+const STATUS_BASELINE: usize = 10;
+/// How much slower than the slowest `status` before the flood one during it may be.
+const STATUS_MARGIN_MS: f64 = 100.0;
 /// Bound of every wait on a condition.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -81,6 +86,37 @@ fn in_ns<T: Send + 'static>(
     })
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Minimum, median and maximum of some timings (ms).
+struct Spread {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "min {:.1} / median {:.1} / max {:.1} ms",
+            self.min, self.median, self.max
+        )
+    }
+}
+
+fn spread(v: &mut [f64]) -> Spread {
+    assert!(!v.is_empty(), "no timings");
+    v.sort_by(f64::total_cmp);
+    Spread {
+        min: v[0],
+        median: v[v.len() / 2],
+        max: v[v.len() - 1],
+    }
+}
+
 /// One scrape; true on a 200 answer.
 fn scrape(addr: SocketAddrV4) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)) else {
@@ -142,6 +178,14 @@ fn idle_connections_and_scrapes_leave_the_daemon_bounded_and_serving() {
     })
     .unwrap();
     let idle = usage(pid);
+    // The steady baseline of `status` over the control socket (the CLI started in lb1's
+    // namespace, connected, answered), before the flood.
+    let mut status_idle_ms = Vec::new();
+    for _ in 0..STATUS_BASELINE {
+        let t = Instant::now();
+        assert!(status_answers(&lab), "status answers before the flood");
+        status_idle_ms.push(ms(t.elapsed()));
+    }
 
     // The flood: idle connections held open, and scrapes at ~300/s, from lb1's namespace.
     let stop = Arc::new(AtomicBool::new(false));
@@ -175,10 +219,13 @@ fn idle_connections_and_scrapes_leave_the_daemon_bounded_and_serving() {
     // the peer's traffic; then MASTER again: it releases).
     let mut peak = idle;
     let (mut status_checks, mut status_failed, mut fifo_applied) = (0, 0, None);
+    let mut status_flood_ms = Vec::new();
     while !scraper.is_finished() && status_checks < 100 {
+        let t = Instant::now();
         if !status_answers(&lab) {
             status_failed += 1;
         }
+        status_flood_ms.push(ms(t.elapsed()));
         status_checks += 1;
         let u = usage(pid);
         peak.fds = peak.fds.max(u.fds);
@@ -219,9 +266,20 @@ fn idle_connections_and_scrapes_leave_the_daemon_bounded_and_serving() {
             .flatten()
             .unwrap_or(100),
     );
+    let (base, flood) = (spread(&mut status_idle_ms), spread(&mut status_flood_ms));
+    println!(
+        "status (CLI run to answer) before the flood: {base}; during it ({} checks): {flood}",
+        status_flood_ms.len()
+    );
     assert_eq!(
         status_failed, 0,
         "status over the control socket answered every time"
+    );
+    // Responsive: no status during the flood slower than the slowest before it by more than
+    // the margin (a status waiting behind the scrapes' refresh would be).
+    assert!(
+        flood.max <= base.max + STATUS_MARGIN_MS,
+        "status slowed by the flood: before {base}, during {flood}"
     );
     assert_eq!(
         fifo_applied,
