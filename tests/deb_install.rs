@@ -260,6 +260,7 @@ fn deb_installs_works_and_purges_without_a_trace() {
         "/usr/share/doc/drain-agent/examples/drain-agent-lb2.yaml",
         "/usr/share/doc/drain-agent/examples/keepalived-lb1.conf",
         "/usr/share/doc/drain-agent/examples/keepalived-lb2.conf",
+        "/usr/share/doc/drain-agent/examples/drain-agent.rules.yml",
     ]
     .map(String::from)
     .into();

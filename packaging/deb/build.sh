@@ -62,6 +62,7 @@ for f in keepalived-lb1.conf keepalived-lb2.conf drain-agent-lb1.yaml drain-agen
     to_usr_sbin "$repo/keepalived/$f" > "$doc/examples/$f"
 done
 to_usr_sbin "$repo/keepalived/README.md" > "$doc/examples/README.md"
+install -m 0644 "$repo/packaging/prometheus/drain-agent.rules.yml" "$doc/examples/"
 chmod 0644 "$doc"/examples/*
 # The package's changelog must have an entry for the version being packaged.
 changelog_version=$(dpkg-parsechangelog -l "$here/changelog" -S Version)

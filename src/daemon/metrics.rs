@@ -21,7 +21,9 @@
 //! | `drain_agent_vip_held{vip}` | gauge | 1 if this node holds the VIP |
 //! | `drain_agent_tracked_interface_up` | gauge | |
 //! | `drain_agent_divert_flows` / `_packets` | gauge | the divert in place: new flows (SYNs) and packets diverted so far |
+//! | `drain_agent_divert_unrecorded_syns` | gauge | SYNs the divert's record could not hold (0: none, or no divert) |
 //! | `drain_agent_maintenance` | gauge | 1 in maintenance |
+//! | `drain_agent_maintenance_since_seconds` | gauge | in maintenance: the Unix time it began |
 //! | `drain_agent_maintenance_info{reason,by}` | gauge | 1, in maintenance: why and who |
 //! | `drain_agent_drains_total{mode,result}` | counter | drains the daemon ran, by mode and result |
 //! | `drain_agent_diverted_flows_total` | counter | new flows those drains diverted |
@@ -288,6 +290,13 @@ impl Metrics {
             let _ = writeln!(out, "drain_agent_divert_packets {packets}");
             gauge_head(
                 &mut out,
+                "drain_agent_divert_unrecorded_syns",
+                "SYNs of the divert in place its record could not hold (each fell through to this node)",
+            );
+            let unrecorded = s.divert.as_ref().map_or(0, |d| d.unrecorded_syns);
+            let _ = writeln!(out, "drain_agent_divert_unrecorded_syns {unrecorded}");
+            gauge_head(
+                &mut out,
                 "drain_agent_maintenance",
                 "1 if the node is in maintenance",
             );
@@ -297,6 +306,12 @@ impl Metrics {
                 u8::from(s.maintenance.is_some())
             );
             if let Some(m) = &s.maintenance {
+                gauge_head(
+                    &mut out,
+                    "drain_agent_maintenance_since_seconds",
+                    "Unix time the node went into maintenance",
+                );
+                let _ = writeln!(out, "drain_agent_maintenance_since_seconds {}", m.since);
                 gauge_head(
                     &mut out,
                     "drain_agent_maintenance_info",
@@ -587,6 +602,79 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("drain_agent_status_ok 0"), "{text}");
+    }
+
+    #[test]
+    fn the_gauges_the_alerts_read_come_from_the_nodes_status() {
+        use crate::ops::status::{DivertState, Tracked, VipState};
+        let status = Status {
+            mode: Mode::Maintenance,
+            since: Some(1_700_000_000),
+            maintenance: Some(crate::journal::Maintenance {
+                reason: "kernel \"upgrade\"".into(),
+                by: "ops".into(),
+                since: 1_700_000_000,
+                drained: true,
+            }),
+            trigger_undone: None,
+            vrrp: None,
+            sockets: None,
+            lock_holder_pid: None,
+            tracked_interface: Tracked {
+                name: "trk0".into(),
+                up: false,
+            },
+            vips: vec![VipState {
+                address: "198.18.0.100".parse().unwrap(),
+                local: false,
+            }],
+            divert_rules: vec![],
+            divert_sets: vec![],
+            divert: Some(DivertState {
+                phase: None,
+                diverted_flows: 10,
+                diverted_packets: 40,
+                recorded_flows: 7,
+                record_members: 1,
+                record_bytes: 4096,
+                capacity_per_port: 100,
+                unrecorded_syns: 3,
+                sealed_drops: 0,
+            }),
+            drain_journal: vec![],
+            accept_journal: vec![],
+            returning: None,
+            return_journal: vec![],
+            last_drain: None,
+            state_errors: vec![],
+        };
+        let text = Metrics::default().render(Some(&status));
+        for line in [
+            "drain_agent_phase{phase=\"maintenance\"} 1",
+            "drain_agent_divert_unrecorded_syns 3",
+            "drain_agent_maintenance 1",
+            "drain_agent_maintenance_since_seconds 1700000000",
+            "drain_agent_maintenance_info{reason=\"kernel \\\"upgrade\\\"\",by=\"ops\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // Serving, no divert: the alerts' gauges say so rather than vanish.
+        let serving = Status {
+            mode: Mode::Serving,
+            maintenance: None,
+            divert: None,
+            ..status
+        };
+        let text = Metrics::default().render(Some(&serving));
+        assert!(
+            text.contains("\ndrain_agent_divert_unrecorded_syns 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ndrain_agent_maintenance 0\n"), "{text}");
+        assert!(
+            !text.contains("drain_agent_maintenance_since_seconds"),
+            "{text}"
+        );
     }
 
     /// Bound of the waits below: only reached when something hangs.
