@@ -271,6 +271,38 @@ peer: 198.18.0.12
 tracked_interface: trk0
 ";
 
+    #[test]
+    fn errors_made_of_several_name_each_one_on_one_line() {
+        let sets = || DivertError::SetsExist {
+            names: vec!["D-80".into(), "D-7".into()],
+        };
+        let left = || DivertError::Leftovers {
+            leftovers: vec!["-A DRAIN-PRE x".into()],
+        };
+        let install = DivertError::InstallCleanup {
+            cause: Box::new(sets()),
+            cleanup: vec![left(), sets()],
+        };
+        let text = install.to_string();
+        assert_eq!(
+            text,
+            format!(
+                "{}; undoing the partial install also failed: {}; {}",
+                sets(),
+                left(),
+                sets()
+            )
+        );
+        assert!(!text.contains('\n'));
+        let teardown = TeardownError {
+            errors: vec![left(), sets()],
+        };
+        assert_eq!(
+            teardown.to_string(),
+            format!("firewall removal: {}; {}", left(), sets())
+        );
+    }
+
     fn plan() -> DivertPlan {
         DivertPlan::new(&Config::from_str(CONFIG, "test").unwrap())
     }
