@@ -478,11 +478,18 @@ tracked_interface: trk0
     #[test]
     fn failed_read_back_undoes_the_install() {
         let p = plan();
-        let mut tampering = TamperAfterInstall(FakeFirewall::new());
-        let err = install(&mut tampering, &p).unwrap_err();
-        assert!(matches!(err, DivertError::ReadBack { .. }), "{err}");
-        assert!(tampering.0.sets().is_empty());
-        assert!(p.owned_lines(&tampering.0.mangle_text()).is_empty());
+        // The rules were applied, then found wrong: the undo also takes back the table the
+        // install created, and only that one.
+        for (fw, table_before) in [(FakeFirewall::new(), false), (with_user_rule(), true)] {
+            let before = fw.mangle_text();
+            let mut tampering = TamperAfterInstall(fw);
+            let err = install(&mut tampering, &p).unwrap_err();
+            assert!(matches!(err, DivertError::ReadBack { .. }), "{err}");
+            assert!(tampering.0.sets().is_empty());
+            assert!(p.owned_lines(&tampering.0.mangle_text()).is_empty());
+            assert_eq!(tampering.0.mangle_table_exists(), table_before);
+            assert_eq!(tampering.0.mangle_text(), before);
+        }
     }
 
     /// Another tool adds a rule to our entry chain right after our transaction.
