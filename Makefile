@@ -67,6 +67,17 @@ bench: deps build
 	$(CARGO) bench --bench drain_done | tee $(BENCH_OUT)/drain_done.txt
 	$(RELEASE)/drain-lab bench --out $(BENCH_OUT)
 
+## Soak (root; ~11 min): SOAK_CYCLES cycles of drain lb1, undrain lb1, drain lb2, undrain lb2
+## through the daemons under one continuous mixed load (tests/soak_e2e.rs, 3 cycles in the normal
+## suite): zero broken flows, both daemons' RSS, descriptors and threads flat, both hosts as they
+## began. Prints the figures and writes $(SOAK_OUT)/soak.json.
+.PHONY: soak
+SOAK_CYCLES ?= 100
+SOAK_OUT ?= target/soak
+soak: deps build
+	mkdir -p $(SOAK_OUT)
+	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_OUT=$(SOAK_OUT) $(CARGO) test --release -p drain-agent --test soak_e2e -- --nocapture --test-threads=1
+
 ## Removes namespaces, processes and state left by a killed lab run.
 clean-lab:
 	@$(CARGO) build --release -q -p drain-lab && $(RELEASE)/drain-lab cleanup --all
