@@ -76,7 +76,7 @@ SOAK_CYCLES ?= 100
 SOAK_OUT ?= target/soak
 soak: deps build
 	mkdir -p $(SOAK_OUT)
-	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_OUT=$(SOAK_OUT) $(CARGO) test --release -p drain-agent --test soak_e2e -- --nocapture --test-threads=1
+	SOAK_CYCLES=$(SOAK_CYCLES) SOAK_OUT=$(SOAK_OUT) $(CARGO) test --release -p drain-agent --test soak_e2e -- --nocapture --test-threads=1 --include-ignored
 
 ## Removes namespaces, processes and state left by a killed lab run.
 clean-lab:
