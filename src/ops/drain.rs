@@ -153,7 +153,18 @@ pub fn drain(
             return Err(rollback(h, j, plan, p, ev, e));
         }
     };
-    let failover = failover(h, j, plan, p, ev, &mut tender);
+    // `pull_trigger` journals before it pulls: a trigger it could not record (a full state
+    // directory) was not pulled and nothing moved, so this is an abort like any other, with the
+    // grace for the flows already at the peer (removed at once, the divert would send them back
+    // here, where no socket knows them: reset).
+    let trigger = match pull_trigger(h, j, p) {
+        Ok(t) => t,
+        Err(e) => {
+            tender.totals(h, plan, ev);
+            return Err(rollback(h, j, plan, p, ev, e));
+        }
+    };
+    let failover = failover(h, plan, p, ev, &mut tender, trigger);
     let totals = tender.totals(h, plan, ev);
     let cleaned = cleanup(h, j, plan);
     if cleaned.is_ok() {
@@ -527,9 +538,11 @@ fn hand_off(
     ev(Event::Sealed {
         elapsed_ms: ms(h.now() - t),
     });
-    let waited = failover(h, j, plan, p, ev, &mut tender).and_then(|failover_ms| {
-        watch_handoff(h, plan, p, deadline, ev, &mut tender).map(|w| (failover_ms, w))
-    });
+    let waited = pull_trigger(h, j, p)
+        .and_then(|trigger| failover(h, plan, p, ev, &mut tender, trigger))
+        .and_then(|failover_ms| {
+            watch_handoff(h, plan, p, deadline, ev, &mut tender).map(|w| (failover_ms, w))
+        });
     match handoff::ask_end(h) {
         Ok(detail) => ev(Event::HandoffEnded { detail }),
         Err(error) => ev(Event::HandoffEndFailed { error }),
@@ -686,17 +699,17 @@ pub(super) fn pull_trigger(
     })
 }
 
-/// Triggers the failover and waits until the peer owns every VIP; keeps the divert meanwhile
-/// (clients keep sending to this node until the peer's gratuitous ARP lands: FIELD-NOTES 8).
+/// After [`pull_trigger`] (which said `trigger`): waits until the peer owns every VIP; keeps
+/// the divert meanwhile (clients keep sending to this node until the peer's gratuitous ARP
+/// lands: FIELD-NOTES 8).
 fn failover(
     h: &mut dyn Host,
-    j: &mut Journal,
     plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
     tender: &mut Tender,
+    trigger: String,
 ) -> Result<f64, OpError> {
-    let trigger = pull_trigger(h, j, p)?;
     ev(Event::FailoverTriggered { trigger });
     let t = h.now();
     loop {
