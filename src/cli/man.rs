@@ -125,6 +125,12 @@ const EXIT_STATUS: &[(u8, &str)] = &[
         exit::CLEANUP,
         "Cleanup incomplete: what is left is in the journal; undrain retries.",
     ),
+    (
+        exit::VIP_MOVED,
+        "The VIP moved to the peer during the drain without the agent (keepalived stopped \
+         here): the node's remaining connections were cut; the drain was finished, the node is \
+         out of service; check keepalived.",
+    ),
 ];
 
 /// Every page: drain-agent(8), then one per subcommand, nested ones included (a parent's
@@ -290,7 +296,7 @@ mod tests {
     #[test]
     fn exit_status_lists_every_code_once_in_order() {
         let codes: Vec<u8> = EXIT_STATUS.iter().map(|(c, _)| *c).collect();
-        assert_eq!(codes, (exit::OK..=exit::CLEANUP).collect::<Vec<u8>>());
+        assert_eq!(codes, (exit::OK..=exit::VIP_MOVED).collect::<Vec<u8>>());
     }
 
     #[test]

@@ -148,6 +148,20 @@ pub fn drain(
     let (install_ms, mut tender) = divert_now(h, j, plan, &receipt, ev)?;
     let (reason, remaining, drain_ms) = match watch(h, plan, p, ev, &mut tender) {
         Ok(w) => w,
+        Err(moved @ OpError::VipMoved(..)) => {
+            // Clients already send to the peer: a rollback would serve nothing here. Finish the
+            // drain instead, so that a keepalived restarted here does not take the VIP back.
+            let failover = pull_trigger(h, j, p)
+                .and_then(|trigger| failover(h, plan, p, ev, &mut tender, trigger));
+            tender.totals(h, plan, ev);
+            let cleaned = cleanup(h, j, plan);
+            if cleaned.is_ok() {
+                ev(Event::CleanedUp);
+            }
+            failover?;
+            cleaned?;
+            return Err(moved);
+        }
         Err(e) => {
             tender.totals(h, plan, ev);
             return Err(rollback(h, j, plan, p, ev, e));
@@ -442,6 +456,7 @@ fn watch(
             return Err(OpError::Interrupted);
         }
         if h.now() >= next_probe {
+            moved_away(h, p, &w)?;
             let answer = h.probe_peer().unwrap_or(PeerAnswer::NoAnswer);
             if matches!(answer, PeerAnswer::Accepted { .. }) {
                 fails = 0;
@@ -483,6 +498,26 @@ fn watch(
         }
         h.wait_for_change(w.pause(p.poll_interval, next_probe.saturating_sub(h.now())));
     }
+}
+
+/// Fails with [`OpError::VipMoved`] if a VIP left this node before the trigger: keepalived
+/// here was stopped (it removes the address and hands over), or its VRRP process went FAULT or
+/// BACKUP by itself. The connections still counted here are cut then: their packets go to the
+/// peer. Only the address is looked at (a netlink dump, cheap): a keepalived killed outright
+/// leaves it configured, and asking the wire who answers ARP takes a probe timeout each tick;
+/// that case ends at the failover wait instead (exit 11, "still configured here").
+fn moved_away(h: &mut dyn Host, p: &Policy, w: &Watch) -> Result<(), OpError> {
+    let cut = w.last.map_or(0, |(total, _)| total);
+    for vip in &p.vips {
+        if !h.vip_local(*vip)? {
+            return Err(OpError::VipMoved(
+                *vip,
+                "no longer configured here".into(),
+                cut,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The hand-off ([`super::handoff`]): the peer's agent installs its return path, this node

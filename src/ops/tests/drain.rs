@@ -785,3 +785,30 @@ fn undo_all_undoes_every_change_when_the_journal_cannot_be_rewritten() {
     );
     assert!(fw.sets().is_empty(), "sets left: {:?}", fw.sets());
 }
+
+#[test]
+fn the_vip_moving_away_mid_drain_finishes_the_drain_and_says_connections_were_cut() {
+    // keepalived here stops mid-drain and the peer takes the VIP: waiting for the sockets (their
+    // clients now send to the peer) or rolling back (nothing would reach this node) serves no
+    // one. The drain is finished, out of service, and the exit code says what happened.
+    let mut h = FakeHost::new();
+    h.conns = vec![conn(None, false), conn(None, false)];
+    h.vip_moves_at = Some(S(2));
+    let r = run(h, policy());
+    let e = r.result.as_ref().unwrap_err();
+    assert!(matches!(e, OpError::VipMoved(_, _, 2)), "{e:?}");
+    assert_eq!(e.exit_code(), exit::VIP_MOVED, "{e}");
+    let moved = r
+        .host
+        .first_call_at("link trk0 down")
+        .expect("trigger pulled");
+    assert!(
+        moved >= S(2) && moved - S(2) <= S(1),
+        "noticed {:?} after the VIP moved at 2 s",
+        moved.saturating_sub(S(2))
+    );
+    assert!(!r.host.links["trk0"], "stays out of service");
+    assert!(r.host.fw.withdrawn_at.is_none(), "not rolled back");
+    assert!(r.events.iter().any(|e| matches!(e, Event::CleanedUp)));
+    assert_no_divert_left(&r, None);
+}
