@@ -382,7 +382,20 @@ fn keepalived_killed_on_the_draining_node_ends_at_the_failover_wait() {
     assert!(agent.event("cleaned-up").is_some());
     assert!(lab.has_vip(Node::Lb1).unwrap() && lab.has_vip(Node::Lb2).unwrap());
     assert_only_local_flows_cut(&r);
-    restart_keepalived_and_compare(&mut lab, &before);
+    // No rule or set of the agent's is left on lb1 (the link stays down: out of service).
+    let lb1 = lab.node_ns(Node::Lb1);
+    let rules = lab.exec(&lb1, &["iptables-save"]).unwrap();
+    let sets = lab.exec(&lb1, &["ipset", "list", "-n"]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains("DRAIN")
+            && !String::from_utf8_lossy(&sets.stdout).contains("DRAIN"),
+        "divert left on lb1"
+    );
+    assert_eq!(
+        before.1,
+        lab.host_snapshot(Node::Lb2).unwrap(),
+        "lb2 as before"
+    );
 }
 
 #[test]
