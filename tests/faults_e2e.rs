@@ -111,6 +111,7 @@ fn xtables_lock_held(lab: &Lab, node: Node) -> bool {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn xtables_lock_held_and_a_concurrent_firewall_writer_through_install_and_removal() {
     if !can_run_lab("xtables_lock", &["flock"]) {
         return;
@@ -226,6 +227,7 @@ impl Drop for SmallFs {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_full_state_directory_refuses_a_drain_and_mid_drain_rolls_back_gracefully() {
     if !can_run_lab("state_dir_full", &["mount", "dd"]) {
         return;
@@ -318,6 +320,7 @@ fn restart_keepalived_and_compare(lab: &mut Lab, before: &(String, String)) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn keepalived_stopped_on_the_draining_node_finishes_the_drain() {
     if !can_run_lab("keepalived_stopped", &[]) {
         return;
@@ -353,6 +356,7 @@ fn keepalived_stopped_on_the_draining_node_finishes_the_drain() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn keepalived_killed_on_the_draining_node_ends_at_the_failover_wait() {
     if !can_run_lab("keepalived_killed", &[]) {
         return;
@@ -399,6 +403,7 @@ fn keepalived_killed_on_the_draining_node_ends_at_the_failover_wait() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn the_peers_haproxy_stopped_mid_drain_withdraws_and_spares_local_flows() {
     if !can_run_lab("peer_haproxy_stopped", &[]) {
         return;
@@ -459,6 +464,7 @@ fn the_peers_haproxy_stopped_mid_drain_withdraws_and_spares_local_flows() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
 fn the_clients_arp_entry_for_the_vip_flapping_breaks_nothing() {
     if !can_run_lab("arp_flapping", &[]) {
         return;
