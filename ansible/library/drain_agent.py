@@ -223,6 +223,7 @@ EXIT_MEANINGS = {
     10: "deadline reached with --abort-on-deadline; rolled back, the node serves",
     11: "failover not confirmed in time; divert removed, tracked interface left down: check keepalived",
     12: "cleanup incomplete; `drain-agent undrain` retries",
+    13: "the VIP moved to the peer during the drain without the agent; the node's remaining connections were cut, it is out of service: check keepalived",
 }
 
 # Exit codes after which the agent guarantees the node is as it was. Both tables are held to the

@@ -148,12 +148,37 @@ pub fn drain(
     let (install_ms, mut tender) = divert_now(h, j, plan, &receipt, ev)?;
     let (reason, remaining, drain_ms) = match watch(h, plan, p, ev, &mut tender) {
         Ok(w) => w,
+        Err(moved @ OpError::VipMoved(..)) => {
+            // Clients already send to the peer: a rollback would serve nothing here. Finish the
+            // drain instead, so that a keepalived restarted here does not take the VIP back.
+            let failover = pull_trigger(h, j, p)
+                .and_then(|trigger| failover(h, plan, p, ev, &mut tender, trigger));
+            tender.totals(h, plan, ev);
+            let cleaned = cleanup(h, j, plan);
+            if cleaned.is_ok() {
+                ev(Event::CleanedUp);
+            }
+            failover?;
+            cleaned?;
+            return Err(moved);
+        }
         Err(e) => {
             tender.totals(h, plan, ev);
             return Err(rollback(h, j, plan, p, ev, e));
         }
     };
-    let failover = failover(h, j, plan, p, ev, &mut tender);
+    // `pull_trigger` journals before it pulls: a trigger it could not record (a full state
+    // directory) was not pulled and nothing moved, so this is an abort like any other, with the
+    // grace for the flows already at the peer (removed at once, the divert would send them back
+    // here, where no socket knows them: reset).
+    let trigger = match pull_trigger(h, j, p) {
+        Ok(t) => t,
+        Err(e) => {
+            tender.totals(h, plan, ev);
+            return Err(rollback(h, j, plan, p, ev, e));
+        }
+    };
+    let failover = failover(h, plan, p, ev, &mut tender, trigger);
     let totals = tender.totals(h, plan, ev);
     let cleaned = cleanup(h, j, plan);
     if cleaned.is_ok() {
@@ -431,6 +456,7 @@ fn watch(
             return Err(OpError::Interrupted);
         }
         if h.now() >= next_probe {
+            moved_away(h, p, &w)?;
             let answer = h.probe_peer().unwrap_or(PeerAnswer::NoAnswer);
             if matches!(answer, PeerAnswer::Accepted { .. }) {
                 fails = 0;
@@ -472,6 +498,26 @@ fn watch(
         }
         h.wait_for_change(w.pause(p.poll_interval, next_probe.saturating_sub(h.now())));
     }
+}
+
+/// Fails with [`OpError::VipMoved`] if a VIP left this node before the trigger: keepalived
+/// here was stopped (it removes the address and hands over), or its VRRP process went FAULT or
+/// BACKUP by itself. The connections still counted here are cut then: their packets go to the
+/// peer. Only the address is looked at (a netlink dump, cheap): a keepalived killed outright
+/// leaves it configured, and asking the wire who answers ARP takes a probe timeout each tick;
+/// that case ends at the failover wait instead (exit 11, "still configured here").
+fn moved_away(h: &mut dyn Host, p: &Policy, w: &Watch) -> Result<(), OpError> {
+    let cut = w.last.map_or(0, |(total, _)| total);
+    for vip in &p.vips {
+        if !h.vip_local(*vip)? {
+            return Err(OpError::VipMoved(
+                *vip,
+                "no longer configured here".into(),
+                cut,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The hand-off ([`super::handoff`]): the peer's agent installs its return path, this node
@@ -527,9 +573,11 @@ fn hand_off(
     ev(Event::Sealed {
         elapsed_ms: ms(h.now() - t),
     });
-    let waited = failover(h, j, plan, p, ev, &mut tender).and_then(|failover_ms| {
-        watch_handoff(h, plan, p, deadline, ev, &mut tender).map(|w| (failover_ms, w))
-    });
+    let waited = pull_trigger(h, j, p)
+        .and_then(|trigger| failover(h, plan, p, ev, &mut tender, trigger))
+        .and_then(|failover_ms| {
+            watch_handoff(h, plan, p, deadline, ev, &mut tender).map(|w| (failover_ms, w))
+        });
     match handoff::ask_end(h) {
         Ok(detail) => ev(Event::HandoffEnded { detail }),
         Err(error) => ev(Event::HandoffEndFailed { error }),
@@ -686,17 +734,17 @@ pub(super) fn pull_trigger(
     })
 }
 
-/// Triggers the failover and waits until the peer owns every VIP; keeps the divert meanwhile
-/// (clients keep sending to this node until the peer's gratuitous ARP lands: docs/kernel-facts.md#k8).
+/// After [`pull_trigger`] (which said `trigger`): waits until the peer owns every VIP; keeps
+/// the divert meanwhile (clients keep sending to this node until the peer's gratuitous ARP
+/// lands: docs/kernel-facts.md#k8).
 fn failover(
     h: &mut dyn Host,
-    j: &mut Journal,
     plan: &DivertPlan,
     p: &Policy,
     ev: &mut dyn FnMut(Event),
     tender: &mut Tender,
+    trigger: String,
 ) -> Result<f64, OpError> {
-    let trigger = pull_trigger(h, j, p)?;
     ev(Event::FailoverTriggered { trigger });
     let t = h.now();
     loop {

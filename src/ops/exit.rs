@@ -28,6 +28,9 @@ pub const DEADLINE: u8 = 10;
 pub const FAILOVER: u8 = 11;
 /// Cleanup incomplete: changes remain (listed in the journal).
 pub const CLEANUP: u8 = 12;
+/// The VIP moved to the peer during the drain without the agent (keepalived stopped here):
+/// the node's remaining connections were cut; the drain was finished, out of service.
+pub const VIP_MOVED: u8 = 13;
 
 /// What an exit leaves on the host, as the README's "host changed?" column says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +47,8 @@ pub enum HostAfter {
     LinkDown,
     /// Some changes remain, listed in the journal.
     Partly,
+    /// The drain was finished without the agent's failover: the node is out of service.
+    OutOfService,
 }
 
 impl HostAfter {
@@ -56,6 +61,7 @@ impl HostAfter {
             HostAfter::RolledBackOrOutOfService => "rolled back (hand-off: out of service)",
             HostAfter::LinkDown => "link down",
             HostAfter::Partly => "partly",
+            HostAfter::OutOfService => "out of service",
         }
     }
 }
@@ -160,6 +166,14 @@ pub const EXITS: &[Exit] = &[
         host: HostAfter::Partly,
         detail: "Cleanup incomplete: what is left is in the journal; undrain retries.",
     },
+    Exit {
+        code: VIP_MOVED,
+        summary: "the VIP moved to the peer during the drain without the agent",
+        host: HostAfter::OutOfService,
+        detail: "The VIP moved to the peer during the drain without the agent (keepalived \
+                 stopped here): the node's remaining connections were cut; the drain was \
+                 finished, the node is out of service; check keepalived.",
+    },
 ];
 
 /// The exit with this code, if it is one.
@@ -174,11 +188,11 @@ mod tests {
     #[test]
     fn every_code_once_in_order_and_each_constant_listed() {
         let codes: Vec<u8> = EXITS.iter().map(|e| e.code).collect();
-        assert_eq!(codes, (0..=CLEANUP).collect::<Vec<_>>());
+        assert_eq!(codes, (0..=VIP_MOVED).collect::<Vec<_>>());
         assert_eq!(
             of(DEADLINE).unwrap().summary,
             "deadline reached with --abort-on-deadline"
         );
-        assert_eq!(of(13), None);
+        assert_eq!(of(VIP_MOVED + 1), None);
     }
 }

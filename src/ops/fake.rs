@@ -115,6 +115,8 @@ pub struct FakeHost {
     pub link_down_at: Option<Duration>,
     pub vip: Ipv4Addr,
     pub vip_local_initially: bool,
+    /// When keepalived moves the VIP to the peer by itself (it stopped, or the peer preempted).
+    pub vip_moves_at: Option<Duration>,
     pub keepalived_reacts: bool,
     pub failover_delay: Duration,
     pub fail_op: Option<String>,
@@ -171,6 +173,7 @@ impl FakeHost {
             link_down_at: None,
             vip: Ipv4Addr::new(198, 18, 0, 100),
             vip_local_initially: true,
+            vip_moves_at: None,
             keepalived_reacts: true,
             failover_delay: Duration::from_millis(600),
             fail_op: None,
@@ -198,10 +201,11 @@ impl FakeHost {
     }
 
     fn failed_over(&self) -> bool {
-        self.keepalived_reacts
-            && self
-                .link_down_at
-                .is_some_and(|d| self.t() >= d + self.failover_delay)
+        self.vip_moves_at.is_some_and(|at| self.t() >= at)
+            || self.keepalived_reacts
+                && self
+                    .link_down_at
+                    .is_some_and(|d| self.t() >= d + self.failover_delay)
     }
 
     /// Current fake time.

@@ -271,6 +271,12 @@ pub enum OpError {
     /// This node returns its peer's connections in the peer's hand-off.
     #[error("this node serves the hand-off of {0} (its connections are returned to it); drain this node when that is over")]
     ServingHandoff(Ipv4Addr),
+    /// The VIP left this node before the agent pulled the trigger: keepalived here stopped,
+    /// or went FAULT or BACKUP by itself. Clients already send
+    /// to the peer, so nothing is rolled back: the drain is finished (trigger, divert kept for
+    /// `post_wait`, removed) and the connections this node still had are reported cut.
+    #[error("VIP {0} moved to the peer during the drain without the agent ({1}): {2} connection(s) of this node cut; failover finished, divert removed, this node stays out of service until `drain-agent undrain`: check keepalived here")]
+    VipMoved(Ipv4Addr, String, usize),
     /// SIGINT/SIGTERM after the failover of a hand-off: the node's remaining connections were cut.
     #[error("interrupted during the hand-off: {0} connection(s) of this node cut; the peer serves the VIP, this node stays out of service until `drain-agent undrain`")]
     HandoffCut(usize),
@@ -298,6 +304,7 @@ impl OpError {
             OpError::DeadlineAbort(..) => exit::DEADLINE,
             OpError::FailoverUnconfirmed(..) => exit::FAILOVER,
             OpError::CleanupIncomplete(_) => exit::CLEANUP,
+            OpError::VipMoved(..) => exit::VIP_MOVED,
         }
     }
 }

@@ -40,16 +40,28 @@ fn undo_where(
         .filter(|c| pick(c))
         .collect();
     let mut errors = Vec::new();
+    // A journal that cannot be rewritten (a full state directory) must not stop the undoing:
+    // the next change (the divert, after the link) would stay in the kernel with nobody
+    // tending it. The journal then lists changes already undone, which `undrain` undoes again
+    // (a no-op) and forgets once the file can be written.
+    let mut unforgotten = None;
     for c in changes {
         match undo(h, plan, &c) {
-            Ok(()) => j.forget(&c)?,
+            Ok(()) => {
+                if let Err(e) = j.forget(&c) {
+                    unforgotten.get_or_insert(e);
+                }
+            }
             Err(e) => errors.push(e.to_string()),
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(OpError::CleanupIncomplete(errors.join("; ")))
+    match (errors.is_empty(), unforgotten) {
+        (true, None) => Ok(()),
+        (true, Some(e)) => Err(e.into()),
+        (false, e) => {
+            errors.extend(e.map(|e| e.to_string()));
+            Err(OpError::CleanupIncomplete(errors.join("; ")))
+        }
     }
 }
 

@@ -719,3 +719,96 @@ fn a_failed_seal_rolls_back() {
     assert!(r.host.links["trk0"], "never failed over");
     assert_no_divert_left(&r, None);
 }
+
+#[test]
+fn a_journal_that_cannot_record_the_failover_rolls_back_with_the_grace() {
+    // The state directory fills (here: goes away) mid-drain, so the failover trigger cannot be
+    // journalled. It must not be pulled, and the divert must be withdrawn with the rollback
+    // grace like any other abort: removed at once, it would send the flows already at the
+    // peer back to this node, which resets them.
+    let mut h = FakeHost::new();
+    h.conns = vec![conn(Some(300), false)];
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mut journal = Journal::open(&state.join("j.json")).unwrap();
+    let mut events = Vec::new();
+    let result = drain(&mut h, &mut journal, &plan(), &policy(), &mut |e| {
+        if matches!(e, Event::Drained { .. }) {
+            std::fs::remove_dir_all(&state).unwrap();
+        }
+        events.push(e)
+    });
+    let e = result.unwrap_err();
+    assert!(matches!(e, OpError::Journal(_)), "{e:?}");
+    assert_eq!(e.exit_code(), exit::ENVIRONMENT, "{e}");
+    assert!(h.links["trk0"], "failed over without a journal entry");
+    assert!(!h.call_log().iter().any(|c| c.starts_with("link trk0 down")));
+    let withdrawn = h.fw.withdrawn_at.expect("the divert was withdrawn first");
+    assert!(
+        h.t() >= withdrawn + policy().rollback_grace,
+        "removed {:?} after the withdrawal, before the grace",
+        h.t() - withdrawn
+    );
+    let fw = &h.fw.inner;
+    assert!(plan().owned_lines(&fw.mangle_text()).is_empty());
+    assert!(fw.sets().is_empty(), "sets left: {:?}", fw.sets());
+    assert!(!fw.mangle_table_exists(), "mangle table not dropped");
+    assert!(events.iter().any(|e| matches!(e, Event::Withdrawn { .. })));
+}
+
+#[test]
+fn undo_all_undoes_every_change_when_the_journal_cannot_be_rewritten() {
+    // `undrain` on a full state directory: each undo must still run (the divert must not stay
+    // in place because forgetting the link entry failed), and the error says the journal was
+    // not updated.
+    let mut h = FakeHost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mut j = Journal::open(&state.join("j.json")).unwrap();
+    install_fresh(&mut h, &mut j).unwrap();
+    j.record(Change::LinkDown {
+        ifname: "trk0".into(),
+    })
+    .unwrap();
+    h.links.insert("trk0".into(), false);
+    std::fs::remove_dir_all(&state).unwrap();
+    let e = crate::ops::undo::undo_all(&mut h, &mut j, &plan()).unwrap_err();
+    assert!(matches!(e, OpError::Journal(_)), "{e:?}");
+    assert!(h.links["trk0"]);
+    let fw = &h.fw.inner;
+    assert!(
+        plan().owned_lines(&fw.mangle_text()).is_empty(),
+        "divert left: {}",
+        fw.mangle_text()
+    );
+    assert!(fw.sets().is_empty(), "sets left: {:?}", fw.sets());
+}
+
+#[test]
+fn the_vip_moving_away_mid_drain_finishes_the_drain_and_says_connections_were_cut() {
+    // keepalived here stops mid-drain and the peer takes the VIP: waiting for the sockets (their
+    // clients now send to the peer) or rolling back (nothing would reach this node) serves no
+    // one. The drain is finished, out of service, and the exit code says what happened.
+    let mut h = FakeHost::new();
+    h.conns = vec![conn(None, false), conn(None, false)];
+    h.vip_moves_at = Some(S(2));
+    let r = run(h, policy());
+    let e = r.result.as_ref().unwrap_err();
+    assert!(matches!(e, OpError::VipMoved(_, _, 2)), "{e:?}");
+    assert_eq!(e.exit_code(), exit::VIP_MOVED, "{e}");
+    let moved = r
+        .host
+        .first_call_at("link trk0 down")
+        .expect("trigger pulled");
+    assert!(
+        moved >= S(2) && moved - S(2) <= S(1),
+        "noticed {:?} after the VIP moved at 2 s",
+        moved.saturating_sub(S(2))
+    );
+    assert!(!r.host.links["trk0"], "stays out of service");
+    assert!(r.host.fw.withdrawn_at.is_none(), "not rolled back");
+    assert!(r.events.iter().any(|e| matches!(e, Event::CleanedUp)));
+    assert_no_divert_left(&r, None);
+}

@@ -621,6 +621,16 @@ pub enum DuringDrain {
     NodeLinkDown(Node),
     /// A node's ingress link comes back.
     NodeLinkUp(Node),
+    /// Runs a command in a lab namespace (by role: `lb1`, `lb2`, `cl`) and notes its exit code.
+    Exec(String, Vec<String>),
+    /// Starts a background process (name, role, argv) as [`Lab::spawn`] does: the lab kills it
+    /// at teardown, so it must also end by itself (bounded).
+    Spawn(String, String, Vec<String>),
+    /// SIGTERM to a process the lab started (`haproxy-lb2`, ...), waited for.
+    StopProcess(String),
+    /// SIGKILL to every process in a node's namespace whose command name is this: for
+    /// `keepalived`, its main process and its VRRP child, so no shutdown code runs.
+    KillAll(Node, String),
 }
 
 /// When a [`DuringDrain`] action happens.
@@ -972,6 +982,35 @@ fn run_agent(lab: &mut Lab, clock: &Clock, opts: AgentOptions) -> Result<EventOu
             DuringDrain::NodeLinkUp(node) => {
                 lab.exec(&lab.node_ns(node), &["ip", "link", "set", INGRESS_IF, "up"])?;
                 o.note(clock, format!("{node}: ingress link up"));
+            }
+            DuringDrain::Exec(role, argv) => {
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                let out = lab.exec_status(&lab.ns(&role), &argv)?;
+                o.note(
+                    clock,
+                    format!(
+                        "{role}: {argv:?} exited {} ({})",
+                        out.status.code().unwrap_or(-1),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                );
+            }
+            DuringDrain::Spawn(name, role, argv) => {
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                let ns = lab.ns(&role);
+                lab.spawn(&name, &ns, &argv)?;
+                o.note(clock, format!("{role}: {name} started"));
+            }
+            DuringDrain::StopProcess(name) => {
+                lab.stop(&name)?;
+                o.note(clock, format!("{name} stopped (SIGTERM)"));
+            }
+            DuringDrain::KillAll(node, comm) => {
+                let killed = lab.kill_all(node, &comm)?;
+                o.note(
+                    clock,
+                    format!("{node}: {killed} {comm} process(es) killed (SIGKILL)"),
+                );
             }
             DuringDrain::StartDaemon(node) => {
                 lab.start_daemon(node)?;

@@ -436,6 +436,32 @@ impl Lab {
         Ok(())
     }
 
+    /// Kills every process in a node's namespace whose command name (`/proc/PID/comm`) is
+    /// `comm`, found by `ip netns pids` (never by name across the host), as `systemctl kill -s
+    /// KILL` does to a unit: all at once, so none runs any code. Each is stopped (SIGSTOP)
+    /// before any is killed: keepalived's VRRP child gets SIGTERM when its parent dies
+    /// (PR_SET_PDEATHSIG) and would otherwise remove the VIP and hand it over gracefully.
+    /// Returns how many; the lab's own handle on a killed process is reaped at teardown.
+    pub fn kill_all(&self, node: Node, comm: &str) -> Result<usize> {
+        use nix::sys::signal::{kill, Signal};
+        let out = run(&["ip", "netns", "pids", &self.node_ns(node)])?;
+        let pids: Vec<nix::unistd::Pid> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|n| n.trim() == comm)
+            })
+            .map(nix::unistd::Pid::from_raw)
+            .collect();
+        for pid in &pids {
+            let _ = kill(*pid, Signal::SIGSTOP);
+        }
+        Ok(pids
+            .iter()
+            .filter(|pid| kill(**pid, Signal::SIGKILL).is_ok())
+            .count())
+    }
+
     fn start_backend(&mut self) -> Result<()> {
         let bin = find_bin("drain-lab")?;
         let http = format!("0.0.0.0:{}", addr::BACKEND_HTTP);
