@@ -254,11 +254,13 @@ pub fn begin(
         prefix: plan.prefix().to_string(),
         drop_mangle_table: !receipt.mangle_table_was_present,
     })?;
+    crate::faults::point("handoff.responder.journalled");
     if let Err(e) = divert::apply_install(h.firewall(), &plan, &receipt) {
         // apply_install undid its own partial work.
         journal.forget_all()?;
         return Err(HostError::from(e).into());
     }
+    crate::faults::point("handoff.responder.installed");
     Ok(Ok(r))
 }
 
@@ -332,6 +334,7 @@ pub fn supervise(
     let mut next_probe = h.now();
     let mut fails = 0u32;
     let end = loop {
+        crate::faults::point("handoff.responder.supervising");
         if ended() {
             break ReturnEnd::PeerEnded;
         }
@@ -374,6 +377,7 @@ pub fn supervise(
         removed: false,
     };
     if end != ReturnEnd::Stopped {
+        crate::faults::point("handoff.responder.removing");
         remove(cfg, state, h)?;
         report.removed = true;
     }

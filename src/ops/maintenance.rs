@@ -125,6 +125,7 @@ pub fn on(
     } else {
         (Some(drain::run(cfg, opts, state, h, ev)?), None)
     };
+    crate::faults::point("maintenance.drained");
     let m = Maintenance {
         reason: reason.trim().to_string(),
         by: by.to_string(),
@@ -189,6 +190,7 @@ pub fn off(
     }
     let was = state.maintenance()?;
     let undrained = undrain::run(cfg, opts, state, h, ev)?;
+    crate::faults::point("maintenance.undrained");
     state.set_maintenance(None)?;
     let failed_back = if failback {
         Some(ask_failback(cfg, h, ev)?)

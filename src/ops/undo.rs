@@ -40,10 +40,14 @@ fn undo_where(
         .filter(|c| pick(c))
         .collect();
     let mut errors = Vec::new();
-    for c in changes {
+    let last = changes.len().saturating_sub(1);
+    for (i, c) in changes.into_iter().enumerate() {
         match undo(h, plan, &c) {
             Ok(()) => j.forget(&c)?,
             Err(e) => errors.push(e.to_string()),
+        }
+        if i < last {
+            crate::faults::point("undo.partial");
         }
     }
     if errors.is_empty() {

@@ -107,6 +107,7 @@ pub fn undrain(
             ev,
             "undrain: a divert was still installed".into(),
         );
+        crate::faults::point("undrain.withdrawn");
     }
     if !j
         .entries()
@@ -129,6 +130,7 @@ pub fn undrain(
         // failover undrain exists to avoid, resetting every flow this node serves.
         if !still_in_service(h, j, p)? && h.read_track_file(path)? != Some(p.return_weight) {
             h.write_track_file(path, p.return_weight)?;
+            crate::faults::point("undrain.demoted");
         }
         for e in j.entries().to_vec() {
             if matches!(e.change, Change::TrackFault { .. }) {
@@ -137,6 +139,7 @@ pub fn undrain(
         }
     }
     undo_all(h, j, plan)?;
+    crate::faults::point("undrain.undone");
     if !h.link_up(&p.tracked_interface)? {
         h.set_link(&p.tracked_interface, true)?;
     }
