@@ -128,7 +128,7 @@ pub fn undrain(
         // The demotion is for a node coming back; one that never left (a drain killed before
         // its failover) is MASTER, and demoting it makes a preempting peer take the VIP: the
         // failover undrain exists to avoid, resetting every flow this node serves.
-        if !still_in_service(h, j, p)? && h.read_track_file(path)? != Some(p.return_weight) {
+        if !still_in_service(h, p)? && h.read_track_file(path)? != Some(p.return_weight) {
             h.write_track_file(path, p.return_weight)?;
             crate::faults::point("undrain.demoted");
         }
@@ -146,12 +146,18 @@ pub fn undrain(
     Ok(())
 }
 
-/// Whether the node never left service: no failover recorded, the tracked interface up, and a
-/// VIP on one of its interfaces (keepalived's MASTER).
-fn still_in_service(h: &mut dyn Host, j: &Journal, p: &Policy) -> Result<bool, OpError> {
-    if j.entries().iter().any(|e| e.change.is_maintenance_state())
-        || !h.link_up(&p.tracked_interface)?
-    {
+/// Whether the node never left service: its failover trigger not in effect (the tracked
+/// interface up, the track file not FAULT) and a VIP on one of its interfaces (keepalived's
+/// MASTER). What the kernel shows decides, not the journal: a drain killed between journalling
+/// its trigger and pulling it left a journal that says "out of service" on a node still MASTER.
+fn still_in_service(h: &mut dyn Host, p: &Policy) -> Result<bool, OpError> {
+    let faulted = match &p.track_file {
+        Some(path) => h
+            .read_track_file(path)?
+            .is_some_and(|v| v <= super::TRACK_FAULT),
+        None => false,
+    };
+    if faulted || !h.link_up(&p.tracked_interface)? {
         return Ok(false);
     }
     for vip in &p.vips {

@@ -605,6 +605,41 @@ fn undrain_of_a_node_still_master_never_demotes_it() {
     }
 }
 
+#[test]
+fn undrain_after_a_crash_before_the_trigger_is_pulled_never_demotes() {
+    // Killed between journalling the trigger and pulling it (`drain.trigger-journalled`): the
+    // journal says the node left service, the kernel says it never did (tracked interface up,
+    // track file not FAULT, VIP here). Demoting it then hands the VIP to a preempting peer and
+    // resets every flow this node serves: what is in effect decides, not what was journalled.
+    let path = std::path::PathBuf::from("/t/track");
+    for trigger_track_file in [false, true] {
+        let mut p = policy();
+        p.track_file = Some(path.clone());
+        p.trigger_track_file = trigger_track_file;
+        p.return_weight = -51;
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
+        let mut h = FakeHost::new();
+        install_fresh(&mut h, &mut j).unwrap();
+        j.record(if trigger_track_file {
+            Change::TrackFault { path: path.clone() }
+        } else {
+            Change::LinkDown {
+                ifname: "trk0".into(),
+            }
+        })
+        .unwrap();
+        undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+        assert!(
+            h.track.get(&path).is_none_or(|v| *v == 0),
+            "track-file trigger: {trigger_track_file}: demoted a node still MASTER: {:?}",
+            h.call_log()
+        );
+        assert!(j.is_empty());
+        assert!(h.links["trk0"]);
+    }
+}
+
 /// Installs the divert as the drain does (journal first), as a crashed drain would leave it.
 fn install_fresh(h: &mut FakeHost, j: &mut Journal) -> Result<(), OpError> {
     let receipt = divert::prepare(h.firewall(), &plan()).map_err(HostError::from)?;
