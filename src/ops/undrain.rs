@@ -100,14 +100,21 @@ pub fn undrain(
     super::drain::finish_handoff(h, j, p, ev)?;
     let save = h.firewall().save_mangle().map_err(HostError::from)?;
     if !plan.existing_chains(&save).is_empty() && !handed_off {
-        withdraw_and_wait(
-            h,
-            plan,
-            p.rollback_grace,
-            ev,
-            "undrain: a divert was still installed".into(),
-        );
-        crate::faults::point("undrain.withdrawn");
+        if trigger_pulled(h, p)? {
+            // Killed after pulling the trigger: the VIP is moving to the peer (or has). A flow
+            // this node took now would be reset by the peer once it owns the VIP, so new flows
+            // keep going there, as the drain's own end would have had it.
+            let_the_peer_take_over(h, p)?;
+        } else {
+            withdraw_and_wait(
+                h,
+                plan,
+                p.rollback_grace,
+                ev,
+                "undrain: a divert was still installed".into(),
+            );
+            crate::faults::point("undrain.withdrawn");
+        }
     }
     if !j
         .entries()
@@ -146,18 +153,56 @@ pub fn undrain(
     Ok(())
 }
 
-/// Whether the node never left service: its failover trigger not in effect (the tracked
-/// interface up, the track file not FAULT) and a VIP on one of its interfaces (keepalived's
-/// MASTER). What the kernel shows decides, not the journal: a drain killed between journalling
-/// its trigger and pulling it left a journal that says "out of service" on a node still MASTER.
-fn still_in_service(h: &mut dyn Host, p: &Policy) -> Result<bool, OpError> {
+/// Whether the failover trigger is in effect: the tracked interface down, or FAULT in the
+/// track file.
+fn trigger_pulled(h: &mut dyn Host, p: &Policy) -> Result<bool, OpError> {
     let faulted = match &p.track_file {
         Some(path) => h
             .read_track_file(path)?
             .is_some_and(|v| v <= super::TRACK_FAULT),
         None => false,
     };
-    if faulted || !h.link_up(&p.tracked_interface)? {
+    Ok(faulted || !h.link_up(&p.tracked_interface)?)
+}
+
+/// How often [`let_the_peer_take_over`] looks at the VIP's owner.
+const TAKEOVER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Waits (up to `failover.timeout`) until the peer owns every VIP, then `post_wait` for the
+/// clients whose ARP cache still points here, with the divert in place. Past the timeout the
+/// removal follows anyway: keepalived has had the time a drain gives it.
+fn let_the_peer_take_over(h: &mut dyn Host, p: &Policy) -> Result<(), OpError> {
+    let start = h.now();
+    loop {
+        let mut owned = true;
+        for vip in &p.vips {
+            if h.vip_local(*vip)? || !h.peer_owns(*vip)? {
+                owned = false;
+                break;
+            }
+        }
+        if owned || h.now() - start >= p.failover_timeout {
+            break;
+        }
+        h.sleep(TAKEOVER_POLL);
+    }
+    let until = h.now() + p.post_wait;
+    while h.now() < until {
+        h.sleep(
+            TAKEOVER_POLL
+                .min(until.saturating_sub(h.now()))
+                .max(super::MIN_SLEEP),
+        );
+    }
+    Ok(())
+}
+
+/// Whether the node never left service: its failover trigger not in effect (the tracked
+/// interface up, the track file not FAULT) and a VIP on one of its interfaces (keepalived's
+/// MASTER). What the kernel shows decides, not the journal: a drain killed between journalling
+/// its trigger and pulling it left a journal that says "out of service" on a node still MASTER.
+fn still_in_service(h: &mut dyn Host, p: &Policy) -> Result<bool, OpError> {
+    if trigger_pulled(h, p)? {
         return Ok(false);
     }
     for vip in &p.vips {
