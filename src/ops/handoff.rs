@@ -217,7 +217,7 @@ pub fn begin(
     let _lock = state.lock_wait(LOCK_WAIT)?;
     let mut journal = state.return_journal()?;
     let peer = cfg.peer.get();
-    if let Some(r) = Returning::recorded(&journal) {
+    if let Some(r) = in_place(cfg, &mut journal, h)? {
         return Ok(Ok(r));
     }
     if !state.drain_journal()?.is_empty() {
@@ -262,6 +262,38 @@ pub fn begin(
     }
     crate::faults::point("handoff.responder.installed");
     Ok(Ok(r))
+}
+
+/// The return path the journal records, if the kernel has it as its plan says. One journalled
+/// but not (wholly) installed — its agent was killed in between — is no return path: what there
+/// is of it is removed and the journal cleared. The caller holds the lock.
+fn in_place(
+    cfg: &Config,
+    journal: &mut Journal,
+    h: &mut dyn Host,
+) -> Result<Option<Returning>, OpError> {
+    let Some(r) = Returning::recorded(journal) else {
+        return Ok(None);
+    };
+    let plan = r.plan(cfg);
+    if divert::verify(h.firewall(), &plan, crate::plan::Phase::Installed).is_ok() {
+        return Ok(Some(r));
+    }
+    tracing::warn!(peer = %r.peer, "hand-off: the journal records a return path the kernel does not have whole; removing what there is of it");
+    super::undo_all(h, journal, &plan)?;
+    Ok(None)
+}
+
+/// B, on the daemon's start: the return path to resume supervising, if one is in place (see
+/// [`in_place`]).
+pub fn resumable(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+) -> Result<Option<Returning>, OpError> {
+    let _lock = state.lock_wait(LOCK_WAIT)?;
+    let mut journal = state.return_journal()?;
+    in_place(cfg, &mut journal, h)
 }
 
 /// Why a return path ended.

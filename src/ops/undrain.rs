@@ -90,6 +90,16 @@ pub fn undrain(
     ev: &mut dyn FnMut(Event),
 ) -> Result<(), OpError> {
     h.firewall().require_tools().map_err(HostError::from)?;
+    // A hand-off's divert is its guarded plan: withdrawn as the plain one, its read-back fails
+    // and the grace its diverted flows need is skipped.
+    let guarded = j.entries().iter().find_map(|e| match &e.change {
+        Change::Handoff { peer_mac, .. } => super::handoff::parse_mac(peer_mac),
+        _ => None,
+    });
+    let plan = &match guarded {
+        Some(mac) => plan.clone().guarded(mac),
+        None => plan.clone(),
+    };
     // After the failover of a hand-off the VIP is the peer's: no new flow arrives here, so the
     // divert goes without a grace period once the hand-off is finished.
     let handed_off = j
