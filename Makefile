@@ -2,8 +2,12 @@
 # network namespaces); nothing touches the root namespace's links, routes, firewall or sysctls.
 CARGO ?= cargo
 RELEASE := target/release
+# Test builds carry the fault-injection points (src/faults.rs) that tests/crash_e2e.rs kills the
+# agent at; `build` and `deb` never do. The same features for `cargo build` and `cargo test`, so
+# the test run reuses the build instead of compiling the workspace a second time.
+TEST_FEATURES := --features drain-agent/fault-injection
 
-.PHONY: all deps build deb demo test test-unit golden fuzz lint bench clean-lab
+.PHONY: all deps build deb demo test test-unit golden fuzz lint bench clean-lab crash
 
 all: build
 
@@ -18,6 +22,7 @@ build:
 ## tests/deb_install.rs installs, checks and purges it.
 deb:
 	$(CARGO) build --release -p drain-agent --bin drain-agent
+	@! grep -q "fault-injection: killed at" $(RELEASE)/drain-agent || { echo "$(RELEASE)/drain-agent has fault injection compiled in: refusing to package it" >&2; exit 1; }
 	bash packaging/deb/build.sh $(RELEASE)/drain-agent target/debian
 
 ## Live demo: brings the lab up once per scenario, runs the mixed load through each way of taking lb1
@@ -31,8 +36,8 @@ demo: deps build
 ## ignored rather than passed; this target includes them (and, under CI=true, fails any that
 ## cannot run).
 test: deps
-	$(CARGO) build --release --workspace --bins
-	$(CARGO) test --release --workspace --no-fail-fast -- --test-threads=1 --include-ignored
+	$(CARGO) build --release --workspace --bins $(TEST_FEATURES)
+	$(CARGO) test --release --workspace $(TEST_FEATURES) --no-fail-fast -- --test-threads=1 --include-ignored
 
 test-unit:
 	$(CARGO) test --workspace --lib --bins
@@ -53,7 +58,7 @@ fuzz:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --no-deps -p drain-agent
 
 ## Benchmarks (root; ~35 min): the divert, sock_diag and drain-done benches, then the drain at
@@ -81,3 +86,11 @@ soak: deps build
 ## Removes namespaces, processes and state left by a killed lab run.
 clean-lab:
 	@$(CARGO) build --release -q -p drain-lab && $(RELEASE)/drain-lab cleanup --all
+
+## The agent SIGKILLed at every fault-injection point of drain, undrain, accept/release,
+## maintenance, the hand-off and the daemon, under load, each step CRASH_REPEAT times (the normal
+## suite runs each once); prints the table steps x outcome. CRASH_STEPS=point,... runs only those.
+CRASH_REPEAT ?= 3
+crash: deps
+	$(CARGO) build --release --workspace --bins $(TEST_FEATURES)
+	CRASH_REPEAT=$(CRASH_REPEAT) $(CARGO) test --release -p drain-agent $(TEST_FEATURES) --test crash_e2e -- --nocapture --test-threads=1 --include-ignored

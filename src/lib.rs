@@ -9,12 +9,14 @@
 //! - [`wiring`]: [`wiring::SystemHost`], the adapters composed into the one real `Host`;
 //! - [`journal`]: the agent's own state directory (lock, change journals, last outcome);
 //! - [`keepalived`] and [`config`]: the formats we read and write;
-//! - [`daemon`] and [`cli`]: parse, call one operation, render.
+//! - [`daemon`] and [`cli`]: parse, call one operation, render;
+//! - [`faults`]: the test builds' fault-injection points (empty in a shipped build).
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod faults;
 pub mod journal;
 pub mod keepalived;
 pub mod observability;

@@ -137,8 +137,10 @@ impl Returns {
 
     /// Resumes supervising the return path the journal records (after a restart).
     pub fn resume(&self) -> Result<Option<Returning>, crate::ops::OpError> {
-        let state = crate::journal::StateDir::open(self.cfg.state_dir.as_path())?;
-        let r = Returning::recorded(&state.return_journal()?);
+        let (state, mut host) = crate::wiring::open(&self.cfg, Arc::new(AtomicU32::new(0)))?;
+        // A return path journalled but never installed (the daemon was killed in between) is
+        // not resumed: supervising it would answer the next `Begin` with a path that is not there.
+        let r = handoff::resumable(&self.cfg, &state, &mut *host)?;
         if let Some(r) = &r {
             self.start(r.clone());
         }

@@ -154,6 +154,7 @@ pub fn apply_install(
             },
         });
     }
+    crate::faults::point("divert.sets-created");
     if let Err(cause) = fw.restore(&plan.install_rules()).map_err(DivertError::from) {
         return Err(undo(fw, cause));
     }
@@ -208,6 +209,7 @@ pub fn remove(
         }
         Err(e) => errors.push(e.into()),
     }
+    crate::faults::point("divert.rules-removed");
     // Sets after rules: a set still referenced by a rule cannot be destroyed.
     match fw.ipset_names() {
         Ok(names) => {

@@ -184,6 +184,7 @@ pub fn drain(
     if cleaned.is_ok() {
         ev(Event::CleanedUp);
     }
+    crate::faults::point("drain.cleaned-up");
     let failover_ms = failover?;
     cleaned?;
     Ok(DrainReport {
@@ -367,7 +368,9 @@ pub(crate) fn install(
         prefix: plan.prefix().to_string(),
         drop_mangle_table: !receipt.mangle_table_was_present,
     })?;
+    crate::faults::point("drain.journalled");
     divert::apply_install(h.firewall(), plan, receipt).map_err(HostError::from)?;
+    crate::faults::point("drain.installed");
     Ok(())
 }
 
@@ -452,6 +455,7 @@ fn watch(
     let mut next_probe = w.start + p.probe_interval;
     let mut fails = 0u32;
     loop {
+        crate::faults::point("drain.watching");
         if h.interrupts() > 0 {
             return Err(OpError::Interrupted);
         }
@@ -482,6 +486,7 @@ fn watch(
         }
         if reason.is_some() && !sealed {
             divert::seal(h.firewall(), plan).map_err(HostError::from)?;
+            crate::faults::point("drain.sealed");
             sealed = true;
             ev(Event::Sealed {
                 elapsed_ms: ms(h.now() - w.start),
@@ -552,10 +557,12 @@ fn hand_off(
         until,
     };
     j.record(handoff.clone())?;
+    crate::faults::point("handoff.initiator.journalled");
     if let Err(e) = handoff::ask_begin(h, cfg, until) {
         j.forget(&handoff)?;
         return Err(e);
     }
+    crate::faults::point("handoff.initiator.begun");
     ev(Event::HandoffBegun {
         peer: p.peer.to_string(),
     });
@@ -564,7 +571,7 @@ fn hand_off(
     // Accept the VIPs without owning them, then seal: from the failover on no SYN may start a
     // flow here (an unrecorded one is dropped, counted; its retransmission reaches the peer).
     let ready = super::peer::accept_into(cfg, j, h)
-        .map(|_| ())
+        .map(|_| crate::faults::point("handoff.initiator.accepting"))
         .and_then(|()| divert::seal(h.firewall(), plan).map_err(|e| HostError::from(e).into()));
     if let Err(e) = ready {
         tender.totals(h, plan, ev);
@@ -582,12 +589,14 @@ fn hand_off(
         Ok(detail) => ev(Event::HandoffEnded { detail }),
         Err(error) => ev(Event::HandoffEndFailed { error }),
     }
+    crate::faults::point("handoff.initiator.ended");
     j.forget(&handoff)?;
     let totals = tender.totals(h, plan, ev);
     let cleaned = cleanup(h, j, plan);
     if cleaned.is_ok() {
         ev(Event::CleanedUp);
     }
+    crate::faults::point("drain.cleaned-up");
     let (failover_ms, (reason, remaining, drain_ms)) = waited?;
     cleaned?;
     Ok(DrainReport {
@@ -671,6 +680,7 @@ fn watch_handoff(
 ) -> Result<(DrainReason, usize, f64), OpError> {
     let mut w = Watch::new(h.now());
     loop {
+        crate::faults::point("handoff.initiator.watching");
         tender.tick(h, plan, ev);
         let (c, elapsed) = w.look(h, tender.diverted(), ev)?;
         if h.interrupts() > 0 {
@@ -721,14 +731,18 @@ pub(super) fn pull_trigger(
     Ok(match (&p.track_file, p.trigger_track_file) {
         (Some(path), true) => {
             j.record(Change::TrackFault { path: path.clone() })?;
+            crate::faults::point("drain.trigger-journalled");
             h.write_track_file(path, TRACK_FAULT)?;
+            crate::faults::point("drain.failover-triggered");
             format!("track file {} = {TRACK_FAULT}", path.display())
         }
         _ => {
             j.record(Change::LinkDown {
                 ifname: p.tracked_interface.clone(),
             })?;
+            crate::faults::point("drain.trigger-journalled");
             h.set_link(&p.tracked_interface, false)?;
+            crate::faults::point("drain.failover-triggered");
             format!("{} down", p.tracked_interface)
         }
     })
@@ -765,6 +779,7 @@ fn failover(
                 ev(Event::PeerOwnsVip {
                     after_ms: ms(waited),
                 });
+                crate::faults::point("drain.peer-owns-vip");
                 // Clients whose ARP cache still points here keep sending until it expires.
                 let until = h.now() + p.post_wait;
                 while h.now() < until {

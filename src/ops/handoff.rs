@@ -217,7 +217,7 @@ pub fn begin(
     let _lock = state.lock_wait(LOCK_WAIT)?;
     let mut journal = state.return_journal()?;
     let peer = cfg.peer.get();
-    if let Some(r) = Returning::recorded(&journal) {
+    if let Some(r) = in_place(cfg, &mut journal, h)? {
         return Ok(Ok(r));
     }
     if !state.drain_journal()?.is_empty() {
@@ -254,12 +254,46 @@ pub fn begin(
         prefix: plan.prefix().to_string(),
         drop_mangle_table: !receipt.mangle_table_was_present,
     })?;
+    crate::faults::point("handoff.responder.journalled");
     if let Err(e) = divert::apply_install(h.firewall(), &plan, &receipt) {
         // apply_install undid its own partial work.
         journal.forget_all()?;
         return Err(HostError::from(e).into());
     }
+    crate::faults::point("handoff.responder.installed");
     Ok(Ok(r))
+}
+
+/// The return path the journal records, if the kernel has it as its plan says. One journalled
+/// but not (wholly) installed — its agent was killed in between — is no return path: what there
+/// is of it is removed and the journal cleared. The caller holds the lock.
+fn in_place(
+    cfg: &Config,
+    journal: &mut Journal,
+    h: &mut dyn Host,
+) -> Result<Option<Returning>, OpError> {
+    let Some(r) = Returning::recorded(journal) else {
+        return Ok(None);
+    };
+    let plan = r.plan(cfg);
+    if divert::verify(h.firewall(), &plan, crate::plan::Phase::Installed).is_ok() {
+        return Ok(Some(r));
+    }
+    tracing::warn!(peer = %r.peer, "hand-off: the journal records a return path the kernel does not have whole; removing what there is of it");
+    super::undo_all(h, journal, &plan)?;
+    Ok(None)
+}
+
+/// B, on the daemon's start: the return path to resume supervising, if one is in place (see
+/// [`in_place`]).
+pub fn resumable(
+    cfg: &Config,
+    state: &StateDir,
+    h: &mut dyn Host,
+) -> Result<Option<Returning>, OpError> {
+    let _lock = state.lock_wait(LOCK_WAIT)?;
+    let mut journal = state.return_journal()?;
+    in_place(cfg, &mut journal, h)
 }
 
 /// Why a return path ended.
@@ -332,6 +366,7 @@ pub fn supervise(
     let mut next_probe = h.now();
     let mut fails = 0u32;
     let end = loop {
+        crate::faults::point("handoff.responder.supervising");
         if ended() {
             break ReturnEnd::PeerEnded;
         }
@@ -374,6 +409,7 @@ pub fn supervise(
         removed: false,
     };
     if end != ReturnEnd::Stopped {
+        crate::faults::point("handoff.responder.removing");
         remove(cfg, state, h)?;
         report.removed = true;
     }

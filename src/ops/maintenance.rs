@@ -125,6 +125,7 @@ pub fn on(
     } else {
         (Some(drain::run(cfg, opts, state, h, ev)?), None)
     };
+    crate::faults::point("maintenance.drained");
     let m = Maintenance {
         reason: reason.trim().to_string(),
         by: by.to_string(),
@@ -189,6 +190,7 @@ pub fn off(
     }
     let was = state.maintenance()?;
     let undrained = undrain::run(cfg, opts, state, h, ev)?;
+    crate::faults::point("maintenance.undrained");
     state.set_maintenance(None)?;
     let failed_back = if failback {
         Some(ask_failback(cfg, h, ev)?)
@@ -277,8 +279,15 @@ pub fn reassert(
     state: &StateDir,
     h: &mut dyn Host,
 ) -> Result<Option<Reasserted>, OpError> {
-    let _ = cfg;
     let journal = state.drain_journal()?;
+    // After a reboot the daemon starts before keepalived: no VIP here yet. A node that holds
+    // one is MASTER and serving, with a trigger journalled by a drain killed before it pulled
+    // it: pulling it now would fail over its flows. It stays as it is, for `undrain`.
+    for v in cfg.vips.iter() {
+        if h.vip_local(v.address.get())? {
+            return Ok(None);
+        }
+    }
     for e in journal.entries() {
         match &e.change {
             Change::LinkDown { ifname } if h.link_up(ifname)? => {

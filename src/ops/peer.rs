@@ -84,7 +84,9 @@ pub(crate) fn accept_into(
             };
             journal.record(c.clone())?;
             made.push(c);
+            crate::faults::point("accept.sysctl-journalled");
             h.sysctl_write(&change.key, &change.value)?;
+            crate::faults::point("accept.sysctl-set");
             done.push(Accepted::Sysctl {
                 key: change.key.clone(),
                 value: change.value.clone(),
@@ -98,7 +100,9 @@ pub(crate) fn accept_into(
             }
             journal.record(c.clone())?;
             made.push(c);
+            crate::faults::point("accept.route-journalled");
             h.local_route(*vip, true)?;
+            crate::faults::point("accept.route-added");
             done.push(Accepted::LocalRoute { vip: *vip });
         }
         Ok(())

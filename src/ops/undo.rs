@@ -45,7 +45,8 @@ fn undo_where(
     // tending it. The journal then lists changes already undone, which `undrain` undoes again
     // (a no-op) and forgets once the file can be written.
     let mut unforgotten = None;
-    for c in changes {
+    let last = changes.len().saturating_sub(1);
+    for (i, c) in changes.into_iter().enumerate() {
         match undo(h, plan, &c) {
             Ok(()) => {
                 if let Err(e) = j.forget(&c) {
@@ -53,6 +54,9 @@ fn undo_where(
                 }
             }
             Err(e) => errors.push(e.to_string()),
+        }
+        if i < last {
+            crate::faults::point("undo.partial");
         }
     }
     match (errors.is_empty(), unforgotten) {

@@ -90,6 +90,16 @@ pub fn undrain(
     ev: &mut dyn FnMut(Event),
 ) -> Result<(), OpError> {
     h.firewall().require_tools().map_err(HostError::from)?;
+    // A hand-off's divert is its guarded plan: withdrawn as the plain one, its read-back fails
+    // and the grace its diverted flows need is skipped.
+    let guarded = j.entries().iter().find_map(|e| match &e.change {
+        Change::Handoff { peer_mac, .. } => super::handoff::parse_mac(peer_mac),
+        _ => None,
+    });
+    let plan = &match guarded {
+        Some(mac) => plan.clone().guarded(mac),
+        None => plan.clone(),
+    };
     // After the failover of a hand-off the VIP is the peer's: no new flow arrives here, so the
     // divert goes without a grace period once the hand-off is finished.
     let handed_off = j
@@ -100,13 +110,21 @@ pub fn undrain(
     super::drain::finish_handoff(h, j, p, ev)?;
     let save = h.firewall().save_mangle().map_err(HostError::from)?;
     if !plan.existing_chains(&save).is_empty() && !handed_off {
-        withdraw_and_wait(
-            h,
-            plan,
-            p.rollback_grace,
-            ev,
-            "undrain: a divert was still installed".into(),
-        );
+        if trigger_pulled(h, p)? {
+            // Killed after pulling the trigger: the VIP is moving to the peer (or has). A flow
+            // this node took now would be reset by the peer once it owns the VIP, so new flows
+            // keep going there, as the drain's own end would have had it.
+            let_the_peer_take_over(h, p)?;
+        } else {
+            withdraw_and_wait(
+                h,
+                plan,
+                p.rollback_grace,
+                ev,
+                "undrain: a divert was still installed".into(),
+            );
+            crate::faults::point("undrain.withdrawn");
+        }
     }
     if !j
         .entries()
@@ -127,8 +145,9 @@ pub fn undrain(
         // The demotion is for a node coming back; one that never left (a drain killed before
         // its failover) is MASTER, and demoting it makes a preempting peer take the VIP: the
         // failover undrain exists to avoid, resetting every flow this node serves.
-        if !still_in_service(h, j, p)? && h.read_track_file(path)? != Some(p.return_weight) {
+        if !still_in_service(h, p)? && h.read_track_file(path)? != Some(p.return_weight) {
             h.write_track_file(path, p.return_weight)?;
+            crate::faults::point("undrain.demoted");
         }
         for e in j.entries().to_vec() {
             if matches!(e.change, Change::TrackFault { .. }) {
@@ -137,18 +156,63 @@ pub fn undrain(
         }
     }
     undo_all(h, j, plan)?;
+    crate::faults::point("undrain.undone");
     if !h.link_up(&p.tracked_interface)? {
         h.set_link(&p.tracked_interface, true)?;
     }
     Ok(())
 }
 
-/// Whether the node never left service: no failover recorded, the tracked interface up, and a
-/// VIP on one of its interfaces (keepalived's MASTER).
-fn still_in_service(h: &mut dyn Host, j: &Journal, p: &Policy) -> Result<bool, OpError> {
-    if j.entries().iter().any(|e| e.change.is_maintenance_state())
-        || !h.link_up(&p.tracked_interface)?
-    {
+/// Whether the failover trigger is in effect: the tracked interface down, or FAULT in the
+/// track file.
+fn trigger_pulled(h: &mut dyn Host, p: &Policy) -> Result<bool, OpError> {
+    let faulted = match &p.track_file {
+        Some(path) => h
+            .read_track_file(path)?
+            .is_some_and(|v| v <= super::TRACK_FAULT),
+        None => false,
+    };
+    Ok(faulted || !h.link_up(&p.tracked_interface)?)
+}
+
+/// How often [`let_the_peer_take_over`] looks at the VIP's owner.
+const TAKEOVER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Waits (up to `failover.timeout`) until the peer owns every VIP, then `post_wait` for the
+/// clients whose ARP cache still points here, with the divert in place. Past the timeout the
+/// removal follows anyway: keepalived has had the time a drain gives it.
+fn let_the_peer_take_over(h: &mut dyn Host, p: &Policy) -> Result<(), OpError> {
+    let start = h.now();
+    loop {
+        let mut owned = true;
+        for vip in &p.vips {
+            if h.vip_local(*vip)? || !h.peer_owns(*vip)? {
+                owned = false;
+                break;
+            }
+        }
+        if owned || h.now() - start >= p.failover_timeout {
+            break;
+        }
+        h.sleep(TAKEOVER_POLL);
+    }
+    let until = h.now() + p.post_wait;
+    while h.now() < until {
+        h.sleep(
+            TAKEOVER_POLL
+                .min(until.saturating_sub(h.now()))
+                .max(super::MIN_SLEEP),
+        );
+    }
+    Ok(())
+}
+
+/// Whether the node never left service: its failover trigger not in effect (the tracked
+/// interface up, the track file not FAULT) and a VIP on one of its interfaces (keepalived's
+/// MASTER). What the kernel shows decides, not the journal: a drain killed between journalling
+/// its trigger and pulling it left a journal that says "out of service" on a node still MASTER.
+fn still_in_service(h: &mut dyn Host, p: &Policy) -> Result<bool, OpError> {
+    if trigger_pulled(h, p)? {
         return Ok(false);
     }
     for vip in &p.vips {

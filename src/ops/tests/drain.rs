@@ -605,6 +605,78 @@ fn undrain_of_a_node_still_master_never_demotes_it() {
     }
 }
 
+#[test]
+fn undrain_after_a_crash_before_the_trigger_is_pulled_never_demotes() {
+    // Killed between journalling the trigger and pulling it (`drain.trigger-journalled`): the
+    // journal says the node left service, the kernel says it never did (tracked interface up,
+    // track file not FAULT, VIP here). Demoting it then hands the VIP to a preempting peer and
+    // resets every flow this node serves: what is in effect decides, not what was journalled.
+    let path = std::path::PathBuf::from("/t/track");
+    for trigger_track_file in [false, true] {
+        let mut p = policy();
+        p.track_file = Some(path.clone());
+        p.trigger_track_file = trigger_track_file;
+        p.return_weight = -51;
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
+        let mut h = FakeHost::new();
+        install_fresh(&mut h, &mut j).unwrap();
+        j.record(if trigger_track_file {
+            Change::TrackFault { path: path.clone() }
+        } else {
+            Change::LinkDown {
+                ifname: "trk0".into(),
+            }
+        })
+        .unwrap();
+        undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+        assert!(
+            h.track.get(&path).is_none_or(|v| *v == 0),
+            "track-file trigger: {trigger_track_file}: demoted a node still MASTER: {:?}",
+            h.call_log()
+        );
+        assert!(j.is_empty());
+        assert!(h.links["trk0"]);
+    }
+}
+
+#[test]
+fn undrain_after_a_crash_past_the_trigger_keeps_diverting_until_the_peer_owns_the_vip() {
+    // Killed right after pulling the trigger (`drain.failover-triggered`): the VIP is moving to
+    // the peer. Withdrawing the divert now makes the node serve new flows locally for the
+    // moment it still holds the VIP, and the peer resets each of them once it owns it (11 in
+    // the lab). New flows must keep going to the peer until it owns the VIP, and `post_wait`
+    // after, as the drain itself would have had it; then the divert goes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
+    let mut h = FakeHost::new();
+    install_fresh(&mut h, &mut j).unwrap();
+    j.record(Change::LinkDown {
+        ifname: "trk0".into(),
+    })
+    .unwrap();
+    h.set_link("trk0", false).unwrap();
+    let owned_at = h.t() + h.failover_delay;
+    let p = policy();
+    undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+    assert_eq!(
+        h.fw.withdrawn_at,
+        None,
+        "withdrawn while the VIP moved: {:?}",
+        h.call_log()
+    );
+    assert!(
+        h.t() >= owned_at + p.post_wait,
+        "removed at {:?}, before the peer owned the VIP ({owned_at:?}) + post_wait",
+        h.t()
+    );
+    assert!(
+        plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
+    );
+    assert!(j.is_empty());
+    assert!(h.links["trk0"]);
+}
+
 /// Installs the divert as the drain does (journal first), as a crashed drain would leave it.
 fn install_fresh(h: &mut FakeHost, j: &mut Journal) -> Result<(), OpError> {
     let receipt = divert::prepare(h.firewall(), &plan()).map_err(HostError::from)?;

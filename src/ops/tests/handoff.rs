@@ -254,6 +254,100 @@ fn undrain_of_a_killed_hand_off_waits_for_the_connections_then_ends_the_peer() {
 }
 
 #[test]
+fn undrain_of_a_hand_off_killed_before_its_failover_withdraws_its_guarded_divert_gracefully() {
+    // Killed with the divert in place, before the failover (`drain.installed` of a hand-off):
+    // the flows diverted to the peer must keep going there for the grace period. The divert is
+    // the hand-off's guarded one; withdrawn as the plain plan's, its read-back failed, the grace
+    // was skipped and those flows were reset (5 in the lab's crash test).
+    let cfg = cfg("1h");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    let mut j = state.drain_journal().unwrap();
+    j.record(Change::Handoff {
+        peer: cfg.peer.get(),
+        peer_mac: "02:00:5e:10:00:0c".into(),
+        until: h.unix_now() + 3600,
+    })
+    .unwrap();
+    let plan = DivertPlan::new(&cfg).guarded([2, 0, 0x5e, 0x10, 0, 12]);
+    let receipt = divert::prepare(h.firewall(), &plan).unwrap();
+    crate::ops::drain::install(&mut h, &mut j, &plan, &receipt).unwrap();
+    undrain::run(
+        &cfg,
+        &undrain::UndrainOptions::default(),
+        &state,
+        &mut h,
+        &mut |_| {},
+    )
+    .unwrap();
+    let withdrawn =
+        h.fw.withdrawn_at
+            .unwrap_or_else(|| panic!("not withdrawn before removal: {:?}", h.call_log()));
+    // The removal is the last thing undrain does: it came at least the grace after the withdraw.
+    assert!(
+        h.t() >= withdrawn + cfg.drain.rollback_grace.get(),
+        "done at {:?}, withdrawn at {withdrawn:?}: no grace for the diverted flows: {:?}",
+        h.t(),
+        h.call_log()
+    );
+    assert!(plan.owned_lines(&h.fw.inner.mangle_text()).is_empty());
+    assert!(state.drain_journal().unwrap().is_empty());
+}
+
+#[test]
+fn a_return_path_journalled_but_not_installed_is_neither_trusted_nor_resumed() {
+    // The peer's agent killed between journalling its return path and installing it (with
+    // nothing, or only the sets, in the kernel). Trusted, the next `Begin` was answered "return
+    // path installed" with none there (35 flows broken in the lab), and the restarted daemon
+    // supervised a return path that did not exist.
+    for sets_made in [false, true] {
+        let (cfg, _dir, state, mut h) = peer_side();
+        let until = h.unix_now() + 100;
+        let mac = [2, 0, 0x5e, 0x10, 0, 11];
+        let plan = DivertPlan::new(&cfg).returning(mac);
+        let mut j = state.return_journal().unwrap();
+        j.record(Change::Returning {
+            peer: cfg.peer.get(),
+            peer_mac: handoff::format_mac(&mac),
+            until,
+        })
+        .unwrap();
+        j.record(Change::Divert {
+            prefix: plan.prefix().to_string(),
+            drop_mangle_table: true,
+        })
+        .unwrap();
+        if sets_made {
+            h.firewall().ipset_restore(&plan.ipset_create()).unwrap();
+        }
+        assert_eq!(
+            handoff::resumable(&cfg, &state, &mut h).unwrap(),
+            None,
+            "sets made: {sets_made}"
+        );
+        assert!(state.return_journal().unwrap().is_empty());
+        assert!(h.fw.inner.sets().is_empty(), "{:?}", h.fw.inner.sets());
+        // And `Begin` on such a journal installs the return path for real.
+        let mut j = state.return_journal().unwrap();
+        j.record(Change::Returning {
+            peer: cfg.peer.get(),
+            peer_mac: handoff::format_mac(&mac),
+            until,
+        })
+        .unwrap();
+        let r = handoff::begin(&cfg, &state, &mut h, &VipPorts::of(&cfg), until)
+            .unwrap()
+            .unwrap();
+        r.plan(&cfg)
+            .check_read_back(crate::plan::Phase::Installed, &h.fw.inner.mangle_text())
+            .unwrap();
+        // Installed, it is resumed.
+        assert_eq!(handoff::resumable(&cfg, &state, &mut h).unwrap(), Some(r));
+    }
+}
+
+#[test]
 fn the_daemon_start_leaves_an_unfinished_hand_off_to_undrain() {
     let cfg = cfg("1h");
     let dir = tempfile::tempdir().unwrap();

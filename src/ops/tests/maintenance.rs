@@ -117,13 +117,36 @@ fn a_reboot_that_brought_the_tracked_interface_back_is_undone_on_start() {
             ifname: "trk0".into(),
         })
         .unwrap();
-    // After the reboot trk0 is up again, as the OS brings interfaces up.
+    // After the reboot trk0 is up again, as the OS brings interfaces up; keepalived, which
+    // starts after the daemon, holds no VIP yet.
     h.links.insert("trk0".into(), true);
+    h.vip_local_initially = false;
     let r = reassert(&cfg, &state, &mut h).unwrap().unwrap();
     assert_eq!(r.trigger, "trk0 down");
     assert!(!h.links["trk0"]);
     // In effect already: nothing to do.
     assert_eq!(reassert(&cfg, &state, &mut h).unwrap(), None);
+}
+
+#[test]
+fn a_trigger_journalled_but_never_pulled_on_a_node_holding_the_vip_is_not_pulled_on_start() {
+    // The daemon killed between journalling the failover trigger and pulling it: on restart the
+    // journal says "out of service", the link is up and the node is MASTER serving flows.
+    // Pulling the trigger then is a failover that resets them (48 in the lab's crash test).
+    let cfg = test_config("80", "");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    state
+        .drain_journal()
+        .unwrap()
+        .record(Change::LinkDown {
+            ifname: "trk0".into(),
+        })
+        .unwrap();
+    h.links.insert("trk0".into(), true);
+    assert_eq!(reassert(&cfg, &state, &mut h).unwrap(), None);
+    assert!(h.links["trk0"], "{:?}", h.call_log());
 }
 
 fn handoff_config() -> crate::config::Config {
@@ -269,6 +292,8 @@ fn a_reboot_that_reset_the_track_file_is_undone_on_start() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();
     let mut h = FakeHost::new();
+    // The daemon starts before keepalived: no VIP here yet.
+    h.vip_local_initially = false;
     let path = std::path::PathBuf::from("/t/track");
     state
         .drain_journal()
