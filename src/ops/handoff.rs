@@ -285,7 +285,7 @@ fn in_place(
 }
 
 /// B, on the daemon's start: the return path to resume supervising, if one is in place (see
-/// [`in_place`]).
+/// `in_place`).
 pub fn resumable(
     cfg: &Config,
     state: &StateDir,
