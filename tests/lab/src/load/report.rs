@@ -249,9 +249,12 @@ pub struct SlowSetup {
 
 /// How much slower than the steady baseline's p99.9 a handshake after it may be.
 pub const HANDSHAKE_MARGIN_MS: f64 = 10.0;
-/// How much slower than the steady baseline's p99.9 a connect() after it may be: a dropped SYN
-/// costs ~1 s, while the generator's own wake-up on the busy cores stays far below this.
-pub const CONNECT_MARGIN_MS: f64 = 100.0;
+/// A connect() this slow is a stall: a dropped SYN costs ~1 s, while the generator's own wake-up
+/// on the busy cores stays far below this. Not relative to the baseline: the baseline's window
+/// ends on the load generator's clock, which starts after the scenario's, so its last flows may
+/// already be the event's (a CI run's plain failover put ~1 s stalls in it and so raised a
+/// relative bar above them).
+pub const CONNECT_STALL_MS: f64 = 100.0;
 
 impl LoadReport {
     /// Flows that did not end ok: the number a drain must keep at zero.
@@ -261,8 +264,8 @@ impl LoadReport {
 
     /// The stall bar a drain (or hand-off, or rollout) is held to, against the same run's steady
     /// baseline: no kernel-timed handshake after the baseline slower than its p99.9 plus
-    /// [`HANDSHAKE_MARGIN_MS`], and no connect() as slow as the baseline's connect() p99.9 plus
-    /// [`CONNECT_MARGIN_MS`]. The error says which and by how much.
+    /// [`HANDSHAKE_MARGIN_MS`], and no connect() of [`CONNECT_STALL_MS`] or more. The error says
+    /// which and by how much.
     ///
     /// A run with no handshake on either side of the baseline's end has nothing to compare and
     /// fails: an empty baseline's p99.9 is 0, which would otherwise let an empty "after" pass.
@@ -283,15 +286,11 @@ impl LoadReport {
                 after.max, steady.p999
             ));
         }
-        let (steady, connect) = (
-            &self.setup_latency_baseline_ms,
-            &self.setup_latency_after_baseline_ms,
-        );
-        if connect.max >= steady.p999 + CONNECT_MARGIN_MS {
+        let connect = &self.setup_latency_after_baseline_ms;
+        if connect.max >= CONNECT_STALL_MS {
             return Err(format!(
-                "a connect() took {:.1} ms; the steady baseline's p99.9 is {:.3} ms: {:?}",
+                "a connect() took {:.1} ms: {:?}",
                 connect.max,
-                steady.p999,
                 self.slowest_setups.iter().take(5).collect::<Vec<_>>()
             ));
         }
@@ -700,8 +699,8 @@ mod tests {
         let r = stall_report(&[(0.2, 1.0), (1.0 + HANDSHAKE_MARGIN_MS, 1.0)]);
         assert_eq!(r.handshake_baseline_ms.p999, 1.0);
         assert_eq!(r.stall_check(), Ok(()));
-        // connect() just under the bar: the baseline's connect() p99.9 (1 ms) plus the margin.
-        let r = stall_report(&[(0.2, 1.0 + CONNECT_MARGIN_MS - 0.1)]);
+        // connect() just under the bar.
+        let r = stall_report(&[(0.2, CONNECT_STALL_MS - 0.1)]);
         assert_eq!(r.stall_check(), Ok(()));
     }
 
@@ -716,10 +715,9 @@ mod tests {
     #[test]
     fn stall_check_fails_on_a_connect_at_the_bar() {
         // The handshake is fine (a connect() the generator noticed late), the connect() is not.
-        let r = stall_report(&[(0.3, 1.0 + CONNECT_MARGIN_MS)]);
+        let r = stall_report(&[(0.3, CONNECT_STALL_MS)]);
         let err = r.stall_check().unwrap_err();
-        assert!(err.contains("a connect() took 101.0 ms"), "{err}");
-        assert!(err.contains("p99.9 is 1.000 ms"), "{err}");
+        assert!(err.contains("a connect() took 100.0 ms"), "{err}");
         // A retransmitted SYN (~1 s) fails on both counts; the handshake is named first.
         let r = stall_report(&[(1003.0, 1003.0)]);
         assert!(r
