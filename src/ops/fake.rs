@@ -147,6 +147,9 @@ pub struct FakePeerAgent {
     pub down_until: Option<Duration>,
     /// Answers every request with this refusal.
     pub refuse: Option<String>,
+    /// Takes the next `Begin` without answering it (its agent dies there), then is down for
+    /// this long (restarting).
+    pub dies_at_begin: Option<Duration>,
 }
 
 impl FakeHost {
@@ -384,6 +387,15 @@ impl Host for FakeHost {
         };
         self.call(format!("peer-agent {op}"));
         self.advance(Duration::from_millis(2));
+        if let (PeerRequest::Begin { .. }, Some(down_for)) = (req, self.peer_agent.dies_at_begin) {
+            self.peer_agent.dies_at_begin = None;
+            self.peer_agent.down_until = Some(self.t() + down_for);
+            return Err(HostError {
+                op: "peer link".into(),
+                cause: "the request was sent but no reply came: connection reset".into(),
+                kind: HostErrorKind::Unanswered,
+            });
+        }
         let restarting = self.peer_agent.down_until.is_some_and(|t| self.t() < t);
         if self.peer_agent.down || restarting || !self.peer_alive() {
             return Err(HostError::other("peer link", "connection refused"));

@@ -17,7 +17,9 @@
 //!    sysctls. The tracked interface stays down until `undrain`.
 //!
 //! # When something fails
-//! - B's agent does not answer or refuses `Begin`: A changes nothing (exit 5).
+//! - B's agent does not answer or refuses `Begin`: A changes nothing (exit 5). If `Begin` went
+//!   out and no reply came (B's agent may have installed its return path and died before
+//!   answering), A first sends `End`, retrying while B's agent restarts, so B is left as it was.
 //! - A's agent dies during the hand-off: its rules and route stay (journalled), so A keeps
 //!   serving its connections and B keeps returning them; `undrain` on A (or A's daemon on
 //!   restart) finishes the hand-off: it waits for A's connections, ends B's return path, cleans.
@@ -436,20 +438,37 @@ pub fn remove(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<(), Op
 }
 
 /// A: asks the peer's agent to start returning this node's packets. `Ok(())` once it has.
+///
+/// A `Begin` that went out but got no reply may have been acted on: the peer's agent can have
+/// installed its return path and died (or its reply been lost) before answering. This node does
+/// not divert without a reply, so that return path serves no one, and the peer's own probe
+/// would not remove it (this node still answers for the VIP): left alone it stays until `until`.
+/// So this node then sends `End` ([`ask_end`], which retries while the peer's agent restarts)
+/// before giving up, and the peer is left as it was.
 pub fn ask_begin(h: &mut dyn Host, cfg: &Config, until: u64) -> Result<(), OpError> {
     let req = PeerRequest::Begin {
         vips: VipPorts::of(cfg),
         until,
     };
+    let peer = cfg.peer.get();
     match h.peer_agent(&req) {
         Ok(PeerReply::Ok { .. }) => Ok(()),
         Ok(PeerReply::Refused { reason }) => Err(OpError::PeerNotReady(format!(
-            "{}'s agent refuses the hand-off: {reason}",
-            cfg.peer.get()
+            "{peer}'s agent refuses the hand-off: {reason}"
         ))),
+        Err(e) if e.kind == super::HostErrorKind::Unanswered => {
+            let withdrawn = match ask_end(h) {
+                Ok(detail) => format!("told it to end the hand-off ({detail})"),
+                Err(why) => format!(
+                    "could not tell it to end the hand-off ({why}); its return path, if any, goes at its deadline"
+                ),
+            };
+            Err(OpError::PeerNotReady(format!(
+                "{peer}'s agent did not answer the hand-off ({e}); nothing changed here; {withdrawn}"
+            )))
+        }
         Err(e) => Err(OpError::PeerNotReady(format!(
-            "{}'s agent does not answer ({e}): is `drain-agent run` running there with the same handoff.key_file?",
-            cfg.peer.get()
+            "{peer}'s agent does not answer ({e}): is `drain-agent run` running there with the same handoff.key_file?"
         ))),
     }
 }

@@ -46,6 +46,8 @@ pub enum HostErrorKind {
     MissingInterface,
     /// The kernel refused: not root / no CAP_NET_ADMIN.
     Permission,
+    /// A request to the peer's agent went out but no reply came: the peer may have acted on it.
+    Unanswered,
     /// Anything else.
     Other,
 }
@@ -287,7 +289,7 @@ impl OpError {
     pub fn exit_code(&self) -> u8 {
         match self {
             OpError::Host(e) => match e.kind {
-                HostErrorKind::Other => exit::INTERNAL,
+                HostErrorKind::Other | HostErrorKind::Unanswered => exit::INTERNAL,
                 _ => exit::ENVIRONMENT,
             },
             OpError::Journal(JournalError::Busy { .. }) => exit::BUSY,

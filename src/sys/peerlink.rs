@@ -56,6 +56,16 @@ pub enum LinkError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The request went out whole but no reply came back (the connection closed, or the wait
+    /// timed out): the other side may have acted on it. A caller that must not leave the peer
+    /// half-changed undoes it (the hand-off's `Begin` is followed by `End`).
+    #[error("peer link to {addr}: the request was sent but no reply came: {source}")]
+    Unanswered {
+        /// The peer's address and port.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The other side sent something that is not this protocol, or fails authentication.
     #[error("peer link: {0}")]
     Protocol(String),
@@ -264,7 +274,7 @@ pub fn call_on<Req: Serialize, Rep: DeserializeOwned>(
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     stream.write_all(line.as_bytes()).map_err(io)?;
-    let reply = read_line(&stream).map_err(io)?;
+    let reply = read_line(&stream).map_err(|source| LinkError::Unanswered { addr: to, source })?;
     let reply: ReplyPayload<Rep> = key.open(&reply)?;
     if reply.nonce != nonce {
         return Err(LinkError::Protocol(
@@ -538,6 +548,29 @@ mod tests {
         assert!(Key::from_bytes(&[1u8; 32])
             .open::<ReplyPayload<String>>(&line)
             .is_err());
+    }
+
+    #[test]
+    fn a_request_taken_but_not_answered_is_told_apart_from_one_never_delivered() {
+        // Nobody listens: the request never left, so nothing can have acted on it.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = closed.local_addr().unwrap();
+        drop(closed);
+        let e = call::<_, String>(&key(), A, to, &"begin", Duration::from_secs(2)).unwrap_err();
+        assert!(matches!(e, LinkError::Io { .. }), "{e}");
+
+        // The other side reads the whole request, then goes away without a word (its agent
+        // killed after acting on it).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            read_line(&s).unwrap()
+        });
+        let e = call::<_, String>(&key(), A, to, &"begin", Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(e, LinkError::Unanswered { .. }), "{e}");
+        assert!(e.to_string().contains("no reply came"), "{e}");
+        assert!(!server.join().unwrap().is_empty());
     }
 
     #[test]

@@ -400,7 +400,17 @@ impl Host for SystemHost {
             PeerRequest::Failback { .. } => self.failback_timeout,
             _ => PEER_CALL_TIMEOUT,
         };
-        peerlink::call(&key, ours, to, req, timeout).map_err(|e| HostError::other("peer link", e))
+        peerlink::call(&key, ours, to, req, timeout).map_err(|e| {
+            let kind = match e {
+                peerlink::LinkError::Unanswered { .. } => HostErrorKind::Unanswered,
+                _ => HostErrorKind::Other,
+            };
+            HostError {
+                op: "peer link".into(),
+                cause: e.to_string(),
+                kind,
+            }
+        })
     }
 
     fn unix_now(&self) -> u64 {

@@ -152,7 +152,51 @@ fn a_peer_agent_that_does_not_answer_or_refuses_changes_nothing() {
             "{log:?}"
         );
         assert!(r.state.drain_journal().unwrap().is_empty());
+        // The request never reached a peer that acted on it: nothing to end there.
+        assert!(!log.iter().any(|c| c == "peer-agent end"), "{log:?}");
     }
+}
+
+#[test]
+fn a_begin_the_peer_took_but_never_answered_is_ended_there_and_changes_nothing_here() {
+    // The peer's agent installs its return path and dies before replying; it is back 3 s later.
+    let mut h = FakeHost::new();
+    h.conns = conns(&[None]);
+    h.peer_agent.dies_at_begin = Some(S(3));
+    let r = hand_off(h, &cfg("1h"));
+    let e = r.result.as_ref().unwrap_err();
+    assert_eq!(e.exit_code(), exit::PEER_NOT_READY, "{e}");
+    assert!(e.to_string().contains("told it to end the hand-off"), "{e}");
+    let log = r.h.call_log();
+    let begin = log.iter().position(|c| c == "peer-agent begin").unwrap();
+    let end = log.iter().rposition(|c| c == "peer-agent end").unwrap();
+    assert!(begin < end, "{log:?}");
+    // `End` was retried until the agent was back, and answered.
+    assert!(e.to_string().contains("(end done)"), "{e}");
+    assert!(
+        log.iter().filter(|c| *c == "peer-agent end").count() > 1,
+        "{log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|c| c.starts_with("restore") || c.starts_with("link") || c.starts_with("route")),
+        "{log:?}"
+    );
+    assert!(r.state.drain_journal().unwrap().is_empty());
+
+    // Back only after `End`'s retries ran out: the drain says so, and still changes nothing.
+    let mut h = FakeHost::new();
+    h.conns = conns(&[None]);
+    h.peer_agent.dies_at_begin = Some(handoff::END_RETRY_FOR + S(5));
+    let r = hand_off(h, &cfg("1h"));
+    let e = r.result.as_ref().unwrap_err();
+    assert_eq!(e.exit_code(), exit::PEER_NOT_READY, "{e}");
+    assert!(
+        e.to_string()
+            .contains("could not tell it to end the hand-off"),
+        "{e}"
+    );
+    assert!(r.state.drain_journal().unwrap().is_empty());
 }
 
 #[test]
