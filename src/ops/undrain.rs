@@ -145,7 +145,9 @@ pub fn undrain(
         // The demotion is for a node coming back; one that never left (a drain killed before
         // its failover) is MASTER, and demoting it makes a preempting peer take the VIP: the
         // failover undrain exists to avoid, resetting every flow this node serves.
-        if !still_in_service(h, p)? && h.read_track_file(path)? != Some(p.return_weight) {
+        // keepalived reads a missing file as 0: with `return_weight` 0 (no demotion) a node
+        // whose file was never written is left without one, as it was.
+        if !still_in_service(h, p)? && h.read_track_file(path)?.unwrap_or(0) != p.return_weight {
             h.write_track_file(path, p.return_weight)?;
             crate::faults::point("undrain.demoted");
         }

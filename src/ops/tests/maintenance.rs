@@ -287,6 +287,40 @@ fn on_a_node_without_the_vip_stops_accepting_and_stays_out_of_elections_until_of
 }
 
 #[test]
+fn a_stand_by_without_demotion_leaves_a_track_file_that_was_never_written_absent() {
+    // A BACKUP in maintenance comes back with `return_weight` 0: nothing to demote, and
+    // keepalived reads a missing track file as 0, so `off` must not create one (it did).
+    let cfg = test_config("80", "failover:\n  track_file: /t/track\n");
+    let path = std::path::PathBuf::from("/t/track");
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut h = FakeHost::new();
+    h.vip_local_initially = false;
+    maintenance::on(
+        &cfg,
+        &state,
+        &mut h,
+        "kernel upgrade",
+        "bob",
+        &DrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    maintenance::off(
+        &cfg,
+        &state,
+        &mut h,
+        &UndrainOptions::default(),
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(h.track.get(&path), None, "{:?}", h.call_log());
+    assert!(h.links["trk0"]);
+    assert!(state.drain_journal().unwrap().is_empty());
+}
+
+#[test]
 fn a_reboot_that_reset_the_track_file_is_undone_on_start() {
     let cfg = test_config("80", "");
     let dir = tempfile::tempdir().unwrap();
