@@ -1,6 +1,7 @@
 //! End-to-end: the agent SIGKILLed at every fault-injection point (`src/faults.rs`) of drain,
-//! undrain, accept/release, maintenance, the hand-off (both sides) and the daemon, under the
-//! lab's mixed load; then the documented recovery (`undrain`, `release`, `maintenance off`, or
+//! undrain, accept/release, maintenance (a MASTER's drain and a BACKUP's stand-by), the hand-off
+//! (both sides), the track-file trigger and the daemon, under the lab's mixed load; then the
+//! documented recovery (`undrain`, `release`, `maintenance off`, or
 //! the daemon's restart). For every step: the agent died where the test says (its own stderr
 //! line, killed by SIGKILL), no flow broke, exactly one node holds the VIP, the node ends in the
 //! step's documented state (serving, or back as BACKUP with the peer serving), and both hosts
@@ -38,6 +39,9 @@ enum Op {
     MaintenanceOn,
     /// `maintenance on`, whole, then `maintenance off`, which dies.
     MaintenanceOff,
+    /// `maintenance on` on lb2, the BACKUP, which holds no VIP: it stands by (stops accepting,
+    /// pulls its trigger so keepalived keeps it out of elections) and dies; `maintenance off`.
+    Standby,
     /// `accept` on lb2 (what keepalived's BACKUP notify runs).
     Accept,
     /// `accept` on lb2, whole, then `release`, which dies.
@@ -58,6 +62,7 @@ impl Op {
             Op::UndrainAfterDrain => "undrain (after a drain)".into(),
             Op::MaintenanceOn => "maintenance on".into(),
             Op::MaintenanceOff => "maintenance off".into(),
+            Op::Standby => "maintenance on (lb2, stand-by)".into(),
             Op::Accept => "accept (lb2)".into(),
             Op::Release => "release (lb2)".into(),
             Op::Handoff => "drain --handoff".into(),
@@ -140,6 +145,19 @@ const PAIR_STEPS: &[Step] = &[
     step(Op::Accept, "accept.route-journalled", Serving),
     step(Op::Accept, "accept.route-added", Serving),
     quick(Op::Release, "undo.partial", Serving),
+    step(Op::Standby, "drain.trigger-journalled", Serving),
+    quick(Op::Standby, "drain.failover-triggered", Serving),
+    step(Op::Standby, "maintenance.drained", Serving),
+];
+
+/// The steps where the trigger is keepalived's track file (`failover.method: track-file`)
+/// instead of the tracked interface: what a crash leaves there is a file's content.
+const TRACK_FILE_STEPS: &[Step] = &[
+    step(Op::Drain, "drain.trigger-journalled", Serving),
+    quick(Op::Drain, "drain.failover-triggered", BackAsBackup),
+    step(Op::Drain, "drain.peer-owns-vip", BackAsBackup),
+    step(Op::UndrainAfterDrain, "undrain.demoted", BackAsBackup),
+    step(Op::MaintenanceOn, "maintenance.drained", BackAsBackup),
 ];
 
 /// The hand-off's steps, on both sides.
@@ -382,6 +400,12 @@ fn crash_and_recover(lab: &mut Lab, s: Step) -> Result<String, String> {
             ok(lab, lb2, &["release"])?;
             Ok(format!("{} again", off.join(" ")))
         }
+        Op::Standby => {
+            let on = ["maintenance", "on", "--reason", "crash test"];
+            check_killed(&agent(lab, lb2, &on, Some(p)), p, "maintenance on")?;
+            ok(lab, lb2, &["maintenance", "off"])?;
+            Ok("maintenance off (lb2)".into())
+        }
         Op::Accept => {
             check_killed(&agent(lab, lb2, &["accept"], Some(p)), p, "accept")?;
             ok(lab, lb2, &["release"])?;
@@ -449,13 +473,15 @@ fn crash_and_recover(lab: &mut Lab, s: Step) -> Result<String, String> {
     }
 }
 
-/// Everything a step must find and leave: both hosts' snapshots, lb1's track file, and what
+/// Everything a step must find and leave: both hosts' snapshots, both track files, and what
 /// both agents' journals record (a change journalled and not made is invisible in the kernel,
 /// and was what broke the next hand-off).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Baseline {
     pair: (String, String),
     track: Option<String>,
+    /// lb2's track file (its stand-by pulls its trigger there when that is the method).
+    track_lb2: Option<String>,
     journals: Vec<(String, Vec<serde_json::Value>)>,
 }
 
@@ -486,6 +512,7 @@ fn observe(lab: &Lab) -> Baseline {
     Baseline {
         pair: lab.pair_snapshots().unwrap(),
         track: track(lab),
+        track_lb2: std::fs::read_to_string(lab.track_file(Node::Lb2)).ok(),
         journals: journals(lab),
     }
 }
@@ -515,6 +542,12 @@ fn diff(before: &Baseline, after: &Baseline) -> String {
             before.track, after.track
         ));
     }
+    if before.track_lb2 != after.track_lb2 {
+        s.push_str(&format!(
+            "lb2's track file: {:?} -> {:?}\n",
+            before.track_lb2, after.track_lb2
+        ));
+    }
     s
 }
 
@@ -536,7 +569,12 @@ fn reset(lab: &Lab, base: &Baseline) -> Result<(), String> {
 fn load_for(s: Step) -> LoadSpec {
     let mut load = default_load();
     load.duration_ms = match s.op {
-        Op::Drain | Op::MaintenanceOn | Op::Accept | Op::Release | Op::DaemonDrain => 12_000,
+        Op::Drain
+        | Op::MaintenanceOn
+        | Op::Standby
+        | Op::Accept
+        | Op::Release
+        | Op::DaemonDrain => 12_000,
         _ => 18_000,
     };
     load
@@ -740,6 +778,28 @@ fn a_crash_at_every_step_of_drain_undrain_accept_and_maintenance_is_recovered_ex
         .unwrap();
     let n = repeat();
     let steps = selected(PAIR_STEPS);
+    let rows = run_steps(&mut lab, &steps, n);
+    finish(rows, steps.len() * n);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
+fn a_crash_around_the_track_file_trigger_is_recovered_exactly() {
+    if !can_run_lab("crash_around_the_track_file_trigger", &[]) {
+        return;
+    }
+    require_fault_injection();
+    let mut lab = Lab::up(&LabOptions {
+        track_file_trigger: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    lab.write_agent_config(Node::Lb1, &AgentConfig::default())
+        .unwrap();
+    lab.write_agent_config(Node::Lb2, &AgentConfig::default())
+        .unwrap();
+    let n = repeat();
+    let steps = selected(TRACK_FILE_STEPS);
     let rows = run_steps(&mut lab, &steps, n);
     finish(rows, steps.len() * n);
 }
