@@ -85,6 +85,11 @@ fn round_trip(ns: &ScratchNetns) {
             plan.owned_lines(&saved),
             plan.expected_rules(Phase::Installed)
         );
+        let jumps = independent_view(&plan);
+        assert!(
+            jumps.iter().any(|j| j.contains("-i eth0")),
+            "PREROUTING jumps into the divert for the ingress interface: {jumps:?}"
+        );
         // The record grows: member 1 is appended to each port's list (forced here by
         // handing `ipset_grow` a member 0 that looks half full).
         let mut stats = plan.record_stats(&fw.ipset_list_terse().unwrap());
@@ -108,9 +113,48 @@ fn round_trip(ns: &ScratchNetns) {
             plan.expected_rules(Phase::Withdrawn)
         );
         divert::remove(&mut fw, &plan, !receipt.mangle_table_was_present).unwrap();
+        assert_eq!(independent_view_after_removal(&plan), Vec::<String>::new());
     })
     .unwrap();
     assert_eq!(firewall_state(ns), before);
+}
+
+/// The divert as the `iptables` crate sees it (`iptables -S`, a reader other than the agent's
+/// own `iptables-save` parser), from inside the namespace: each of the plan's chains exists and
+/// has rules, and `PREROUTING` jumps into them. Returns those jumps.
+fn independent_view(plan: &DivertPlan) -> Vec<String> {
+    let ipt = iptables::new(false).unwrap();
+    for chain in plan.chains() {
+        assert!(
+            ipt.chain_exists("mangle", &chain).unwrap(),
+            "{chain} missing"
+        );
+    }
+    let jumps: Vec<String> = ipt
+        .list("mangle", "PREROUTING")
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            plan.chains()
+                .iter()
+                .any(|c| r.ends_with(&format!("-j {c}")))
+        })
+        .collect();
+    assert!(!jumps.is_empty(), "no jump from PREROUTING into the divert");
+    jumps
+}
+
+/// What of the plan's chains the `iptables` crate still finds once the divert is removed (a
+/// mangle table removed with it reads as none).
+fn independent_view_after_removal(plan: &DivertPlan) -> Vec<String> {
+    let ipt = iptables::new(false).unwrap();
+    let Ok(chains) = ipt.list_chains("mangle") else {
+        return Vec::new();
+    };
+    chains
+        .into_iter()
+        .filter(|c| plan.chains().contains(c))
+        .collect()
 }
 
 #[test]
