@@ -1,5 +1,6 @@
-//! End to end: the `ansible/` role and playbooks, run by the distribution's `ansible-playbook` in
-//! a controller namespace over real SSH (an sshd in every LB namespace, host keys checked) on two
+//! End to end: the `drain_agent.drain_agent` collection (`ansible/collection/`), built with
+//! `ansible-galaxy collection build` and installed from that artifact, its role and playbooks run
+//! by FQCN by the distribution's `ansible-playbook` in a controller namespace over real SSH (an sshd in every LB namespace, host keys checked) on two
 //! keepalived + HAProxy pairs, under the lab's mixed load on both pairs the whole time:
 //!
 //! 1. the role in check mode on fresh nodes changes nothing (host snapshots equal);
@@ -29,8 +30,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn playbook(name: &str) -> PathBuf {
-    repo().join("ansible").join(name)
+/// The collection's namespace.name, as ansible/collection/galaxy.yml says.
+const COLLECTION: &str = "drain_agent.drain_agent";
+
+/// A playbook of the installed collection, by FQCN.
+fn playbook(name: &str) -> String {
+    format!("{COLLECTION}.{name}")
 }
 
 /// The lab's mixed load, lowered so two pairs, four sshd and Ansible share the 2 cores: 200 short
@@ -165,6 +170,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
         "ansible_e2e",
         &[
             "ansible-playbook",
+            "ansible-galaxy",
             "ssh",
             "ssh-keygen",
             "socat",
@@ -183,13 +189,21 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
         fleet.nodes.len(),
         fleet.inventory_path().display()
     );
+    let collection = fleet
+        .install_collection(&repo().join("ansible/collection"))
+        .unwrap();
+    println!(
+        "collection built as {} and installed in {}",
+        collection.tarball.display(),
+        collection.root.display()
+    );
     let scratch = fleet.snapshot().unwrap();
     let loads = fleet.start_load(&load_spec()).unwrap();
     std::thread::sleep(BASELINE);
 
     // 1. Check mode on nodes that have nothing yet: predicts, changes nothing.
     let r = fleet
-        .ansible_playbook(&playbook("install.yml"), &["--check", "--diff"])
+        .ansible_playbook(&playbook("install"), &["--check", "--diff"])
         .unwrap();
     show("role, check mode, fresh nodes", &r);
     assert_ok("check mode", &r, 4);
@@ -205,9 +219,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
     assert_same("check mode", &scratch, &fleet.snapshot().unwrap());
 
     // 2. The install, then the same again: changed=0.
-    let r = fleet
-        .ansible_playbook(&playbook("install.yml"), &[])
-        .unwrap();
+    let r = fleet.ansible_playbook(&playbook("install"), &[]).unwrap();
     show("role, install", &r);
     assert_ok("install", &r, 4);
     assert!(r.recap.values().all(|c| c.changed > 0));
@@ -255,9 +267,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
     let owners: Vec<Option<Node>> = (0..2).map(|p| fleet.vip_owner(p).unwrap()).collect();
     assert_eq!(owners, [Some(Node::Lb1), Some(Node::Lb1)]);
 
-    let r = fleet
-        .ansible_playbook(&playbook("install.yml"), &[])
-        .unwrap();
+    let r = fleet.ansible_playbook(&playbook("install"), &[]).unwrap();
     show("role, second run", &r);
     assert_ok("second run", &r, 4);
     for (host, c) in &r.recap {
@@ -277,7 +287,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
     let pid_before = daemon_pid("p1-lb1");
     let r = fleet
         .ansible_playbook(
-            &playbook("install.yml"),
+            &playbook("install"),
             &["-e", "drain_agent_idle_threshold=3s"],
         )
         .unwrap();
@@ -293,7 +303,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
     }
     assert!(r
         .stdout
-        .contains("RUNNING HANDLER [drain_agent : Start the daemon (start-stop-daemon)]"));
+        .contains("RUNNING HANDLER [drain_agent.drain_agent.drain_agent : Start the daemon (start-stop-daemon)]"));
     assert!(
         !r.stdout.contains("Reload keepalived"),
         "keepalived was reloaded:\n{}",
@@ -309,7 +319,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
     let before_errors = fleet.snapshot().unwrap();
     let r = fleet
         .ansible_playbook(
-            &playbook("install.yml"),
+            &playbook("install"),
             &[
                 "--limit",
                 "p1-lb1",
@@ -328,7 +338,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
     );
     let r = fleet
         .ansible_playbook(
-            &playbook("install.yml"),
+            &playbook("install"),
             &[
                 "--limit",
                 "p1-lb1",
@@ -352,17 +362,9 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
         backup.config().display(),
         backup.socket().display()
     );
-    let lib = repo().join("ansible/library");
+    let module = format!("{COLLECTION}.drain_agent");
     let r = fleet
-        .ansible_adhoc(&[
-            "p1-lb2",
-            "-M",
-            lib.to_str().unwrap(),
-            "-m",
-            "drain_agent",
-            "-a",
-            &module_args,
-        ])
+        .ansible_adhoc(&["p1-lb2", "-m", &module, "-a", &module_args])
         .unwrap();
     show("module, drain on the BACKUP", &r);
     assert_ne!(r.exit_code, 0);
@@ -383,7 +385,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
 
     // The rollout in check mode: reads every node, probes every drain, changes nothing.
     let r = fleet
-        .ansible_playbook(&playbook("rolling-maintenance.yml"), &["--check", "--diff"])
+        .ansible_playbook(&playbook("rolling_maintenance"), &["--check", "--diff"])
         .unwrap();
     show("rolling maintenance, check mode", &r);
     assert_ok("rolling check mode", &r, 4);
@@ -407,13 +409,16 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
             "---\n- name: The example maintenance\n  ansible.builtin.include_tasks: {}\n\
              - name: Fail on purpose on p2-lb1\n  ansible.builtin.fail:\n    msg: deliberate failure\n  \
              when: inventory_hostname == 'p2-lb1'\n",
-            playbook("maintenance/haproxy.yml").display()
+            collection
+                .root
+                .join("playbooks/maintenance/haproxy.yml")
+                .display()
         ),
     )
     .unwrap();
     let arg = format!("maintenance_tasks={}", failing.display());
     let r = fleet
-        .ansible_playbook(&playbook("rolling-maintenance.yml"), &["-e", &arg])
+        .ansible_playbook(&playbook("rolling_maintenance"), &["-e", &arg])
         .unwrap();
     show("rolling maintenance, failing on p2-lb1", &r);
     assert_ne!(r.exit_code, 0, "the rollout must fail:\n{}", r.tail(60));
@@ -463,10 +468,7 @@ fn ansible_installs_the_role_and_rolls_maintenance_over_ssh_on_two_pairs_without
 
     // 4. Again, with fail-back: resumes at p2-lb1, completes, every pair ends as it began.
     let r = fleet
-        .ansible_playbook(
-            &playbook("rolling-maintenance.yml"),
-            &["-e", "fail_back=true"],
-        )
+        .ansible_playbook(&playbook("rolling_maintenance"), &["-e", "fail_back=true"])
         .unwrap();
     show("rolling maintenance, again with fail_back=true", &r);
     assert_ok("rolling re-run", &r, 4);

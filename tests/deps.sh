@@ -4,6 +4,9 @@
 set -euo pipefail
 pkgs=(keepalived haproxy iptables ipset conntrack nftables iproute2 procps net-tools tcpdump socat
       wrk ansible-core ansible-lint openssh-server openssh-client sshpass python3 hyperfine systemd
+      # ansible-test sanity (tests/ansible_static.rs): its virtual environments (venv, ensurepip's
+      # pip wheel) and the git tree it wants the collection in
+      python3-venv git
       prometheus curl tmux
       # make deb and its install test: packaging tools, and what reads the man page and completions
       dpkg-dev binutils man-db groff-base bash-completion zsh fish)

@@ -90,7 +90,7 @@ fn the_readme_table_says_what_the_code_says() {
 
 #[test]
 fn the_ansible_module_says_what_the_code_says() {
-    let module = read("ansible/library/drain_agent.py");
+    let module = read("ansible/collection/plugins/modules/drain_agent.py");
     let meanings = python_dict(&module, "EXIT_MEANINGS");
     let failures: Vec<u8> = EXITS.iter().map(|e| e.code).filter(|&c| c != 0).collect();
     assert_eq!(meanings.keys().copied().collect::<Vec<_>>(), failures);

@@ -1,11 +1,11 @@
-#!/usr/bin/python3
-# -*- coding: utf-8 -*-
+#!/usr/bin/python
+
+# Copyright (c) 2026, the drain-agent developers
+# MIT License or Apache License 2.0, at your option, like the rest of drain-agent (see the
+# repository's Cargo.toml): https://opensource.org/licenses/MIT, https://www.apache.org/licenses/LICENSE-2.0
+# SPDX-License-Identifier: MIT OR Apache-2.0
+
 # drain-agent's Ansible module: wraps the CLI's `--json` output and exit codes.
-# MIT OR Apache-2.0, like the rest of drain-agent.
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 DOCUMENTATION = r"""
 ---
@@ -13,50 +13,66 @@ module: drain_agent
 short_description: Take a keepalived/HAProxy node out of service and back with drain-agent
 description:
   - Wraps the C(drain-agent) command line of the node it runs on. Every call first reads
-    C(drain-agent status --json); C(changed) is computed from that state and the state read
-    again afterwards, never assumed.
-  - I(state=drained) runs C(drain-agent drain --json) on the node that holds the VIP(s). New
+    C(drain-agent status --json); RV(ignore:changed) is computed from that state and the state
+    read again afterwards, never assumed.
+  - O(state=drained) runs C(drain-agent drain --json) on the node that holds the VIP(s). New
     connections go to the peer at once, the node's own connections end here, keepalived moves the
-    VIP(s), and every rule is removed. The node stays out of service until I(state=undrained).
-  - I(state=maintenance) runs C(drain-agent maintenance on --reason REASON --json). The node that
-    holds the VIP(s) is drained as for I(state=drained); a node that holds none (the pair's BACKUP)
+    VIP(s), and every rule is removed. The node stays out of service until O(state=undrained).
+  - O(state=maintenance) runs C(drain-agent maintenance on --reason REASON --json). The node that
+    holds the VIP(s) is drained as for O(state=drained); a node that holds none (the pair's BACKUP)
     is kept out of elections instead (it stops accepting its peer's drains and keepalived holds it
     in FAULT). Who, when and why are recorded on the node and shown by C(drain-agent status).
-  - I(state=undrained) brings the node back as BACKUP, with C(drain-agent maintenance off --json) for a
-    node in maintenance, else C(drain-agent undrain --json), which removes whatever a drain left and
-    brings the tracked interface (or keepalived's track file) back. With I(fail_back=true) it then
-    asks the peer's agent to give the VIP(s) back (C(maintenance off --failback); needs the peer
-    link, the agent's C(handoff) section).
-  - I(state=status) only reads the state.
+  - O(state=undrained) brings the node back as BACKUP, with C(drain-agent maintenance off --json)
+    for a node in maintenance, else C(drain-agent undrain --json), which removes whatever a drain
+    left and brings the tracked interface (or keepalived's track file) back. With
+    O(fail_back=true) it then asks the peer's agent to give the VIP(s) back
+    (C(maintenance off --failback); needs the peer link, the agent's C(handoff) section).
+  - O(state=status) only reads the state.
   - Exit codes 2 to 7 of the agent mean that nothing was changed on the node; the module says so
-    in C(msg) and returns C(changed=false). Codes 8, 9 and 10 mean the drain was rolled back and
-    the node still serves.
-  - In check mode nothing is run that changes the node. For I(state=drained) the module runs
-    C(drain-agent check --json) (read-only; it probes the peer with one SYN) and fails when the
-    drain would fail before changing anything.
+    in RV(ignore:msg) and returns RV(ignore:changed=false). Codes 8, 9 and 10 mean the drain was
+    rolled back and the node still serves.
 version_added: "0.1.0"
 author:
-  - drain-agent developers
+  - drain-agent developers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Nothing is run that changes the node. For O(state=drained), and O(state=maintenance) on
+        the node holding the VIP, the module runs C(drain-agent check --json) (read-only; it
+        probes the peer with one SYN) and fails when the drain would fail before changing
+        anything.
+  diff_mode:
+    support: full
+    details:
+      - The diff shows the node's mode, the VIPs it holds, the tracked interface and the
+        maintenance record, before and after (predicted in check mode).
+  platform:
+    platforms: posix
 options:
   state:
     description:
-      - C(drained) takes the node out of service (it must hold the VIP, or be out of service already).
-      - C(maintenance) takes it out of service for a I(reason) and records it; works on either node of the pair.
-      - C(undrained) brings it back in service (ending its maintenance, if any).
-      - C(status) reads the state and changes nothing.
+      - V(drained) takes the node out of service (it must hold the VIP, or be out of service already).
+      - V(maintenance) takes it out of service for a O(reason) and records it; works on either node of the pair.
+      - V(undrained) brings it back in service (ending its maintenance, if any).
+      - V(status) reads the state and changes nothing.
     type: str
     required: true
     choices: [drained, maintenance, undrained, status]
   reason:
-    description: For C(maintenance), why the node goes out of service (required with it).
+    description: For O(state=maintenance), why the node goes out of service (required with it).
     type: str
   handoff:
     description:
-      - For C(drained) and C(maintenance), C(true) hands off (C(--handoff)), C(false) drains
-        (C(--no-handoff)); omitted, the agent's C(drain.mode).
+      - For O(state=drained) and O(state=maintenance), V(true) hands off (C(--handoff)),
+        V(false) drains (C(--no-handoff)); omitted, the agent's C(drain.mode).
     type: bool
   fail_back:
-    description: For C(undrained), then move the VIP(s) back to this node through the peer's agent (C(--failback)).
+    description:
+      - For O(state=undrained), then move the VIP(s) back to this node through the peer's agent
+        (C(--failback)).
     type: bool
     default: false
   binary:
@@ -78,51 +94,55 @@ options:
     type: bool
     default: false
   deadline:
-    description: For C(drained) and C(maintenance), overrides C(drain.deadline), for example C(90s) or C(5m).
+    description:
+      - For O(state=drained) and O(state=maintenance), overrides C(drain.deadline), for example
+        V(90s) or V(5m).
     type: str
   idle_threshold:
-    description: For C(drained) and C(maintenance), overrides C(drain.idle_threshold).
+    description: For O(state=drained) and O(state=maintenance), overrides C(drain.idle_threshold).
     type: str
   abort_on_deadline:
-    description: For C(drained) and C(maintenance), roll back instead of failing over when the deadline is reached (exit 10).
+    description:
+      - For O(state=drained) and O(state=maintenance), roll back instead of failing over when the
+        deadline is reached (exit 10).
     type: bool
     default: false
   keep_link_down:
-    description: For C(undrained), remove what a drain left but keep the tracked interface down (C(--keep-link-down)).
+    description:
+      - For O(state=undrained), remove what a drain left but keep the tracked interface down
+        (C(--keep-link-down)).
     type: bool
     default: false
 notes:
-  - Supports check mode and diff mode. The diff shows the node's mode and the VIPs it holds,
-    before and after (predicted in check mode).
   - A drain runs in the foreground until the node is out of service, up to the configured
     deadline (5 minutes by default) plus the failover.
 requirements:
-  - drain-agent on the node (the C(drain_agent) role installs it)
+  - drain-agent on the node (the P(drain_agent.drain_agent.drain_agent#role) role installs it)
 """
 
 EXAMPLES = r"""
 - name: Read the node's state
-  drain_agent:
+  drain_agent.drain_agent.drain_agent:
     state: status
   register: lb
 
 - name: Take the node holding the VIP out of service
-  drain_agent:
+  drain_agent.drain_agent.drain_agent:
     state: drained
     deadline: 2m
   when: lb.holds_vip
 
 - name: Maintenance of either node, recorded with its reason
-  drain_agent:
+  drain_agent.drain_agent.drain_agent:
     state: maintenance
     reason: "HAProxy upgrade, CHG-4711"
 
 - name: Bring it back (it returns as BACKUP)
-  drain_agent:
+  drain_agent.drain_agent.drain_agent:
     state: undrained
 
 - name: Per-node paths, as on hosts running several agents
-  drain_agent:
+  drain_agent.drain_agent.drain_agent:
     state: status
     binary: /opt/lb1/sbin/drain-agent
     config: /opt/lb1/etc/drain-agent.yaml
@@ -159,19 +179,20 @@ before:
   returned: always
   type: dict
 status:
-  description: C(drain-agent status --json) after the call (the same as C(before) in check mode).
+  description: C(drain-agent status --json) after the call (the same as RV(before) in check mode).
   returned: always
   type: dict
 result:
   description: >-
-    The agent's result document (C(drained), C(maintenance-on), C(maintenance-off), C(undrained)
-    or C(failed)), with a C(summary) when a daemon ran it.
+    The agent's result document (V(drained), V(maintenance-on), V(maintenance-off), V(undrained)
+    or V(failed)), with a C(summary) when a daemon ran it.
   returned: when the agent was run
   type: dict
   sample: {"result": "drained", "report": {"reason": "empty", "drain_ms": 3012.5, "failover_ms": 612.0}}
 report:
   description: >-
-    For a drain (C(drained), or C(maintenance) on the node holding the VIP), its report: reason (empty, only-idle, deadline), drain_ms, failover_ms, total_ms,
+    For a drain (O(state=drained), or O(state=maintenance) on the node holding the VIP), its
+    report: reason (V(empty), V(only-idle), V(deadline)), drain_ms, failover_ms, total_ms,
     install_ms, abandoned (idle connections left), diverted_flows, recorded_flows,
     unrecorded_syns, sealed_drops.
   returned: when a drain succeeded
@@ -314,7 +335,7 @@ def describe(status):
     return "\n".join(lines) + "\n"
 
 
-class Plan(object):
+class Plan:
     """What one call does: nothing (`reached`), run `argv`, or fail with `error` and `rc`."""
 
     def __init__(self, reached=False, argv=None, predicted=None, error=None, rc=None):
@@ -469,7 +490,7 @@ def summarise_events(docs):
     return kept
 
 
-class Agent(object):
+class Agent:
     """Runs the agent with the module's global options."""
 
     def __init__(self, module):
@@ -524,10 +545,10 @@ def main():
     )
     p = module.params
     if not (os.path.isfile(p["binary"]) and os.access(p["binary"], os.X_OK)):
-        module.fail_json(msg="drain-agent binary not found or not executable at %s (the drain_agent role installs it)"
+        module.fail_json(msg="drain-agent binary not found or not executable at %s (the drain_agent.drain_agent.drain_agent role installs it)"
                              % p["binary"], changed=False)
     if not os.path.isfile(p["config"]):
-        module.fail_json(msg="drain-agent configuration %s does not exist (the drain_agent role renders it)"
+        module.fail_json(msg="drain-agent configuration %s does not exist (the drain_agent.drain_agent.drain_agent role renders it)"
                              % p["config"], changed=False)
     if p["state"] == "maintenance" and not p["reason"].strip():
         module.fail_json(msg="reason must say why the node goes out of service, not be empty", changed=False)

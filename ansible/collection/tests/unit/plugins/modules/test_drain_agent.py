@@ -1,7 +1,12 @@
-"""Unit tests of the drain_agent module's pure logic: `python3 -m unittest discover ansible/tests`.
+# Copyright (c) 2026, the drain-agent developers
+# SPDX-License-Identifier: MIT OR Apache-2.0
 
-The module is loaded from ansible/library; it needs ansible-core (ansible.module_utils) importable,
-as on any controller. Nothing here runs the agent.
+"""Unit tests of the drain_agent module's pure logic (tests/ansible_static.rs runs them with
+`python3 -m unittest discover -s tests/unit/plugins/modules`, from the collection's directory).
+
+The module is loaded from its file, so the tests run from the repository without installing the
+collection; it needs ansible-core (ansible.module_utils) importable, as on any controller.
+Nothing here runs the agent.
 """
 
 import importlib.util
@@ -10,7 +15,7 @@ import os
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SPEC = importlib.util.spec_from_file_location("drain_agent", os.path.join(HERE, "..", "library", "drain_agent.py"))
+SPEC = importlib.util.spec_from_file_location("drain_agent", os.path.join(HERE, "..", "..", "..", "..", "plugins", "modules", "drain_agent.py"))
 da = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(da)
 
