@@ -764,91 +764,85 @@ fn finish(rows: Vec<Row>, expected: usize) {
     );
 }
 
-#[test]
-#[ignore = "needs root and network namespaces; `make test` runs it"]
-fn a_crash_at_every_step_of_drain_undrain_accept_and_maintenance_is_recovered_exactly() {
-    if !can_run_lab("crash_at_every_step", &[]) {
+/// One table: a lab made with `opts` (CLI agents configured on both nodes unless the daemons
+/// configure themselves), `prepare`d, then every selected step of `steps`, `repeat()` times.
+fn crash_table(name: &str, opts: LabOptions, steps: &[Step], prepare: impl FnOnce(&mut Lab)) {
+    if !can_run_lab(name, &[]) {
         return;
     }
     require_fault_injection();
-    let mut lab = Lab::up(&LabOptions::default()).unwrap();
-    lab.write_agent_config(Node::Lb1, &AgentConfig::default())
-        .unwrap();
-    lab.write_agent_config(Node::Lb2, &AgentConfig::default())
-        .unwrap();
+    let mut lab = Lab::up(&opts).unwrap();
+    if !opts.daemon {
+        for node in Node::ALL {
+            lab.write_agent_config(node, &AgentConfig::default())
+                .unwrap();
+        }
+    }
+    prepare(&mut lab);
     let n = repeat();
-    let steps = selected(PAIR_STEPS);
+    let steps = selected(steps);
     let rows = run_steps(&mut lab, &steps, n);
     finish(rows, steps.len() * n);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
+fn a_crash_at_every_step_of_drain_undrain_accept_and_maintenance_is_recovered_exactly() {
+    crash_table(
+        "crash_at_every_step",
+        LabOptions::default(),
+        PAIR_STEPS,
+        |_| {},
+    );
 }
 
 #[test]
 #[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_crash_around_the_track_file_trigger_is_recovered_exactly() {
-    if !can_run_lab("crash_around_the_track_file_trigger", &[]) {
-        return;
-    }
-    require_fault_injection();
-    let mut lab = Lab::up(&LabOptions {
+    let opts = LabOptions {
         track_file_trigger: true,
         ..LabOptions::default()
-    })
-    .unwrap();
-    lab.write_agent_config(Node::Lb1, &AgentConfig::default())
-        .unwrap();
-    lab.write_agent_config(Node::Lb2, &AgentConfig::default())
-        .unwrap();
-    let n = repeat();
-    let steps = selected(TRACK_FILE_STEPS);
-    let rows = run_steps(&mut lab, &steps, n);
-    finish(rows, steps.len() * n);
+    };
+    crash_table(
+        "crash_around_the_track_file_trigger",
+        opts,
+        TRACK_FILE_STEPS,
+        |_| {},
+    );
 }
 
 #[test]
 #[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_crash_at_every_step_of_the_hand_off_on_either_side_is_recovered_exactly() {
-    if !can_run_lab("crash_at_every_step_of_the_hand_off", &[]) {
-        return;
-    }
-    require_fault_injection();
-    let mut lab = Lab::up(&LabOptions {
+    let opts = LabOptions {
         handoff: true,
         ..LabOptions::default()
-    })
-    .unwrap();
-    lab.write_agent_config(Node::Lb1, &AgentConfig::default())
-        .unwrap();
-    lab.write_agent_config(Node::Lb2, &AgentConfig::default())
-        .unwrap();
-    lab.start_daemon(Node::Lb2).unwrap();
-    // lb2 accepts for the whole test, as its BACKUP notify would have it (the hand-off's
-    // preflight probes it); the baseline includes it.
-    ok(&lab, Node::Lb2, &["accept"]).unwrap();
-    let n = repeat();
-    let steps = selected(HANDOFF_STEPS);
-    let rows = run_steps(&mut lab, &steps, n);
-    finish(rows, steps.len() * n);
+    };
+    crash_table(
+        "crash_at_every_step_of_the_hand_off",
+        opts,
+        HANDOFF_STEPS,
+        |lab| {
+            lab.start_daemon(Node::Lb2).unwrap();
+            // lb2 accepts for the whole test, as its BACKUP notify would have it (the
+            // hand-off's preflight probes it); the baseline includes it.
+            ok(lab, Node::Lb2, &["accept"]).unwrap();
+        },
+    );
 }
 
 #[test]
 #[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_daemon_killed_at_a_step_of_its_drain_is_recovered_by_its_restart() {
-    if !can_run_lab("crash_of_the_daemon", &[]) {
-        return;
-    }
-    require_fault_injection();
-    let lab = Lab::up(&LabOptions {
+    let opts = LabOptions {
         daemon: true,
         ..LabOptions::default()
+    };
+    crash_table("crash_of_the_daemon", opts, DAEMON_STEPS, |lab| {
+        // lb2 accepts from its BACKUP notification (the FIFO), before the baseline.
+        wait_until("lb2 to accept", Duration::from_secs(10), || {
+            lab.accepting(Node::Lb2).unwrap()
+        })
+        .unwrap();
     });
-    let mut lab = lab.unwrap();
-    // lb2 accepts from its BACKUP notification (the FIFO), before the baseline.
-    wait_until("lb2 to accept", Duration::from_secs(10), || {
-        lab.accepting(Node::Lb2).unwrap()
-    })
-    .unwrap();
-    let n = repeat();
-    let steps = selected(DAEMON_STEPS);
-    let rows = run_steps(&mut lab, &steps, n);
-    finish(rows, steps.len() * n);
 }

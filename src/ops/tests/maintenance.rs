@@ -8,22 +8,48 @@ use crate::ops::maintenance::{self, reassert};
 use crate::ops::undrain::UndrainOptions;
 use crate::ops::*;
 
+/// `maintenance on` with the default drain options, events dropped.
+fn maintenance_on(
+    cfg: &crate::config::Config,
+    state: &StateDir,
+    h: &mut FakeHost,
+    reason: &str,
+    by: &str,
+) -> Result<maintenance::MaintenanceOn, OpError> {
+    maintenance::on(
+        cfg,
+        state,
+        h,
+        reason,
+        by,
+        &DrainOptions::default(),
+        &mut |_| {},
+    )
+}
+
+/// `maintenance off` without failback, events dropped.
+fn maintenance_off(
+    cfg: &crate::config::Config,
+    state: &StateDir,
+    h: &mut FakeHost,
+) -> Result<maintenance::MaintenanceOff, OpError> {
+    maintenance::off(
+        cfg,
+        state,
+        h,
+        &UndrainOptions::default(),
+        false,
+        &mut |_| {},
+    )
+}
+
 #[test]
 fn on_drains_and_records_who_when_why_and_off_brings_the_node_back() {
     let cfg = test_config("80", "");
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();
     let mut h = FakeHost::new();
-    let on = maintenance::on(
-        &cfg,
-        &state,
-        &mut h,
-        "kernel upgrade",
-        "alice",
-        &DrainOptions::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let on = maintenance_on(&cfg, &state, &mut h, "kernel upgrade", "alice").unwrap();
     assert!(on.drain.is_some());
     assert_eq!(on.maintenance.reason, "kernel upgrade");
     assert_eq!(on.maintenance.by, "alice");
@@ -32,27 +58,10 @@ fn on_drains_and_records_who_when_why_and_off_brings_the_node_back() {
     assert_eq!(state.maintenance().unwrap(), Some(on.maintenance.clone()));
     assert!(!h.links["trk0"]);
     // Again: nothing drained twice, the first record stands.
-    let again = maintenance::on(
-        &cfg,
-        &state,
-        &mut h,
-        "something else",
-        "bob",
-        &DrainOptions::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let again = maintenance_on(&cfg, &state, &mut h, "something else", "bob").unwrap();
     assert!(again.drain.is_none());
     assert_eq!(again.maintenance, on.maintenance);
-    let off = maintenance::off(
-        &cfg,
-        &state,
-        &mut h,
-        &UndrainOptions::default(),
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
+    let off = maintenance_off(&cfg, &state, &mut h).unwrap();
     assert_eq!(off.was, Some(on.maintenance));
     assert!(off.undrained.tracked_interface_up);
     assert_eq!(state.maintenance().unwrap(), None);
@@ -66,16 +75,7 @@ fn on_without_a_reason_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();
     let mut h = FakeHost::new();
-    let e = maintenance::on(
-        &cfg,
-        &state,
-        &mut h,
-        "  ",
-        "alice",
-        &DrainOptions::default(),
-        &mut |_| {},
-    )
-    .unwrap_err();
+    let e = maintenance_on(&cfg, &state, &mut h, "  ", "alice").unwrap_err();
     assert_eq!(e.exit_code(), exit::CONFIG);
     assert!(h.call_log().is_empty());
     assert_eq!(state.maintenance().unwrap(), None);
@@ -89,16 +89,7 @@ fn on_records_a_node_already_out_of_service_without_draining_it_again() {
     let mut h = FakeHost::new();
     drain::run(&cfg, &DrainOptions::default(), &state, &mut h, &mut |_| {}).unwrap();
     let calls = h.call_log().len();
-    let on = maintenance::on(
-        &cfg,
-        &state,
-        &mut h,
-        "disk swap",
-        "alice",
-        &DrainOptions::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let on = maintenance_on(&cfg, &state, &mut h, "disk swap", "alice").unwrap();
     assert!(on.drain.is_none());
     assert_eq!(h.call_log().len(), calls);
 }
@@ -159,16 +150,7 @@ fn off_with_failback_undrains_first_then_asks_the_peer_to_drain_itself() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();
     let mut h = FakeHost::new();
-    maintenance::on(
-        &cfg,
-        &state,
-        &mut h,
-        "upgrade",
-        "alice",
-        &DrainOptions::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    maintenance_on(&cfg, &state, &mut h, "upgrade", "alice").unwrap();
     let mut events = Vec::new();
     let off = maintenance::off(
         &cfg,
@@ -271,15 +253,7 @@ fn on_a_node_without_the_vip_stops_accepting_and_stays_out_of_elections_until_of
     assert!(events
         .iter()
         .any(|e| matches!(e, Event::FailoverTriggered { .. })));
-    let off = maintenance::off(
-        &cfg,
-        &state,
-        &mut h,
-        &UndrainOptions::default(),
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
+    let off = maintenance_off(&cfg, &state, &mut h).unwrap();
     assert!(off.was.is_some());
     assert!(h.links["trk0"]);
     assert!(state.drain_journal().unwrap().is_empty());
@@ -296,25 +270,8 @@ fn a_stand_by_without_demotion_leaves_a_track_file_that_was_never_written_absent
     let state = StateDir::open(dir.path()).unwrap();
     let mut h = FakeHost::new();
     h.vip_local_initially = false;
-    maintenance::on(
-        &cfg,
-        &state,
-        &mut h,
-        "kernel upgrade",
-        "bob",
-        &DrainOptions::default(),
-        &mut |_| {},
-    )
-    .unwrap();
-    maintenance::off(
-        &cfg,
-        &state,
-        &mut h,
-        &UndrainOptions::default(),
-        false,
-        &mut |_| {},
-    )
-    .unwrap();
+    maintenance_on(&cfg, &state, &mut h, "kernel upgrade", "bob").unwrap();
+    maintenance_off(&cfg, &state, &mut h).unwrap();
     assert_eq!(h.track.get(&path), None, "{:?}", h.call_log());
     assert!(h.links["trk0"]);
     assert!(state.drain_journal().unwrap().is_empty());
