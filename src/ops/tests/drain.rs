@@ -9,7 +9,7 @@ use crate::ops::fake::{Conn, FakeHost};
 use crate::ops::tests::event_index;
 use crate::ops::*;
 use crate::plan::DivertPlan;
-use crate::sys::firewall::{FakeOp, FirewallError};
+use crate::sys::firewall::{FakeOp, Firewall, FirewallError};
 use crate::sys::process::ProcessError;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
