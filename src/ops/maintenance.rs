@@ -164,7 +164,7 @@ fn stand_by(
     }
     super::peer::release(cfg, state, h)?;
     let mut journal = state.drain_journal()?;
-    let trigger = drain::pull_trigger(h, &mut journal, p)?;
+    let trigger = super::cycle::pull_trigger(h, &mut journal, p)?;
     ev(Event::FailoverTriggered {
         trigger: trigger.clone(),
     });

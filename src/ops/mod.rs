@@ -9,6 +9,7 @@
 //! Each operation is unit-tested against a scripted fake world (`fake`), without root.
 
 pub mod check;
+mod cycle;
 pub mod divert;
 pub mod drain;
 pub mod error;

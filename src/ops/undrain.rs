@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::undo::{cleanup, undo_all, withdraw_and_wait};
+use super::cycle::withdraw_and_wait;
+use super::undo::{cleanup, undo_all};
 use super::{Event, Host, HostError, OpError, Policy};
 use crate::config::Config;
 use crate::journal::{Change, Journal, StateDir};
@@ -107,7 +108,7 @@ pub fn undrain(
         .iter()
         .any(|e| matches!(e.change, Change::Handoff { .. }))
         && j.entries().iter().any(|e| e.change.is_maintenance_state());
-    super::drain::finish_handoff(h, j, p, ev)?;
+    super::handoff::finish_handoff(h, j, p, ev)?;
     let save = h.firewall().save_mangle().map_err(HostError::from)?;
     if !plan.existing_chains(&save).is_empty() && !handed_off {
         if trigger_pulled(h, p)? {

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::journal::{Change, Journal};
+use crate::ops::cycle::install;
 use crate::ops::divert;
-use crate::ops::drain::install;
 use crate::ops::fake::{Conn, FakeHost};
 use crate::ops::tests::event_index;
 use crate::ops::*;

@@ -222,7 +222,7 @@ fn undrain_of_a_killed_hand_off_waits_for_the_connections_then_ends_the_peer() {
     .unwrap();
     let plan = DivertPlan::new(&cfg).guarded([2, 0, 0x5e, 0x10, 0, 12]);
     let receipt = divert::prepare(h.firewall(), &plan).unwrap();
-    crate::ops::drain::install(&mut h, &mut j, &plan, &receipt).unwrap();
+    crate::ops::cycle::install(&mut h, &mut j, &plan, &receipt).unwrap();
     crate::ops::peer::accept_into(&cfg, &mut j, &mut h).unwrap();
     j.record(Change::LinkDown {
         ifname: "trk0".into(),
@@ -272,7 +272,7 @@ fn undrain_of_a_hand_off_killed_before_its_failover_withdraws_its_guarded_divert
     .unwrap();
     let plan = DivertPlan::new(&cfg).guarded([2, 0, 0x5e, 0x10, 0, 12]);
     let receipt = divert::prepare(h.firewall(), &plan).unwrap();
-    crate::ops::drain::install(&mut h, &mut j, &plan, &receipt).unwrap();
+    crate::ops::cycle::install(&mut h, &mut j, &plan, &receipt).unwrap();
     undrain::run(
         &cfg,
         &undrain::UndrainOptions::default(),
@@ -362,7 +362,7 @@ fn the_daemon_start_leaves_an_unfinished_hand_off_to_undrain() {
     .unwrap();
     let plan = DivertPlan::new(&cfg);
     let receipt = divert::prepare(h.firewall(), &plan).unwrap();
-    crate::ops::drain::install(&mut h, &mut j, &plan, &receipt).unwrap();
+    crate::ops::cycle::install(&mut h, &mut j, &plan, &receipt).unwrap();
     let r = reconcile::reconcile(&cfg, &state, &mut h).unwrap();
     assert!(!r.repaired);
     assert!(!plan.owned_lines(&h.fw.inner.mangle_text()).is_empty());

@@ -1,0 +1,206 @@
+//! A, the node handing off: [`hand_off`] (the drain mode `handoff`) and [`finish_handoff`]
+//! (`undrain` of a hand-off its agent did not finish), as sequences of the cycle's steps
+//! ([`crate::ops::cycle`]), and [`ask_begin`], the request that starts one.
+
+use std::time::Duration;
+
+use super::protocol::{ask_end, format_mac, PeerReply, PeerRequest, VipPorts};
+use crate::config::{Config, DrainMode};
+use crate::journal::{Change, Journal};
+use crate::ops::cycle::{divert_now, failover, preflight, pull_trigger, rollback, Tender, Watch};
+use crate::ops::divert;
+use crate::ops::undo::cleanup;
+use crate::ops::{ms, DrainReason, DrainReport, Event, Host, HostError, OpError, Policy};
+use crate::plan::DivertPlan;
+
+/// The hand-off ([`super`]): the peer's agent installs its return path, this node
+/// diverts, accepts the VIPs without owning them, seals and fails over at once, then waits for
+/// its own connections (which the peer now sends back here) up to `deadline`; then the peer
+/// removes its return path and this node cleans up. Before the failover every failure rolls back
+/// as a drain does; after it, there is nothing to roll back to: the node's remaining connections
+/// are cut when the hand-off ends early (interrupt, error).
+pub(crate) fn hand_off(
+    cfg: &Config,
+    h: &mut dyn Host,
+    j: &mut Journal,
+    plan: &DivertPlan,
+    p: &Policy,
+    deadline: Duration,
+    ev: &mut dyn FnMut(Event),
+) -> Result<DrainReport, OpError> {
+    let start = h.now();
+    let receipt = preflight(h, j, plan, p, ev)?;
+    let Some(peer_mac) = h.peer_mac()? else {
+        return Err(OpError::PeerNotReady(format!(
+            "{} does not answer ARP",
+            p.peer
+        )));
+    };
+    let plan = &plan.clone().guarded(peer_mac);
+    let lasts = deadline + p.failover_timeout + p.post_wait + HANDOFF_SLACK;
+    let until = h.unix_now() + lasts.as_secs();
+    let handoff = Change::Handoff {
+        peer: p.peer,
+        peer_mac: format_mac(&peer_mac),
+        until,
+    };
+    j.record(handoff.clone())?;
+    crate::faults::point("handoff.initiator.journalled");
+    if let Err(e) = ask_begin(h, cfg, until) {
+        j.forget(&handoff)?;
+        return Err(e);
+    }
+    crate::faults::point("handoff.initiator.begun");
+    ev(Event::HandoffBegun {
+        peer: p.peer.to_string(),
+    });
+    let t = h.now();
+    let (install_ms, mut tender) = divert_now(h, j, plan, &receipt, ev)?;
+    // Accept the VIPs without owning them, then seal: from the failover on no SYN may start a
+    // flow here (an unrecorded one is dropped, counted; its retransmission reaches the peer).
+    let ready = crate::ops::peer::accept_into(cfg, j, h)
+        .map(|_| crate::faults::point("handoff.initiator.accepting"))
+        .and_then(|()| divert::seal(h.firewall(), plan).map_err(|e| HostError::from(e).into()));
+    if let Err(e) = ready {
+        tender.totals(h, plan, ev);
+        return Err(rollback(h, j, plan, p, ev, e));
+    }
+    ev(Event::Sealed {
+        elapsed_ms: ms(h.now() - t),
+    });
+    let waited = pull_trigger(h, j, p)
+        .and_then(|trigger| failover(h, plan, p, ev, &mut tender, trigger))
+        .and_then(|failover_ms| {
+            watch_handoff(h, plan, p, deadline, ev, &mut tender).map(|w| (failover_ms, w))
+        });
+    match ask_end(h) {
+        Ok(detail) => ev(Event::HandoffEnded { detail }),
+        Err(error) => ev(Event::HandoffEndFailed { error }),
+    }
+    crate::faults::point("handoff.initiator.ended");
+    j.forget(&handoff)?;
+    let totals = tender.totals(h, plan, ev);
+    let cleaned = cleanup(h, j, plan);
+    if cleaned.is_ok() {
+        ev(Event::CleanedUp);
+    }
+    crate::faults::point("drain.cleaned-up");
+    let (failover_ms, (reason, remaining, drain_ms)) = waited?;
+    cleaned?;
+    Ok(DrainReport {
+        mode: DrainMode::Handoff,
+        reason,
+        drain_ms,
+        failover_ms,
+        total_ms: ms(h.now() - start),
+        install_ms,
+        abandoned: remaining,
+        diverted_flows: totals.1.diverted_syns,
+        recorded_flows: totals.0.entries(),
+        unrecorded_syns: totals.1.unrecorded_syns(),
+        sealed_drops: totals.1.sealed_drops,
+    })
+}
+
+/// `undrain` of a node whose hand-off did not finish (its agent died, or was killed): if the
+/// node had failed over, its connections still come back through the peer, so this waits for
+/// them as the hand-off would have (until none is left, only idle ones, the hand-off's recorded
+/// end, or an interrupt), then tells the peer the hand-off is over. Nothing to do without a
+/// hand-off in the journal.
+pub(crate) fn finish_handoff(
+    h: &mut dyn Host,
+    j: &mut Journal,
+    p: &Policy,
+    ev: &mut dyn FnMut(Event),
+) -> Result<(), OpError> {
+    let Some(entry) = j
+        .entries()
+        .iter()
+        .map(|e| e.change.clone())
+        .find(|c| matches!(c, Change::Handoff { .. }))
+    else {
+        return Ok(());
+    };
+    let Change::Handoff { until, .. } = entry else {
+        unreachable!("found as a hand-off")
+    };
+    let failed_over = j.entries().iter().any(|e| e.change.is_maintenance_state());
+    if failed_over {
+        let mut w = Watch::new(h.now());
+        loop {
+            let (c, elapsed) = w.look(h, 0, ev)?;
+            let reason = Watch::over(&c, elapsed, Duration::MAX).or_else(|| {
+                (h.unix_now() >= until || h.interrupts() > 0).then_some(DrainReason::Deadline)
+            });
+            if let Some(reason) = reason {
+                ev(Event::Drained {
+                    reason,
+                    elapsed_ms: ms(elapsed),
+                    remaining: c.total,
+                });
+                break;
+            }
+            h.wait_for_change(w.pause(p.poll_interval, p.poll_interval));
+        }
+    }
+    match ask_end(h) {
+        Ok(detail) => ev(Event::HandoffEnded { detail }),
+        Err(error) => ev(Event::HandoffEndFailed { error }),
+    }
+    j.forget(&entry)?;
+    Ok(())
+}
+
+/// How long the peer keeps a return path beyond this node's hand-off deadline before removing it
+/// on its own (this node normally ends it long before).
+const HANDOFF_SLACK: Duration = Duration::from_secs(60);
+
+/// After the failover of a hand-off: waits for this node's connections (the peer returns their
+/// packets here) until none is left, only idle ones, or `deadline`. An interrupt ends the wait
+/// with the connections left cut ([`OpError::HandoffCut`]).
+fn watch_handoff(
+    h: &mut dyn Host,
+    plan: &DivertPlan,
+    p: &Policy,
+    deadline: Duration,
+    ev: &mut dyn FnMut(Event),
+    tender: &mut Tender,
+) -> Result<(DrainReason, usize, f64), OpError> {
+    let mut w = Watch::new(h.now());
+    loop {
+        crate::faults::point("handoff.initiator.watching");
+        tender.tick(h, plan, ev);
+        let (c, elapsed) = w.look(h, tender.diverted(), ev)?;
+        if h.interrupts() > 0 {
+            return Err(OpError::HandoffCut(c.total));
+        }
+        if let Some(reason) = Watch::over(&c, elapsed, deadline) {
+            ev(Event::Drained {
+                reason,
+                elapsed_ms: ms(elapsed),
+                remaining: c.total,
+            });
+            return Ok((reason, c.total, ms(elapsed)));
+        }
+        h.wait_for_change(w.pause(p.poll_interval, p.poll_interval));
+    }
+}
+
+/// A: asks the peer's agent to start returning this node's packets. `Ok(())` once it has.
+pub fn ask_begin(h: &mut dyn Host, cfg: &Config, until: u64) -> Result<(), OpError> {
+    let req = PeerRequest::Begin {
+        vips: VipPorts::of(cfg),
+        until,
+    };
+    match h.peer_agent(&req) {
+        Ok(PeerReply::Ok { .. }) => Ok(()),
+        Ok(PeerReply::Refused { reason }) => Err(OpError::PeerNotReady(format!(
+            "{}'s agent refuses the hand-off: {reason}",
+            cfg.peer.get()
+        ))),
+        Err(e) => Err(OpError::PeerNotReady(format!(
+            "{}'s agent does not answer ({e}): is `drain-agent run` running there with the same handoff.key_file?",
+            cfg.peer.get()
+        ))),
+    }
+}
