@@ -18,6 +18,51 @@ use crate::journal::{Change, Journal};
 use crate::plan::sets::{DivertCounters, RecordStats};
 use crate::plan::DivertPlan;
 
+/// What every step of a cycle works on: the host, the drain journal, the divert's rules, the
+/// policy, and where the events go. One value, so that a step's signature names only what it
+/// needs besides (the tender, a deadline, the error it rolls back for).
+pub struct Cycle<'a> {
+    /// The host.
+    pub h: &'a mut dyn Host,
+    /// The drain journal: every change is recorded in it before it is made.
+    pub j: &'a mut Journal,
+    /// The divert's rules (a hand-off's are guarded by the peer's MAC).
+    pub plan: &'a DivertPlan,
+    /// The drain policy.
+    pub p: &'a Policy,
+    /// Where each event goes, as it happens.
+    pub ev: &'a mut dyn FnMut(Event),
+}
+
+impl<'a> Cycle<'a> {
+    /// A cycle on `h`, recording in `j`, diverting with `plan`, as `p` says, reporting to `ev`.
+    pub fn new(
+        h: &'a mut dyn Host,
+        j: &'a mut Journal,
+        plan: &'a DivertPlan,
+        p: &'a Policy,
+        ev: &'a mut dyn FnMut(Event),
+    ) -> Cycle<'a> {
+        Cycle { h, j, plan, p, ev }
+    }
+
+    /// The same cycle with the rules `plan` (a hand-off's guarded ones), for as long as it lives.
+    pub fn with_plan<'b>(&'b mut self, plan: &'b DivertPlan) -> Cycle<'b> {
+        Cycle {
+            h: &mut *self.h,
+            j: &mut *self.j,
+            plan,
+            p: self.p,
+            ev: &mut *self.ev,
+        }
+    }
+
+    /// Reports `e`.
+    pub fn emit(&mut self, e: Event) {
+        (self.ev)(e)
+    }
+}
+
 /// The drain's side of the [`RecordKeeper`]: turns what it finds into events.
 pub(crate) struct Tender {
     keeper: RecordKeeper,
@@ -31,10 +76,10 @@ impl Tender {
     }
 
     /// Does what is due and reports it.
-    pub(crate) fn tick(&mut self, h: &mut dyn Host, plan: &DivertPlan, ev: &mut dyn FnMut(Event)) {
-        let now = h.now();
-        let news = self.keeper.tick(h.firewall(), plan, now);
-        Self::report(news, plan, ev);
+    pub(crate) fn tick(&mut self, cx: &mut Cycle<'_>) {
+        let now = cx.h.now();
+        let news = self.keeper.tick(cx.h.firewall(), cx.plan, now);
+        Self::report(news, cx.plan, cx.ev);
     }
 
     fn report(news: record::News, plan: &DivertPlan, ev: &mut dyn FnMut(Event)) {
@@ -63,15 +108,10 @@ impl Tender {
     }
 
     /// The final look before the divert goes, reported.
-    pub(crate) fn totals(
-        &mut self,
-        h: &mut dyn Host,
-        plan: &DivertPlan,
-        ev: &mut dyn FnMut(Event),
-    ) -> (RecordStats, DivertCounters) {
-        let (news, stats, counters) = self.keeper.final_look(h.firewall(), plan);
-        Self::report(news, plan, ev);
-        ev(Event::DivertTotals {
+    pub(crate) fn totals(&mut self, cx: &mut Cycle<'_>) -> (RecordStats, DivertCounters) {
+        let (news, stats, counters) = self.keeper.final_look(cx.h.firewall(), cx.plan);
+        Self::report(news, cx.plan, cx.ev);
+        cx.emit(Event::DivertTotals {
             diverted_flows: counters.diverted_syns,
             recorded_flows: stats.entries(),
             diverted_packets: counters.diverted_packets,
@@ -85,13 +125,8 @@ impl Tender {
 
 /// Checks everything that can be checked before changing anything; returns what the install
 /// needs to know of the firewall as it is.
-pub(crate) fn preflight(
-    h: &mut dyn Host,
-    j: &Journal,
-    plan: &DivertPlan,
-    p: &Policy,
-    ev: &mut dyn FnMut(Event),
-) -> Result<InstallReceipt, OpError> {
+pub(crate) fn preflight(cx: &mut Cycle<'_>) -> Result<InstallReceipt, OpError> {
+    let Cycle { h, j, plan, p, ev } = cx;
     if let Some(e) = j
         .entries()
         .iter()
@@ -215,17 +250,16 @@ impl Watch {
     /// Counts once; returns the count and the time since the wait started.
     pub(crate) fn look(
         &mut self,
-        h: &mut dyn Host,
+        cx: &mut Cycle<'_>,
         diverted_flows: u64,
-        ev: &mut dyn FnMut(Event),
     ) -> Result<(SocketCount, Duration), OpError> {
-        let before = h.now();
-        let c = h.count()?;
-        let now = h.now();
+        let before = cx.h.now();
+        let c = cx.h.count()?;
+        let now = cx.h.now();
         self.count_took = now - before;
         let elapsed = now - self.start;
         if self.last != Some((c.total, c.idle)) || now - self.last_report >= PROGRESS_EVERY {
-            ev(Event::Progress {
+            cx.emit(Event::Progress {
                 elapsed_ms: ms(elapsed),
                 remaining: c.total,
                 idle: c.idle,
@@ -266,24 +300,21 @@ impl Watch {
 /// Installs the divert the preflight cleared, announces it, and starts tending the record.
 /// Returns the install's duration (ms) and the tender.
 pub(crate) fn divert_now(
-    h: &mut dyn Host,
-    j: &mut Journal,
-    plan: &DivertPlan,
+    cx: &mut Cycle<'_>,
     receipt: &InstallReceipt,
-    ev: &mut dyn FnMut(Event),
 ) -> Result<(f64, Tender), OpError> {
-    let t = h.now();
-    if let Err(e) = install(h, j, plan, receipt) {
+    let t = cx.h.now();
+    if let Err(e) = install(cx.h, cx.j, cx.plan, receipt) {
         // firewall::install undoes its own partial work; cleanup then only forgets the entry
         // (or reports what could not be undone).
-        return Err(match cleanup(h, j, plan) {
+        return Err(match cleanup(cx.h, cx.j, cx.plan) {
             Ok(()) => e,
             Err(c) => c,
         });
     }
-    let install_ms = ms(h.now() - t);
-    ev(Event::Diverted { install_ms });
-    Ok((install_ms, Tender::new(h.now())))
+    let install_ms = ms(cx.h.now() - t);
+    cx.emit(Event::Diverted { install_ms });
+    Ok((install_ms, Tender::new(cx.h.now())))
 }
 
 /// Pulls the failover trigger the configuration names (tracked interface down, or FAULT in the
@@ -317,48 +348,45 @@ pub(crate) fn pull_trigger(
 /// the divert meanwhile (clients keep sending to this node until the peer's gratuitous ARP
 /// lands: docs/kernel-facts.md#k8).
 pub(crate) fn failover(
-    h: &mut dyn Host,
-    plan: &DivertPlan,
-    p: &Policy,
-    ev: &mut dyn FnMut(Event),
+    cx: &mut Cycle<'_>,
     tender: &mut Tender,
     trigger: String,
 ) -> Result<f64, OpError> {
-    ev(Event::FailoverTriggered { trigger });
-    let t = h.now();
+    cx.emit(Event::FailoverTriggered { trigger });
+    let t = cx.h.now();
     loop {
         let mut pending = None;
-        for vip in &p.vips {
-            if h.vip_local(*vip)? {
+        for vip in &cx.p.vips {
+            if cx.h.vip_local(*vip)? {
                 pending = Some(format!("{vip} still configured here"));
                 break;
             }
-            if !h.peer_owns(*vip)? {
+            if !cx.h.peer_owns(*vip)? {
                 pending = Some(format!("the peer does not answer ARP for {vip}"));
                 break;
             }
         }
-        let waited = h.now() - t;
+        let waited = cx.h.now() - t;
         match pending {
             None => {
-                ev(Event::PeerOwnsVip {
+                cx.emit(Event::PeerOwnsVip {
                     after_ms: ms(waited),
                 });
                 crate::faults::point("drain.peer-owns-vip");
                 // Clients whose ARP cache still points here keep sending until it expires.
-                let until = h.now() + p.post_wait;
-                while h.now() < until {
-                    tender.tick(h, plan, ev);
-                    h.sleep(FAILOVER_POLL.min(until.saturating_sub(h.now())));
+                let until = cx.h.now() + cx.p.post_wait;
+                while cx.h.now() < until {
+                    tender.tick(cx);
+                    cx.h.sleep(FAILOVER_POLL.min(until.saturating_sub(cx.h.now())));
                 }
                 return Ok(ms(waited));
             }
-            Some(why) if waited >= p.failover_timeout => {
-                return Err(OpError::FailoverUnconfirmed(p.failover_timeout, why))
+            Some(why) if waited >= cx.p.failover_timeout => {
+                return Err(OpError::FailoverUnconfirmed(cx.p.failover_timeout, why))
             }
             Some(_) => {
-                tender.tick(h, plan, ev);
-                h.sleep(FAILOVER_POLL);
+                tender.tick(cx);
+                cx.h.sleep(FAILOVER_POLL);
             }
         }
     }
@@ -369,18 +397,11 @@ const FAILOVER_POLL: Duration = Duration::from_millis(20);
 
 /// Abort path: new flows local again at once, already-diverted flows keep going to the peer for
 /// the grace period (a further interrupt cuts it short), then everything is removed.
-pub(crate) fn rollback(
-    h: &mut dyn Host,
-    j: &mut Journal,
-    plan: &DivertPlan,
-    p: &Policy,
-    ev: &mut dyn FnMut(Event),
-    why: OpError,
-) -> OpError {
-    withdraw_and_wait(h, plan, p.rollback_grace, ev, why.to_string());
-    match cleanup(h, j, plan) {
+pub(crate) fn rollback(cx: &mut Cycle<'_>, why: OpError) -> OpError {
+    withdraw_and_wait(cx, why.to_string());
+    match cleanup(cx.h, cx.j, cx.plan) {
         Ok(()) => {
-            ev(Event::CleanedUp);
+            cx.emit(Event::CleanedUp);
             why
         }
         Err(e) => e,
@@ -391,17 +412,13 @@ pub(crate) fn rollback(
 const GRACE_TICK: Duration = Duration::from_millis(50);
 
 /// Withdraws the divert for new flows and keeps diverting the flows already at the peer for
-/// `grace`, so they can finish there; returns early on an interrupt that arrived after the call.
-/// If the withdraw fails (e.g. a half-removed divert), returns at once: removal follows anyway.
-pub(crate) fn withdraw_and_wait(
-    h: &mut dyn Host,
-    plan: &DivertPlan,
-    grace: Duration,
-    ev: &mut dyn FnMut(Event),
-    reason: String,
-) {
-    let withdrew = divert::withdraw(h.firewall(), plan);
-    ev(Event::Withdrawn { reason });
+/// the policy's `rollback_grace`, so they can finish there; returns early on an interrupt that
+/// arrived after the call. If the withdraw fails (e.g. a half-removed divert), returns at once:
+/// removal follows anyway.
+pub(crate) fn withdraw_and_wait(cx: &mut Cycle<'_>, reason: String) {
+    let withdrew = divert::withdraw(cx.h.firewall(), cx.plan);
+    cx.emit(Event::Withdrawn { reason });
+    let (h, grace) = (&mut *cx.h, cx.p.rollback_grace);
     if withdrew.is_err() {
         return;
     }

@@ -8,13 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::cycle::{divert_now, failover, preflight, pull_trigger, rollback, Tender, Watch};
+use super::cycle::{divert_now, failover, preflight, pull_trigger, rollback, Cycle, Tender, Watch};
 use super::divert;
 use super::handoff::{self, Returning};
 use super::undo::cleanup;
 use super::{ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy};
 use crate::config::{Config, DrainMode, PositiveDuration};
-use crate::journal::{Journal, StateDir};
+use crate::journal::StateDir;
 use crate::plan::DivertPlan;
 
 /// What `drain-agent drain` (or the daemon's drain request) may override of the configuration.
@@ -111,9 +111,10 @@ pub fn run(
     let span = tracing::info_span!("drain", peer = %cfg.peer.get(), tracked = %cfg.tracked_interface.as_str());
     let _enter = span.enter();
     let (plan, policy) = (DivertPlan::new(&cfg), Policy::from_config(&cfg));
+    let mut cx = Cycle::new(h, &mut journal, &plan, &policy, ev);
     let result = match policy.handoff {
-        None => drain(h, &mut journal, &plan, &policy, ev),
-        Some(deadline) => handoff::hand_off(&cfg, h, &mut journal, &plan, &policy, deadline, ev),
+        None => drain(&mut cx),
+        Some(deadline) => handoff::hand_off(&mut cx, &cfg, deadline),
     };
     let outcome = match &result {
         Ok(report) => DrainOutcome::Drained {
@@ -130,53 +131,47 @@ pub fn run(
 
 /// Runs the whole drain cycle. Returns only when the node is out of service and every transient
 /// change is undone, or with an error after rolling back.
-pub fn drain(
-    h: &mut dyn Host,
-    j: &mut Journal,
-    plan: &DivertPlan,
-    p: &Policy,
-    ev: &mut dyn FnMut(Event),
-) -> Result<DrainReport, OpError> {
-    let start = h.now();
-    let receipt = preflight(h, j, plan, p, ev)?;
-    let (install_ms, mut tender) = divert_now(h, j, plan, &receipt, ev)?;
-    let (reason, remaining, drain_ms) = match watch(h, plan, p, ev, &mut tender) {
+pub fn drain(cx: &mut Cycle<'_>) -> Result<DrainReport, OpError> {
+    let start = cx.h.now();
+    let receipt = preflight(cx)?;
+    let (install_ms, mut tender) = divert_now(cx, &receipt)?;
+    let (reason, remaining, drain_ms) = match watch(cx, &mut tender) {
         Ok(w) => w,
         Err(moved @ OpError::VipMoved(..)) => {
             // Clients already send to the peer: a rollback would serve nothing here. Finish the
             // drain instead, so that a keepalived restarted here does not take the VIP back.
-            let failover = pull_trigger(h, j, p)
-                .and_then(|trigger| failover(h, plan, p, ev, &mut tender, trigger));
-            tender.totals(h, plan, ev);
-            let cleaned = cleanup(h, j, plan);
+            let failover = pull_trigger(cx.h, cx.j, cx.p)
+                .and_then(|trigger| failover(cx, &mut tender, trigger));
+            tender.totals(cx);
+            let cleaned = cleanup(cx.h, cx.j, cx.plan);
             if cleaned.is_ok() {
-                ev(Event::CleanedUp);
+                cx.emit(Event::CleanedUp);
             }
             failover?;
             cleaned?;
             return Err(moved);
         }
         Err(e) => {
-            tender.totals(h, plan, ev);
-            return Err(rollback(h, j, plan, p, ev, e));
+            tender.totals(cx);
+            return Err(rollback(cx, e));
         }
     };
     // `pull_trigger` journals before it pulls: a trigger it could not record (a full state
     // directory) was not pulled and nothing moved, so this is an abort like any other, with the
     // grace for the flows already at the peer (removed at once, the divert would send them back
     // here, where no socket knows them: reset).
-    let trigger = match pull_trigger(h, j, p) {
+    let trigger = match pull_trigger(cx.h, cx.j, cx.p) {
         Ok(t) => t,
         Err(e) => {
-            tender.totals(h, plan, ev);
-            return Err(rollback(h, j, plan, p, ev, e));
+            tender.totals(cx);
+            return Err(rollback(cx, e));
         }
     };
-    let failover = failover(h, plan, p, ev, &mut tender, trigger);
-    let totals = tender.totals(h, plan, ev);
-    let cleaned = cleanup(h, j, plan);
+    let failover = failover(cx, &mut tender, trigger);
+    let totals = tender.totals(cx);
+    let cleaned = cleanup(cx.h, cx.j, cx.plan);
     if cleaned.is_ok() {
-        ev(Event::CleanedUp);
+        cx.emit(Event::CleanedUp);
     }
     crate::faults::point("drain.cleaned-up");
     let failover_ms = failover?;
@@ -186,7 +181,7 @@ pub fn drain(
         reason,
         drain_ms,
         failover_ms,
-        total_ms: ms(h.now() - start),
+        total_ms: ms(cx.h.now() - start),
         install_ms,
         abandoned: remaining,
         diverted_flows: totals.1.diverted_syns,
@@ -199,65 +194,59 @@ pub fn drain(
 /// Waits for the drain; returns (reason, sockets left, ms since divert). When the drain is over
 /// it seals the divert and counts once more: a flow that started locally just before the seal
 /// (an unrecorded SYN) is waited for too, and none can start after it.
-fn watch(
-    h: &mut dyn Host,
-    plan: &DivertPlan,
-    p: &Policy,
-    ev: &mut dyn FnMut(Event),
-    tender: &mut Tender,
-) -> Result<(DrainReason, usize, f64), OpError> {
-    let mut w = Watch::new(h.now());
+fn watch(cx: &mut Cycle<'_>, tender: &mut Tender) -> Result<(DrainReason, usize, f64), OpError> {
+    let mut w = Watch::new(cx.h.now());
     let mut sealed = false;
-    let mut next_probe = w.start + p.probe_interval;
+    let mut next_probe = w.start + cx.p.probe_interval;
     let mut fails = 0u32;
     loop {
         crate::faults::point("drain.watching");
-        if h.interrupts() > 0 {
+        if cx.h.interrupts() > 0 {
             return Err(OpError::Interrupted);
         }
-        if h.now() >= next_probe {
-            moved_away(h, p, &w)?;
-            let answer = h.probe_peer().unwrap_or(PeerAnswer::NoAnswer);
+        if cx.h.now() >= next_probe {
+            moved_away(cx, &w)?;
+            let answer = cx.h.probe_peer().unwrap_or(PeerAnswer::NoAnswer);
             if matches!(answer, PeerAnswer::Accepted { .. }) {
                 fails = 0;
             } else {
                 fails += 1;
-                ev(Event::PeerProbeFailed {
+                cx.emit(Event::PeerProbeFailed {
                     consecutive: fails,
                     answer: answer.to_string(),
                 });
-                if fails >= p.probe_failures {
+                if fails >= cx.p.probe_failures {
                     return Err(OpError::PeerLost(format!(
                         "{fails} probes failed, last: {answer}"
                     )));
                 }
             }
-            next_probe = h.now() + p.probe_interval;
+            next_probe = cx.h.now() + cx.p.probe_interval;
         }
-        tender.tick(h, plan, ev);
-        let (c, elapsed) = w.look(h, tender.diverted(), ev)?;
-        let reason = Watch::over(&c, elapsed, p.deadline);
-        if reason == Some(DrainReason::Deadline) && p.abort_on_deadline {
-            return Err(OpError::DeadlineAbort(p.deadline, c.total));
+        tender.tick(cx);
+        let (c, elapsed) = w.look(cx, tender.diverted())?;
+        let reason = Watch::over(&c, elapsed, cx.p.deadline);
+        if reason == Some(DrainReason::Deadline) && cx.p.abort_on_deadline {
+            return Err(OpError::DeadlineAbort(cx.p.deadline, c.total));
         }
         if reason.is_some() && !sealed {
-            divert::seal(h.firewall(), plan).map_err(HostError::from)?;
+            divert::seal(cx.h.firewall(), cx.plan).map_err(HostError::from)?;
             crate::faults::point("drain.sealed");
             sealed = true;
-            ev(Event::Sealed {
-                elapsed_ms: ms(h.now() - w.start),
+            cx.emit(Event::Sealed {
+                elapsed_ms: ms(cx.h.now() - w.start),
             });
             continue;
         }
         if let Some(reason) = reason {
-            ev(Event::Drained {
+            cx.emit(Event::Drained {
                 reason,
                 elapsed_ms: ms(elapsed),
                 remaining: c.total,
             });
             return Ok((reason, c.total, ms(elapsed)));
         }
-        h.wait_for_change(w.pause(p.poll_interval, next_probe.saturating_sub(h.now())));
+        cx.h.wait_for_change(w.pause(cx.p.poll_interval, next_probe.saturating_sub(cx.h.now())));
     }
 }
 
@@ -267,10 +256,10 @@ fn watch(
 /// peer. Only the address is looked at (a netlink dump, cheap): a keepalived killed outright
 /// leaves it configured, and asking the wire who answers ARP takes a probe timeout each tick;
 /// that case ends at the failover wait instead (exit 11, "still configured here").
-fn moved_away(h: &mut dyn Host, p: &Policy, w: &Watch) -> Result<(), OpError> {
+fn moved_away(cx: &mut Cycle<'_>, w: &Watch) -> Result<(), OpError> {
     let cut = w.last.map_or(0, |(total, _)| total);
-    for vip in &p.vips {
-        if !h.vip_local(*vip)? {
+    for vip in &cx.p.vips {
+        if !cx.h.vip_local(*vip)? {
             return Err(OpError::VipMoved(
                 *vip,
                 "no longer configured here".into(),

@@ -27,6 +27,7 @@ pub mod status;
 pub mod undo;
 pub mod undrain;
 
+pub use cycle::Cycle;
 pub use drain::drain;
 pub use error::{HostError, HostErrorKind, OpError};
 pub(crate) use event::ms;

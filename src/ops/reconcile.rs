@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{undrain, Host, HostError, OpError, Policy};
+use super::{undrain, Cycle, Host, HostError, OpError, Policy};
 use crate::config::Config;
 use crate::journal::{Change, StateDir};
 use crate::plan::DivertPlan;
@@ -35,13 +35,10 @@ pub fn clear_orphaned_divert(
             .iter()
             .any(|e| !e.change.is_maintenance_state());
     if orphaned {
+        let policy = Policy::from_config(cfg);
         undrain(
-            h,
-            &mut journal,
-            &plan,
-            &Policy::from_config(cfg),
+            &mut Cycle::new(h, &mut journal, &plan, &policy, &mut |_| {}),
             true,
-            &mut |_| {},
         )?;
     }
     Ok(orphaned)

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use super::protocol::{ask_end, format_mac, PeerReply, PeerRequest, VipPorts};
 use crate::config::{Config, DrainMode};
-use crate::journal::{Change, Journal};
-use crate::ops::cycle::{divert_now, failover, preflight, pull_trigger, rollback, Tender, Watch};
+use crate::journal::Change;
+use crate::ops::cycle::{
+    divert_now, failover, preflight, pull_trigger, rollback, Cycle, Tender, Watch,
+};
 use crate::ops::divert;
 use crate::ops::undo::cleanup;
-use crate::ops::{ms, DrainReason, DrainReport, Event, Host, HostError, OpError, Policy};
-use crate::plan::DivertPlan;
+use crate::ops::{ms, DrainReason, DrainReport, Event, Host, HostError, OpError};
 
 /// The hand-off ([`super`]): the peer's agent installs its return path, this node
 /// diverts, accepts the VIPs without owning them, seals and fails over at once, then waits for
@@ -20,69 +21,66 @@ use crate::plan::DivertPlan;
 /// as a drain does; after it, there is nothing to roll back to: the node's remaining connections
 /// are cut when the hand-off ends early (interrupt, error).
 pub(crate) fn hand_off(
+    cx: &mut Cycle<'_>,
     cfg: &Config,
-    h: &mut dyn Host,
-    j: &mut Journal,
-    plan: &DivertPlan,
-    p: &Policy,
     deadline: Duration,
-    ev: &mut dyn FnMut(Event),
 ) -> Result<DrainReport, OpError> {
-    let start = h.now();
-    let receipt = preflight(h, j, plan, p, ev)?;
-    let Some(peer_mac) = h.peer_mac()? else {
+    let start = cx.h.now();
+    let receipt = preflight(cx)?;
+    let Some(peer_mac) = cx.h.peer_mac()? else {
         return Err(OpError::PeerNotReady(format!(
             "{} does not answer ARP",
-            p.peer
+            cx.p.peer
         )));
     };
-    let plan = &plan.clone().guarded(peer_mac);
-    let lasts = deadline + p.failover_timeout + p.post_wait + HANDOFF_SLACK;
-    let until = h.unix_now() + lasts.as_secs();
+    let guarded = cx.plan.clone().guarded(peer_mac);
+    let cx = &mut cx.with_plan(&guarded);
+    let lasts = deadline + cx.p.failover_timeout + cx.p.post_wait + HANDOFF_SLACK;
+    let until = cx.h.unix_now() + lasts.as_secs();
     let handoff = Change::Handoff {
-        peer: p.peer,
+        peer: cx.p.peer,
         peer_mac: format_mac(&peer_mac),
         until,
     };
-    j.record(handoff.clone())?;
+    cx.j.record(handoff.clone())?;
     crate::faults::point("handoff.initiator.journalled");
-    if let Err(e) = ask_begin(h, cfg, until) {
-        j.forget(&handoff)?;
+    if let Err(e) = ask_begin(cx.h, cfg, until) {
+        cx.j.forget(&handoff)?;
         return Err(e);
     }
     crate::faults::point("handoff.initiator.begun");
-    ev(Event::HandoffBegun {
-        peer: p.peer.to_string(),
+    cx.emit(Event::HandoffBegun {
+        peer: cx.p.peer.to_string(),
     });
-    let t = h.now();
-    let (install_ms, mut tender) = divert_now(h, j, plan, &receipt, ev)?;
+    let t = cx.h.now();
+    let (install_ms, mut tender) = divert_now(cx, &receipt)?;
     // Accept the VIPs without owning them, then seal: from the failover on no SYN may start a
     // flow here (an unrecorded one is dropped, counted; its retransmission reaches the peer).
-    let ready = crate::ops::peer::accept_into(cfg, j, h)
+    let ready = crate::ops::peer::accept_into(cfg, cx.j, cx.h)
         .map(|_| crate::faults::point("handoff.initiator.accepting"))
-        .and_then(|()| divert::seal(h.firewall(), plan).map_err(|e| HostError::from(e).into()));
-    if let Err(e) = ready {
-        tender.totals(h, plan, ev);
-        return Err(rollback(h, j, plan, p, ev, e));
-    }
-    ev(Event::Sealed {
-        elapsed_ms: ms(h.now() - t),
-    });
-    let waited = pull_trigger(h, j, p)
-        .and_then(|trigger| failover(h, plan, p, ev, &mut tender, trigger))
-        .and_then(|failover_ms| {
-            watch_handoff(h, plan, p, deadline, ev, &mut tender).map(|w| (failover_ms, w))
+        .and_then(|()| {
+            divert::seal(cx.h.firewall(), cx.plan).map_err(|e| HostError::from(e).into())
         });
-    match ask_end(h) {
-        Ok(detail) => ev(Event::HandoffEnded { detail }),
-        Err(error) => ev(Event::HandoffEndFailed { error }),
+    if let Err(e) = ready {
+        tender.totals(cx);
+        return Err(rollback(cx, e));
+    }
+    cx.emit(Event::Sealed {
+        elapsed_ms: ms(cx.h.now() - t),
+    });
+    let waited = pull_trigger(cx.h, cx.j, cx.p)
+        .and_then(|trigger| failover(cx, &mut tender, trigger))
+        .and_then(|failover_ms| watch_handoff(cx, deadline, &mut tender).map(|w| (failover_ms, w)));
+    match ask_end(cx.h) {
+        Ok(detail) => cx.emit(Event::HandoffEnded { detail }),
+        Err(error) => cx.emit(Event::HandoffEndFailed { error }),
     }
     crate::faults::point("handoff.initiator.ended");
-    j.forget(&handoff)?;
-    let totals = tender.totals(h, plan, ev);
-    let cleaned = cleanup(h, j, plan);
+    cx.j.forget(&handoff)?;
+    let totals = tender.totals(cx);
+    let cleaned = cleanup(cx.h, cx.j, cx.plan);
     if cleaned.is_ok() {
-        ev(Event::CleanedUp);
+        cx.emit(Event::CleanedUp);
     }
     crate::faults::point("drain.cleaned-up");
     let (failover_ms, (reason, remaining, drain_ms)) = waited?;
@@ -92,7 +90,7 @@ pub(crate) fn hand_off(
         reason,
         drain_ms,
         failover_ms,
-        total_ms: ms(h.now() - start),
+        total_ms: ms(cx.h.now() - start),
         install_ms,
         abandoned: remaining,
         diverted_flows: totals.1.diverted_syns,
@@ -107,47 +105,45 @@ pub(crate) fn hand_off(
 /// them as the hand-off would have (until none is left, only idle ones, the hand-off's recorded
 /// end, or an interrupt), then tells the peer the hand-off is over. Nothing to do without a
 /// hand-off in the journal.
-pub(crate) fn finish_handoff(
-    h: &mut dyn Host,
-    j: &mut Journal,
-    p: &Policy,
-    ev: &mut dyn FnMut(Event),
-) -> Result<(), OpError> {
-    let Some(entry) = j
-        .entries()
-        .iter()
-        .map(|e| e.change.clone())
-        .find(|c| matches!(c, Change::Handoff { .. }))
+pub(crate) fn finish_handoff(cx: &mut Cycle<'_>) -> Result<(), OpError> {
+    let Some(entry) =
+        cx.j.entries()
+            .iter()
+            .map(|e| e.change.clone())
+            .find(|c| matches!(c, Change::Handoff { .. }))
     else {
         return Ok(());
     };
     let Change::Handoff { until, .. } = entry else {
         unreachable!("found as a hand-off")
     };
-    let failed_over = j.entries().iter().any(|e| e.change.is_maintenance_state());
+    let failed_over =
+        cx.j.entries()
+            .iter()
+            .any(|e| e.change.is_maintenance_state());
     if failed_over {
-        let mut w = Watch::new(h.now());
+        let mut w = Watch::new(cx.h.now());
         loop {
-            let (c, elapsed) = w.look(h, 0, ev)?;
+            let (c, elapsed) = w.look(cx, 0)?;
             let reason = Watch::over(&c, elapsed, Duration::MAX).or_else(|| {
-                (h.unix_now() >= until || h.interrupts() > 0).then_some(DrainReason::Deadline)
+                (cx.h.unix_now() >= until || cx.h.interrupts() > 0).then_some(DrainReason::Deadline)
             });
             if let Some(reason) = reason {
-                ev(Event::Drained {
+                cx.emit(Event::Drained {
                     reason,
                     elapsed_ms: ms(elapsed),
                     remaining: c.total,
                 });
                 break;
             }
-            h.wait_for_change(w.pause(p.poll_interval, p.poll_interval));
+            cx.h.wait_for_change(w.pause(cx.p.poll_interval, cx.p.poll_interval));
         }
     }
-    match ask_end(h) {
-        Ok(detail) => ev(Event::HandoffEnded { detail }),
-        Err(error) => ev(Event::HandoffEndFailed { error }),
+    match ask_end(cx.h) {
+        Ok(detail) => cx.emit(Event::HandoffEnded { detail }),
+        Err(error) => cx.emit(Event::HandoffEndFailed { error }),
     }
-    j.forget(&entry)?;
+    cx.j.forget(&entry)?;
     Ok(())
 }
 
@@ -159,30 +155,27 @@ const HANDOFF_SLACK: Duration = Duration::from_secs(60);
 /// packets here) until none is left, only idle ones, or `deadline`. An interrupt ends the wait
 /// with the connections left cut ([`OpError::HandoffCut`]).
 fn watch_handoff(
-    h: &mut dyn Host,
-    plan: &DivertPlan,
-    p: &Policy,
+    cx: &mut Cycle<'_>,
     deadline: Duration,
-    ev: &mut dyn FnMut(Event),
     tender: &mut Tender,
 ) -> Result<(DrainReason, usize, f64), OpError> {
-    let mut w = Watch::new(h.now());
+    let mut w = Watch::new(cx.h.now());
     loop {
         crate::faults::point("handoff.initiator.watching");
-        tender.tick(h, plan, ev);
-        let (c, elapsed) = w.look(h, tender.diverted(), ev)?;
-        if h.interrupts() > 0 {
+        tender.tick(cx);
+        let (c, elapsed) = w.look(cx, tender.diverted())?;
+        if cx.h.interrupts() > 0 {
             return Err(OpError::HandoffCut(c.total));
         }
         if let Some(reason) = Watch::over(&c, elapsed, deadline) {
-            ev(Event::Drained {
+            cx.emit(Event::Drained {
                 reason,
                 elapsed_ms: ms(elapsed),
                 remaining: c.total,
             });
             return Ok((reason, c.total, ms(elapsed)));
         }
-        h.wait_for_change(w.pause(p.poll_interval, p.poll_interval));
+        cx.h.wait_for_change(w.pause(cx.p.poll_interval, cx.p.poll_interval));
     }
 }
 

@@ -65,7 +65,13 @@ fn run_plan(mut host: FakeHost, p: Policy, plan: &DivertPlan) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let mut journal = Journal::open(&dir.path().join("j.json")).unwrap();
     let mut events = Vec::new();
-    let result = drain(&mut host, &mut journal, plan, &p, &mut |e| events.push(e));
+    let result = drain(&mut Cycle::new(
+        &mut host,
+        &mut journal,
+        plan,
+        &p,
+        &mut |e| events.push(e),
+    ));
     Run {
         host,
         journal,
@@ -361,7 +367,14 @@ fn leftovers_and_already_drained_are_refused_untouched() {
     })
     .unwrap();
     let mut h = FakeHost::new();
-    let e = drain(&mut h, &mut j, &plan(), &policy(), &mut |_| {}).unwrap_err();
+    let e = drain(&mut Cycle::new(
+        &mut h,
+        &mut j,
+        &plan(),
+        &policy(),
+        &mut |_| {},
+    ))
+    .unwrap_err();
     assert_eq!(e.exit_code(), exit::STATE);
     assert!(h.call_log().is_empty());
 
@@ -479,9 +492,10 @@ fn undrain_after_a_crash_withdraws_gracefully_then_removes_everything() {
     let mut h = FakeHost::new();
     install_fresh(&mut h, &mut j).unwrap();
     let mut events = Vec::new();
-    undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |e| {
-        events.push(e)
-    })
+    undrain(
+        &mut Cycle::new(&mut h, &mut j, &plan(), &policy(), &mut |e| events.push(e)),
+        false,
+    )
     .unwrap();
     let withdrawn = h.fw.withdrawn_at.expect("withdrawn before removal");
     assert!(
@@ -508,14 +522,22 @@ fn undrain_without_a_journal_still_removes_our_names_and_brings_the_link_up() {
     }
     h.set_link("trk0", false).unwrap();
     let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
-    undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |_| {}).unwrap();
+    undrain(
+        &mut Cycle::new(&mut h, &mut j, &plan(), &policy(), &mut |_| {}),
+        false,
+    )
+    .unwrap();
     assert!(
         plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
     );
     assert!(h.links["trk0"]);
     // Nothing installed, nothing recorded: undrain is a no-op that succeeds.
     let calls = h.call_log().len();
-    undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |_| {}).unwrap();
+    undrain(
+        &mut Cycle::new(&mut h, &mut j, &plan(), &policy(), &mut |_| {}),
+        false,
+    )
+    .unwrap();
     assert!(
         !h.call_log()[calls..]
             .iter()
@@ -543,11 +565,22 @@ fn track_file_trigger_writes_fault_and_undrain_writes_the_return_weight() {
     // Already drained: a second drain is refused.
     let dir = tempfile::tempdir().unwrap();
     let mut j2 = Journal::open(&dir.path().join("j.json")).unwrap();
-    let e = drain(&mut r.host, &mut j2, &plan(), &p, &mut |_| {}).unwrap_err();
+    let e = drain(&mut Cycle::new(
+        &mut r.host,
+        &mut j2,
+        &plan(),
+        &p,
+        &mut |_| {},
+    ))
+    .unwrap_err();
     assert!(matches!(e, OpError::AlreadyDrained(_)), "{e}");
     // undrain demotes (the value is written before anything else clears the fault) and forgets
     // the fault.
-    undrain(&mut r.host, &mut r.journal, &plan(), &p, false, &mut |_| {}).unwrap();
+    undrain(
+        &mut Cycle::new(&mut r.host, &mut r.journal, &plan(), &p, &mut |_| {}),
+        false,
+    )
+    .unwrap();
     assert_eq!(r.host.track[&path], -51);
     assert!(r.journal.is_empty());
     let log = r.host.call_log();
@@ -566,7 +599,11 @@ fn link_down_undrain_demotes_before_bringing_the_link_up() {
     let mut r = run(FakeHost::new(), p.clone());
     assert!(r.result.is_ok());
     assert!(!r.host.links["trk0"]);
-    undrain(&mut r.host, &mut r.journal, &plan(), &p, false, &mut |_| {}).unwrap();
+    undrain(
+        &mut Cycle::new(&mut r.host, &mut r.journal, &plan(), &p, &mut |_| {}),
+        false,
+    )
+    .unwrap();
     let log = r.host.call_log();
     let demote = r.host.call_index("track /t/track -51");
     let up = r.host.call_index("link trk0 up");
@@ -593,7 +630,11 @@ fn undrain_of_a_node_still_master_never_demotes_it() {
         if divert_left {
             install_fresh(&mut h, &mut j).unwrap();
         }
-        undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+        undrain(
+            &mut Cycle::new(&mut h, &mut j, &plan(), &p, &mut |_| {}),
+            false,
+        )
+        .unwrap();
         assert_eq!(
             h.track.get(&path),
             None,
@@ -629,7 +670,11 @@ fn undrain_after_a_crash_before_the_trigger_is_pulled_never_demotes() {
             }
         })
         .unwrap();
-        undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+        undrain(
+            &mut Cycle::new(&mut h, &mut j, &plan(), &p, &mut |_| {}),
+            false,
+        )
+        .unwrap();
         assert!(
             h.track.get(&path).is_none_or(|v| *v == 0),
             "track-file trigger: {trigger_track_file}: demoted a node still MASTER: {:?}",
@@ -658,7 +703,11 @@ fn undrain_after_a_crash_past_the_trigger_keeps_diverting_until_the_peer_owns_th
     h.set_link("trk0", false).unwrap();
     let owned_at = h.t() + h.failover_delay;
     let p = policy();
-    undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+    undrain(
+        &mut Cycle::new(&mut h, &mut j, &plan(), &p, &mut |_| {}),
+        false,
+    )
+    .unwrap();
     assert_eq!(
         h.fw.withdrawn_at,
         None,
@@ -805,12 +854,18 @@ fn a_journal_that_cannot_record_the_failover_rolls_back_with_the_grace() {
     std::fs::create_dir(&state).unwrap();
     let mut journal = Journal::open(&state.join("j.json")).unwrap();
     let mut events = Vec::new();
-    let result = drain(&mut h, &mut journal, &plan(), &policy(), &mut |e| {
-        if matches!(e, Event::Drained { .. }) {
-            std::fs::remove_dir_all(&state).unwrap();
-        }
-        events.push(e)
-    });
+    let result = drain(&mut Cycle::new(
+        &mut h,
+        &mut journal,
+        &plan(),
+        &policy(),
+        &mut |e| {
+            if matches!(e, Event::Drained { .. }) {
+                std::fs::remove_dir_all(&state).unwrap();
+            }
+            events.push(e)
+        },
+    ));
     let e = result.unwrap_err();
     assert!(matches!(e, OpError::Journal(_)), "{e:?}");
     assert_eq!(e.exit_code(), exit::ENVIRONMENT, "{e}");

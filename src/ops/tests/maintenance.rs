@@ -8,6 +8,21 @@ use crate::ops::maintenance::{self, reassert};
 use crate::ops::undrain::UndrainOptions;
 use crate::ops::*;
 
+fn on_req(reason: &str, by: &str, drain: &DrainOptions) -> maintenance::MaintenanceRequest {
+    maintenance::MaintenanceRequest {
+        reason: reason.into(),
+        by: by.into(),
+        drain: drain.clone(),
+    }
+}
+
+fn off_req(undrain: &UndrainOptions, failback: bool) -> maintenance::MaintenanceOffRequest {
+    maintenance::MaintenanceOffRequest {
+        undrain: undrain.clone(),
+        failback,
+    }
+}
+
 #[test]
 fn on_drains_and_records_who_when_why_and_off_brings_the_node_back() {
     let cfg = test_config("80", "");
@@ -18,9 +33,7 @@ fn on_drains_and_records_who_when_why_and_off_brings_the_node_back() {
         &cfg,
         &state,
         &mut h,
-        "kernel upgrade",
-        "alice",
-        &DrainOptions::default(),
+        &on_req("kernel upgrade", "alice", &DrainOptions::default()),
         &mut |_| {},
     )
     .unwrap();
@@ -36,9 +49,7 @@ fn on_drains_and_records_who_when_why_and_off_brings_the_node_back() {
         &cfg,
         &state,
         &mut h,
-        "something else",
-        "bob",
-        &DrainOptions::default(),
+        &on_req("something else", "bob", &DrainOptions::default()),
         &mut |_| {},
     )
     .unwrap();
@@ -48,8 +59,7 @@ fn on_drains_and_records_who_when_why_and_off_brings_the_node_back() {
         &cfg,
         &state,
         &mut h,
-        &UndrainOptions::default(),
-        false,
+        &off_req(&UndrainOptions::default(), false),
         &mut |_| {},
     )
     .unwrap();
@@ -70,9 +80,7 @@ fn on_without_a_reason_changes_nothing() {
         &cfg,
         &state,
         &mut h,
-        "  ",
-        "alice",
-        &DrainOptions::default(),
+        &on_req("  ", "alice", &DrainOptions::default()),
         &mut |_| {},
     )
     .unwrap_err();
@@ -93,9 +101,7 @@ fn on_records_a_node_already_out_of_service_without_draining_it_again() {
         &cfg,
         &state,
         &mut h,
-        "disk swap",
-        "alice",
-        &DrainOptions::default(),
+        &on_req("disk swap", "alice", &DrainOptions::default()),
         &mut |_| {},
     )
     .unwrap();
@@ -163,9 +169,7 @@ fn off_with_failback_undrains_first_then_asks_the_peer_to_drain_itself() {
         &cfg,
         &state,
         &mut h,
-        "upgrade",
-        "alice",
-        &DrainOptions::default(),
+        &on_req("upgrade", "alice", &DrainOptions::default()),
         &mut |_| {},
     )
     .unwrap();
@@ -174,8 +178,7 @@ fn off_with_failback_undrains_first_then_asks_the_peer_to_drain_itself() {
         &cfg,
         &state,
         &mut h,
-        &UndrainOptions::default(),
-        true,
+        &off_req(&UndrainOptions::default(), true),
         &mut |e| events.push(e),
     )
     .unwrap();
@@ -199,8 +202,7 @@ fn failback_without_the_peer_link_or_refused_by_the_peer() {
         &cfg,
         &state,
         &mut h,
-        &UndrainOptions::default(),
-        true,
+        &off_req(&UndrainOptions::default(), true),
         &mut |_| {},
     )
     .unwrap_err();
@@ -215,8 +217,7 @@ fn failback_without_the_peer_link_or_refused_by_the_peer() {
         &cfg,
         &state,
         &mut h,
-        &UndrainOptions::default(),
-        true,
+        &off_req(&UndrainOptions::default(), true),
         &mut |_| {},
     )
     .unwrap_err();
@@ -245,9 +246,7 @@ fn on_a_node_without_the_vip_stops_accepting_and_stays_out_of_elections_until_of
         &cfg,
         &state,
         &mut h,
-        "haproxy upgrade",
-        "alice",
-        &DrainOptions::default(),
+        &on_req("haproxy upgrade", "alice", &DrainOptions::default()),
         &mut |e| events.push(e),
     )
     .unwrap();
@@ -275,8 +274,7 @@ fn on_a_node_without_the_vip_stops_accepting_and_stays_out_of_elections_until_of
         &cfg,
         &state,
         &mut h,
-        &UndrainOptions::default(),
-        false,
+        &off_req(&UndrainOptions::default(), false),
         &mut |_| {},
     )
     .unwrap();
