@@ -11,8 +11,8 @@ use super::divert::{self, InstallReceipt};
 use super::record::{self, RecordKeeper};
 use super::undo::cleanup;
 use super::{
-    ms, DrainReason, Event, Host, HostError, OpError, PeerAnswer, Policy, SocketCount, MIN_SLEEP,
-    TRACK_FAULT,
+    ms, DrainReason, Event, Host, HostError, Netfilter, OpError, PeerAnswer, Policy, SocketCount,
+    MIN_SLEEP, TRACK_FAULT,
 };
 use crate::journal::{Change, Journal};
 use crate::plan::sets::{DivertCounters, RecordStats};
@@ -210,7 +210,7 @@ pub(crate) fn preflight(cx: &mut Cycle<'_>) -> Result<InstallReceipt, OpError> {
 /// Installs the divert (sets, then the rules in one transaction, then a read-back), recording it
 /// in the journal first. [`firewall::apply_install`] undoes its own partial work on failure.
 pub(crate) fn install(
-    h: &mut dyn Host,
+    h: &mut dyn Netfilter,
     j: &mut Journal,
     plan: &DivertPlan,
     receipt: &InstallReceipt,

@@ -10,7 +10,10 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
+use super::{
+    Clock, HostError, HostErrorKind, Interfaces, KeepalivedTrack, Netfilter, PeerAgent, PeerAnswer,
+    PeerProbe, SocketCount, Sockets, Sysctl, Tools,
+};
 use crate::config::Config;
 use crate::sys::firewall::{FakeFirewall, Firewall, FirewallError};
 
@@ -208,6 +211,12 @@ impl FakeHost {
                     .is_some_and(|d| self.t() >= d + self.failover_delay)
     }
 
+    /// The fake wall clock (seconds since the epoch). Inherent as well as [`Clock::unix_now`],
+    /// so a test elsewhere reads it without importing the capability.
+    pub fn unix_now(&self) -> u64 {
+        1_800_000_000 + self.t().as_secs()
+    }
+
     /// Current fake time.
     pub fn t(&self) -> Duration {
         self.clock.get()
@@ -258,7 +267,7 @@ impl FakeHost {
     }
 }
 
-impl Host for FakeHost {
+impl Clock for FakeHost {
     fn now(&self) -> Duration {
         self.t()
     }
@@ -271,9 +280,12 @@ impl Host for FakeHost {
             .filter(|t| self.t() >= **t)
             .count() as u32
     }
-    fn firewall(&mut self) -> &mut dyn Firewall {
-        &mut self.fw
+    fn unix_now(&self) -> u64 {
+        FakeHost::unix_now(self)
     }
+}
+
+impl Interfaces for FakeHost {
     fn link_up(&mut self, ifname: &str) -> Result<bool, HostError> {
         self.links.get(ifname).copied().ok_or(HostError {
             op: format!("link {ifname}"),
@@ -291,6 +303,19 @@ impl Host for FakeHost {
     fn vip_local(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
         Ok(vip == self.vip && self.vip_local_initially && !self.failed_over())
     }
+    fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError> {
+        self.call(format!("route {vip} {present}"));
+        self.fail("route")?;
+        if present {
+            self.routes.insert(vip);
+        } else {
+            self.routes.remove(&vip);
+        }
+        Ok(())
+    }
+}
+
+impl PeerProbe for FakeHost {
     fn peer_owns(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
         Ok(vip == self.vip && self.peer_alive() && self.failed_over())
     }
@@ -307,6 +332,12 @@ impl Host for FakeHost {
             PeerAnswer::Accepted { rtt_ms: 0.3 }
         })
     }
+    fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError> {
+        Ok(self.peer_alive().then_some([2, 0, 0x5e, 0x10, 0, 12]))
+    }
+}
+
+impl Sockets for FakeHost {
     fn count(&mut self) -> Result<SocketCount, HostError> {
         let open: Vec<&Conn> = self
             .conns
@@ -322,16 +353,25 @@ impl Host for FakeHost {
                 .collect(),
         })
     }
-    fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError> {
-        self.call(format!("route {vip} {present}"));
-        self.fail("route")?;
-        if present {
-            self.routes.insert(vip);
-        } else {
-            self.routes.remove(&vip);
-        }
+    fn passive_opens(&mut self) -> Result<u64, HostError> {
+        // The rate arrives in steps of the clock, like the SYNs the firewall fake plays.
+        Ok((self.syn_rate * self.t().as_secs_f64()) as u64)
+    }
+}
+
+impl Sysctl for FakeHost {
+    fn sysctl_read(&mut self, key: &str) -> Result<String, HostError> {
+        Ok(self.sysctls.get(key).cloned().unwrap_or_else(|| "0".into()))
+    }
+    fn sysctl_write(&mut self, key: &str, value: &str) -> Result<(), HostError> {
+        self.call(format!("sysctl {key}={value}"));
+        self.fail("sysctl")?;
+        self.sysctls.insert(key.to_string(), value.to_string());
         Ok(())
     }
+}
+
+impl KeepalivedTrack for FakeHost {
     fn write_track_file(&mut self, path: &std::path::Path, value: i32) -> Result<(), HostError> {
         self.call(format!("track {} {value}", path.display()));
         self.fail("track")?;
@@ -345,32 +385,27 @@ impl Host for FakeHost {
     fn read_track_file(&mut self, path: &std::path::Path) -> Result<Option<i32>, HostError> {
         Ok(self.track.get(path).copied())
     }
-    fn sysctl_read(&mut self, key: &str) -> Result<String, HostError> {
-        Ok(self.sysctls.get(key).cloned().unwrap_or_else(|| "0".into()))
-    }
-    fn sysctl_write(&mut self, key: &str, value: &str) -> Result<(), HostError> {
-        self.call(format!("sysctl {key}={value}"));
-        self.fail("sysctl")?;
-        self.sysctls.insert(key.to_string(), value.to_string());
-        Ok(())
-    }
+}
 
+impl Tools for FakeHost {
     fn has_net_admin(&self) -> bool {
         !self.unprivileged
     }
     fn find_tool(&self, bin: &str) -> Option<std::path::PathBuf> {
         (!self.missing_tools.iter().any(|t| t == bin)).then(|| format!("/usr/sbin/{bin}").into())
     }
-    fn passive_opens(&mut self) -> Result<u64, HostError> {
-        // The rate arrives in steps of the clock, like the SYNs the firewall fake plays.
-        Ok((self.syn_rate * self.t().as_secs_f64()) as u64)
+}
+
+impl Netfilter for FakeHost {
+    fn firewall(&mut self) -> &mut dyn Firewall {
+        &mut self.fw
     }
     fn test_divert(&mut self, _sets: &str, _rules: &str) -> super::DivertTest {
         self.divert_test.clone()
     }
-    fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError> {
-        Ok(self.peer_alive().then_some([2, 0, 0x5e, 0x10, 0, 12]))
-    }
+}
+
+impl PeerAgent for FakeHost {
     fn peer_agent(
         &mut self,
         req: &super::handoff::PeerRequest,
@@ -396,8 +431,5 @@ impl Host for FakeHost {
                 detail: format!("{op} done"),
             },
         })
-    }
-    fn unix_now(&self) -> u64 {
-        1_800_000_000 + self.t().as_secs()
     }
 }

@@ -33,7 +33,10 @@ pub use error::{HostError, HostErrorKind, OpError};
 pub(crate) use event::ms;
 pub use event::{DrainReason, DrainReport, Event, PeerAnswer, SocketCount};
 pub(crate) use host::MIN_SLEEP;
-pub use host::{DivertTest, Host};
+pub use host::{
+    Clock, DivertTest, Host, Interfaces, KeepalivedTrack, Netfilter, PeerAgent, PeerProbe, Sockets,
+    Sysctl, Tools,
+};
 pub use policy::{Policy, TRACK_FAULT};
 pub use undo::{cleanup, undo, undo_all};
 pub use undrain::undrain;

@@ -100,6 +100,7 @@ pub fn reconcile(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Rec
 mod tests {
     use super::*;
     use crate::ops::fake::FakeHost;
+    use crate::ops::Netfilter;
 
     fn cfg() -> Config {
         crate::ops::fake::test_config("80, 7", "")

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use super::{Host, HostError, OpError};
+use super::{Host, HostError, Netfilter, OpError};
 use crate::config::Config;
 use crate::journal::{Change, Entry, Journal, JournalError, StateDir};
 use crate::plan::{DivertPlan, Phase};
@@ -399,7 +399,7 @@ fn trigger_undone(h: &mut dyn Host, journal: &[Entry]) -> Result<Option<String>,
 }
 
 /// The divert as the kernel has it now; `None` when none is there.
-fn divert_state(h: &mut dyn Host, plan: &DivertPlan, saved: &str) -> Option<DivertState> {
+fn divert_state(h: &mut dyn Netfilter, plan: &DivertPlan, saved: &str) -> Option<DivertState> {
     if plan.existing_chains(saved).is_empty() {
         return None;
     }

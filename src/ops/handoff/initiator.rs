@@ -12,7 +12,7 @@ use crate::ops::cycle::{
 };
 use crate::ops::divert;
 use crate::ops::undo::cleanup;
-use crate::ops::{ms, DrainReason, DrainReport, Event, Host, HostError, OpError};
+use crate::ops::{ms, DrainReason, DrainReport, Event, HostError, OpError, PeerAgent};
 
 /// The hand-off ([`super`]): the peer's agent installs its return path, this node
 /// diverts, accepts the VIPs without owning them, seals and fails over at once, then waits for
@@ -180,7 +180,7 @@ fn watch_handoff(
 }
 
 /// A: asks the peer's agent to start returning this node's packets. `Ok(())` once it has.
-pub fn ask_begin(h: &mut dyn Host, cfg: &Config, until: u64) -> Result<(), OpError> {
+pub fn ask_begin(h: &mut dyn PeerAgent, cfg: &Config, until: u64) -> Result<(), OpError> {
     let req = PeerRequest::Begin {
         vips: VipPorts::of(cfg),
         until,
