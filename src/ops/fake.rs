@@ -1,9 +1,9 @@
 //! A scripted fake world for the drain state machine: a clock that only moves when the machine
 //! sleeps, connections that close at given times, a peer that may die, keepalived that moves the
 //! VIP some time after the tracked interface goes down, and the firewall module's stateful fake
-//! (wrapped so the test knows *when* the divert was withdrawn). It records every call.
+//! (hooked so the test knows *when* the divert was withdrawn). It records every call.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::net::Ipv4Addr;
@@ -15,7 +15,7 @@ use super::{
     PeerProbe, SocketCount, Sockets, Sysctl, Tools,
 };
 use crate::config::Config;
-use crate::sys::firewall::{FakeFirewall, Firewall, FirewallError};
+use crate::sys::firewall::{FakeFirewall, FakeOp, Firewall, HookAt};
 
 /// The test node's configuration: VIP 198.18.0.100 on `ports` (e.g. `"80, 7"`), ingress eth0,
 /// peer 198.18.0.12, tracked interface trk0, then `more` (further YAML sections, or "").
@@ -29,69 +29,41 @@ pub fn test_config(ports: &str, more: &str) -> Config {
     .unwrap()
 }
 
-/// The firewall fake, stamped with the fake clock.
-#[derive(Debug)]
-pub struct TimedFirewall {
-    pub inner: FakeFirewall,
-    clock: Rc<Cell<Duration>>,
-    /// Calls as `t op`, for ordering assertions.
-    pub log: Rc<std::cell::RefCell<Vec<String>>>,
-    /// When a restore with `--del-set` (the withdraw) was applied.
-    pub withdrawn_at: Option<Duration>,
-}
-
-impl TimedFirewall {
-    fn note(&self, what: &str) {
-        self.log.borrow_mut().push(what.to_string());
-    }
-}
-
-impl Firewall for TimedFirewall {
-    fn restore(&mut self, text: &str) -> Result<(), FirewallError> {
-        let what = if text.contains("--del-set") {
-            "restore withdraw"
-        } else if text.contains("-X ") {
-            "restore remove"
-        } else if text.contains("-I PREROUTING") {
-            "restore install"
-        } else {
-            "restore seal"
+/// The firewall fake, stamped with the fake clock: each call the test orders is noted in `log`
+/// (`restore install`, `ipset create`, …), a restore takes 5 ms, and `withdrawn` is set when
+/// the withdraw was applied.
+fn timed_firewall(
+    clock: &Rc<Cell<Duration>>,
+    log: &Rc<RefCell<Vec<String>>>,
+    withdrawn: &Rc<Cell<Option<Duration>>>,
+) -> FakeFirewall {
+    let mut fw = FakeFirewall::new();
+    let (clock, log, before_clock) = (clock.clone(), log.clone(), clock.clone());
+    fw.hook(HookAt::Before, move |_, op, text| {
+        let what = match op {
+            FakeOp::Restore if text.contains("--del-set") => "restore withdraw",
+            FakeOp::Restore if text.contains("-X ") => "restore remove",
+            FakeOp::Restore if text.contains("-I PREROUTING") => "restore install",
+            FakeOp::Restore => "restore seal",
+            FakeOp::IpsetRestore if text.starts_with("create") => "ipset create",
+            FakeOp::IpsetRestore => "ipset destroy",
+            FakeOp::DropMangleTableIfEmpty => "drop mangle",
+            _ => return Ok(()),
         };
-        self.note(what);
-        self.clock.set(self.clock.get() + Duration::from_millis(5));
-        self.inner.restore(text)?;
-        if text.contains("--del-set") {
-            self.withdrawn_at = Some(self.clock.get());
+        log.borrow_mut().push(what.to_string());
+        if op == FakeOp::Restore {
+            before_clock.set(before_clock.get() + Duration::from_millis(5));
         }
         Ok(())
-    }
-    fn save_mangle(&mut self) -> Result<String, FirewallError> {
-        self.inner.save_mangle()
-    }
-    fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
-        self.inner.save_mangle_counters()
-    }
-    fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
-        self.note(if text.starts_with("create") {
-            "ipset create"
-        } else {
-            "ipset destroy"
-        });
-        self.inner.ipset_restore(text)
-    }
-    fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
-        self.inner.ipset_names()
-    }
-    fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
-        self.inner.ipset_list_terse()
-    }
-    fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
-        self.inner.mangle_table_present()
-    }
-    fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {
-        self.note("drop mangle");
-        self.inner.drop_mangle_table_if_empty()
-    }
+    });
+    let withdrawn = withdrawn.clone();
+    fw.hook(HookAt::After, move |_, op, text| {
+        if op == FakeOp::Restore && text.contains("--del-set") {
+            withdrawn.set(Some(clock.get()));
+        }
+        Ok(())
+    });
+    fw
 }
 
 /// A connection on the VIP ports.
@@ -109,7 +81,10 @@ pub struct FakeHost {
     pub clock: Rc<Cell<Duration>>,
     pub calls: Rc<std::cell::RefCell<Vec<String>>>,
     stamps: std::cell::RefCell<Vec<(Duration, String)>>,
-    pub fw: TimedFirewall,
+    /// The firewall module's fake, hooked so that each transaction takes 5 ms of the fake clock
+    /// and the call log shows what it did, in order with the host's calls.
+    pub fw: FakeFirewall,
+    withdrawn: Rc<Cell<Option<Duration>>>,
     pub conns: Vec<Conn>,
     pub peer_dies_at: Option<Duration>,
     pub peer_refuses: bool,
@@ -156,13 +131,10 @@ impl FakeHost {
     pub fn new() -> FakeHost {
         let clock = Rc::new(Cell::new(Duration::ZERO));
         let calls = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let withdrawn = Rc::new(Cell::new(None));
         FakeHost {
-            fw: TimedFirewall {
-                inner: FakeFirewall::new(),
-                clock: clock.clone(),
-                log: calls.clone(),
-                withdrawn_at: None,
-            },
+            fw: timed_firewall(&clock, &calls, &withdrawn),
+            withdrawn,
             clock,
             calls,
             stamps: Default::default(),
@@ -217,6 +189,11 @@ impl FakeHost {
         1_800_000_000 + self.t().as_secs()
     }
 
+    /// When a restore with `--del-set` (the withdraw) was applied.
+    pub fn withdrawn_at(&self) -> Option<Duration> {
+        self.withdrawn.get()
+    }
+
     /// Current fake time.
     pub fn t(&self) -> Duration {
         self.clock.get()
@@ -233,7 +210,7 @@ impl FakeHost {
         let n = self.syn_debt.floor();
         if n >= 1.0 {
             self.syn_debt -= n;
-            self.fw.inner.syns(80, n as u64);
+            self.fw.syns(80, n as u64);
         }
     }
 

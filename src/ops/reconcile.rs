@@ -127,7 +127,7 @@ mod tests {
             }]
         );
         assert!(DivertPlan::new(&cfg())
-            .owned_lines(&h.fw.inner.mangle_text())
+            .owned_lines(&h.fw.mangle_text())
             .is_empty());
         assert!(!h.links["trk0"], "a drained node stays drained");
         assert_eq!(r.lines().len(), 2);

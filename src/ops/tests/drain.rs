@@ -84,7 +84,7 @@ fn run_plan(mut host: FakeHost, p: Policy, plan: &DivertPlan) -> Run {
 /// After any drain, successful or not: no rule, chain or set of ours is left, the mangle table is
 /// back to how it was, and the journal holds at most the maintenance state.
 fn assert_no_divert_left(r: &Run, mangle_before: Option<&str>) {
-    let fw = &r.host.fw.inner;
+    let fw = &r.host.fw;
     assert!(
         plan().owned_lines(&fw.mangle_text()).is_empty(),
         "rules left: {}",
@@ -113,10 +113,11 @@ fn conn(closes_ms: Option<u64>, idle: bool) -> Conn {
 }
 
 fn with_user_rule(h: &mut FakeHost) -> String {
-    h.fw.inner
-        .restore("*mangle\n-A PREROUTING -s 10.9.9.9/32 -j ACCEPT\nCOMMIT\n")
-        .unwrap();
-    h.fw.inner.mangle_text()
+    h.fw.without_hooks(|fw| {
+        fw.restore("*mangle\n-A PREROUTING -s 10.9.9.9/32 -j ACCEPT\nCOMMIT\n")
+    })
+    .unwrap();
+    h.fw.mangle_text()
 }
 
 #[test]
@@ -218,10 +219,7 @@ fn deadline_with_abort_rolls_back_and_keeps_serving() {
     let e = r.result.as_ref().unwrap_err();
     assert_eq!(e.exit_code(), exit::DEADLINE, "{e}");
     assert!(r.host.links["trk0"], "the node keeps serving");
-    assert!(
-        r.host.fw.withdrawn_at.is_some(),
-        "new flows withdrawn first"
-    );
+    assert!(r.host.withdrawn_at().is_some(), "new flows withdrawn first");
     assert_no_divert_left(&r, None);
     assert!(r.journal.is_empty());
 }
@@ -234,7 +232,7 @@ fn peer_death_withdraws_within_a_second_and_rolls_back() {
     let r = run(h, policy());
     let e = r.result.as_ref().unwrap_err();
     assert_eq!(e.exit_code(), exit::PEER_LOST, "{e}");
-    let withdrawn = r.host.fw.withdrawn_at.expect("withdrawn");
+    let withdrawn = r.host.withdrawn_at().expect("withdrawn");
     assert!(
         withdrawn >= MS(2000) && withdrawn - MS(2000) <= S(1),
         "withdrawn {withdrawn:?} after death at 2 s"
@@ -263,7 +261,7 @@ fn a_peer_that_is_not_ready_changes_nothing() {
             r.host.call_log()
         );
         assert!(r.journal.is_empty());
-        assert!(!r.host.fw.inner.mangle_table_exists());
+        assert!(!r.host.fw.mangle_table_exists());
     }
 }
 
@@ -327,7 +325,7 @@ fn interrupt_rolls_back_after_the_grace_and_a_second_one_cuts_it_short() {
 fn failed_install_leaves_nothing_behind() {
     let mut h = FakeHost::new();
     let before = with_user_rule(&mut h);
-    h.fw.inner.fail_next(FakeOp::Restore, restore_failure());
+    h.fw.fail_next(FakeOp::Restore, restore_failure());
     let r = run(h, policy());
     let e = r.result.as_ref().unwrap_err();
     assert!(e.to_string().contains("injected"), "{e}");
@@ -339,8 +337,7 @@ fn failed_install_leaves_nothing_behind() {
 #[test]
 fn failed_set_creation_leaves_nothing_behind() {
     let mut h = FakeHost::new();
-    h.fw.inner
-        .fail_next(FakeOp::IpsetRestore, restore_failure());
+    h.fw.fail_next(FakeOp::IpsetRestore, restore_failure());
     let r = run(h, policy());
     assert!(r.result.is_err());
     assert_no_divert_left(&r, None);
@@ -379,9 +376,10 @@ fn leftovers_and_already_drained_are_refused_untouched() {
     assert!(h.call_log().is_empty());
 
     let mut h = FakeHost::new();
-    h.fw.inner
-        .ipset_restore("create DRAIN-80 hash:ip,port,ip family inet maxelem 1024\n")
-        .unwrap();
+    h.fw.without_hooks(|fw| {
+        fw.ipset_restore("create DRAIN-80 hash:ip,port,ip family inet maxelem 1024\n")
+    })
+    .unwrap();
     let r = run(h, policy());
     assert_eq!(r.result.as_ref().unwrap_err().exit_code(), exit::STATE);
     assert!(
@@ -393,7 +391,7 @@ fn leftovers_and_already_drained_are_refused_untouched() {
         r.host.call_log()
     );
     assert_eq!(
-        r.host.fw.inner.sets(),
+        r.host.fw.sets(),
         ["DRAIN-80"],
         "someone else's set is not ours to destroy"
     );
@@ -419,13 +417,11 @@ fn crash_leftovers_are_undone_by_undo_all() {
         .unwrap();
         h.set_link("trk0", false).unwrap();
     }
-    assert!(
-        !plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && !h.fw.inner.sets().is_empty()
-    );
+    assert!(!plan().owned_lines(&h.fw.mangle_text()).is_empty() && !h.fw.sets().is_empty());
     let mut j = Journal::open(&path).unwrap();
     undo_all(&mut h, &mut j, &plan()).unwrap();
-    assert!(plan().owned_lines(&h.fw.inner.mangle_text()).is_empty());
-    assert!(h.fw.inner.sets().is_empty() && !h.fw.inner.mangle_table_exists());
+    assert!(plan().owned_lines(&h.fw.mangle_text()).is_empty());
+    assert!(h.fw.sets().is_empty() && !h.fw.mangle_table_exists());
     assert!(h.links["trk0"]);
     assert!(Journal::open(&path).unwrap().is_empty());
     // Idempotent: a second undo finds nothing to do and succeeds.
@@ -497,16 +493,14 @@ fn undrain_after_a_crash_withdraws_gracefully_then_removes_everything() {
         false,
     )
     .unwrap();
-    let withdrawn = h.fw.withdrawn_at.expect("withdrawn before removal");
+    let withdrawn = h.withdrawn_at().expect("withdrawn before removal");
     assert!(
         h.t() >= withdrawn + S(2),
         "grace kept for flows already at the peer: {:?}",
         h.t()
     );
-    assert!(
-        plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
-    );
-    assert!(!h.fw.inner.mangle_table_exists());
+    assert!(plan().owned_lines(&h.fw.mangle_text()).is_empty() && h.fw.sets().is_empty());
+    assert!(!h.fw.mangle_table_exists());
     assert!(j.is_empty());
     assert!(matches!(events.first(), Some(Event::Withdrawn { .. })));
 }
@@ -527,9 +521,7 @@ fn undrain_without_a_journal_still_removes_our_names_and_brings_the_link_up() {
         false,
     )
     .unwrap();
-    assert!(
-        plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
-    );
+    assert!(plan().owned_lines(&h.fw.mangle_text()).is_empty() && h.fw.sets().is_empty());
     assert!(h.links["trk0"]);
     // Nothing installed, nothing recorded: undrain is a no-op that succeeds.
     let calls = h.call_log().len();
@@ -709,7 +701,7 @@ fn undrain_after_a_crash_past_the_trigger_keeps_diverting_until_the_peer_owns_th
     )
     .unwrap();
     assert_eq!(
-        h.fw.withdrawn_at,
+        h.withdrawn_at(),
         None,
         "withdrawn while the VIP moved: {:?}",
         h.call_log()
@@ -719,9 +711,7 @@ fn undrain_after_a_crash_past_the_trigger_keeps_diverting_until_the_peer_owns_th
         "removed at {:?}, before the peer owned the VIP ({owned_at:?}) + post_wait",
         h.t()
     );
-    assert!(
-        plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
-    );
+    assert!(plan().owned_lines(&h.fw.mangle_text()).is_empty() && h.fw.sets().is_empty());
     assert!(j.is_empty());
     assert!(h.links["trk0"]);
 }
@@ -768,7 +758,7 @@ fn the_record_grows_ahead_of_a_high_rate_and_records_every_flow() {
     )));
     assert_eq!(rep.unrecorded_syns, 0, "{rep:?}");
     assert_eq!(rep.sealed_drops, 0);
-    let syns = r.host.fw.inner.syns_played(80);
+    let syns = r.host.fw.syns_played(80);
     assert!(syns > 80_000, "{syns}");
     assert_eq!(rep.diverted_flows, syns, "every SYN recorded");
     assert!(!r
@@ -790,7 +780,7 @@ fn a_full_record_is_reported_served_locally_then_dropped_after_the_seal() {
     h.conns = vec![conn(Some(2000), false)];
     let r = run_plan(h, policy(), &plan_with_capacity(1024));
     let rep = r.result.as_ref().unwrap();
-    let syns = r.host.fw.inner.syns_played(80);
+    let syns = r.host.fw.syns_played(80);
     assert_eq!(rep.diverted_flows, 1024);
     assert_eq!(rep.unrecorded_syns, syns - 1024, "counted exactly: {rep:?}");
     assert!(
@@ -834,7 +824,7 @@ fn a_failed_seal_rolls_back() {
     let mut h = FakeHost::new();
     h.conns = vec![conn(Some(300), false)];
     // Install's transaction succeeds, the seal's fails.
-    h.fw.inner.fail_later(FakeOp::Restore, 1, restore_failure());
+    h.fw.fail_later(FakeOp::Restore, 1, restore_failure());
     let r = run(h, policy());
     assert!(matches!(r.result, Err(OpError::Host(_))), "{:?}", r.result);
     assert!(r.host.links["trk0"], "never failed over");
@@ -871,13 +861,13 @@ fn a_journal_that_cannot_record_the_failover_rolls_back_with_the_grace() {
     assert_eq!(e.exit_code(), exit::ENVIRONMENT, "{e}");
     assert!(h.links["trk0"], "failed over without a journal entry");
     assert!(!h.call_log().iter().any(|c| c.starts_with("link trk0 down")));
-    let withdrawn = h.fw.withdrawn_at.expect("the divert was withdrawn first");
+    let withdrawn = h.withdrawn_at().expect("the divert was withdrawn first");
     assert!(
         h.t() >= withdrawn + policy().rollback_grace,
         "removed {:?} after the withdrawal, before the grace",
         h.t() - withdrawn
     );
-    let fw = &h.fw.inner;
+    let fw = &h.fw;
     assert!(plan().owned_lines(&fw.mangle_text()).is_empty());
     assert!(fw.sets().is_empty(), "sets left: {:?}", fw.sets());
     assert!(!fw.mangle_table_exists(), "mangle table not dropped");
@@ -904,7 +894,7 @@ fn undo_all_undoes_every_change_when_the_journal_cannot_be_rewritten() {
     let e = crate::ops::undo::undo_all(&mut h, &mut j, &plan()).unwrap_err();
     assert!(matches!(e, OpError::Journal(_)), "{e:?}");
     assert!(h.links["trk0"]);
-    let fw = &h.fw.inner;
+    let fw = &h.fw;
     assert!(
         plan().owned_lines(&fw.mangle_text()).is_empty(),
         "divert left: {}",
@@ -935,7 +925,7 @@ fn the_vip_moving_away_mid_drain_finishes_the_drain_and_says_connections_were_cu
         moved.saturating_sub(S(2))
     );
     assert!(!r.host.links["trk0"], "stays out of service");
-    assert!(r.host.fw.withdrawn_at.is_none(), "not rolled back");
+    assert!(r.host.withdrawn_at().is_none(), "not rolled back");
     assert!(r.events.iter().any(|e| matches!(e, Event::CleanedUp)));
     assert_no_divert_left(&r, None);
 }

@@ -327,7 +327,7 @@ fn fail_back_here_drains_this_node_the_way_asked_and_brings_it_back_as_backup() 
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
         let mut h = FakeHost::new();
-        let mangle_before = h.fw.inner.mangle_text();
+        let mangle_before = h.fw.mangle_text();
         let line = maintenance::fail_back_here(&cfg, &state, &mut h, mode)
             .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
         assert!(!line.is_empty());
@@ -340,7 +340,7 @@ fn fail_back_here_drains_this_node_the_way_asked_and_brings_it_back_as_backup() 
         assert!(h.links["trk0"], "{mode:?}");
         let handed_off = log.iter().any(|c| c == "peer-agent begin");
         assert_eq!(handed_off, mode == DrainMode::Handoff, "{mode:?}: {log:?}");
-        assert_eq!(h.fw.inner.mangle_text(), mangle_before, "{mode:?}");
+        assert_eq!(h.fw.mangle_text(), mangle_before, "{mode:?}");
         assert!(state.drain_journal().unwrap().is_empty(), "{mode:?}");
         assert_eq!(state.lock_holder(), None);
     }

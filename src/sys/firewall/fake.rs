@@ -62,6 +62,32 @@ pub struct FakeFirewall {
     failures: BTreeMap<FakeOp, VecDeque<Option<FirewallError>>>,
     state: FakeState,
     syns_played: BTreeMap<u16, u64>,
+    hooks: Hooks,
+}
+
+/// When a [`Hook`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookAt {
+    /// Before the operation, before an injected failure is looked at; an error fails the call.
+    Before,
+    /// After the operation succeeded; an error fails the call (what it did stays done).
+    After,
+}
+
+/// A test's code around an operation of the fake: it gets the fake (calls it makes run without
+/// hooks, and are recorded like any other), the operation, and the text it applies (`""` for
+/// those that apply none). A test double that must act between two calls (another tool racing
+/// the agent, a clock that moves with each transaction) is a hook, not a wrapper re-delegating
+/// every [`Firewall`] method.
+pub type Hook = Box<dyn FnMut(&mut FakeFirewall, FakeOp, &str) -> Result<(), FirewallError>>;
+
+#[derive(Default)]
+struct Hooks(Vec<(HookAt, Hook)>);
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} hook(s)", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -114,6 +140,50 @@ impl FakeFirewall {
         queue.extend(std::iter::repeat_with(|| None).take(skip));
         queue.push_back(Some(error));
         self
+    }
+
+    /// Runs `hook` at `at` of every call (in the order the hooks were added).
+    pub fn hook(
+        &mut self,
+        at: HookAt,
+        hook: impl FnMut(&mut FakeFirewall, FakeOp, &str) -> Result<(), FirewallError> + 'static,
+    ) -> &mut Self {
+        self.hooks.0.push((at, Box::new(hook)));
+        self
+    }
+
+    /// Runs `f` on this fake with no hook running: what another tool does to the firewall, as
+    /// opposed to the calls under test.
+    pub fn without_hooks<T>(&mut self, f: impl FnOnce(&mut FakeFirewall) -> T) -> T {
+        let hooks = std::mem::take(&mut self.hooks.0);
+        let out = f(self);
+        let added = std::mem::replace(&mut self.hooks.0, hooks);
+        self.hooks.0.extend(added);
+        out
+    }
+
+    fn run_hooks(&mut self, at: HookAt, op: FakeOp, text: &str) -> Result<(), FirewallError> {
+        // Taken out while they run, so that the calls a hook makes do not run hooks again.
+        let mut hooks = std::mem::take(&mut self.hooks.0);
+        let ran = hooks
+            .iter_mut()
+            .filter(|(when, _)| *when == at)
+            .try_for_each(|(_, hook)| hook(self, op, text));
+        hooks.append(&mut self.hooks.0);
+        self.hooks.0 = hooks;
+        ran
+    }
+
+    fn hooked<T>(
+        &mut self,
+        op: FakeOp,
+        text: &str,
+        call: impl FnOnce(&mut Self) -> Result<T, FirewallError>,
+    ) -> Result<T, FirewallError> {
+        self.run_hooks(HookAt::Before, op, text)?;
+        let out = call(self)?;
+        self.run_hooks(HookAt::After, op, text)?;
+        Ok(out)
     }
 
     /// SYNs played to `port` so far ([`FakeFirewall::syns`]).
@@ -392,6 +462,51 @@ impl FakeState {
 
 impl Firewall for FakeFirewall {
     fn restore(&mut self, text: &str) -> Result<(), FirewallError> {
+        self.hooked(FakeOp::Restore, text, |fw| fw.restore_unhooked(text))
+    }
+
+    fn save_mangle(&mut self) -> Result<String, FirewallError> {
+        self.hooked(FakeOp::SaveMangle, "", |fw| fw.save_mangle_unhooked())
+    }
+
+    fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
+        self.hooked(FakeOp::IpsetRestore, text, |fw| {
+            fw.ipset_restore_unhooked(text)
+        })
+    }
+
+    fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
+        self.hooked(FakeOp::IpsetNames, "", |fw| fw.ipset_names_unhooked())
+    }
+
+    fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
+        self.hooked(FakeOp::IpsetListTerse, "", |fw| {
+            fw.ipset_list_terse_unhooked()
+        })
+    }
+
+    fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
+        self.hooked(FakeOp::SaveMangleCounters, "", |fw| {
+            fw.save_mangle_counters_unhooked()
+        })
+    }
+
+    fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
+        self.hooked(FakeOp::MangleTablePresent, "", |fw| {
+            fw.mangle_table_present_unhooked()
+        })
+    }
+
+    fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {
+        self.hooked(FakeOp::DropMangleTableIfEmpty, "", |fw| {
+            fw.drop_mangle_table_if_empty_unhooked()
+        })
+    }
+}
+
+/// The operations themselves, without hooks.
+impl FakeFirewall {
+    fn restore_unhooked(&mut self, text: &str) -> Result<(), FirewallError> {
         self.begin(FakeOp::Restore, FirewallCall::Restore(text.to_string()))?;
         let mut next = self.state.clone();
         let mut in_mangle = false;
@@ -419,12 +534,12 @@ impl Firewall for FakeFirewall {
         Ok(())
     }
 
-    fn save_mangle(&mut self) -> Result<String, FirewallError> {
+    fn save_mangle_unhooked(&mut self) -> Result<String, FirewallError> {
         self.begin(FakeOp::SaveMangle, FirewallCall::SaveMangle)?;
         Ok(self.mangle_text())
     }
 
-    fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
+    fn ipset_restore_unhooked(&mut self, text: &str) -> Result<(), FirewallError> {
         self.begin(
             FakeOp::IpsetRestore,
             FirewallCall::IpsetRestore(text.to_string()),
@@ -505,17 +620,17 @@ impl Firewall for FakeFirewall {
         Ok(())
     }
 
-    fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
+    fn ipset_names_unhooked(&mut self) -> Result<Vec<String>, FirewallError> {
         self.begin(FakeOp::IpsetNames, FirewallCall::IpsetNames)?;
         Ok(self.state.sets.clone())
     }
 
-    fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
+    fn ipset_list_terse_unhooked(&mut self) -> Result<String, FirewallError> {
         self.begin(FakeOp::IpsetListTerse, FirewallCall::IpsetListTerse)?;
         Ok(self.ipset_terse_text())
     }
 
-    fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
+    fn save_mangle_counters_unhooked(&mut self) -> Result<String, FirewallError> {
         self.begin(FakeOp::SaveMangleCounters, FirewallCall::SaveMangleCounters)?;
         Ok(self
             .mangle_text()
@@ -528,12 +643,12 @@ impl Firewall for FakeFirewall {
             .collect())
     }
 
-    fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
+    fn mangle_table_present_unhooked(&mut self) -> Result<bool, FirewallError> {
         self.begin(FakeOp::MangleTablePresent, FirewallCall::MangleTablePresent)?;
         Ok(self.state.table_present)
     }
 
-    fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {
+    fn drop_mangle_table_if_empty_unhooked(&mut self) -> Result<bool, FirewallError> {
         self.begin(
             FakeOp::DropMangleTableIfEmpty,
             FirewallCall::DropMangleTableIfEmpty,
