@@ -1,10 +1,14 @@
 //! The drain cycle as a state machine over a [`Host`]: preflight → divert → watch → seal → fail
-//! over → clean up, with rollback on every abort path. Everything the cycle does to the host goes
-//! through the `Host` trait, so the whole machine is unit-tested against a scripted fake world
-//! (connections that close, a peer that dies, keepalived that moves the VIP) without root.
+//! over → clean up, with rollback on every abort path; [`run`] chooses it or the hand-off
+//! ([`super::handoff`]). The steps it shares with the hand-off and maintenance are in the cycle
+//! module; this file holds the plain drain's sequence and its wait (`watch`). Everything the
+//! cycle does to the host goes through the `Host` trait, so the whole machine is unit-tested
+//! against a scripted fake world (connections that close, a peer that dies, keepalived that
+//! moves the VIP) without root.
 //!
-//! Every host change is recorded in the [`Journal`] before it is made; undo is idempotent and is
-//! the same code whether it runs at the end of a drain, on rollback, or after a crash (`undrain`).
+//! Every host change is recorded in the [`crate::journal::Journal`] before it is made; undo is
+//! idempotent and is the same code whether it runs at the end of a drain, on rollback, or after
+//! a crash (`undrain`).
 
 use serde::{Deserialize, Serialize};
 

@@ -8,6 +8,9 @@ use serde::Serialize;
 
 use super::divert;
 use super::protocol::{format_mac, parse_mac, PeerReply, VipPorts};
+// The requests the answers below name in their docs.
+#[cfg(doc)]
+use super::protocol::PeerRequest;
 use super::record::RecordKeeper;
 use super::{Host, HostError, OpError, PeerAnswer, MIN_SLEEP};
 use crate::config::Config;
