@@ -82,36 +82,28 @@ pub fn run(g: &GlobalOpts, a: &MaintenanceArgs) -> Result<(), Failure> {
             let cfg = common::load_config(g)?;
             let (state, mut host) = crate::wiring::open(&cfg, common::install_signal_handlers())?;
             let out = Output::live(g.json);
-            let by = format!("{} (local)", req.by);
-            let done = maintenance::on(
-                &cfg,
-                &state,
-                &mut *host,
-                &req.reason,
-                &by,
-                &req.drain,
-                &mut |e| out.event(&e),
-            )?;
+            let req = MaintenanceRequest {
+                by: format!("{} (local)", req.by),
+                ..req
+            };
+            let done = maintenance::on(&cfg, &state, &mut *host, &req, &mut |e| out.event(&e))?;
             out.result(&done, &done.summary());
             Ok(())
         }
         What::Off(off) => {
-            let opts = UndrainOptions {
-                keep_link_down: off.keep_link_down,
-            };
             let req = MaintenanceOffRequest {
-                undrain: opts.clone(),
+                undrain: UndrainOptions {
+                    keep_link_down: off.keep_link_down,
+                },
                 failback: off.failback,
             };
-            if let Some(done) = common::forward(g, &Request::MaintenanceOff(req))? {
+            if let Some(done) = common::forward(g, &Request::MaintenanceOff(req.clone()))? {
                 return done;
             }
             let cfg = common::load_config(g)?;
             let (state, mut host) = crate::wiring::open(&cfg, common::install_signal_handlers())?;
             let out = Output::live(g.json);
-            let done = maintenance::off(&cfg, &state, &mut *host, &opts, off.failback, &mut |e| {
-                out.event(&e)
-            })?;
+            let done = maintenance::off(&cfg, &state, &mut *host, &req, &mut |e| out.event(&e))?;
             out.result(&done, &done.summary());
             Ok(())
         }

@@ -43,6 +43,7 @@ use tokio::task::JoinSet;
 
 use crate::ops::drain::DrainOptions;
 use crate::ops::exit;
+pub use crate::ops::maintenance::{MaintenanceOffRequest, MaintenanceRequest};
 use crate::ops::undrain::UndrainOptions;
 
 /// Where the daemon listens: in its systemd `RuntimeDirectory` (mode 0700).
@@ -161,30 +162,6 @@ pub enum Request {
     /// End maintenance: undrain and clear the record.
     #[serde(rename = "maintenance-off")]
     MaintenanceOff(MaintenanceOffRequest),
-}
-
-/// `maintenance off`'s arguments.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct MaintenanceOffRequest {
-    /// The undrain's options.
-    #[serde(flatten)]
-    pub undrain: UndrainOptions,
-    /// Then ask the peer to drain itself, so the VIPs come back here.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub failback: bool,
-}
-
-/// `maintenance on`'s arguments.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MaintenanceRequest {
-    /// Why.
-    pub reason: String,
-    /// Who asked (the daemon adds the connection's uid).
-    pub by: String,
-    /// The drain's overrides.
-    #[serde(default)]
-    pub drain: DrainOptions,
 }
 
 impl Request {

@@ -417,11 +417,12 @@ impl Handler for Daemon {
                     |u| u.summary(),
                 ),
                 Request::MaintenanceOn(m) => {
-                    let by = format!("{} (uid {} over the control socket)", m.by, peer.uid);
+                    let m = ops::maintenance::MaintenanceRequest {
+                        by: format!("{} (uid {} over the control socket)", m.by, peer.uid),
+                        ..m
+                    };
                     self.metrics.drain_started(m.drain.apply(cfg).drain.mode);
-                    let r = ops::maintenance::on(
-                        cfg, &state, &mut *host, &m.reason, &by, &m.drain, &mut emit,
-                    );
+                    let r = ops::maintenance::on(cfg, &state, &mut *host, &m, &mut emit);
                     match &r {
                         Ok(on) => match &on.drain {
                             Some(d) => self.metrics.drain_finished(&Ok(d.clone())),
@@ -434,14 +435,7 @@ impl Handler for Daemon {
                     outcome(r, |o| o.summary())
                 }
                 Request::MaintenanceOff(off) => outcome(
-                    ops::maintenance::off(
-                        cfg,
-                        &state,
-                        &mut *host,
-                        &off.undrain,
-                        off.failback,
-                        &mut emit,
-                    ),
+                    ops::maintenance::off(cfg, &state, &mut *host, &off, &mut emit),
                     |o| o.summary(),
                 ),
             },

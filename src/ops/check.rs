@@ -54,31 +54,30 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    fn push(
-        &mut self,
-        check: &'static str,
-        ok: bool,
-        warning: bool,
-        detail: String,
-        code: Option<u8>,
-    ) {
-        self.checks.push(CheckRow {
+    fn push(&mut self, row: CheckRow) {
+        self.checks.push(row);
+        self.ok = self.checks.iter().all(|r| r.ok);
+    }
+    fn row(check: &'static str, ok: bool, warning: bool, detail: String) -> CheckRow {
+        CheckRow {
             check,
             ok,
             warning,
             detail,
-            exit_code: code,
-        });
-        self.ok = self.checks.iter().all(|r| r.ok);
+            exit_code: None,
+        }
     }
     fn pass(&mut self, check: &'static str, detail: impl Into<String>) {
-        self.push(check, true, false, detail.into(), None);
+        self.push(Self::row(check, true, false, detail.into()));
     }
     fn warn(&mut self, check: &'static str, detail: impl Into<String>) {
-        self.push(check, true, true, detail.into(), None);
+        self.push(Self::row(check, true, true, detail.into()));
     }
     fn fail(&mut self, check: &'static str, code: u8, detail: impl Into<String>) {
-        self.push(check, false, false, detail.into(), Some(code));
+        self.push(CheckRow {
+            exit_code: Some(code),
+            ..Self::row(check, false, false, detail.into())
+        });
     }
 
     /// A report whose only row says the host could not be opened.

@@ -261,7 +261,7 @@ fn failed_line(e: &DivertError) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::sys::firewall::{FakeFirewall, FakeOp, FirewallCall};
+    use crate::sys::firewall::{FakeFirewall, FakeOp, FirewallCall, HookAt};
     use crate::sys::process::ProcessError;
 
     const CONFIG: &str = "\
@@ -429,52 +429,19 @@ tracked_interface: trk0
 
     #[test]
     fn partially_created_sets_are_undone_but_a_foreign_one_is_kept() {
-        // A set with one of our names appears between the conflict check and its creation.
-        let mut racing = RaceOnCreate {
-            inner: FakeFirewall::new(),
-            foreign: "DRAIN-7".into(),
-        };
-        let err = install(&mut racing, &plan()).unwrap_err();
-        assert!(err.to_string().contains("already exists"), "{err}");
-        assert_eq!(racing.inner.sets(), ["DRAIN-7"]);
-        assert!(!racing.inner.mangle_table_exists());
-    }
-
-    /// Creates a foreign set with one of our names just before our `ipset restore` runs.
-    struct RaceOnCreate {
-        inner: FakeFirewall,
-        foreign: String,
-    }
-
-    impl Firewall for RaceOnCreate {
-        fn restore(&mut self, text: &str) -> Result<(), FirewallError> {
-            self.inner.restore(text)
-        }
-        fn save_mangle(&mut self) -> Result<String, FirewallError> {
-            self.inner.save_mangle()
-        }
-        fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
-            if text.contains(&format!("create {} ", self.foreign)) {
-                self.inner
-                    .ipset_restore(&format!("create {} hash:ip\n", self.foreign))?;
+        // A set with one of our names appears between the conflict check and its creation:
+        // another tool creates it just before our `ipset restore` runs.
+        let mut fw = FakeFirewall::new();
+        fw.hook(HookAt::Before, |fw, op, text| {
+            if op == FakeOp::IpsetRestore && text.contains("create DRAIN-7 ") {
+                fw.ipset_restore("create DRAIN-7 hash:ip\n")?;
             }
-            self.inner.ipset_restore(text)
-        }
-        fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
-            self.inner.ipset_names()
-        }
-        fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
-            self.inner.ipset_list_terse()
-        }
-        fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
-            self.inner.save_mangle_counters()
-        }
-        fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
-            self.inner.mangle_table_present()
-        }
-        fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {
-            self.inner.drop_mangle_table_if_empty()
-        }
+            Ok(())
+        });
+        let err = install(&mut fw, &plan()).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(fw.sets(), ["DRAIN-7"]);
+        assert!(!fw.mangle_table_exists());
     }
 
     #[test]
@@ -482,50 +449,21 @@ tracked_interface: trk0
         let p = plan();
         // The rules were applied, then found wrong: the undo also takes back the table the
         // install created, and only that one.
-        for (fw, table_before) in [(FakeFirewall::new(), false), (with_user_rule(), true)] {
+        for (mut fw, table_before) in [(FakeFirewall::new(), false), (with_user_rule(), true)] {
             let before = fw.mangle_text();
-            let mut tampering = TamperAfterInstall(fw);
-            let err = install(&mut tampering, &p).unwrap_err();
+            // Another tool adds a rule to our entry chain right after our transaction.
+            fw.hook(HookAt::After, |fw, op, text| {
+                if op == FakeOp::Restore && text.contains("-I PREROUTING") {
+                    fw.restore("*mangle\n-A DRAIN-PRE -j ACCEPT\nCOMMIT\n")?;
+                }
+                Ok(())
+            });
+            let err = install(&mut fw, &p).unwrap_err();
             assert!(matches!(err, DivertError::ReadBack { .. }), "{err}");
-            assert!(tampering.0.sets().is_empty());
-            assert!(p.owned_lines(&tampering.0.mangle_text()).is_empty());
-            assert_eq!(tampering.0.mangle_table_exists(), table_before);
-            assert_eq!(tampering.0.mangle_text(), before);
-        }
-    }
-
-    /// Another tool adds a rule to our entry chain right after our transaction.
-    struct TamperAfterInstall(FakeFirewall);
-
-    impl Firewall for TamperAfterInstall {
-        fn restore(&mut self, text: &str) -> Result<(), FirewallError> {
-            self.0.restore(text)?;
-            if text.contains("-I PREROUTING") {
-                self.0
-                    .restore("*mangle\n-A DRAIN-PRE -j ACCEPT\nCOMMIT\n")?;
-            }
-            Ok(())
-        }
-        fn save_mangle(&mut self) -> Result<String, FirewallError> {
-            self.0.save_mangle()
-        }
-        fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
-            self.0.ipset_restore(text)
-        }
-        fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
-            self.0.ipset_names()
-        }
-        fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
-            self.0.ipset_list_terse()
-        }
-        fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
-            self.0.save_mangle_counters()
-        }
-        fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
-            self.0.mangle_table_present()
-        }
-        fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {
-            self.0.drop_mangle_table_if_empty()
+            assert!(fw.sets().is_empty());
+            assert!(p.owned_lines(&fw.mangle_text()).is_empty());
+            assert_eq!(fw.mangle_table_exists(), table_before);
+            assert_eq!(fw.mangle_text(), before);
         }
     }
 

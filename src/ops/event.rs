@@ -2,6 +2,7 @@
 //! lines) and the typed results.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -265,4 +266,9 @@ pub fn stamped(e: &Event) -> Stamped<'_> {
         ts_ms,
         mono_ns,
     }
+}
+
+/// Milliseconds of a duration, as the reports and events give them.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

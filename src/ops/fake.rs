@@ -1,18 +1,21 @@
 //! A scripted fake world for the drain state machine: a clock that only moves when the machine
 //! sleeps, connections that close at given times, a peer that may die, keepalived that moves the
 //! VIP some time after the tracked interface goes down, and the firewall module's stateful fake
-//! (wrapped so the test knows *when* the divert was withdrawn). It records every call.
+//! (hooked so the test knows *when* the divert was withdrawn). It records every call.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
+use super::{
+    Clock, HostError, HostErrorKind, Interfaces, KeepalivedTrack, Netfilter, PeerAgent, PeerAnswer,
+    PeerProbe, SocketCount, Sockets, Sysctl, Tools,
+};
 use crate::config::Config;
-use crate::sys::firewall::{FakeFirewall, Firewall, FirewallError};
+use crate::sys::firewall::{FakeFirewall, FakeOp, Firewall, HookAt};
 
 /// The test node's configuration: VIP 198.18.0.100 on `ports` (e.g. `"80, 7"`), ingress eth0,
 /// peer 198.18.0.12, tracked interface trk0, then `more` (further YAML sections, or "").
@@ -26,69 +29,41 @@ pub fn test_config(ports: &str, more: &str) -> Config {
     .unwrap()
 }
 
-/// The firewall fake, stamped with the fake clock.
-#[derive(Debug)]
-pub struct TimedFirewall {
-    pub inner: FakeFirewall,
-    clock: Rc<Cell<Duration>>,
-    /// Calls as `t op`, for ordering assertions.
-    pub log: Rc<std::cell::RefCell<Vec<String>>>,
-    /// When a restore with `--del-set` (the withdraw) was applied.
-    pub withdrawn_at: Option<Duration>,
-}
-
-impl TimedFirewall {
-    fn note(&self, what: &str) {
-        self.log.borrow_mut().push(what.to_string());
-    }
-}
-
-impl Firewall for TimedFirewall {
-    fn restore(&mut self, text: &str) -> Result<(), FirewallError> {
-        let what = if text.contains("--del-set") {
-            "restore withdraw"
-        } else if text.contains("-X ") {
-            "restore remove"
-        } else if text.contains("-I PREROUTING") {
-            "restore install"
-        } else {
-            "restore seal"
+/// The firewall fake, stamped with the fake clock: each call the test orders is noted in `log`
+/// (`restore install`, `ipset create`, …), a restore takes 5 ms, and `withdrawn` is set when
+/// the withdraw was applied.
+fn timed_firewall(
+    clock: &Rc<Cell<Duration>>,
+    log: &Rc<RefCell<Vec<String>>>,
+    withdrawn: &Rc<Cell<Option<Duration>>>,
+) -> FakeFirewall {
+    let mut fw = FakeFirewall::new();
+    let (clock, log, before_clock) = (clock.clone(), log.clone(), clock.clone());
+    fw.hook(HookAt::Before, move |_, op, text| {
+        let what = match op {
+            FakeOp::Restore if text.contains("--del-set") => "restore withdraw",
+            FakeOp::Restore if text.contains("-X ") => "restore remove",
+            FakeOp::Restore if text.contains("-I PREROUTING") => "restore install",
+            FakeOp::Restore => "restore seal",
+            FakeOp::IpsetRestore if text.starts_with("create") => "ipset create",
+            FakeOp::IpsetRestore => "ipset destroy",
+            FakeOp::DropMangleTableIfEmpty => "drop mangle",
+            _ => return Ok(()),
         };
-        self.note(what);
-        self.clock.set(self.clock.get() + Duration::from_millis(5));
-        self.inner.restore(text)?;
-        if text.contains("--del-set") {
-            self.withdrawn_at = Some(self.clock.get());
+        log.borrow_mut().push(what.to_string());
+        if op == FakeOp::Restore {
+            before_clock.set(before_clock.get() + Duration::from_millis(5));
         }
         Ok(())
-    }
-    fn save_mangle(&mut self) -> Result<String, FirewallError> {
-        self.inner.save_mangle()
-    }
-    fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
-        self.inner.save_mangle_counters()
-    }
-    fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
-        self.note(if text.starts_with("create") {
-            "ipset create"
-        } else {
-            "ipset destroy"
-        });
-        self.inner.ipset_restore(text)
-    }
-    fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
-        self.inner.ipset_names()
-    }
-    fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
-        self.inner.ipset_list_terse()
-    }
-    fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
-        self.inner.mangle_table_present()
-    }
-    fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {
-        self.note("drop mangle");
-        self.inner.drop_mangle_table_if_empty()
-    }
+    });
+    let withdrawn = withdrawn.clone();
+    fw.hook(HookAt::After, move |_, op, text| {
+        if op == FakeOp::Restore && text.contains("--del-set") {
+            withdrawn.set(Some(clock.get()));
+        }
+        Ok(())
+    });
+    fw
 }
 
 /// A connection on the VIP ports.
@@ -106,7 +81,10 @@ pub struct FakeHost {
     pub clock: Rc<Cell<Duration>>,
     pub calls: Rc<std::cell::RefCell<Vec<String>>>,
     stamps: std::cell::RefCell<Vec<(Duration, String)>>,
-    pub fw: TimedFirewall,
+    /// The firewall module's fake, hooked so that each transaction takes 5 ms of the fake clock
+    /// and the call log shows what it did, in order with the host's calls.
+    pub fw: FakeFirewall,
+    withdrawn: Rc<Cell<Option<Duration>>>,
     pub conns: Vec<Conn>,
     pub peer_dies_at: Option<Duration>,
     pub peer_refuses: bool,
@@ -156,13 +134,10 @@ impl FakeHost {
     pub fn new() -> FakeHost {
         let clock = Rc::new(Cell::new(Duration::ZERO));
         let calls = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let withdrawn = Rc::new(Cell::new(None));
         FakeHost {
-            fw: TimedFirewall {
-                inner: FakeFirewall::new(),
-                clock: clock.clone(),
-                log: calls.clone(),
-                withdrawn_at: None,
-            },
+            fw: timed_firewall(&clock, &calls, &withdrawn),
+            withdrawn,
             clock,
             calls,
             stamps: Default::default(),
@@ -211,6 +186,17 @@ impl FakeHost {
                     .is_some_and(|d| self.t() >= d + self.failover_delay)
     }
 
+    /// The fake wall clock (seconds since the epoch). Inherent as well as [`Clock::unix_now`],
+    /// so a test elsewhere reads it without importing the capability.
+    pub fn unix_now(&self) -> u64 {
+        1_800_000_000 + self.t().as_secs()
+    }
+
+    /// When a restore with `--del-set` (the withdraw) was applied.
+    pub fn withdrawn_at(&self) -> Option<Duration> {
+        self.withdrawn.get()
+    }
+
     /// Current fake time.
     pub fn t(&self) -> Duration {
         self.clock.get()
@@ -227,7 +213,7 @@ impl FakeHost {
         let n = self.syn_debt.floor();
         if n >= 1.0 {
             self.syn_debt -= n;
-            self.fw.inner.syns(80, n as u64);
+            self.fw.syns(80, n as u64);
         }
     }
 
@@ -261,7 +247,7 @@ impl FakeHost {
     }
 }
 
-impl Host for FakeHost {
+impl Clock for FakeHost {
     fn now(&self) -> Duration {
         self.t()
     }
@@ -274,9 +260,12 @@ impl Host for FakeHost {
             .filter(|t| self.t() >= **t)
             .count() as u32
     }
-    fn firewall(&mut self) -> &mut dyn Firewall {
-        &mut self.fw
+    fn unix_now(&self) -> u64 {
+        FakeHost::unix_now(self)
     }
+}
+
+impl Interfaces for FakeHost {
     fn link_up(&mut self, ifname: &str) -> Result<bool, HostError> {
         self.links.get(ifname).copied().ok_or(HostError {
             op: format!("link {ifname}"),
@@ -294,6 +283,19 @@ impl Host for FakeHost {
     fn vip_local(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
         Ok(vip == self.vip && self.vip_local_initially && !self.failed_over())
     }
+    fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError> {
+        self.call(format!("route {vip} {present}"));
+        self.fail("route")?;
+        if present {
+            self.routes.insert(vip);
+        } else {
+            self.routes.remove(&vip);
+        }
+        Ok(())
+    }
+}
+
+impl PeerProbe for FakeHost {
     fn peer_owns(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
         Ok(vip == self.vip && self.peer_alive() && self.failed_over())
     }
@@ -310,6 +312,12 @@ impl Host for FakeHost {
             PeerAnswer::Accepted { rtt_ms: 0.3 }
         })
     }
+    fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError> {
+        Ok(self.peer_alive().then_some([2, 0, 0x5e, 0x10, 0, 12]))
+    }
+}
+
+impl Sockets for FakeHost {
     fn count(&mut self) -> Result<SocketCount, HostError> {
         let open: Vec<&Conn> = self
             .conns
@@ -325,16 +333,25 @@ impl Host for FakeHost {
                 .collect(),
         })
     }
-    fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError> {
-        self.call(format!("route {vip} {present}"));
-        self.fail("route")?;
-        if present {
-            self.routes.insert(vip);
-        } else {
-            self.routes.remove(&vip);
-        }
+    fn passive_opens(&mut self) -> Result<u64, HostError> {
+        // The rate arrives in steps of the clock, like the SYNs the firewall fake plays.
+        Ok((self.syn_rate * self.t().as_secs_f64()) as u64)
+    }
+}
+
+impl Sysctl for FakeHost {
+    fn sysctl_read(&mut self, key: &str) -> Result<String, HostError> {
+        Ok(self.sysctls.get(key).cloned().unwrap_or_else(|| "0".into()))
+    }
+    fn sysctl_write(&mut self, key: &str, value: &str) -> Result<(), HostError> {
+        self.call(format!("sysctl {key}={value}"));
+        self.fail("sysctl")?;
+        self.sysctls.insert(key.to_string(), value.to_string());
         Ok(())
     }
+}
+
+impl KeepalivedTrack for FakeHost {
     fn write_track_file(&mut self, path: &std::path::Path, value: i32) -> Result<(), HostError> {
         self.call(format!("track {} {value}", path.display()));
         self.fail("track")?;
@@ -348,32 +365,27 @@ impl Host for FakeHost {
     fn read_track_file(&mut self, path: &std::path::Path) -> Result<Option<i32>, HostError> {
         Ok(self.track.get(path).copied())
     }
-    fn sysctl_read(&mut self, key: &str) -> Result<String, HostError> {
-        Ok(self.sysctls.get(key).cloned().unwrap_or_else(|| "0".into()))
-    }
-    fn sysctl_write(&mut self, key: &str, value: &str) -> Result<(), HostError> {
-        self.call(format!("sysctl {key}={value}"));
-        self.fail("sysctl")?;
-        self.sysctls.insert(key.to_string(), value.to_string());
-        Ok(())
-    }
+}
 
+impl Tools for FakeHost {
     fn has_net_admin(&self) -> bool {
         !self.unprivileged
     }
     fn find_tool(&self, bin: &str) -> Option<std::path::PathBuf> {
         (!self.missing_tools.iter().any(|t| t == bin)).then(|| format!("/usr/sbin/{bin}").into())
     }
-    fn passive_opens(&mut self) -> Result<u64, HostError> {
-        // The rate arrives in steps of the clock, like the SYNs the firewall fake plays.
-        Ok((self.syn_rate * self.t().as_secs_f64()) as u64)
+}
+
+impl Netfilter for FakeHost {
+    fn firewall(&mut self) -> &mut dyn Firewall {
+        &mut self.fw
     }
     fn test_divert(&mut self, _sets: &str, _rules: &str) -> super::DivertTest {
         self.divert_test.clone()
     }
-    fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError> {
-        Ok(self.peer_alive().then_some([2, 0, 0x5e, 0x10, 0, 12]))
-    }
+}
+
+impl PeerAgent for FakeHost {
     fn peer_agent(
         &mut self,
         req: &super::handoff::PeerRequest,
@@ -408,8 +420,5 @@ impl Host for FakeHost {
                 detail: format!("{op} done"),
             },
         })
-    }
-    fn unix_now(&self) -> u64 {
-        1_800_000_000 + self.t().as_secs()
     }
 }

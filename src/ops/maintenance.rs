@@ -8,7 +8,7 @@
 //! daemon, which starts before keepalived, puts the failover trigger back ([`reassert`]), so the
 //! node does not quietly take the VIP back, and `status` says what happened.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::drain::{self, DrainOptions};
 use super::undrain::{self, UndrainOptions, Undrained};
@@ -17,6 +17,30 @@ use crate::config::Config;
 use crate::journal::{Change, StateDir};
 
 pub use crate::journal::Maintenance;
+
+/// `maintenance off`'s arguments.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MaintenanceOffRequest {
+    /// The undrain's options.
+    #[serde(flatten)]
+    pub undrain: UndrainOptions,
+    /// Then ask the peer to drain itself, so the VIPs come back here.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failback: bool,
+}
+
+/// `maintenance on`'s arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    /// Why.
+    pub reason: String,
+    /// Who asked (the daemon adds the connection's uid).
+    pub by: String,
+    /// The drain's overrides.
+    #[serde(default)]
+    pub drain: DrainOptions,
+}
 
 /// What `maintenance on` did.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -91,11 +115,10 @@ pub fn on(
     cfg: &Config,
     state: &StateDir,
     h: &mut dyn Host,
-    reason: &str,
-    by: &str,
-    opts: &DrainOptions,
+    req: &MaintenanceRequest,
     ev: &mut dyn FnMut(Event),
 ) -> Result<MaintenanceOn, OpError> {
+    let (reason, by, opts) = (&req.reason, &req.by, &req.drain);
     if reason.trim().is_empty() {
         return Err(OpError::Config(
             "maintenance on needs --reason: say why the node goes out of service".into(),
@@ -164,7 +187,7 @@ fn stand_by(
     }
     super::peer::release(cfg, state, h)?;
     let mut journal = state.drain_journal()?;
-    let trigger = drain::pull_trigger(h, &mut journal, p)?;
+    let trigger = super::cycle::pull_trigger(h, &mut journal, p)?;
     ev(Event::FailoverTriggered {
         trigger: trigger.clone(),
     });
@@ -179,10 +202,10 @@ pub fn off(
     cfg: &Config,
     state: &StateDir,
     h: &mut dyn Host,
-    opts: &UndrainOptions,
-    failback: bool,
+    req: &MaintenanceOffRequest,
     ev: &mut dyn FnMut(Event),
 ) -> Result<MaintenanceOff, OpError> {
+    let (opts, failback) = (&req.undrain, req.failback);
     if failback && cfg.handoff.is_none() {
         return Err(OpError::Config(
             "--failback asks the peer's agent to drain itself: it needs the peer link (the handoff: section, and `drain-agent run` on the peer)".into(),

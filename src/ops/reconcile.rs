@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{undrain, Host, HostError, OpError, Policy};
+use super::{undrain, Cycle, Host, HostError, OpError, Policy};
 use crate::config::Config;
 use crate::journal::{Change, StateDir};
 use crate::plan::DivertPlan;
@@ -35,13 +35,10 @@ pub fn clear_orphaned_divert(
             .iter()
             .any(|e| !e.change.is_maintenance_state());
     if orphaned {
+        let policy = Policy::from_config(cfg);
         undrain(
-            h,
-            &mut journal,
-            &plan,
-            &Policy::from_config(cfg),
+            &mut Cycle::new(h, &mut journal, &plan, &policy, &mut |_| {}),
             true,
-            &mut |_| {},
         )?;
     }
     Ok(orphaned)
@@ -103,6 +100,7 @@ pub fn reconcile(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<Rec
 mod tests {
     use super::*;
     use crate::ops::fake::FakeHost;
+    use crate::ops::Netfilter;
 
     fn cfg() -> Config {
         crate::ops::fake::test_config("80, 7", "")
@@ -129,7 +127,7 @@ mod tests {
             }]
         );
         assert!(DivertPlan::new(&cfg())
-            .owned_lines(&h.fw.inner.mangle_text())
+            .owned_lines(&h.fw.mangle_text())
             .is_empty());
         assert!(!h.links["trk0"], "a drained node stays drained");
         assert_eq!(r.lines().len(), 2);

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use super::{Host, HostError, OpError};
+use super::{Host, HostError, Netfilter, OpError};
 use crate::config::Config;
 use crate::journal::{Change, Entry, Journal, JournalError, StateDir};
 use crate::plan::{DivertPlan, Phase};
@@ -399,7 +399,7 @@ fn trigger_undone(h: &mut dyn Host, journal: &[Entry]) -> Result<Option<String>,
 }
 
 /// The divert as the kernel has it now; `None` when none is there.
-fn divert_state(h: &mut dyn Host, plan: &DivertPlan, saved: &str) -> Option<DivertState> {
+fn divert_state(h: &mut dyn Netfilter, plan: &DivertPlan, saved: &str) -> Option<DivertState> {
     if plan.existing_chains(saved).is_empty() {
         return None;
     }
@@ -454,7 +454,7 @@ mod tests {
             Mode::Diverting,
             "the rules in the kernel still show"
         );
-        assert_eq!(s.divert_rules, plan.owned_lines(&h.fw.inner.mangle_text()));
+        assert_eq!(s.divert_rules, plan.owned_lines(&h.fw.mangle_text()));
         let text = s.text();
         assert!(text.starts_with("WARNING: journal "), "{text}");
         assert_eq!(text.lines().filter(|l| l.starts_with("WARNING")).count(), 1);
@@ -479,16 +479,15 @@ mod tests {
         assert!(s.text().starts_with("mode: serving\n"), "{}", s.text());
         let plan = DivertPlan::new(&cfg());
         crate::ops::divert::install(h.firewall(), &plan).unwrap();
-        h.fw.inner.syns(80, 10);
+        h.fw.syns(80, 10);
         // A user rule that merely mentions our prefix is not ours.
-        h.fw.inner
-            .restore(
-                "*mangle\n-A PREROUTING -p udp -m comment --comment DRAIN-80 -j ACCEPT\nCOMMIT\n",
-            )
-            .unwrap();
+        h.fw.restore(
+            "*mangle\n-A PREROUTING -p udp -m comment --comment DRAIN-80 -j ACCEPT\nCOMMIT\n",
+        )
+        .unwrap();
         let s = status(&cfg(), &state, &mut h).unwrap();
         assert_eq!(s.mode, Mode::Diverting);
-        assert_eq!(s.divert_rules, plan.owned_lines(&h.fw.inner.mangle_text()));
+        assert_eq!(s.divert_rules, plan.owned_lines(&h.fw.mangle_text()));
         assert!(!s.divert_rules.iter().any(|l| l.contains("comment")));
         let d = s.divert.unwrap();
         assert_eq!(d.phase, Some(Phase::Installed));

@@ -1,18 +1,12 @@
 //! Undoing what the journal records: one change ([`undo`]), the transient ones ([`cleanup`]:
-//! a drain's rollback and its end), or all of them ([`undo_all`]: `undrain`, `release`); and the
-//! graceful withdrawal of a divert that comes before its removal (`withdraw_and_wait`). Shared
+//! a drain's rollback and its end), or all of them ([`undo_all`]: `undrain`, `release`). Shared
 //! by the drain, `undrain`, the peer side and the hand-off; the drain and `undrain` need not
 //! import each other for it.
 
-use std::time::Duration;
-
 use super::divert;
-use super::{Event, Host, HostError, OpError, MIN_SLEEP};
+use super::{Host, HostError, OpError};
 use crate::journal::{Change, Journal};
 use crate::plan::DivertPlan;
-
-/// How often the rollback grace looks for an interrupt (a second Ctrl-C ends it early).
-const GRACE_TICK: Duration = Duration::from_millis(50);
 
 /// Undoes every transient change in the journal (newest first), continuing past errors and
 /// reporting all of them. Maintenance state (the tracked interface down) is kept.
@@ -99,27 +93,5 @@ pub fn undo(h: &mut dyn Host, plan: &DivertPlan, c: &Change) -> Result<(), HostE
         }
         // A marker: the return path itself is the `Divert` entry under the return prefix.
         Change::Returning { .. } => Ok(()),
-    }
-}
-
-/// Withdraws the divert for new flows and keeps diverting the flows already at the peer for
-/// `grace`, so they can finish there; returns early on an interrupt that arrived after the call.
-/// If the withdraw fails (e.g. a half-removed divert), returns at once: removal follows anyway.
-pub(super) fn withdraw_and_wait(
-    h: &mut dyn Host,
-    plan: &DivertPlan,
-    grace: Duration,
-    ev: &mut dyn FnMut(Event),
-    reason: String,
-) {
-    let withdrew = divert::withdraw(h.firewall(), plan);
-    ev(Event::Withdrawn { reason });
-    if withdrew.is_err() {
-        return;
-    }
-    let until = h.now() + grace;
-    let seen = h.interrupts();
-    while h.now() < until && h.interrupts() <= seen {
-        h.sleep(GRACE_TICK.min(until.saturating_sub(h.now())).max(MIN_SLEEP));
     }
 }

@@ -4,10 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::undo::{cleanup, undo_all, withdraw_and_wait};
+use super::cycle::{withdraw_and_wait, Cycle};
+use super::undo::{cleanup, undo_all};
 use super::{Event, Host, HostError, OpError, Policy};
 use crate::config::Config;
-use crate::journal::{Change, Journal, StateDir};
+use crate::journal::{Change, StateDir};
 use crate::plan::DivertPlan;
 
 /// What `drain-agent undrain` (or the daemon's undrain request) may ask for.
@@ -61,13 +62,10 @@ pub fn run(
         .iter()
         .map(|e| e.change.to_string())
         .collect();
+    let (plan, policy) = (DivertPlan::new(cfg), Policy::from_config(cfg));
     undrain(
-        h,
-        &mut journal,
-        &DivertPlan::new(cfg),
-        &Policy::from_config(cfg),
+        &mut Cycle::new(h, &mut journal, &plan, &policy, ev),
         opts.keep_link_down,
-        ev,
     )?;
     Ok(Undrained {
         undone,
@@ -81,63 +79,57 @@ pub fn run(
 /// plus any chain or set named with our prefix (the journal may be gone with the disk), and the
 /// tracked interface is brought up unless `keep_link_down`. `return_weight` goes to the track
 /// file only if the node left service: a node still MASTER is never demoted.
-pub fn undrain(
-    h: &mut dyn Host,
-    j: &mut Journal,
-    plan: &DivertPlan,
-    p: &Policy,
-    keep_link_down: bool,
-    ev: &mut dyn FnMut(Event),
-) -> Result<(), OpError> {
-    h.firewall().require_tools().map_err(HostError::from)?;
+pub fn undrain(cx: &mut Cycle<'_>, keep_link_down: bool) -> Result<(), OpError> {
+    cx.h.firewall().require_tools().map_err(HostError::from)?;
     // A hand-off's divert is its guarded plan: withdrawn as the plain one, its read-back fails
     // and the grace its diverted flows need is skipped.
-    let guarded = j.entries().iter().find_map(|e| match &e.change {
+    let guarded = cx.j.entries().iter().find_map(|e| match &e.change {
         Change::Handoff { peer_mac, .. } => super::handoff::parse_mac(peer_mac),
         _ => None,
     });
-    let plan = &match guarded {
-        Some(mac) => plan.clone().guarded(mac),
-        None => plan.clone(),
+    let plan = match guarded {
+        Some(mac) => cx.plan.clone().guarded(mac),
+        None => cx.plan.clone(),
     };
+    let cx = &mut cx.with_plan(&plan);
     // After the failover of a hand-off the VIP is the peer's: no new flow arrives here, so the
     // divert goes without a grace period once the hand-off is finished.
-    let handed_off = j
-        .entries()
-        .iter()
-        .any(|e| matches!(e.change, Change::Handoff { .. }))
-        && j.entries().iter().any(|e| e.change.is_maintenance_state());
-    super::drain::finish_handoff(h, j, p, ev)?;
-    let save = h.firewall().save_mangle().map_err(HostError::from)?;
-    if !plan.existing_chains(&save).is_empty() && !handed_off {
-        if trigger_pulled(h, p)? {
+    let handed_off =
+        cx.j.entries()
+            .iter()
+            .any(|e| matches!(e.change, Change::Handoff { .. }))
+            && cx
+                .j
+                .entries()
+                .iter()
+                .any(|e| e.change.is_maintenance_state());
+    super::handoff::finish_handoff(cx)?;
+    let save = cx.h.firewall().save_mangle().map_err(HostError::from)?;
+    if !cx.plan.existing_chains(&save).is_empty() && !handed_off {
+        if trigger_pulled(cx.h, cx.p)? {
             // Killed after pulling the trigger: the VIP is moving to the peer (or has). A flow
             // this node took now would be reset by the peer once it owns the VIP, so new flows
             // keep going there, as the drain's own end would have had it.
-            let_the_peer_take_over(h, p)?;
+            let_the_peer_take_over(cx.h, cx.p)?;
         } else {
-            withdraw_and_wait(
-                h,
-                plan,
-                p.rollback_grace,
-                ev,
-                "undrain: a divert was still installed".into(),
-            );
+            withdraw_and_wait(cx, "undrain: a divert was still installed".into());
             crate::faults::point("undrain.withdrawn");
         }
     }
-    if !j
+    if !cx
+        .j
         .entries()
         .iter()
         .any(|e| matches!(e.change, Change::Divert { .. }))
     {
-        j.record(Change::Divert {
-            prefix: plan.prefix().to_string(),
+        cx.j.record(Change::Divert {
+            prefix: cx.plan.prefix().to_string(),
             drop_mangle_table: false,
         })?;
     }
+    let Cycle { h, j, plan, p, .. } = cx;
     if keep_link_down {
-        return cleanup(h, j, plan);
+        return cleanup(*h, j, plan);
     }
     // The track file first, so a preempting node is already demoted (`return_weight`) when its
     // FAULT clears below: it comes back as BACKUP instead of taking the VIP from the peer.
@@ -147,7 +139,7 @@ pub fn undrain(
         // failover undrain exists to avoid, resetting every flow this node serves.
         // keepalived reads a missing file as 0: with `return_weight` 0 (no demotion) a node
         // whose file was never written is left without one, as it was.
-        if !still_in_service(h, p)? && h.read_track_file(path)?.unwrap_or(0) != p.return_weight {
+        if !still_in_service(*h, p)? && h.read_track_file(path)?.unwrap_or(0) != p.return_weight {
             h.write_track_file(path, p.return_weight)?;
             crate::faults::point("undrain.demoted");
         }
@@ -157,7 +149,7 @@ pub fn undrain(
             }
         }
     }
-    undo_all(h, j, plan)?;
+    undo_all(*h, j, plan)?;
     crate::faults::point("undrain.undone");
     if !h.link_up(&p.tracked_interface)? {
         h.set_link(&p.tracked_interface, true)?;

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::ops::handoff::{PeerReply, PeerRequest};
-use crate::ops::{Host, HostError, HostErrorKind, PeerAnswer, SocketCount};
+use crate::ops::{
+    Clock, HostError, HostErrorKind, Interfaces, KeepalivedTrack, Netfilter, PeerAgent, PeerAnswer,
+    PeerProbe, SocketCount, Sockets, Sysctl, Tools,
+};
 use crate::sys::firewall::{Firewall, SystemFirewall};
 use crate::sys::links::{Links, LinksError, RtnlLinks};
 use crate::sys::peerlink;
@@ -194,15 +197,13 @@ fn key(k: &str) -> Result<SysctlKey, HostError> {
     SysctlKey::parse(k).map_err(sysctl_err)
 }
 
-impl Host for SystemHost {
+impl Clock for SystemHost {
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
-
     fn sleep(&mut self, d: Duration) {
         std::thread::sleep(d);
     }
-
     fn wait_for_change(&mut self, max: Duration) {
         if self.destroyed.is_none() {
             self.destroyed = DestroyWatcher::new(self.filter.clone())
@@ -231,15 +232,18 @@ impl Host for SystemHost {
             }
         }
     }
-
     fn interrupts(&self) -> u32 {
         self.interrupts.load(Ordering::SeqCst)
     }
-
-    fn firewall(&mut self) -> &mut dyn Firewall {
-        &mut self.fw
+    fn unix_now(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
+}
 
+impl Interfaces for SystemHost {
     fn link_up(&mut self, ifname: &str) -> Result<bool, HostError> {
         let links = &self.links;
         self.rt
@@ -247,7 +251,6 @@ impl Host for SystemHost {
             .map(|l| l.up)
             .map_err(links_err)
     }
-
     fn set_link(&mut self, ifname: &str, up: bool) -> Result<(), HostError> {
         tracing::info!(ifname, up, "set link");
         let links = &self.links;
@@ -255,7 +258,6 @@ impl Host for SystemHost {
             .block_on(links.set_link_up(ifname, up))
             .map_err(links_err)
     }
-
     fn vip_local(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
         let links = &self.links;
         self.rt
@@ -263,7 +265,21 @@ impl Host for SystemHost {
             .map(|o| o.is_some())
             .map_err(links_err)
     }
+    fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError> {
+        let links = &self.links;
+        if present {
+            self.rt
+                .block_on(links.add_local_route(vip))
+                .map_err(links_err)
+        } else {
+            self.rt
+                .block_on(links.del_local_route(vip))
+                .map_err(links_err)
+        }
+    }
+}
 
+impl PeerProbe for SystemHost {
     fn peer_owns(&mut self, vip: Ipv4Addr) -> Result<bool, HostError> {
         let Some(peer_mac) = self.resolve_peer_mac()? else {
             return Ok(false);
@@ -273,7 +289,6 @@ impl Host for SystemHost {
             .map_err(probe_err)?;
         Ok(macs == [peer_mac])
     }
-
     fn probe_peer(&mut self) -> Result<PeerAnswer, HostError> {
         let Some(mac) = self.resolve_peer_mac()? else {
             return Ok(PeerAnswer::NoAnswer);
@@ -300,7 +315,12 @@ impl Host for SystemHost {
             }
         })
     }
+    fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError> {
+        self.resolve_peer_mac()
+    }
+}
 
+impl Sockets for SystemHost {
     fn count(&mut self) -> Result<SocketCount, HostError> {
         let filter = self.filter.clone();
         let idle = self.idle_after;
@@ -319,62 +339,54 @@ impl Host for SystemHost {
                 .collect(),
         })
     }
-
-    fn local_route(&mut self, vip: Ipv4Addr, present: bool) -> Result<(), HostError> {
-        let links = &self.links;
-        if present {
-            self.rt
-                .block_on(links.add_local_route(vip))
-                .map_err(links_err)
-        } else {
-            self.rt
-                .block_on(links.del_local_route(vip))
-                .map_err(links_err)
-        }
+    fn passive_opens(&mut self) -> Result<u64, HostError> {
+        crate::sys::sockdiag::passive_opens().map_err(|e| HostError::other("/proc/net/snmp", e))
     }
+}
 
+impl Sysctl for SystemHost {
+    fn sysctl_read(&mut self, k: &str) -> Result<String, HostError> {
+        self.sysctl.read(&key(k)?).map_err(sysctl_err)
+    }
+    fn sysctl_write(&mut self, k: &str, value: &str) -> Result<(), HostError> {
+        tracing::info!(key = k, value, "sysctl");
+        self.sysctl.write(&key(k)?, value).map_err(sysctl_err)
+    }
+}
+
+impl KeepalivedTrack for SystemHost {
     fn write_track_file(&mut self, path: &std::path::Path, value: i32) -> Result<(), HostError> {
         tracing::info!(path = %path.display(), value, "track file");
         crate::keepalived::TrackFile::new(path)
             .write(value)
             .map_err(|e| HostError::other(format!("track file {}", path.display()), e))
     }
-
     fn read_track_file(&mut self, path: &std::path::Path) -> Result<Option<i32>, HostError> {
         crate::keepalived::TrackFile::new(path)
             .read()
             .map_err(|e| HostError::other(format!("track file {}", path.display()), e))
     }
+}
 
-    fn sysctl_read(&mut self, k: &str) -> Result<String, HostError> {
-        self.sysctl.read(&key(k)?).map_err(sysctl_err)
-    }
-
-    fn sysctl_write(&mut self, k: &str, value: &str) -> Result<(), HostError> {
-        tracing::info!(key = k, value, "sysctl");
-        self.sysctl.write(&key(k)?, value).map_err(sysctl_err)
-    }
-
+impl Tools for SystemHost {
     fn has_net_admin(&self) -> bool {
         crate::sys::privileges::has_net_admin()
     }
-
     fn find_tool(&self, bin: &str) -> Option<std::path::PathBuf> {
         crate::sys::firewall::find_in_path(std::path::Path::new(bin))
     }
+}
 
-    fn passive_opens(&mut self) -> Result<u64, HostError> {
-        crate::sys::sockdiag::passive_opens().map_err(|e| HostError::other("/proc/net/snmp", e))
+impl Netfilter for SystemHost {
+    fn firewall(&mut self) -> &mut dyn Firewall {
+        &mut self.fw
     }
-
     fn test_divert(&mut self, sets: &str, rules: &str) -> crate::ops::DivertTest {
         crate::sys::firewall::test_transaction(sets, rules)
     }
+}
 
-    fn peer_mac(&mut self) -> Result<Option<crate::plan::Mac>, HostError> {
-        self.resolve_peer_mac()
-    }
-
+impl PeerAgent for SystemHost {
     fn peer_agent(&mut self, req: &PeerRequest) -> Result<PeerReply, HostError> {
         let Some((path, port)) = self.handoff.clone() else {
             return Err(HostError::other(
@@ -411,12 +423,5 @@ impl Host for SystemHost {
                 kind,
             }
         })
-    }
-
-    fn unix_now(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
     }
 }

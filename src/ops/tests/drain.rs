@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use crate::journal::{Change, Journal};
+use crate::ops::cycle::install;
 use crate::ops::divert;
-use crate::ops::drain::install;
 use crate::ops::fake::{Conn, FakeHost};
 use crate::ops::tests::event_index;
 use crate::ops::*;
 use crate::plan::DivertPlan;
-use crate::sys::firewall::{FakeOp, FirewallError};
+use crate::sys::firewall::{FakeOp, Firewall, FirewallError};
 use crate::sys::process::ProcessError;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -65,7 +65,13 @@ fn run_plan(mut host: FakeHost, p: Policy, plan: &DivertPlan) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let mut journal = Journal::open(&dir.path().join("j.json")).unwrap();
     let mut events = Vec::new();
-    let result = drain(&mut host, &mut journal, plan, &p, &mut |e| events.push(e));
+    let result = drain(&mut Cycle::new(
+        &mut host,
+        &mut journal,
+        plan,
+        &p,
+        &mut |e| events.push(e),
+    ));
     Run {
         host,
         journal,
@@ -78,7 +84,7 @@ fn run_plan(mut host: FakeHost, p: Policy, plan: &DivertPlan) -> Run {
 /// After any drain, successful or not: no rule, chain or set of ours is left, the mangle table is
 /// back to how it was, and the journal holds at most the maintenance state.
 fn assert_no_divert_left(r: &Run, mangle_before: Option<&str>) {
-    let fw = &r.host.fw.inner;
+    let fw = &r.host.fw;
     assert!(
         plan().owned_lines(&fw.mangle_text()).is_empty(),
         "rules left: {}",
@@ -107,10 +113,11 @@ fn conn(closes_ms: Option<u64>, idle: bool) -> Conn {
 }
 
 fn with_user_rule(h: &mut FakeHost) -> String {
-    h.fw.inner
-        .restore("*mangle\n-A PREROUTING -s 10.9.9.9/32 -j ACCEPT\nCOMMIT\n")
-        .unwrap();
-    h.fw.inner.mangle_text()
+    h.fw.without_hooks(|fw| {
+        fw.restore("*mangle\n-A PREROUTING -s 10.9.9.9/32 -j ACCEPT\nCOMMIT\n")
+    })
+    .unwrap();
+    h.fw.mangle_text()
 }
 
 #[test]
@@ -212,10 +219,7 @@ fn deadline_with_abort_rolls_back_and_keeps_serving() {
     let e = r.result.as_ref().unwrap_err();
     assert_eq!(e.exit_code(), exit::DEADLINE, "{e}");
     assert!(r.host.links["trk0"], "the node keeps serving");
-    assert!(
-        r.host.fw.withdrawn_at.is_some(),
-        "new flows withdrawn first"
-    );
+    assert!(r.host.withdrawn_at().is_some(), "new flows withdrawn first");
     assert_no_divert_left(&r, None);
     assert!(r.journal.is_empty());
 }
@@ -228,7 +232,7 @@ fn peer_death_withdraws_within_a_second_and_rolls_back() {
     let r = run(h, policy());
     let e = r.result.as_ref().unwrap_err();
     assert_eq!(e.exit_code(), exit::PEER_LOST, "{e}");
-    let withdrawn = r.host.fw.withdrawn_at.expect("withdrawn");
+    let withdrawn = r.host.withdrawn_at().expect("withdrawn");
     assert!(
         withdrawn >= MS(2000) && withdrawn - MS(2000) <= S(1),
         "withdrawn {withdrawn:?} after death at 2 s"
@@ -257,7 +261,7 @@ fn a_peer_that_is_not_ready_changes_nothing() {
             r.host.call_log()
         );
         assert!(r.journal.is_empty());
-        assert!(!r.host.fw.inner.mangle_table_exists());
+        assert!(!r.host.fw.mangle_table_exists());
     }
 }
 
@@ -321,7 +325,7 @@ fn interrupt_rolls_back_after_the_grace_and_a_second_one_cuts_it_short() {
 fn failed_install_leaves_nothing_behind() {
     let mut h = FakeHost::new();
     let before = with_user_rule(&mut h);
-    h.fw.inner.fail_next(FakeOp::Restore, restore_failure());
+    h.fw.fail_next(FakeOp::Restore, restore_failure());
     let r = run(h, policy());
     let e = r.result.as_ref().unwrap_err();
     assert!(e.to_string().contains("injected"), "{e}");
@@ -333,8 +337,7 @@ fn failed_install_leaves_nothing_behind() {
 #[test]
 fn failed_set_creation_leaves_nothing_behind() {
     let mut h = FakeHost::new();
-    h.fw.inner
-        .fail_next(FakeOp::IpsetRestore, restore_failure());
+    h.fw.fail_next(FakeOp::IpsetRestore, restore_failure());
     let r = run(h, policy());
     assert!(r.result.is_err());
     assert_no_divert_left(&r, None);
@@ -361,14 +364,22 @@ fn leftovers_and_already_drained_are_refused_untouched() {
     })
     .unwrap();
     let mut h = FakeHost::new();
-    let e = drain(&mut h, &mut j, &plan(), &policy(), &mut |_| {}).unwrap_err();
+    let e = drain(&mut Cycle::new(
+        &mut h,
+        &mut j,
+        &plan(),
+        &policy(),
+        &mut |_| {},
+    ))
+    .unwrap_err();
     assert_eq!(e.exit_code(), exit::STATE);
     assert!(h.call_log().is_empty());
 
     let mut h = FakeHost::new();
-    h.fw.inner
-        .ipset_restore("create DRAIN-80 hash:ip,port,ip family inet maxelem 1024\n")
-        .unwrap();
+    h.fw.without_hooks(|fw| {
+        fw.ipset_restore("create DRAIN-80 hash:ip,port,ip family inet maxelem 1024\n")
+    })
+    .unwrap();
     let r = run(h, policy());
     assert_eq!(r.result.as_ref().unwrap_err().exit_code(), exit::STATE);
     assert!(
@@ -380,7 +391,7 @@ fn leftovers_and_already_drained_are_refused_untouched() {
         r.host.call_log()
     );
     assert_eq!(
-        r.host.fw.inner.sets(),
+        r.host.fw.sets(),
         ["DRAIN-80"],
         "someone else's set is not ours to destroy"
     );
@@ -406,13 +417,11 @@ fn crash_leftovers_are_undone_by_undo_all() {
         .unwrap();
         h.set_link("trk0", false).unwrap();
     }
-    assert!(
-        !plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && !h.fw.inner.sets().is_empty()
-    );
+    assert!(!plan().owned_lines(&h.fw.mangle_text()).is_empty() && !h.fw.sets().is_empty());
     let mut j = Journal::open(&path).unwrap();
     undo_all(&mut h, &mut j, &plan()).unwrap();
-    assert!(plan().owned_lines(&h.fw.inner.mangle_text()).is_empty());
-    assert!(h.fw.inner.sets().is_empty() && !h.fw.inner.mangle_table_exists());
+    assert!(plan().owned_lines(&h.fw.mangle_text()).is_empty());
+    assert!(h.fw.sets().is_empty() && !h.fw.mangle_table_exists());
     assert!(h.links["trk0"]);
     assert!(Journal::open(&path).unwrap().is_empty());
     // Idempotent: a second undo finds nothing to do and succeeds.
@@ -479,20 +488,19 @@ fn undrain_after_a_crash_withdraws_gracefully_then_removes_everything() {
     let mut h = FakeHost::new();
     install_fresh(&mut h, &mut j).unwrap();
     let mut events = Vec::new();
-    undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |e| {
-        events.push(e)
-    })
+    undrain(
+        &mut Cycle::new(&mut h, &mut j, &plan(), &policy(), &mut |e| events.push(e)),
+        false,
+    )
     .unwrap();
-    let withdrawn = h.fw.withdrawn_at.expect("withdrawn before removal");
+    let withdrawn = h.withdrawn_at().expect("withdrawn before removal");
     assert!(
         h.t() >= withdrawn + S(2),
         "grace kept for flows already at the peer: {:?}",
         h.t()
     );
-    assert!(
-        plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
-    );
-    assert!(!h.fw.inner.mangle_table_exists());
+    assert!(plan().owned_lines(&h.fw.mangle_text()).is_empty() && h.fw.sets().is_empty());
+    assert!(!h.fw.mangle_table_exists());
     assert!(j.is_empty());
     assert!(matches!(events.first(), Some(Event::Withdrawn { .. })));
 }
@@ -508,14 +516,20 @@ fn undrain_without_a_journal_still_removes_our_names_and_brings_the_link_up() {
     }
     h.set_link("trk0", false).unwrap();
     let mut j = Journal::open(&dir.path().join("j.json")).unwrap();
-    undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |_| {}).unwrap();
-    assert!(
-        plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
-    );
+    undrain(
+        &mut Cycle::new(&mut h, &mut j, &plan(), &policy(), &mut |_| {}),
+        false,
+    )
+    .unwrap();
+    assert!(plan().owned_lines(&h.fw.mangle_text()).is_empty() && h.fw.sets().is_empty());
     assert!(h.links["trk0"]);
     // Nothing installed, nothing recorded: undrain is a no-op that succeeds.
     let calls = h.call_log().len();
-    undrain(&mut h, &mut j, &plan(), &policy(), false, &mut |_| {}).unwrap();
+    undrain(
+        &mut Cycle::new(&mut h, &mut j, &plan(), &policy(), &mut |_| {}),
+        false,
+    )
+    .unwrap();
     assert!(
         !h.call_log()[calls..]
             .iter()
@@ -543,11 +557,22 @@ fn track_file_trigger_writes_fault_and_undrain_writes_the_return_weight() {
     // Already drained: a second drain is refused.
     let dir = tempfile::tempdir().unwrap();
     let mut j2 = Journal::open(&dir.path().join("j.json")).unwrap();
-    let e = drain(&mut r.host, &mut j2, &plan(), &p, &mut |_| {}).unwrap_err();
+    let e = drain(&mut Cycle::new(
+        &mut r.host,
+        &mut j2,
+        &plan(),
+        &p,
+        &mut |_| {},
+    ))
+    .unwrap_err();
     assert!(matches!(e, OpError::AlreadyDrained(_)), "{e}");
     // undrain demotes (the value is written before anything else clears the fault) and forgets
     // the fault.
-    undrain(&mut r.host, &mut r.journal, &plan(), &p, false, &mut |_| {}).unwrap();
+    undrain(
+        &mut Cycle::new(&mut r.host, &mut r.journal, &plan(), &p, &mut |_| {}),
+        false,
+    )
+    .unwrap();
     assert_eq!(r.host.track[&path], -51);
     assert!(r.journal.is_empty());
     let log = r.host.call_log();
@@ -566,7 +591,11 @@ fn link_down_undrain_demotes_before_bringing_the_link_up() {
     let mut r = run(FakeHost::new(), p.clone());
     assert!(r.result.is_ok());
     assert!(!r.host.links["trk0"]);
-    undrain(&mut r.host, &mut r.journal, &plan(), &p, false, &mut |_| {}).unwrap();
+    undrain(
+        &mut Cycle::new(&mut r.host, &mut r.journal, &plan(), &p, &mut |_| {}),
+        false,
+    )
+    .unwrap();
     let log = r.host.call_log();
     let demote = r.host.call_index("track /t/track -51");
     let up = r.host.call_index("link trk0 up");
@@ -593,7 +622,11 @@ fn undrain_of_a_node_still_master_never_demotes_it() {
         if divert_left {
             install_fresh(&mut h, &mut j).unwrap();
         }
-        undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+        undrain(
+            &mut Cycle::new(&mut h, &mut j, &plan(), &p, &mut |_| {}),
+            false,
+        )
+        .unwrap();
         assert_eq!(
             h.track.get(&path),
             None,
@@ -629,7 +662,11 @@ fn undrain_after_a_crash_before_the_trigger_is_pulled_never_demotes() {
             }
         })
         .unwrap();
-        undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+        undrain(
+            &mut Cycle::new(&mut h, &mut j, &plan(), &p, &mut |_| {}),
+            false,
+        )
+        .unwrap();
         assert!(
             h.track.get(&path).is_none_or(|v| *v == 0),
             "track-file trigger: {trigger_track_file}: demoted a node still MASTER: {:?}",
@@ -658,9 +695,13 @@ fn undrain_after_a_crash_past_the_trigger_keeps_diverting_until_the_peer_owns_th
     h.set_link("trk0", false).unwrap();
     let owned_at = h.t() + h.failover_delay;
     let p = policy();
-    undrain(&mut h, &mut j, &plan(), &p, false, &mut |_| {}).unwrap();
+    undrain(
+        &mut Cycle::new(&mut h, &mut j, &plan(), &p, &mut |_| {}),
+        false,
+    )
+    .unwrap();
     assert_eq!(
-        h.fw.withdrawn_at,
+        h.withdrawn_at(),
         None,
         "withdrawn while the VIP moved: {:?}",
         h.call_log()
@@ -670,9 +711,7 @@ fn undrain_after_a_crash_past_the_trigger_keeps_diverting_until_the_peer_owns_th
         "removed at {:?}, before the peer owned the VIP ({owned_at:?}) + post_wait",
         h.t()
     );
-    assert!(
-        plan().owned_lines(&h.fw.inner.mangle_text()).is_empty() && h.fw.inner.sets().is_empty()
-    );
+    assert!(plan().owned_lines(&h.fw.mangle_text()).is_empty() && h.fw.sets().is_empty());
     assert!(j.is_empty());
     assert!(h.links["trk0"]);
 }
@@ -719,7 +758,7 @@ fn the_record_grows_ahead_of_a_high_rate_and_records_every_flow() {
     )));
     assert_eq!(rep.unrecorded_syns, 0, "{rep:?}");
     assert_eq!(rep.sealed_drops, 0);
-    let syns = r.host.fw.inner.syns_played(80);
+    let syns = r.host.fw.syns_played(80);
     assert!(syns > 80_000, "{syns}");
     assert_eq!(rep.diverted_flows, syns, "every SYN recorded");
     assert!(!r
@@ -741,7 +780,7 @@ fn a_full_record_is_reported_served_locally_then_dropped_after_the_seal() {
     h.conns = vec![conn(Some(2000), false)];
     let r = run_plan(h, policy(), &plan_with_capacity(1024));
     let rep = r.result.as_ref().unwrap();
-    let syns = r.host.fw.inner.syns_played(80);
+    let syns = r.host.fw.syns_played(80);
     assert_eq!(rep.diverted_flows, 1024);
     assert_eq!(rep.unrecorded_syns, syns - 1024, "counted exactly: {rep:?}");
     assert!(
@@ -785,7 +824,7 @@ fn a_failed_seal_rolls_back() {
     let mut h = FakeHost::new();
     h.conns = vec![conn(Some(300), false)];
     // Install's transaction succeeds, the seal's fails.
-    h.fw.inner.fail_later(FakeOp::Restore, 1, restore_failure());
+    h.fw.fail_later(FakeOp::Restore, 1, restore_failure());
     let r = run(h, policy());
     assert!(matches!(r.result, Err(OpError::Host(_))), "{:?}", r.result);
     assert!(r.host.links["trk0"], "never failed over");
@@ -805,24 +844,30 @@ fn a_journal_that_cannot_record_the_failover_rolls_back_with_the_grace() {
     std::fs::create_dir(&state).unwrap();
     let mut journal = Journal::open(&state.join("j.json")).unwrap();
     let mut events = Vec::new();
-    let result = drain(&mut h, &mut journal, &plan(), &policy(), &mut |e| {
-        if matches!(e, Event::Drained { .. }) {
-            std::fs::remove_dir_all(&state).unwrap();
-        }
-        events.push(e)
-    });
+    let result = drain(&mut Cycle::new(
+        &mut h,
+        &mut journal,
+        &plan(),
+        &policy(),
+        &mut |e| {
+            if matches!(e, Event::Drained { .. }) {
+                std::fs::remove_dir_all(&state).unwrap();
+            }
+            events.push(e)
+        },
+    ));
     let e = result.unwrap_err();
     assert!(matches!(e, OpError::Journal(_)), "{e:?}");
     assert_eq!(e.exit_code(), exit::ENVIRONMENT, "{e}");
     assert!(h.links["trk0"], "failed over without a journal entry");
     assert!(!h.call_log().iter().any(|c| c.starts_with("link trk0 down")));
-    let withdrawn = h.fw.withdrawn_at.expect("the divert was withdrawn first");
+    let withdrawn = h.withdrawn_at().expect("the divert was withdrawn first");
     assert!(
         h.t() >= withdrawn + policy().rollback_grace,
         "removed {:?} after the withdrawal, before the grace",
         h.t() - withdrawn
     );
-    let fw = &h.fw.inner;
+    let fw = &h.fw;
     assert!(plan().owned_lines(&fw.mangle_text()).is_empty());
     assert!(fw.sets().is_empty(), "sets left: {:?}", fw.sets());
     assert!(!fw.mangle_table_exists(), "mangle table not dropped");
@@ -849,7 +894,7 @@ fn undo_all_undoes_every_change_when_the_journal_cannot_be_rewritten() {
     let e = crate::ops::undo::undo_all(&mut h, &mut j, &plan()).unwrap_err();
     assert!(matches!(e, OpError::Journal(_)), "{e:?}");
     assert!(h.links["trk0"]);
-    let fw = &h.fw.inner;
+    let fw = &h.fw;
     assert!(
         plan().owned_lines(&fw.mangle_text()).is_empty(),
         "divert left: {}",
@@ -880,7 +925,7 @@ fn the_vip_moving_away_mid_drain_finishes_the_drain_and_says_connections_were_cu
         moved.saturating_sub(S(2))
     );
     assert!(!r.host.links["trk0"], "stays out of service");
-    assert!(r.host.fw.withdrawn_at.is_none(), "not rolled back");
+    assert!(r.host.withdrawn_at().is_none(), "not rolled back");
     assert!(r.events.iter().any(|e| matches!(e, Event::CleanedUp)));
     assert_no_divert_left(&r, None);
 }

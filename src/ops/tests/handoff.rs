@@ -56,7 +56,7 @@ fn hand_off(mut h: FakeHost, cfg: &Config) -> Run {
 }
 
 fn nothing_left(r: &Run) {
-    let fw = &r.h.fw.inner;
+    let fw = &r.h.fw;
     let plan = DivertPlan::new(&cfg("1h"));
     assert!(
         plan.owned_lines(&fw.mangle_text()).is_empty(),
@@ -217,7 +217,7 @@ fn a_failure_before_the_failover_rolls_back_and_ends_the_peer() {
     let mut h = FakeHost::new();
     h.conns = conns(&[None]);
     // The install's transaction goes through; the seal's fails.
-    h.fw.inner.fail_later(
+    h.fw.fail_later(
         crate::sys::firewall::FakeOp::Restore,
         1,
         crate::sys::firewall::FirewallError::BadOutput {
@@ -266,7 +266,7 @@ fn undrain_of_a_killed_hand_off_waits_for_the_connections_then_ends_the_peer() {
     .unwrap();
     let plan = DivertPlan::new(&cfg).guarded([2, 0, 0x5e, 0x10, 0, 12]);
     let receipt = divert::prepare(h.firewall(), &plan).unwrap();
-    crate::ops::drain::install(&mut h, &mut j, &plan, &receipt).unwrap();
+    crate::ops::cycle::install(&mut h, &mut j, &plan, &receipt).unwrap();
     crate::ops::peer::accept_into(&cfg, &mut j, &mut h).unwrap();
     j.record(Change::LinkDown {
         ifname: "trk0".into(),
@@ -288,8 +288,8 @@ fn undrain_of_a_killed_hand_off_waits_for_the_connections_then_ends_the_peer() {
     assert!(end >= S(30), "the peer was told at {end:?}");
     assert!(h.first_call_at("route 198.18.0.100 false").unwrap() >= end);
     assert!(h.first_call_at("link trk0 up").unwrap() >= end);
-    assert!(plan.owned_lines(&h.fw.inner.mangle_text()).is_empty());
-    assert!(h.fw.inner.sets().is_empty());
+    assert!(plan.owned_lines(&h.fw.mangle_text()).is_empty());
+    assert!(h.fw.sets().is_empty());
     assert!(h.routes.is_empty());
     assert!(state.drain_journal().unwrap().is_empty());
     assert!(events
@@ -316,7 +316,7 @@ fn undrain_of_a_hand_off_killed_before_its_failover_withdraws_its_guarded_divert
     .unwrap();
     let plan = DivertPlan::new(&cfg).guarded([2, 0, 0x5e, 0x10, 0, 12]);
     let receipt = divert::prepare(h.firewall(), &plan).unwrap();
-    crate::ops::drain::install(&mut h, &mut j, &plan, &receipt).unwrap();
+    crate::ops::cycle::install(&mut h, &mut j, &plan, &receipt).unwrap();
     undrain::run(
         &cfg,
         &undrain::UndrainOptions::default(),
@@ -325,9 +325,9 @@ fn undrain_of_a_hand_off_killed_before_its_failover_withdraws_its_guarded_divert
         &mut |_| {},
     )
     .unwrap();
-    let withdrawn =
-        h.fw.withdrawn_at
-            .unwrap_or_else(|| panic!("not withdrawn before removal: {:?}", h.call_log()));
+    let withdrawn = h
+        .withdrawn_at()
+        .unwrap_or_else(|| panic!("not withdrawn before removal: {:?}", h.call_log()));
     // The removal is the last thing undrain does: it came at least the grace after the withdraw.
     assert!(
         h.t() >= withdrawn + cfg.drain.rollback_grace.get(),
@@ -335,7 +335,7 @@ fn undrain_of_a_hand_off_killed_before_its_failover_withdraws_its_guarded_divert
         h.t(),
         h.call_log()
     );
-    assert!(plan.owned_lines(&h.fw.inner.mangle_text()).is_empty());
+    assert!(plan.owned_lines(&h.fw.mangle_text()).is_empty());
     assert!(state.drain_journal().unwrap().is_empty());
 }
 
@@ -371,7 +371,7 @@ fn a_return_path_journalled_but_not_installed_is_neither_trusted_nor_resumed() {
             "sets made: {sets_made}"
         );
         assert!(state.return_journal().unwrap().is_empty());
-        assert!(h.fw.inner.sets().is_empty(), "{:?}", h.fw.inner.sets());
+        assert!(h.fw.sets().is_empty(), "{:?}", h.fw.sets());
         // And `Begin` on such a journal installs the return path for real.
         let mut j = state.return_journal().unwrap();
         j.record(Change::Returning {
@@ -384,7 +384,7 @@ fn a_return_path_journalled_but_not_installed_is_neither_trusted_nor_resumed() {
             .unwrap()
             .unwrap();
         r.plan(&cfg)
-            .check_read_back(crate::plan::Phase::Installed, &h.fw.inner.mangle_text())
+            .check_read_back(crate::plan::Phase::Installed, &h.fw.mangle_text())
             .unwrap();
         // Installed, it is resumed.
         assert_eq!(handoff::resumable(&cfg, &state, &mut h).unwrap(), Some(r));
@@ -406,10 +406,10 @@ fn the_daemon_start_leaves_an_unfinished_hand_off_to_undrain() {
     .unwrap();
     let plan = DivertPlan::new(&cfg);
     let receipt = divert::prepare(h.firewall(), &plan).unwrap();
-    crate::ops::drain::install(&mut h, &mut j, &plan, &receipt).unwrap();
+    crate::ops::cycle::install(&mut h, &mut j, &plan, &receipt).unwrap();
     let r = reconcile::reconcile(&cfg, &state, &mut h).unwrap();
     assert!(!r.repaired);
-    assert!(!plan.owned_lines(&h.fw.inner.mangle_text()).is_empty());
+    assert!(!plan.owned_lines(&h.fw.mangle_text()).is_empty());
     assert!(!h.call_log().iter().any(|c| c.starts_with("peer-agent")));
 }
 
@@ -431,7 +431,7 @@ fn the_peer_installs_a_return_path_once_and_removes_it_when_told() {
         .unwrap();
     let ret = r.plan(&cfg);
     assert_eq!(ret.prefix(), "DRAINR");
-    ret.check_read_back(crate::plan::Phase::Installed, &h.fw.inner.mangle_text())
+    ret.check_read_back(crate::plan::Phase::Installed, &h.fw.mangle_text())
         .unwrap();
     // Again (the peer retried): the same return path, nothing installed twice.
     let again = handoff::begin(&cfg, &state, &mut h, &VipPorts::of(&cfg), until)
@@ -452,8 +452,8 @@ fn the_peer_installs_a_return_path_once_and_removes_it_when_told() {
     let report = handoff::supervise(&cfg, &state, &mut h, &r, &|| clock.get() >= end_at).unwrap();
     assert_eq!(report.end, ReturnEnd::PeerEnded);
     assert!(report.removed);
-    assert!(ret.owned_lines(&h.fw.inner.mangle_text()).is_empty());
-    assert!(h.fw.inner.sets().is_empty());
+    assert!(ret.owned_lines(&h.fw.mangle_text()).is_empty());
+    assert!(h.fw.sets().is_empty());
     assert!(state.return_journal().unwrap().is_empty());
     // Supervising meant probing the node that hands off.
     assert!(h.call_log().iter().filter(|c| *c == "probe").count() >= 20);
@@ -474,7 +474,7 @@ fn the_peer_removes_the_return_path_when_the_node_handing_off_is_gone_or_late() 
         let report = handoff::supervise(&cfg, &state, &mut h, &r, &|| false).unwrap();
         assert_eq!(report.end, end);
         assert!(report.removed);
-        assert!(h.fw.inner.sets().is_empty());
+        assert!(h.fw.sets().is_empty());
         assert!(state.return_journal().unwrap().is_empty());
     }
 }
@@ -490,10 +490,7 @@ fn the_peer_keeps_the_return_path_when_its_agent_stops_and_refuses_to_drain_mean
     let report = handoff::supervise(&cfg, &state, &mut h, &r, &|| false).unwrap();
     assert_eq!(report.end, ReturnEnd::Stopped);
     assert!(!report.removed);
-    assert!(!r
-        .plan(&cfg)
-        .owned_lines(&h.fw.inner.mangle_text())
-        .is_empty());
+    assert!(!r.plan(&cfg).owned_lines(&h.fw.mangle_text()).is_empty());
     assert_eq!(
         handoff::Returning::recorded(&state.return_journal().unwrap()),
         Some(r.clone())

@@ -8,6 +8,21 @@ use crate::ops::maintenance::{self, reassert};
 use crate::ops::undrain::UndrainOptions;
 use crate::ops::*;
 
+fn on_req(reason: &str, by: &str, drain: &DrainOptions) -> maintenance::MaintenanceRequest {
+    maintenance::MaintenanceRequest {
+        reason: reason.into(),
+        by: by.into(),
+        drain: drain.clone(),
+    }
+}
+
+fn off_req(undrain: &UndrainOptions, failback: bool) -> maintenance::MaintenanceOffRequest {
+    maintenance::MaintenanceOffRequest {
+        undrain: undrain.clone(),
+        failback,
+    }
+}
+
 /// `maintenance on` with the default drain options, events dropped.
 fn maintenance_on(
     cfg: &crate::config::Config,
@@ -16,15 +31,8 @@ fn maintenance_on(
     reason: &str,
     by: &str,
 ) -> Result<maintenance::MaintenanceOn, OpError> {
-    maintenance::on(
-        cfg,
-        state,
-        h,
-        reason,
-        by,
-        &DrainOptions::default(),
-        &mut |_| {},
-    )
+    let req = on_req(reason, by, &DrainOptions::default());
+    maintenance::on(cfg, state, h, &req, &mut |_| {})
 }
 
 /// `maintenance off` without failback, events dropped.
@@ -33,14 +41,8 @@ fn maintenance_off(
     state: &StateDir,
     h: &mut FakeHost,
 ) -> Result<maintenance::MaintenanceOff, OpError> {
-    maintenance::off(
-        cfg,
-        state,
-        h,
-        &UndrainOptions::default(),
-        false,
-        &mut |_| {},
-    )
+    let req = off_req(&UndrainOptions::default(), false);
+    maintenance::off(cfg, state, h, &req, &mut |_| {})
 }
 
 #[test]
@@ -156,8 +158,7 @@ fn off_with_failback_undrains_first_then_asks_the_peer_to_drain_itself() {
         &cfg,
         &state,
         &mut h,
-        &UndrainOptions::default(),
-        true,
+        &off_req(&UndrainOptions::default(), true),
         &mut |e| events.push(e),
     )
     .unwrap();
@@ -181,8 +182,7 @@ fn failback_without_the_peer_link_or_refused_by_the_peer() {
         &cfg,
         &state,
         &mut h,
-        &UndrainOptions::default(),
-        true,
+        &off_req(&UndrainOptions::default(), true),
         &mut |_| {},
     )
     .unwrap_err();
@@ -197,8 +197,7 @@ fn failback_without_the_peer_link_or_refused_by_the_peer() {
         &cfg,
         &state,
         &mut h,
-        &UndrainOptions::default(),
-        true,
+        &off_req(&UndrainOptions::default(), true),
         &mut |_| {},
     )
     .unwrap_err();
@@ -227,9 +226,7 @@ fn on_a_node_without_the_vip_stops_accepting_and_stays_out_of_elections_until_of
         &cfg,
         &state,
         &mut h,
-        "haproxy upgrade",
-        "alice",
-        &DrainOptions::default(),
+        &on_req("haproxy upgrade", "alice", &DrainOptions::default()),
         &mut |e| events.push(e),
     )
     .unwrap();
@@ -320,7 +317,7 @@ fn fail_back_here_drains_this_node_the_way_asked_and_brings_it_back_as_backup() 
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
         let mut h = FakeHost::new();
-        let mangle_before = h.fw.inner.mangle_text();
+        let mangle_before = h.fw.mangle_text();
         let line = maintenance::fail_back_here(&cfg, &state, &mut h, mode)
             .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
         assert!(!line.is_empty());
@@ -333,7 +330,7 @@ fn fail_back_here_drains_this_node_the_way_asked_and_brings_it_back_as_backup() 
         assert!(h.links["trk0"], "{mode:?}");
         let handed_off = log.iter().any(|c| c == "peer-agent begin");
         assert_eq!(handed_off, mode == DrainMode::Handoff, "{mode:?}: {log:?}");
-        assert_eq!(h.fw.inner.mangle_text(), mangle_before, "{mode:?}");
+        assert_eq!(h.fw.mangle_text(), mangle_before, "{mode:?}");
         assert!(state.drain_journal().unwrap().is_empty(), "{mode:?}");
         assert_eq!(state.lock_holder(), None);
     }

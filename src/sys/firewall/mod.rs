@@ -32,7 +32,7 @@ mod system;
 mod fake;
 
 #[cfg(any(test, feature = "test-util"))]
-pub use fake::{FakeFirewall, FakeOp, FirewallCall};
+pub use fake::{FakeFirewall, FakeOp, FirewallCall, Hook, HookAt};
 pub use system::{
     find_in_path, mangle_listing_is_empty, test_transaction, Binaries, SystemFirewall,
 };

@@ -1,113 +1,21 @@
-//! Hand-off: the draining node (A) fails over at once and its connections go on to their natural
-//! end, because the peer (B), which now receives every packet for the VIPs, sends the packets of
-//! flows it never saw a SYN of back to A (the rules: [`crate::plan`], "Hand-off").
-//!
-//! # How the two agents coordinate
-//!
-//! A asks, B acts, over the authenticated peer link (one request, one reply; HMAC-SHA256 under
-//! the key both nodes share, see `sys::peerlink`):
-//! 1. A → B [`PeerRequest::Begin`]: B checks it serves the same VIPs, installs its return path
-//!    (recording every SYN it receives from now on) and answers; only then does A divert. So
-//!    every flow B will ever serve has its SYN recorded on B.
-//! 2. A diverts, makes the node accept the VIPs without owning them (the `accept` changes, in
-//!    its drain journal), seals, and fails over at once.
-//! 3. A watches its own connections, as a drain does, until none is left (idle ones apart), or
-//!    `handoff.deadline`.
-//! 4. A → B [`PeerRequest::End`]: B removes its return path; then A removes its divert, route and
-//!    sysctls. The tracked interface stays down until `undrain`.
-//!
-//! # When something fails
-//! - B's agent does not answer or refuses `Begin`: A changes nothing (exit 5). If `Begin` went
-//!   out and no reply came (B's agent may have installed its return path and died before
-//!   answering), A first sends `End`, retrying while B's agent restarts, so B is left as it was.
-//! - A's agent dies during the hand-off: its rules and route stay (journalled), so A keeps
-//!   serving its connections and B keeps returning them; `undrain` on A (or A's daemon on
-//!   restart) finishes the hand-off: it waits for A's connections, ends B's return path, cleans.
-//! - B's agent dies: B's return path stays in the kernel and keeps working; B's daemon resumes
-//!   supervising it on restart (from its return journal). If A's `End` finds no one, A cleans up
-//!   anyway, and B's agent removes the return path as soon as it sees A no longer accepts the VIP.
-//! - A's node goes away (or stops accepting the VIP): B probes A exactly as A probes B during a
-//!   drain (a SYN to the VIP sent to A's MAC); after `peer_probe.failures` failed probes B removes
-//!   its return path, and A's flows, whose server is gone, get B's RST.
-//! - B never hears `End` (A dead for good): the return path goes at `until`, which A set from its
-//!   deadline.
+//! B, the peer of a node handing off: answers [`super::PeerRequest::Hello`] and
+//! [`super::PeerRequest::Begin`], keeps the return path while it is needed, and removes it.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::divert;
+use super::protocol::{format_mac, parse_mac, PeerReply, VipPorts};
+// The requests the answers below name in their docs.
+#[cfg(doc)]
+use super::protocol::PeerRequest;
 use super::record::RecordKeeper;
 use super::{Host, HostError, OpError, PeerAnswer, MIN_SLEEP};
 use crate::config::Config;
 use crate::journal::{Change, Journal, StateDir};
 use crate::plan::{DivertPlan, Mac};
-
-/// A VIP and its ports, as the two agents compare their configurations.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VipPorts {
-    /// The VIP.
-    pub vip: Ipv4Addr,
-    /// Its ports, in configuration order.
-    pub ports: Vec<u16>,
-}
-
-impl VipPorts {
-    /// The VIPs and ports of `cfg`.
-    pub fn of(cfg: &Config) -> Vec<VipPorts> {
-        cfg.vips
-            .iter()
-            .map(|v| VipPorts {
-                vip: v.address.get(),
-                ports: v.ports.as_slice().iter().map(|p| p.get()).collect(),
-            })
-            .collect()
-    }
-}
-
-/// What one agent asks the other over the peer link.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum PeerRequest {
-    /// Is the peer's agent there, and does it serve the same VIPs? Changes nothing (`check`).
-    Hello {
-        /// The asking node's VIPs.
-        vips: Vec<VipPorts>,
-    },
-    /// Start returning the asking node's packets to it: it is about to divert and fail over.
-    Begin {
-        /// The asking node's VIPs (must equal the peer's).
-        vips: Vec<VipPorts>,
-        /// Unix time (s) after which the peer removes the return path on its own.
-        until: u64,
-    },
-    /// The asking node's connections are gone (or its deadline passed): remove the return path.
-    End,
-    /// The asking node is back (BACKUP, accepting): take yourself out of service the way `mode`
-    /// says, so the VIPs move back to it without breaking a connection, then come back as
-    /// BACKUP (`undrain`). Answered when done.
-    Failback {
-        /// How the peer drains.
-        mode: crate::config::DrainMode,
-    },
-}
-
-/// The answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "kebab-case")]
-pub enum PeerReply {
-    /// Done; what was done, in one line.
-    Ok {
-        /// E.g. "return path installed".
-        detail: String,
-    },
-    /// Not done, and nothing was changed; why.
-    Refused {
-        /// E.g. "this node serves other VIPs".
-        reason: String,
-    },
-}
 
 /// Answers [`PeerRequest::Hello`]: whether this node could serve `from`'s hand-off. `here` is
 /// the address the question reached (this node's, as the asker sees it); the reply names it,
@@ -180,27 +88,6 @@ impl Returning {
     pub fn plan(&self, cfg: &Config) -> DivertPlan {
         DivertPlan::new(cfg).returning(self.peer_mac)
     }
-}
-
-/// `aa:bb:cc:dd:ee:ff` as a MAC.
-pub fn format_mac(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A MAC from `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<Mac> {
-    let mut m = [0u8; 6];
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    for (i, p) in parts.iter().enumerate() {
-        m[i] = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(m)
 }
 
 /// B: answers [`PeerRequest::Begin`] from the configured peer: installs the return path (journal
@@ -435,62 +322,6 @@ pub fn remove(cfg: &Config, state: &StateDir, h: &mut dyn Host) -> Result<(), Op
         })?;
     }
     super::undo_all(h, &mut journal, &plan)
-}
-
-/// A: asks the peer's agent to start returning this node's packets. `Ok(())` once it has.
-///
-/// A `Begin` that went out but got no reply may have been acted on: the peer's agent can have
-/// installed its return path and died (or its reply been lost) before answering. This node does
-/// not divert without a reply, so that return path serves no one, and the peer's own probe
-/// would not remove it (this node still answers for the VIP): left alone it stays until `until`.
-/// So this node then sends `End` ([`ask_end`], which retries while the peer's agent restarts)
-/// before giving up, and the peer is left as it was.
-pub fn ask_begin(h: &mut dyn Host, cfg: &Config, until: u64) -> Result<(), OpError> {
-    let req = PeerRequest::Begin {
-        vips: VipPorts::of(cfg),
-        until,
-    };
-    let peer = cfg.peer.get();
-    match h.peer_agent(&req) {
-        Ok(PeerReply::Ok { .. }) => Ok(()),
-        Ok(PeerReply::Refused { reason }) => Err(OpError::PeerNotReady(format!(
-            "{peer}'s agent refuses the hand-off: {reason}"
-        ))),
-        Err(e) if e.kind == super::HostErrorKind::Unanswered => {
-            let withdrawn = match ask_end(h) {
-                Ok(detail) => format!("told it to end the hand-off ({detail})"),
-                Err(why) => format!(
-                    "could not tell it to end the hand-off ({why}); its return path, if any, goes at its deadline"
-                ),
-            };
-            Err(OpError::PeerNotReady(format!(
-                "{peer}'s agent did not answer the hand-off ({e}); nothing changed here; {withdrawn}"
-            )))
-        }
-        Err(e) => Err(OpError::PeerNotReady(format!(
-            "{peer}'s agent does not answer ({e}): is `drain-agent run` running there with the same handoff.key_file?"
-        ))),
-    }
-}
-
-/// How long A keeps trying to tell the peer the hand-off is over (its agent may be restarting).
-pub const END_RETRY_FOR: Duration = Duration::from_secs(10);
-/// Pause between those attempts.
-const END_RETRY_EVERY: Duration = Duration::from_millis(500);
-
-/// A: tells the peer the hand-off is over, retrying for [`END_RETRY_FOR`]. `Err` with the last
-/// error if it never answered (its agent removes the return path on its own once this node stops
-/// accepting the VIP).
-pub fn ask_end(h: &mut dyn Host) -> Result<String, String> {
-    let until = h.now() + END_RETRY_FOR;
-    loop {
-        match h.peer_agent(&PeerRequest::End) {
-            Ok(PeerReply::Ok { detail }) => return Ok(detail),
-            Ok(PeerReply::Refused { reason }) => return Err(reason),
-            Err(e) if h.now() >= until => return Err(e.to_string()),
-            Err(_) => h.sleep(END_RETRY_EVERY),
-        }
-    }
 }
 
 #[cfg(test)]

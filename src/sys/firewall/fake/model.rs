@@ -1,71 +1,16 @@
-//! A fake firewall for tests without root: records every call, can fail chosen calls, and models
-//! the kernel state well enough for the texts the planner writes.
+//! What the fake firewall holds and how the planner's texts change it: the kernel model behind
+//! [`FakeFirewall`] (chains and rules, sets and their fill, counters), and the operations
+//! themselves, which the [`super::Firewall`] impl runs between its hooks.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
-use super::{Firewall, FirewallError, MANGLE_BUILTINS};
+use super::{FakeFirewall, FakeOp, FirewallCall};
+use crate::sys::firewall::{FirewallError, MANGLE_BUILTINS};
 use crate::sys::process::ProcessError;
 
-/// A call made to [`FakeFirewall`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FirewallCall {
-    /// [`Firewall::restore`] with its text.
-    Restore(String),
-    /// [`Firewall::save_mangle`].
-    SaveMangle,
-    /// [`Firewall::save_mangle_counters`].
-    SaveMangleCounters,
-    /// [`Firewall::ipset_restore`] with its text.
-    IpsetRestore(String),
-    /// [`Firewall::ipset_names`].
-    IpsetNames,
-    /// [`Firewall::ipset_list_terse`].
-    IpsetListTerse,
-    /// [`Firewall::mangle_table_present`].
-    MangleTablePresent,
-    /// [`Firewall::drop_mangle_table_if_empty`].
-    DropMangleTableIfEmpty,
-}
-
-/// Which operation an injected failure hits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum FakeOp {
-    /// [`Firewall::restore`].
-    Restore,
-    /// [`Firewall::save_mangle`].
-    SaveMangle,
-    /// [`Firewall::save_mangle_counters`].
-    SaveMangleCounters,
-    /// [`Firewall::ipset_restore`].
-    IpsetRestore,
-    /// [`Firewall::ipset_names`].
-    IpsetNames,
-    /// [`Firewall::ipset_list_terse`].
-    IpsetListTerse,
-    /// [`Firewall::mangle_table_present`].
-    MangleTablePresent,
-    /// [`Firewall::drop_mangle_table_if_empty`].
-    DropMangleTableIfEmpty,
-}
-
-/// A fake firewall for tests without root: records every call, can fail chosen calls, and
-/// models the kernel state well enough for the texts [`crate::plan`] writes: restore transactions
-/// (`:C`, `-A`, `-I`, `-D`, `-F`, `-X`, all-or-nothing; `:C` flushes an existing chain as the
-/// real one does), ipset `create`/`add`/`destroy` of hash and list sets with their fill (line by
-/// line, *not* transactional, naming the failing line, as the real one), references to missing
-/// sets or chains, the mangle table's presence, and the rules' packet counters. [`FakeFirewall::syns`]
-/// plays SYNs through the rules the way the kernel would for the shapes the plan writes.
-#[derive(Debug, Default)]
-pub struct FakeFirewall {
-    /// Every call, in order.
-    pub calls: Vec<FirewallCall>,
-    failures: BTreeMap<FakeOp, VecDeque<Option<FirewallError>>>,
-    state: FakeState,
-    syns_played: BTreeMap<u16, u64>,
-}
-
+/// The kernel state the fake models: what `iptables-save` and `ipset list` would show.
 #[derive(Debug, Clone, Default)]
-struct FakeState {
+pub(super) struct FakeState {
     table_present: bool,
     /// Built-in chains' rules (only those that ever had a rule; the rest are implicitly empty).
     builtin: BTreeMap<String, Vec<String>>,
@@ -97,25 +42,6 @@ const TARGET_EXTENSIONS: [&str; 9] = [
 ];
 
 impl FakeFirewall {
-    /// An empty namespace: no mangle table, no sets.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Makes the next call of `op` fail with `error` (queued: several calls fail in order).
-    pub fn fail_next(&mut self, op: FakeOp, error: FirewallError) -> &mut Self {
-        self.failures.entry(op).or_default().push_back(Some(error));
-        self
-    }
-
-    /// Lets `skip` calls of `op` succeed, then fails the next one with `error`.
-    pub fn fail_later(&mut self, op: FakeOp, skip: usize, error: FirewallError) -> &mut Self {
-        let queue = self.failures.entry(op).or_default();
-        queue.extend(std::iter::repeat_with(|| None).take(skip));
-        queue.push_back(Some(error));
-        self
-    }
-
     /// SYNs played to `port` so far ([`FakeFirewall::syns`]).
     pub fn syns_played(&self, port: u16) -> u64 {
         self.syns_played.get(&port).copied().unwrap_or(0)
@@ -129,23 +55,6 @@ impl FakeFirewall {
     /// Names of the sets that exist now.
     pub fn sets(&self) -> &[String] {
         &self.state.sets
-    }
-
-    fn begin(&mut self, op: FakeOp, call: FirewallCall) -> Result<(), FirewallError> {
-        self.calls.push(call);
-        match self.failures.get_mut(&op).and_then(VecDeque::pop_front) {
-            Some(Some(e)) => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    fn failed(tool: &str, line: usize, what: String) -> FirewallError {
-        FirewallError::Process(ProcessError::Failed {
-            binary: tool.into(),
-            args: "(fake)".into(),
-            status: "exit code 1".into(),
-            stderr: format!("line {line}: {what}"),
-        })
     }
 
     /// What `iptables-save -t mangle` would print now, without recording a call.
@@ -390,8 +299,9 @@ impl FakeState {
     }
 }
 
-impl Firewall for FakeFirewall {
-    fn restore(&mut self, text: &str) -> Result<(), FirewallError> {
+/// The operations themselves, without hooks.
+impl FakeFirewall {
+    pub(super) fn restore_unhooked(&mut self, text: &str) -> Result<(), FirewallError> {
         self.begin(FakeOp::Restore, FirewallCall::Restore(text.to_string()))?;
         let mut next = self.state.clone();
         let mut in_mangle = false;
@@ -419,12 +329,12 @@ impl Firewall for FakeFirewall {
         Ok(())
     }
 
-    fn save_mangle(&mut self) -> Result<String, FirewallError> {
+    pub(super) fn save_mangle_unhooked(&mut self) -> Result<String, FirewallError> {
         self.begin(FakeOp::SaveMangle, FirewallCall::SaveMangle)?;
         Ok(self.mangle_text())
     }
 
-    fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
+    pub(super) fn ipset_restore_unhooked(&mut self, text: &str) -> Result<(), FirewallError> {
         self.begin(
             FakeOp::IpsetRestore,
             FirewallCall::IpsetRestore(text.to_string()),
@@ -505,17 +415,17 @@ impl Firewall for FakeFirewall {
         Ok(())
     }
 
-    fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
+    pub(super) fn ipset_names_unhooked(&mut self) -> Result<Vec<String>, FirewallError> {
         self.begin(FakeOp::IpsetNames, FirewallCall::IpsetNames)?;
         Ok(self.state.sets.clone())
     }
 
-    fn ipset_list_terse(&mut self) -> Result<String, FirewallError> {
+    pub(super) fn ipset_list_terse_unhooked(&mut self) -> Result<String, FirewallError> {
         self.begin(FakeOp::IpsetListTerse, FirewallCall::IpsetListTerse)?;
         Ok(self.ipset_terse_text())
     }
 
-    fn save_mangle_counters(&mut self) -> Result<String, FirewallError> {
+    pub(super) fn save_mangle_counters_unhooked(&mut self) -> Result<String, FirewallError> {
         self.begin(FakeOp::SaveMangleCounters, FirewallCall::SaveMangleCounters)?;
         Ok(self
             .mangle_text()
@@ -528,12 +438,12 @@ impl Firewall for FakeFirewall {
             .collect())
     }
 
-    fn mangle_table_present(&mut self) -> Result<bool, FirewallError> {
+    pub(super) fn mangle_table_present_unhooked(&mut self) -> Result<bool, FirewallError> {
         self.begin(FakeOp::MangleTablePresent, FirewallCall::MangleTablePresent)?;
         Ok(self.state.table_present)
     }
 
-    fn drop_mangle_table_if_empty(&mut self) -> Result<bool, FirewallError> {
+    pub(super) fn drop_mangle_table_if_empty_unhooked(&mut self) -> Result<bool, FirewallError> {
         self.begin(
             FakeOp::DropMangleTableIfEmpty,
             FirewallCall::DropMangleTableIfEmpty,

@@ -1,0 +1,163 @@
+//! The service layer's errors: [`HostError`] (one host operation failed, classified for the exit
+//! code) and [`OpError`] (why an operation did not complete, each variant mapped to a documented
+//! exit code of [`super::exit`]).
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{divert, exit};
+use crate::journal::JournalError;
+use crate::sys::firewall::FirewallError;
+
+/// What kind of failure a host operation had; decides the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostErrorKind {
+    /// A binary the agent runs (iptables-restore, ipset, nft) is missing.
+    MissingBinary,
+    /// A network interface named in the config does not exist.
+    MissingInterface,
+    /// The kernel refused: not root / no CAP_NET_ADMIN.
+    Permission,
+    /// A request to the peer's agent went out but no reply came: the peer may have acted on it.
+    Unanswered,
+    /// Anything else.
+    Other,
+}
+
+/// A failed host operation: what was attempted and why it failed, in one line.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{op}: {cause}")]
+pub struct HostError {
+    /// The operation, e.g. `iptables-restore (install divert)`.
+    pub op: String,
+    /// The cause, e.g. the tool's first stderr line.
+    pub cause: String,
+    /// Classification for the exit code.
+    pub kind: HostErrorKind,
+}
+
+impl From<FirewallError> for HostError {
+    fn from(e: FirewallError) -> HostError {
+        let kind = if e.is_missing_binary() {
+            HostErrorKind::MissingBinary
+        } else if e.is_permission() {
+            HostErrorKind::Permission
+        } else {
+            HostErrorKind::Other
+        };
+        HostError {
+            op: "firewall".into(),
+            cause: e.to_string(),
+            kind,
+        }
+    }
+}
+
+impl From<divert::DivertError> for HostError {
+    fn from(e: divert::DivertError) -> HostError {
+        match e {
+            divert::DivertError::Firewall(f) => f.into(),
+            other => HostError::other("firewall", other),
+        }
+    }
+}
+
+impl HostError {
+    /// An error of kind `Other`.
+    pub fn other(op: impl Into<String>, cause: impl ToString) -> HostError {
+        HostError {
+            op: op.into(),
+            cause: cause.to_string(),
+            kind: HostErrorKind::Other,
+        }
+    }
+}
+
+/// Why an operation did not complete. Each maps to a documented exit code ([`OpError::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// A host operation failed before anything was changed, or while changing (then rolled back).
+    #[error("{0}")]
+    Host(#[from] HostError),
+    /// The state directory failed.
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    /// The peer cannot take the traffic; nothing was changed.
+    #[error("peer not ready: {0}; nothing changed")]
+    PeerNotReady(String),
+    /// This node does not hold the VIP.
+    #[error("this node does not hold VIP {0} (not MASTER?); nothing to drain, nothing changed")]
+    NotMaster(Ipv4Addr),
+    /// The node is already out of service.
+    #[error("already out of service: {0}; run `drain-agent undrain` (or `maintenance off`) first")]
+    AlreadyDrained(String),
+    /// The node changed under the operation (keepalived moved a VIP); nothing was changed.
+    #[error("{0}; nothing changed")]
+    StateChanged(String),
+    /// An earlier run left changes behind.
+    #[error("leftovers of an earlier run: {0}; run `drain-agent undrain` to remove them")]
+    Leftovers(String),
+    /// The peer stopped answering; the divert was withdrawn and removed.
+    #[error("peer lost during the drain ({0}); divert withdrawn, this node still serves")]
+    PeerLost(String),
+    /// SIGINT/SIGTERM; rolled back.
+    #[error("interrupted; divert withdrawn and removed, this node still serves")]
+    Interrupted,
+    /// Deadline with abort_on_deadline; rolled back.
+    #[error("drain deadline of {} reached with {} connections left; rolled back (abort_on_deadline)", crate::config::fmt_duration(*.0), .1)]
+    DeadlineAbort(Duration, usize),
+    /// The peer did not take the VIP in time.
+    #[error("failover not confirmed within {} ({}); divert removed, tracked interface left down: check keepalived on both nodes", crate::config::fmt_duration(*.0), .1)]
+    FailoverUnconfirmed(Duration, String),
+    /// Not root / no CAP_NET_ADMIN.
+    #[error("insufficient privileges: drain-agent needs root or CAP_NET_ADMIN (and CAP_NET_RAW for the peer probe)")]
+    Privileges,
+    /// Some undo steps failed; they stay in the journal.
+    #[error("cleanup incomplete ({0}); the journal keeps what is left, run `drain-agent undrain`")]
+    CleanupIncomplete(String),
+    /// The configuration does not allow what was asked.
+    #[error("{0}")]
+    Config(String),
+    /// This node returns its peer's connections in the peer's hand-off.
+    #[error("this node serves the hand-off of {0} (its connections are returned to it); drain this node when that is over")]
+    ServingHandoff(Ipv4Addr),
+    /// The VIP left this node before the agent pulled the trigger: keepalived here stopped,
+    /// or went FAULT or BACKUP by itself. Clients already send
+    /// to the peer, so nothing is rolled back: the drain is finished (trigger, divert kept for
+    /// `post_wait`, removed) and the connections this node still had are reported cut.
+    #[error("VIP {0} moved to the peer during the drain without the agent ({1}): {2} connection(s) of this node cut; failover finished, divert removed, this node stays out of service until `drain-agent undrain`: check keepalived here")]
+    VipMoved(Ipv4Addr, String, usize),
+    /// SIGINT/SIGTERM after the failover of a hand-off: the node's remaining connections were cut.
+    #[error("interrupted during the hand-off: {0} connection(s) of this node cut; the peer serves the VIP, this node stays out of service until `drain-agent undrain`")]
+    HandoffCut(usize),
+}
+
+impl OpError {
+    /// The documented exit code of this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OpError::Host(e) => match e.kind {
+                HostErrorKind::Other | HostErrorKind::Unanswered => exit::INTERNAL,
+                _ => exit::ENVIRONMENT,
+            },
+            OpError::Journal(JournalError::Busy { .. }) => exit::BUSY,
+            OpError::Journal(_) | OpError::Privileges => exit::ENVIRONMENT,
+            OpError::Config(_) => exit::CONFIG,
+            OpError::PeerNotReady(_) => exit::PEER_NOT_READY,
+            OpError::NotMaster(_)
+            | OpError::AlreadyDrained(_)
+            | OpError::Leftovers(_)
+            | OpError::StateChanged(_)
+            | OpError::ServingHandoff(_) => exit::STATE,
+            OpError::PeerLost(_) => exit::PEER_LOST,
+            OpError::Interrupted | OpError::HandoffCut(_) => exit::INTERRUPTED,
+            OpError::DeadlineAbort(..) => exit::DEADLINE,
+            OpError::FailoverUnconfirmed(..) => exit::FAILOVER,
+            OpError::CleanupIncomplete(_) => exit::CLEANUP,
+            OpError::VipMoved(..) => exit::VIP_MOVED,
+        }
+    }
+}
