@@ -27,16 +27,40 @@ pub enum HostErrorKind {
     Other,
 }
 
-/// A failed host operation: what was attempted and why it failed, in one line.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("{op}: {cause}")]
+/// The adapter's own error behind a [`HostError`], kept whole (shared, so the error stays
+/// `Clone`) for callers that look at it rather than at its text.
+pub type Source = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failed host operation: what was attempted and why it failed, in one line, and the adapter's
+/// error it came from, when there is one.
+#[derive(Clone, Debug)]
 pub struct HostError {
     /// The operation, e.g. `iptables-restore (install divert)`.
     pub op: String,
-    /// The cause, e.g. the tool's first stderr line.
+    /// The cause, e.g. the tool's first stderr line: the source's own message when there is a
+    /// source.
     pub cause: String,
     /// Classification for the exit code.
     pub kind: HostErrorKind,
+    /// The adapter's error (a `FirewallError`, `LinksError`, `SockDiagError`, ...), for
+    /// `downcast_ref`; `None` when the cause is only a sentence.
+    pub source: Option<Source>,
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.op, self.cause)
+    }
+}
+
+// By hand rather than derived: a derived source would be the `Arc` itself, which no caller can
+// downcast to the adapter's error; this hands out the error inside it.
+impl std::error::Error for HostError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl From<FirewallError> for HostError {
@@ -48,11 +72,7 @@ impl From<FirewallError> for HostError {
         } else {
             HostErrorKind::Other
         };
-        HostError {
-            op: "firewall".into(),
-            cause: e.to_string(),
-            kind,
-        }
+        HostError::caused("firewall", kind, e)
     }
 }
 
@@ -60,18 +80,38 @@ impl From<divert::DivertError> for HostError {
     fn from(e: divert::DivertError) -> HostError {
         match e {
             divert::DivertError::Firewall(f) => f.into(),
-            other => HostError::other("firewall", other),
+            other => HostError::caused("firewall", HostErrorKind::Other, other),
         }
     }
 }
 
 impl HostError {
-    /// An error of kind `Other`.
+    /// An error of kind `Other` whose cause is a sentence (no source error).
     pub fn other(op: impl Into<String>, cause: impl ToString) -> HostError {
+        HostError::new(op, HostErrorKind::Other, cause)
+    }
+
+    /// An error whose cause is a sentence (no source error), of `kind`.
+    pub fn new(op: impl Into<String>, kind: HostErrorKind, cause: impl ToString) -> HostError {
         HostError {
             op: op.into(),
             cause: cause.to_string(),
-            kind: HostErrorKind::Other,
+            kind,
+            source: None,
+        }
+    }
+
+    /// An error caused by the adapter's error `e`, kept as the source.
+    pub fn caused(
+        op: impl Into<String>,
+        kind: HostErrorKind,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> HostError {
+        HostError {
+            op: op.into(),
+            cause: e.to_string(),
+            kind,
+            source: Some(std::sync::Arc::new(e)),
         }
     }
 }
@@ -159,5 +199,33 @@ impl OpError {
             OpError::CleanupIncomplete(_) => exit::CLEANUP,
             OpError::VipMoved(..) => exit::VIP_MOVED,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_error_keeps_the_adapters_error_as_its_source() {
+        let fw = FirewallError::BadOutput {
+            binary: "iptables-save".into(),
+            detail: "no table line".into(),
+        };
+        let text = fw.to_string();
+        let op: OpError = HostError::from(fw).into();
+        // The message is what it was; the chain leads to the firewall's own error.
+        assert_eq!(op.to_string(), format!("firewall: {text}"));
+        let host = std::error::Error::source(&op).expect("OpError::Host has its HostError");
+        let inner = host.source().expect("HostError has the firewall's error");
+        assert!(
+            matches!(
+                inner.downcast_ref::<FirewallError>(),
+                Some(FirewallError::BadOutput { .. })
+            ),
+            "{inner:?}"
+        );
+        // A sentence has no source.
+        assert!(std::error::Error::source(&HostError::other("x", "y")).is_none());
     }
 }

@@ -267,11 +267,11 @@ impl Clock for FakeHost {
 
 impl Interfaces for FakeHost {
     fn link_up(&mut self, ifname: &str) -> Result<bool, HostError> {
-        self.links.get(ifname).copied().ok_or(HostError {
-            op: format!("link {ifname}"),
-            cause: "no such interface".into(),
-            kind: HostErrorKind::MissingInterface,
-        })
+        self.links.get(ifname).copied().ok_or(HostError::new(
+            format!("link {ifname}"),
+            HostErrorKind::MissingInterface,
+            "no such interface",
+        ))
     }
     fn set_link(&mut self, ifname: &str, up: bool) -> Result<(), HostError> {
         self.call(format!("link {ifname} {}", if up { "up" } else { "down" }));
@@ -402,11 +402,11 @@ impl PeerAgent for FakeHost {
         if let (PeerRequest::Begin { .. }, Some(down_for)) = (req, self.peer_agent.dies_at_begin) {
             self.peer_agent.dies_at_begin = None;
             self.peer_agent.down_until = Some(self.t() + down_for);
-            return Err(HostError {
-                op: "peer link".into(),
-                cause: "the request was sent but no reply came: connection reset".into(),
-                kind: HostErrorKind::Unanswered,
-            });
+            return Err(HostError::new(
+                "peer link",
+                HostErrorKind::Unanswered,
+                "the request was sent but no reply came: connection reset",
+            ));
         }
         let restarting = self.peer_agent.down_until.is_some_and(|t| self.t() < t);
         if self.peer_agent.down || restarting || !self.peer_alive() {

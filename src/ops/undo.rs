@@ -77,7 +77,7 @@ pub fn undo(h: &mut dyn Host, plan: &DivertPlan, c: &Change) -> Result<(), HostE
                 ));
             }
             divert::remove(h.firewall(), plan, *drop_mangle_table)
-                .map_err(|e| HostError::other("remove divert", e))
+                .map_err(|e| HostError::caused("remove divert", super::HostErrorKind::Other, e))
         }
         Change::LinkDown { ifname } => h.set_link(ifname, true),
         Change::TrackFault { path } => h.write_track_file(path, 0),

@@ -68,7 +68,7 @@ impl SystemHost {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| HostError::other("tokio runtime", e))?;
+            .map_err(|e| HostError::caused("tokio runtime", HostErrorKind::Other, e))?;
         let links = {
             let _guard = rt.enter();
             RtnlLinks::new().map_err(links_err)?
@@ -109,17 +109,27 @@ impl SystemHost {
     /// The address this node uses towards the peer (what the kernel would pick as source; a
     /// connected UDP socket sends nothing).
     fn our_ip(&self) -> Result<Ipv4Addr, HostError> {
-        let s = UdpSocket::bind("0.0.0.0:0")
-            .map_err(|e| HostError::other("source address towards the peer", e))?;
-        s.connect(SocketAddrV4::new(self.peer, 9))
-            .map_err(|e| HostError::other(format!("route to peer {}", self.peer), e))?;
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| {
+            HostError::caused("source address towards the peer", HostErrorKind::Other, e)
+        })?;
+        s.connect(SocketAddrV4::new(self.peer, 9)).map_err(|e| {
+            HostError::caused(
+                format!("route to peer {}", self.peer),
+                HostErrorKind::Other,
+                e,
+            )
+        })?;
         match s.local_addr() {
             Ok(std::net::SocketAddr::V4(a)) => Ok(*a.ip()),
             Ok(a) => Err(HostError::other(
                 "source address towards the peer",
                 format!("unexpected {a}"),
             )),
-            Err(e) => Err(HostError::other("source address towards the peer", e)),
+            Err(e) => Err(HostError::caused(
+                "source address towards the peer",
+                HostErrorKind::Other,
+                e,
+            )),
         }
     }
 
@@ -147,11 +157,7 @@ fn links_err(e: LinksError) -> HostError {
         other if other.is_permission() => HostErrorKind::Permission,
         _ => HostErrorKind::Other,
     };
-    HostError {
-        op: "rtnetlink".into(),
-        cause: e.to_string(),
-        kind,
-    }
+    HostError::caused("rtnetlink", kind, e)
 }
 
 fn sock_err(e: SockDiagError) -> HostError {
@@ -160,11 +166,7 @@ fn sock_err(e: SockDiagError) -> HostError {
     } else {
         HostErrorKind::Other
     };
-    HostError {
-        op: "sock_diag".into(),
-        cause: e.to_string(),
-        kind,
-    }
+    HostError::caused("sock_diag", kind, e)
 }
 
 fn probe_err(e: ProbeError) -> HostError {
@@ -173,11 +175,7 @@ fn probe_err(e: ProbeError) -> HostError {
         ProbeError::Permission { .. } => HostErrorKind::Permission,
         _ => HostErrorKind::Other,
     };
-    HostError {
-        op: "peer probe".into(),
-        cause: e.to_string(),
-        kind,
-    }
+    HostError::caused("peer probe", kind, e)
 }
 
 fn sysctl_err(e: SysctlError) -> HostError {
@@ -186,11 +184,7 @@ fn sysctl_err(e: SysctlError) -> HostError {
     } else {
         HostErrorKind::Other
     };
-    HostError {
-        op: "sysctl".into(),
-        cause: e.to_string(),
-        kind,
-    }
+    HostError::caused("sysctl", kind, e)
 }
 
 fn key(k: &str) -> Result<SysctlKey, HostError> {
@@ -340,7 +334,8 @@ impl Sockets for SystemHost {
         })
     }
     fn passive_opens(&mut self) -> Result<u64, HostError> {
-        crate::sys::sockdiag::passive_opens().map_err(|e| HostError::other("/proc/net/snmp", e))
+        crate::sys::sockdiag::passive_opens()
+            .map_err(|e| HostError::caused("/proc/net/snmp", HostErrorKind::Other, e))
     }
 }
 
@@ -359,12 +354,22 @@ impl KeepalivedTrack for SystemHost {
         tracing::info!(path = %path.display(), value, "track file");
         crate::keepalived::TrackFile::new(path)
             .write(value)
-            .map_err(|e| HostError::other(format!("track file {}", path.display()), e))
+            .map_err(|e| {
+                HostError::caused(
+                    format!("track file {}", path.display()),
+                    HostErrorKind::Other,
+                    e,
+                )
+            })
     }
     fn read_track_file(&mut self, path: &std::path::Path) -> Result<Option<i32>, HostError> {
-        crate::keepalived::TrackFile::new(path)
-            .read()
-            .map_err(|e| HostError::other(format!("track file {}", path.display()), e))
+        crate::keepalived::TrackFile::new(path).read().map_err(|e| {
+            HostError::caused(
+                format!("track file {}", path.display()),
+                HostErrorKind::Other,
+                e,
+            )
+        })
     }
 }
 
@@ -397,11 +402,8 @@ impl PeerAgent for SystemHost {
         let key = match &self.handoff_key {
             Some(k) => k.clone(),
             None => {
-                let k = peerlink::Key::load(&path).map_err(|e| HostError {
-                    op: "peer link".into(),
-                    cause: e.to_string(),
-                    kind: HostErrorKind::Other,
-                })?;
+                let k = peerlink::Key::load(&path)
+                    .map_err(|e| HostError::caused("peer link", HostErrorKind::Other, e))?;
                 self.handoff_key = Some(k.clone());
                 k
             }
@@ -417,11 +419,29 @@ impl PeerAgent for SystemHost {
                 peerlink::LinkError::Unanswered { .. } => HostErrorKind::Unanswered,
                 _ => HostErrorKind::Other,
             };
-            HostError {
-                op: "peer link".into(),
-                cause: e.to_string(),
-                kind,
-            }
+            HostError::caused("peer link", kind, e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_adapters_errors_are_kept_as_sources_and_classified() {
+        let e = links_err(LinksError::NoSuchInterface {
+            ifname: "trk9".into(),
+        });
+        assert_eq!(e.kind, HostErrorKind::MissingInterface);
+        let source = std::error::Error::source(&e).expect("the links error");
+        assert!(
+            matches!(
+                source.downcast_ref::<LinksError>(),
+                Some(LinksError::NoSuchInterface { ifname }) if ifname == "trk9"
+            ),
+            "{source:?}"
+        );
+        assert_eq!(e.to_string(), format!("rtnetlink: {source}"));
     }
 }
