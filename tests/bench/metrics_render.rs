@@ -126,7 +126,7 @@ fn daemon_that_ran_drains() -> Metrics {
 fn main() {
     let status = Arc::new(typical_node());
     let metrics = daemon_that_ran_drains();
-    let render = || metrics.render(Some(&status));
+    let render = || metrics.render(Some(status.clone()));
     let body = render();
     // `-- --print`: the exposition itself, to compare two versions' output.
     if std::env::args().any(|a| a == "--print") {
