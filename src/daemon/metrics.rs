@@ -1,5 +1,6 @@
 //! Prometheus metrics: the daemon serves the text exposition format (0.0.4) at
-//! `http://<metrics.listen>/metrics`.
+//! `http://<metrics.listen>/metrics`, encoded by `prometheus-client`: the daemon's counters and
+//! histograms live in its registry; the node's gauges are a collector over the scrape's snapshot.
 //!
 //! Gauges describe the node as `status` reads it (so they are right whatever ran the drain: the
 //! daemon, or the CLI with `--local`); while the daemon itself runs a drain, the phase follows
@@ -32,13 +33,22 @@
 //! | `drain_agent_failover_duration_seconds` | histogram | from the trigger until the peer owned the VIPs |
 //! | `drain_agent_status_ok` | gauge | 0 if the node's state could not be read at this scrape |
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeGaugeValue, EncodeMetric,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -77,54 +87,33 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest request accepted.
 const MAX_REQUEST: usize = 8 * 1024;
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
+/// The labels of `drain_agent_drains_total`: `mode` and `result`.
+type DrainLabels = [(&'static str, &'static str); 2];
 
-impl Histogram {
-    fn observe(&mut self, v: f64) {
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if v <= *le {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", self.counts[i]);
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
-}
-
+/// What decides the phase while the daemon runs a drain.
 #[derive(Debug, Default)]
-struct Inner {
+struct Live {
     /// The phase of the drain the daemon runs, if it runs one.
-    live: Option<&'static str>,
-    live_mode: DrainMode,
-    drains: BTreeMap<(&'static str, &'static str), u64>,
-    diverted_flows: u64,
-    probe_failures: u64,
-    drain_seconds: Histogram,
-    failover_seconds: Histogram,
+    phase: Option<&'static str>,
+    mode: DrainMode,
     /// Bumped whenever the daemon's own drain stops deciding the phase, so a snapshot of the
     /// node read before that (while the drain held the lock: "draining") is not shown after it.
     generation: u64,
 }
 
 /// The daemon's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    /// Also held while the counters change with the phase and while a render encodes, so a
+    /// scrape never sees a drain over without its count, or counted and still running.
+    live: Mutex<Live>,
+    /// The counters and histograms of the drains the daemon ran (below), kept across scrapes.
+    daemon: Registry,
+    drains: Family<DrainLabels, Counter>,
+    diverted_flows: Counter,
+    probe_failures: Counter,
+    drain_seconds: Histogram,
+    failover_seconds: Histogram,
 }
 
 fn mode_name(m: DrainMode) -> &'static str {
@@ -134,41 +123,95 @@ fn mode_name(m: DrainMode) -> &'static str {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let drains = Family::<DrainLabels, Counter>::default();
+        // Every (mode, result) exists from 0: the DrainFailed alert's `increase(…[1h])` sees the
+        // first failure only if the series was scraped before it.
+        for mode in [DrainMode::Drain, DrainMode::Handoff] {
+            for result in ["drained", "failed"] {
+                drop(drains.get_or_create(&[("mode", mode_name(mode)), ("result", result)]));
+            }
+        }
+        let m = Metrics {
+            live: Mutex::default(),
+            daemon: Registry::default(),
+            drains,
+            diverted_flows: Counter::default(),
+            probe_failures: Counter::default(),
+            drain_seconds: Histogram::new(BUCKETS),
+            failover_seconds: Histogram::new(BUCKETS),
+        };
+        // The registry appends `_total` to a counter's name (and a full stop to each help).
+        let mut daemon = Registry::default();
+        daemon.register(
+            "drain_agent_drains",
+            "drains the daemon ran, by mode and result",
+            m.drains.clone(),
+        );
+        daemon.register(
+            "drain_agent_diverted_flows",
+            "new flows the daemon's drains diverted to the peer",
+            m.diverted_flows.clone(),
+        );
+        daemon.register(
+            "drain_agent_peer_probe_failures",
+            "failed probes of the peer during the daemon's drains",
+            m.probe_failures.clone(),
+        );
+        daemon.register(
+            "drain_agent_drain_duration_seconds",
+            "from the divert to the end of the wait for the node's connections",
+            m.drain_seconds.clone(),
+        );
+        daemon.register(
+            "drain_agent_failover_duration_seconds",
+            "from the failover trigger until the peer owned the VIPs",
+            m.failover_seconds.clone(),
+        );
+        Metrics { daemon, ..m }
+    }
+}
+
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The daemon starts a drain in `mode`.
     pub fn drain_started(&self, mode: DrainMode) {
-        let mut i = self.lock();
-        i.live = Some("preflight");
-        i.live_mode = mode;
+        let mut l = self.lock();
+        l.phase = Some("preflight");
+        l.mode = mode;
     }
 
     /// One event of the drain the daemon runs.
     pub fn observe(&self, e: &Event) {
-        let mut i = self.lock();
+        let mut l = self.lock();
         match e {
-            Event::Diverted { .. } => i.live = Some("draining"),
-            Event::FailoverTriggered { .. } => i.live = Some("failing-over"),
+            Event::Diverted { .. } => l.phase = Some("draining"),
+            Event::FailoverTriggered { .. } => l.phase = Some("failing-over"),
             Event::PeerOwnsVip { .. } => {
-                i.live = Some(match i.live_mode {
+                l.phase = Some(match l.mode {
                     DrainMode::Handoff => "handing-off",
                     DrainMode::Drain => "failed-over",
                 })
             }
-            Event::PeerProbeFailed { .. } => i.probe_failures += 1,
-            Event::DivertTotals { diverted_flows, .. } => i.diverted_flows += diverted_flows,
+            Event::PeerProbeFailed { .. } => {
+                self.probe_failures.inc();
+            }
+            Event::DivertTotals { diverted_flows, .. } => {
+                self.diverted_flows.inc_by(*diverted_flows);
+            }
             _ => {}
         }
     }
 
     /// The daemon's request needed no drain after all (the node was out of service already).
     pub fn drain_skipped(&self) {
-        let mut i = self.lock();
-        i.live = None;
-        i.generation += 1;
+        let mut l = self.lock();
+        l.phase = None;
+        l.generation += 1;
     }
 
     /// Which snapshot of the node the phase may fall back to: one read at this generation (see
@@ -179,27 +222,28 @@ impl Metrics {
 
     /// The drain the daemon ran is over.
     pub fn drain_finished(&self, r: &Result<DrainReport, OpError>) {
-        let mut i = self.lock();
-        let mode = mode_name(i.live_mode);
-        i.live = None;
-        i.generation += 1;
+        let mut l = self.lock();
+        l.phase = None;
+        l.generation += 1;
         let result = match r {
             Ok(rep) => {
-                i.drain_seconds.observe(rep.drain_ms / 1000.0);
-                i.failover_seconds.observe(rep.failover_ms / 1000.0);
+                self.drain_seconds.observe(rep.drain_ms / 1000.0);
+                self.failover_seconds.observe(rep.failover_ms / 1000.0);
                 "drained"
             }
             Err(_) => "failed",
         };
-        *i.drains.entry((mode, result)).or_default() += 1;
+        self.drains
+            .get_or_create(&[("mode", mode_name(l.mode)), ("result", result)])
+            .inc();
     }
 
-    /// The text exposition of everything, with the node as `status` reads it now.
-    pub fn render(&self, status: Option<&Status>) -> String {
-        let i = self.lock();
-        let mut out = String::new();
-        let phase = i.live.or_else(|| {
-            status.map(|s| match s.mode {
+    /// The text exposition (format 0.0.4, [`CONTENT_TYPE`]) of everything, with the node as
+    /// `status` read it (`None`: it could not be read).
+    pub fn render(&self, status: Option<Arc<Status>>) -> String {
+        let l = self.lock();
+        let phase = l.phase.or_else(|| {
+            status.as_ref().map(|s| match s.mode {
                 Mode::Maintenance => "maintenance",
                 Mode::Draining => "draining",
                 Mode::Busy => "busy",
@@ -210,157 +254,176 @@ impl Metrics {
                 Mode::Serving => "serving",
             })
         });
-        gauge_head(
-            &mut out,
-            "drain_agent_phase",
-            "1 for the phase the node is in, 0 for the others",
-        );
-        for p in PHASES {
-            let _ = writeln!(
-                out,
-                "drain_agent_phase{{phase=\"{p}\"}} {}",
-                u8::from(phase == Some(p))
-            );
-        }
-        gauge_head(
-            &mut out,
-            "drain_agent_status_ok",
-            "0 if the node's state could not be read at this scrape",
-        );
-        let _ = writeln!(out, "drain_agent_status_ok {}", u8::from(status.is_some()));
-        if let Some(s) = status {
-            if let Some(c) = &s.sockets {
-                gauge_head(
-                    &mut out,
-                    "drain_agent_sockets",
-                    "the node's connections on the VIP ports, by TCP state",
-                );
-                for (state, n) in &c.by_state {
-                    let _ = writeln!(
-                        out,
-                        "drain_agent_sockets{{state=\"{}\"}} {n}",
-                        escape(state)
-                    );
-                }
-                gauge_head(
-                    &mut out,
-                    "drain_agent_sockets_idle",
-                    "connections idle longer than drain.idle_threshold",
-                );
-                let _ = writeln!(out, "drain_agent_sockets_idle {}", c.idle);
-            }
-            gauge_head(
-                &mut out,
-                "drain_agent_vip_held",
-                "1 if this node holds the VIP",
-            );
-            for v in &s.vips {
-                let _ = writeln!(
-                    out,
-                    "drain_agent_vip_held{{vip=\"{}\"}} {}",
-                    v.address,
-                    u8::from(v.local)
-                );
-            }
-            gauge_head(
-                &mut out,
-                "drain_agent_tracked_interface_up",
-                "1 if the tracked interface is up",
-            );
-            let _ = writeln!(
-                out,
-                "drain_agent_tracked_interface_up {}",
-                u8::from(s.tracked_interface.up)
-            );
-            let (flows, packets) = s
-                .divert
-                .as_ref()
-                .map_or((0, 0), |d| (d.diverted_flows, d.diverted_packets));
-            gauge_head(
-                &mut out,
-                "drain_agent_divert_flows",
-                "new flows (SYNs) the divert in place has sent to the peer",
-            );
-            let _ = writeln!(out, "drain_agent_divert_flows {flows}");
-            gauge_head(
-                &mut out,
-                "drain_agent_divert_packets",
-                "packets the divert in place has sent to the peer",
-            );
-            let _ = writeln!(out, "drain_agent_divert_packets {packets}");
-            gauge_head(
-                &mut out,
-                "drain_agent_divert_unrecorded_syns",
-                "SYNs of the divert in place its record could not hold (each fell through to this node)",
-            );
-            let unrecorded = s.divert.as_ref().map_or(0, |d| d.unrecorded_syns);
-            let _ = writeln!(out, "drain_agent_divert_unrecorded_syns {unrecorded}");
-            gauge_head(
-                &mut out,
-                "drain_agent_maintenance",
-                "1 if the node is in maintenance",
-            );
-            let _ = writeln!(
-                out,
-                "drain_agent_maintenance {}",
-                u8::from(s.maintenance.is_some())
-            );
-            if let Some(m) = &s.maintenance {
-                gauge_head(
-                    &mut out,
-                    "drain_agent_maintenance_since_seconds",
-                    "Unix time the node went into maintenance",
-                );
-                let _ = writeln!(out, "drain_agent_maintenance_since_seconds {}", m.since);
-                gauge_head(
-                    &mut out,
-                    "drain_agent_maintenance_info",
-                    "why and by whom the node is in maintenance",
-                );
-                let _ = writeln!(
-                    out,
-                    "drain_agent_maintenance_info{{reason=\"{}\",by=\"{}\"}} 1",
-                    escape(&m.reason),
-                    escape(&m.by)
-                );
-            }
-        }
-        let _ = writeln!(out, "# HELP drain_agent_drains_total drains the daemon ran, by mode and result\n# TYPE drain_agent_drains_total counter");
-        for mode in ["drain", "handoff"] {
-            for result in ["drained", "failed"] {
-                let n = i.drains.get(&(mode, result)).copied().unwrap_or(0);
-                let _ = writeln!(
-                    out,
-                    "drain_agent_drains_total{{mode=\"{mode}\",result=\"{result}\"}} {n}"
-                );
-            }
-        }
-        let _ = writeln!(out, "# HELP drain_agent_diverted_flows_total new flows the daemon's drains diverted to the peer\n# TYPE drain_agent_diverted_flows_total counter\ndrain_agent_diverted_flows_total {}", i.diverted_flows);
-        let _ = writeln!(out, "# HELP drain_agent_peer_probe_failures_total failed probes of the peer during the daemon's drains\n# TYPE drain_agent_peer_probe_failures_total counter\ndrain_agent_peer_probe_failures_total {}", i.probe_failures);
-        i.drain_seconds.render(
-            &mut out,
-            "drain_agent_drain_duration_seconds",
-            "from the divert to the end of the wait for the node's connections",
-        );
-        i.failover_seconds.render(
-            &mut out,
-            "drain_agent_failover_duration_seconds",
-            "from the failover trigger until the peer owned the VIPs",
-        );
+        // The node's gauges are this scrape's snapshot, not state kept between scrapes: a
+        // registry of one collector, encoded ahead of the daemon's own.
+        let mut node = Registry::default();
+        node.register_collector(Box::new(NodeGauges { phase, status }));
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &node);
+        let _ = prometheus_text::encode(&mut out, &self.daemon);
         out
     }
 }
 
-fn gauge_head(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+/// The `Content-Type` of [`Metrics::render`]'s text: Prometheus' text format 0.0.4, which every
+/// Prometheus scrape accepts. Not OpenMetrics, whose families drop the counters' `_total` in
+/// HELP and TYPE and whose body must end in `# EOF`.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// The gauges of one scrape: the phase, and the node as the snapshot read it.
+#[derive(Debug)]
+struct NodeGauges {
+    phase: Option<&'static str>,
+    status: Option<Arc<Status>>,
 }
 
-/// A label value as the text format wants it: backslash, double quote and newline escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Encodes one unlabelled gauge.
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl EncodeGaugeValue,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
+
+/// Encodes one gauge family, a sample per `(label value, value)`.
+fn gauges<'a, V: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    samples: impl IntoIterator<Item = (&'a str, V)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (label_value, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&[(label, label_value)])?)?;
+    }
+    Ok(())
+}
+
+impl Collector for NodeGauges {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let enc = &mut enc;
+        // Help texts end in a full stop, as the registry's do.
+        gauges(
+            enc,
+            "drain_agent_phase",
+            "1 for the phase the node is in, 0 for the others.",
+            "phase",
+            PHASES.map(|p| (p, i64::from(self.phase == Some(p)))),
+        )?;
+        gauge(
+            enc,
+            "drain_agent_status_ok",
+            "0 if the node's state could not be read at this scrape.",
+            i64::from(self.status.is_some()),
+        )?;
+        let Some(s) = &self.status else {
+            return Ok(());
+        };
+        if let Some(c) = &s.sockets {
+            gauges(
+                enc,
+                "drain_agent_sockets",
+                "the node's connections on the VIP ports, by TCP state.",
+                "state",
+                c.by_state.iter().map(|(state, n)| (state.as_str(), *n)),
+            )?;
+            gauge(
+                enc,
+                "drain_agent_sockets_idle",
+                "connections idle longer than drain.idle_threshold.",
+                c.idle,
+            )?;
+        }
+        let vips: Vec<(String, i64)> = s
+            .vips
+            .iter()
+            .map(|v| (v.address.to_string(), i64::from(v.local)))
+            .collect();
+        gauges(
+            enc,
+            "drain_agent_vip_held",
+            "1 if this node holds the VIP.",
+            "vip",
+            vips.iter().map(|(vip, held)| (vip.as_str(), *held)),
+        )?;
+        gauge(
+            enc,
+            "drain_agent_tracked_interface_up",
+            "1 if the tracked interface is up.",
+            i64::from(s.tracked_interface.up),
+        )?;
+        // Without a divert these read 0 rather than vanish: the alerts compare them.
+        let d = s.divert.as_ref();
+        gauge(
+            enc,
+            "drain_agent_divert_flows",
+            "new flows (SYNs) the divert in place has sent to the peer.",
+            d.map_or(0, |d| d.diverted_flows),
+        )?;
+        gauge(
+            enc,
+            "drain_agent_divert_packets",
+            "packets the divert in place has sent to the peer.",
+            d.map_or(0, |d| d.diverted_packets),
+        )?;
+        gauge(
+            enc,
+            "drain_agent_divert_unrecorded_syns",
+            "SYNs of the divert in place its record could not hold (each fell through to this node).",
+            d.map_or(0, |d| d.unrecorded_syns),
+        )?;
+        gauge(
+            enc,
+            "drain_agent_maintenance",
+            "1 if the node is in maintenance.",
+            i64::from(s.maintenance.is_some()),
+        )?;
+        if let Some(m) = &s.maintenance {
+            gauge(
+                enc,
+                "drain_agent_maintenance_since_seconds",
+                "Unix time the node went into maintenance.",
+                m.since,
+            )?;
+            // An info metric: the encoder names it `drain_agent_maintenance_info`, value 1.
+            Info::new([("reason", m.reason.as_str()), ("by", m.by.as_str())]).encode(
+                enc.encode_descriptor(
+                    "drain_agent_maintenance",
+                    "why and by whom the node is in maintenance.",
+                    None,
+                    MetricType::Info,
+                )?,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Every metric name the exposition can carry, as its samples are named (the alert rules'
+/// test checks that they read only these).
+pub const EXPOSED: [&str; 17] = [
+    "drain_agent_phase",
+    "drain_agent_status_ok",
+    "drain_agent_sockets",
+    "drain_agent_sockets_idle",
+    "drain_agent_vip_held",
+    "drain_agent_tracked_interface_up",
+    "drain_agent_divert_flows",
+    "drain_agent_divert_packets",
+    "drain_agent_divert_unrecorded_syns",
+    "drain_agent_maintenance",
+    "drain_agent_maintenance_since_seconds",
+    "drain_agent_maintenance_info",
+    "drain_agent_drains_total",
+    "drain_agent_diverted_flows_total",
+    "drain_agent_peer_probe_failures_total",
+    "drain_agent_drain_duration_seconds",
+    "drain_agent_failover_duration_seconds",
+];
 
 /// One reading of the node: when, at which [`Metrics::generation`], and what.
 type Cached = (Instant, u64, Option<Arc<Status>>);
@@ -521,11 +584,7 @@ where
     let (status_line, body, ctype) =
         if head.starts_with("GET ") && (path == "/metrics" || path.starts_with("/metrics?")) {
             let status = snapshot.get(metrics.generation()).await;
-            (
-                "200 OK",
-                metrics.render(status.as_deref()),
-                "text/plain; version=0.0.4; charset=utf-8",
-            )
+            ("200 OK", metrics.render(status), CONTENT_TYPE)
         } else if head.starts_with("GET ") && path == "/" {
             (
                 "200 OK",
@@ -604,21 +663,29 @@ mod tests {
         assert!(text.contains("drain_agent_status_ok 0"), "{text}");
     }
 
-    #[test]
-    fn the_gauges_the_alerts_read_come_from_the_nodes_status() {
+    /// A node in maintenance with a divert in place and connections left: every family shows.
+    fn maintenance_node(reason: &str) -> Status {
         use crate::ops::status::{DivertState, Tracked, VipState};
-        let status = Status {
+        Status {
             mode: Mode::Maintenance,
             since: Some(1_700_000_000),
             maintenance: Some(crate::journal::Maintenance {
-                reason: "kernel \"upgrade\"".into(),
+                reason: reason.into(),
                 by: "ops".into(),
                 since: 1_700_000_000,
                 drained: true,
             }),
             trigger_undone: None,
             vrrp: None,
-            sockets: None,
+            sockets: Some(crate::ops::SocketCount {
+                total: 3,
+                idle: 1,
+                by_state: [
+                    ("established".to_string(), 2),
+                    ("fin-wait-1".to_string(), 1),
+                ]
+                .into(),
+            }),
             lock_holder_pid: None,
             tracked_interface: Tracked {
                 name: "trk0".into(),
@@ -647,8 +714,30 @@ mod tests {
             return_journal: vec![],
             last_drain: None,
             state_errors: vec![],
-        };
-        let text = Metrics::default().render(Some(&status));
+        }
+    }
+
+    /// A drain of `mode` that took `drain_ms`, then `failover_ms` until the peer owned the VIPs.
+    fn drained(mode: DrainMode, drain_ms: f64, failover_ms: f64) -> Result<DrainReport, OpError> {
+        Ok(DrainReport {
+            mode,
+            reason: crate::ops::DrainReason::Empty,
+            drain_ms,
+            failover_ms,
+            total_ms: drain_ms + failover_ms,
+            install_ms: 1.0,
+            abandoned: 0,
+            diverted_flows: 0,
+            recorded_flows: 0,
+            unrecorded_syns: 0,
+            sealed_drops: 0,
+        })
+    }
+
+    #[test]
+    fn the_gauges_the_alerts_read_come_from_the_nodes_status() {
+        let status = maintenance_node("kernel \"upgrade\"");
+        let text = Metrics::default().render(Some(Arc::new(status.clone())));
         for line in [
             "drain_agent_phase{phase=\"maintenance\"} 1",
             "drain_agent_divert_unrecorded_syns 3",
@@ -665,7 +754,7 @@ mod tests {
             divert: None,
             ..status
         };
-        let text = Metrics::default().render(Some(&serving));
+        let text = Metrics::default().render(Some(Arc::new(serving)));
         assert!(
             text.contains("\ndrain_agent_divert_unrecorded_syns 0\n"),
             "{text}"
@@ -818,19 +907,72 @@ mod tests {
     }
 
     #[test]
-    fn histograms_are_cumulative_and_labels_escaped() {
-        let mut h = Histogram::default();
-        h.observe(0.3);
-        h.observe(7.0);
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"0.25\"} 0\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.5\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
+    fn histograms_are_cumulative_and_label_values_escaped() {
+        let m = Metrics::default();
+        for (drain_ms, failover_ms) in [(300.0, 600.0), (7000.0, 800.0)] {
+            m.drain_started(DrainMode::Drain);
+            m.drain_finished(&drained(DrainMode::Drain, drain_ms, failover_ms));
+        }
+        let text = m.render(Some(Arc::new(maintenance_node("a \"b\"\\\nc"))));
+        let x = "drain_agent_drain_duration_seconds";
+        for line in [
+            format!("{x}_bucket{{le=\"0.25\"}} 0"),
+            format!("{x}_bucket{{le=\"0.5\"}} 1"),
+            format!("{x}_bucket{{le=\"10\"}} 2"),
+            format!("{x}_bucket{{le=\"3600\"}} 2"),
+            format!("{x}_bucket{{le=\"+Inf\"}} 2"),
+            format!("{x}_sum 7.3"),
+            format!("{x}_count 2"),
+            "drain_agent_failover_duration_seconds_bucket{le=\"1\"} 2".into(),
+            "drain_agent_drains_total{mode=\"drain\",result=\"drained\"} 2".into(),
+            "drain_agent_drains_total{mode=\"handoff\",result=\"failed\"} 0".into(),
+            // Backslash, double quote and newline escaped, as the text format wants.
+            "drain_agent_maintenance_info{reason=\"a \\\"b\\\"\\\\\\nc\",by=\"ops\"} 1".into(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_exposition_carries_exactly_the_exposed_names_and_passes_promtool() {
+        let m = Metrics::default();
+        m.drain_started(DrainMode::Handoff);
+        m.drain_finished(&drained(DrainMode::Handoff, 1200.0, 700.0));
+        let text = m.render(Some(Arc::new(maintenance_node("kernel"))));
+        let mut families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        families.sort_unstable();
+        let mut exposed = EXPOSED.to_vec();
+        exposed.sort_unstable();
+        assert_eq!(families, exposed, "{text}");
+        assert!(!text.contains("# EOF"), "not OpenMetrics: {text}");
+        let test = "the_exposition_carries_exactly_the_exposed_names_and_passes_promtool";
+        if !drain_test_support::require_tool(test, "promtool") {
+            return;
+        }
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
         assert!(
-            out.contains("x_bucket{le=\"+Inf\"} 2\nx_sum 7.3\nx_count 2\n"),
-            "{out}"
+            out.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(escape("a \"b\"\\\nc"), "a \\\"b\\\"\\\\\\nc");
     }
 }

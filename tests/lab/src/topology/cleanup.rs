@@ -1,0 +1,151 @@
+//! Taking a lab down: its processes, namespaces and state directory, also what a killed run left
+//! behind (recognised by the pid in its names).
+
+use super::*;
+
+impl Lab {
+    /// Stops every process and removes every namespace and the state directory. Idempotent.
+    pub fn teardown(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        self.torn_down = true;
+        for (_, child) in self.children.iter_mut() {
+            let _ = child.kill();
+        }
+        for (_, mut child) in self.children.drain(..) {
+            let _ = child.wait();
+        }
+        let mut names: Vec<String> = ROLES.iter().map(|r| self.ns(r)).collect();
+        names.extend(
+            list_namespaces()
+                .into_iter()
+                .filter(|n| n.starts_with(&format!("{PREFIX}{}-", self.id))),
+        );
+        names.sort();
+        names.dedup();
+        for ns in names {
+            remove_namespace(&ns);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Kills every process still running in a namespace, then deletes it.
+pub fn remove_namespace(ns: &str) {
+    if !Path::new("/run/netns").join(ns).exists() {
+        return;
+    }
+    for _ in 0..20 {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let pids: Vec<i32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Names of all network namespaces under /run/netns.
+pub fn list_namespaces() -> Vec<String> {
+    fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes what killed lab runs left behind: namespaces (and their processes) and state
+/// directories whose creating process no longer exists. With `all`, removes every lab, live or not.
+/// Returns the names removed.
+pub fn cleanup_leftovers(all: bool) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for ns in list_namespaces() {
+        if let Some(pid) = owner_pid(&ns) {
+            if all || !pid_alive(pid) {
+                remove_namespace(&ns);
+                removed.push(ns);
+            }
+        }
+    }
+    if let Ok(d) = fs::read_dir(STATE_ROOT) {
+        for e in d.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(pid) = owner_pid(&name) {
+                if all || !pid_alive(pid) {
+                    let _ = fs::remove_dir_all(e.path());
+                    removed.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// `dl-<pid>-<n>-...` → pid.
+fn owner_pid(name: &str) -> Option<i32> {
+    name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes every lab created by process `pid` (namespaces, their processes, state directories).
+pub fn cleanup_pid(pid: i32) -> Result<Vec<String>> {
+    let prefix = format!("{PREFIX}{pid}-");
+    let mut removed = Vec::new();
+    for ns in list_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+    {
+        remove_namespace(&ns);
+        removed.push(ns);
+    }
+    if let Ok(d) = fs::read_dir(STATE_ROOT) {
+        for e in d.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_pid_parses_lab_names() {
+        assert_eq!(owner_pid("dl-1234-0-lb1"), Some(1234));
+        assert_eq!(owner_pid("dl-99-12"), Some(99));
+        assert_eq!(owner_pid("other-1-lb1"), None);
+        assert_eq!(owner_pid("dl-x-lb1"), None);
+    }
+}
