@@ -221,7 +221,7 @@ impl Metrics {
     }
 
     /// The drain the daemon ran is over.
-    pub fn drain_finished(&self, r: &Result<DrainReport, OpError>) {
+    pub fn drain_finished(&self, r: Result<&DrainReport, &OpError>) {
         let mut l = self.lock();
         l.phase = None;
         l.generation += 1;
@@ -645,7 +645,7 @@ mod tests {
             consecutive: 1,
             answer: "no answer".into(),
         });
-        m.drain_finished(&Err(OpError::Interrupted));
+        m.drain_finished(Err(&OpError::Interrupted));
         assert_eq!(phase(&m), None);
         let text = m.render(None);
         assert!(
@@ -842,7 +842,7 @@ mod tests {
         snap.get(m.generation()).await;
         snap.get(m.generation()).await;
         assert_eq!(snap.reads(), 1, "fresh within the interval: read once");
-        m.drain_finished(&Err(OpError::Interrupted));
+        m.drain_finished(Err(&OpError::Interrupted));
         let after = m.generation();
         let first = {
             let s = snap.clone();
@@ -911,7 +911,7 @@ mod tests {
         let m = Metrics::default();
         for (drain_ms, failover_ms) in [(300.0, 600.0), (7000.0, 800.0)] {
             m.drain_started(DrainMode::Drain);
-            m.drain_finished(&drained(DrainMode::Drain, drain_ms, failover_ms));
+            m.drain_finished(drained(DrainMode::Drain, drain_ms, failover_ms).as_ref());
         }
         let text = m.render(Some(Arc::new(maintenance_node("a \"b\"\\\nc"))));
         let x = "drain_agent_drain_duration_seconds";
@@ -937,7 +937,7 @@ mod tests {
     fn the_exposition_carries_exactly_the_exposed_names_and_passes_promtool() {
         let m = Metrics::default();
         m.drain_started(DrainMode::Handoff);
-        m.drain_finished(&drained(DrainMode::Handoff, 1200.0, 700.0));
+        m.drain_finished(drained(DrainMode::Handoff, 1200.0, 700.0).as_ref());
         let text = m.render(Some(Arc::new(maintenance_node("kernel"))));
         let mut families: Vec<&str> = text
             .lines()

@@ -403,7 +403,7 @@ impl Handler for Daemon {
                 Request::Drain(opts) => {
                     self.metrics.drain_started(opts.apply(cfg).drain.mode);
                     let r = ops::drain::run(cfg, &opts, &state, &mut *host, &mut emit);
-                    self.metrics.drain_finished(&r);
+                    self.metrics.drain_finished(r.as_ref());
                     outcome(
                         r.map(|report| ops::drain::DrainOutcome::Drained { report }),
                         |o| match o {
@@ -425,12 +425,10 @@ impl Handler for Daemon {
                     let r = ops::maintenance::on(cfg, &state, &mut *host, &m, &mut emit);
                     match &r {
                         Ok(on) => match &on.drain {
-                            Some(d) => self.metrics.drain_finished(&Ok(d.clone())),
+                            Some(d) => self.metrics.drain_finished(Ok(d)),
                             None => self.metrics.drain_skipped(),
                         },
-                        Err(e) => self
-                            .metrics
-                            .drain_finished(&Err(OpError::Config(e.to_string()))),
+                        Err(e) => self.metrics.drain_finished(Err(e)),
                     }
                     outcome(r, |o| o.summary())
                 }

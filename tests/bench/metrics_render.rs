@@ -116,10 +116,10 @@ fn daemon_that_ran_drains() -> Metrics {
             unrecorded_syns: 0,
             sealed_drops: 0,
         };
-        m.drain_finished(&Ok(report));
+        m.drain_finished(Ok(&report));
     }
     m.drain_started(DrainMode::Drain);
-    m.drain_finished(&Err(OpError::Interrupted));
+    m.drain_finished(Err(&OpError::Interrupted));
     m
 }
 
