@@ -613,11 +613,20 @@ async fn serve_connection(stream: UnixStream, handler: Arc<dyn Handler>) {
         );
     }
     if !forwarded.final_sent {
-        tracing::info!(
-            op,
-            exit_code = outcome.exit_code,
-            "control request finished after its client disconnected or stopped reading"
-        );
+        // Nobody reads the result now: the log is the only place it is seen.
+        match outcome.result.get("error").and_then(Value::as_str) {
+            Some(error) => tracing::warn!(
+                op,
+                exit_code = outcome.exit_code,
+                error,
+                "control request failed after its client disconnected or stopped reading"
+            ),
+            None => tracing::info!(
+                op,
+                exit_code = outcome.exit_code,
+                "control request finished after its client disconnected or stopped reading"
+            ),
+        }
     }
 }
 
