@@ -16,6 +16,9 @@ impl Lab {
         for (_, mut child) in self.children.drain(..) {
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
         let mut names: Vec<String> = ROLES.iter().map(|r| self.ns(r)).collect();
         names.extend(
             list_namespaces()
@@ -28,6 +31,42 @@ impl Lab {
             remove_namespace(&ns);
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How much of each process's log a failed test prints.
+const LOG_TAIL_LINES: usize = 40;
+
+impl Lab {
+    /// Prints the end of every process log in the lab's directory (daemons, keepalived, HAProxy)
+    /// to stderr, which the test harness shows for a failed test: the directory is removed next,
+    /// and with it the only record of why a daemon did what it did.
+    fn print_log_tails(&self) {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for path in logs {
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+            eprintln!(
+                "--- {} (last {} of {} lines) ---",
+                path.display(),
+                lines.len() - from,
+                lines.len()
+            );
+            for line in &lines[from..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
