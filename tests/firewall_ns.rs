@@ -205,6 +205,98 @@ fn round_trip_next_to_a_user_rule_in_an_existing_mangle_table() {
         .contains("-A PREROUTING -p udp -m udp --dport 53 -j MARK --set-xmark 0x5/0xffffffff"));
 }
 
+/// Entries put in the record's first set before each removal: enough that a full listing of it
+/// spans several netlink messages, as the record of a busy node does.
+const LISTED_ENTRIES: usize = 5000;
+
+/// `ipset restore` lines adding `n` recorded flows to `set` (client, port, VIP).
+fn record_lines(set: &str, n: usize) -> String {
+    (0..n)
+        .map(|k| {
+            format!(
+                "add {set} 198.19.{}.{},tcp:{},198.18.0.100\n",
+                k / 250,
+                k % 250 + 1,
+                1024 + k
+            )
+        })
+        .collect()
+}
+
+/// Runs `ipset list` (members and all) in `ns` over and over until `stop`, at most 60 s;
+/// returns how many listings ran.
+fn list_sets_until(ns: &ScratchNetns, stop: &AtomicBool) -> usize {
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut listings = 0;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+        ns.run(&["ipset", "list"]).unwrap();
+        listings += 1;
+    }
+    listings
+}
+
+/// A full listing of a set (`ipset list`, `ipset save`) holds it until the listing is read to
+/// the end, and a destroy meanwhile is refused "in use by a kernel component"
+/// (docs/kernel-facts.md#k11). The divert's removal waits that out: with another process
+/// listing the sets all the time, ten install/fill/remove rounds each leave nothing behind.
+/// Without the wait a lab run's rollback ended in exit 12 with the sets left: the test was
+/// polling `ipset list` on that node meanwhile.
+#[test]
+#[ignore = "needs root and network namespaces; `make test` runs it"]
+fn the_divert_is_removed_while_another_process_lists_its_sets() {
+    if !require_root("the_divert_is_removed_while_another_process_lists_its_sets") {
+        return;
+    }
+    let ns = lone_node();
+    let plan = plan_for("198.18.0.12", "80");
+    let before = firewall_state(&ns);
+    let stop = AtomicBool::new(false);
+    let (listings, refused) = std::thread::scope(|s| {
+        let lister = s.spawn(|| list_sets_until(&ns, &stop));
+        let refused = ns
+            .enter(|| {
+                let mut fw = SystemFirewall::new();
+                for round in 0..10 {
+                    let receipt = divert::install(&mut fw, &plan).unwrap();
+                    let stats = plan.record_stats(&fw.ipset_list_terse().unwrap());
+                    let first = &stats.ports[0].members[0].name;
+                    fw.ipset_restore(&record_lines(first, LISTED_ENTRIES))
+                        .unwrap();
+                    divert::remove(&mut fw, &plan, !receipt.mangle_table_was_present)
+                        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                }
+                // The condition is real here: the same destroy without the wait is refused.
+                let mut raw = SystemFirewall::new().with_set_busy_wait(Duration::ZERO);
+                (0..50)
+                    .filter(|_| {
+                        let text = format!(
+                            "create LISTED hash:ip,port,ip maxelem 65536\n{}",
+                            record_lines("LISTED", LISTED_ENTRIES)
+                        );
+                        raw.ipset_restore(&text).unwrap();
+                        match raw.ipset_restore("destroy LISTED\n") {
+                            Ok(()) => false,
+                            Err(e) => {
+                                assert!(e.to_string().contains("in use"), "{e}");
+                                fw.ipset_restore("flush LISTED\ndestroy LISTED\n").unwrap();
+                                true
+                            }
+                        }
+                    })
+                    .count()
+            })
+            .unwrap();
+        stop.store(true, Ordering::SeqCst);
+        (lister.join().unwrap(), refused)
+    });
+    assert!(listings > 10, "the lister ran {listings} times");
+    assert!(
+        refused > 0,
+        "no destroy of 50 was refused while the set was listed: the test shows nothing"
+    );
+    assert_eq!(firewall_state(&ns), before);
+}
+
 #[test]
 #[ignore = "needs root and network namespaces; `make test` runs it"]
 fn a_preexisting_set_name_is_refused_with_nothing_changed() {

@@ -143,7 +143,7 @@ pub fn apply_install(
                 }
             },
         };
-        let Some(destroy) = plan.ipset_destroy_observed(&created) else {
+        let Some(destroy) = plan.ipset_teardown_observed(&created) else {
             return Err(cause);
         };
         return Err(match fw.ipset_restore(&destroy) {
@@ -209,11 +209,20 @@ pub fn remove(
         }
         Err(e) => errors.push(e.into()),
     }
+    // Only once the rules are gone may the sets be emptied before they are destroyed: rules left
+    // by a failed removal still read the record, and an emptied record would send the node's own
+    // flows to the peer.
+    let rules_gone = errors.is_empty();
     crate::faults::point("divert.rules-removed");
     // Sets after rules: a set still referenced by a rule cannot be destroyed.
     match fw.ipset_names() {
         Ok(names) => {
-            if let Some(text) = plan.ipset_destroy_observed(&names) {
+            let text = if rules_gone {
+                plan.ipset_teardown_observed(&names)
+            } else {
+                plan.ipset_destroy_observed(&names)
+            };
+            if let Some(text) = text {
                 if let Err(e) = fw.ipset_restore(&text) {
                     errors.push(e.into());
                 }
@@ -483,9 +492,18 @@ tracked_interface: trk0
         assert!(err.errors[1].to_string().contains("in use"), "{err}");
         assert!(matches!(err.errors[2], DivertError::Leftovers { .. }));
         assert!(!err.to_string().contains('\n'));
-        // A second attempt finishes the job.
+        // The rules that stayed still read the record: it was not emptied.
+        let flushed = fw.calls.iter().any(
+            |c| matches!(c, FirewallCall::IpsetRestore(t) if t.lines().any(|l| l.starts_with("flush "))),
+        );
+        assert!(!flushed, "{:?}", fw.calls);
+        // A second attempt finishes the job, emptying the sets before destroying them.
         remove(&mut fw, &p, true).unwrap();
         assert!(!fw.mangle_table_exists());
+        assert!(fw
+            .calls
+            .iter()
+            .any(|c| matches!(c, FirewallCall::IpsetRestore(t) if t.starts_with("flush "))));
     }
 
     #[test]

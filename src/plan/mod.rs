@@ -593,15 +593,35 @@ impl DivertPlan {
     /// members (a member in a list is in use and cannot be destroyed), so sets left by an earlier
     /// configuration with other ports go too. `None` if none.
     pub fn ipset_destroy_observed(&self, existing: &[String]) -> Option<String> {
+        let ours = self.our_sets_in_destroy_order(existing);
+        (!ours.is_empty()).then(|| text(ours.iter().map(|s| format!("destroy {s}"))))
+    }
+
+    /// What removing the divert runs once no rule uses the sets: every set of ours in `existing`
+    /// flushed, then destroyed as [`ipset_destroy_observed`](Self::ipset_destroy_observed) does.
+    /// Emptied first because a process listing a set in full (`ipset list`, `ipset save`) holds
+    /// it until it has read the listing, and a destroy meanwhile is refused; the listing of an
+    /// empty set is over within one message, so after the flush only a listing already under
+    /// way can hold it, briefly (docs/kernel-facts.md#k11). `None` if none.
+    pub fn ipset_teardown_observed(&self, existing: &[String]) -> Option<String> {
+        let ours = self.our_sets_in_destroy_order(existing);
+        (!ours.is_empty()).then(|| {
+            text(
+                ours.iter()
+                    .map(|s| format!("flush {s}"))
+                    .chain(ours.iter().map(|s| format!("destroy {s}"))),
+            )
+        })
+    }
+
+    /// The sets of ours in `existing`, lists before their members.
+    fn our_sets_in_destroy_order<'a>(&self, existing: &'a [String]) -> Vec<&'a String> {
         let mut ours: Vec<(bool, &String)> = existing
             .iter()
             .filter_map(|n| self.is_our_set(n).map(|member| (member, n)))
             .collect();
-        if ours.is_empty() {
-            return None;
-        }
         ours.sort_by_key(|(member, _)| *member);
-        Some(text(ours.iter().map(|(_, s)| format!("destroy {s}"))))
+        ours.into_iter().map(|(_, s)| s).collect()
     }
 
     /// The lines `iptables-save -t mangle` shows for our chains and jumps in `phase`, in the order

@@ -146,6 +146,10 @@ fn golden_ipset() {
         "ipset-destroy.txt",
         &p.ipset_destroy_observed(&all).unwrap(),
     );
+    golden(
+        "ipset-teardown.txt",
+        &p.ipset_teardown_observed(&all).unwrap(),
+    );
 }
 
 #[test]

@@ -39,6 +39,7 @@ impl Default for Binaries {
 pub struct SystemFirewall {
     binaries: Binaries,
     timeout: Duration,
+    set_busy_wait: Duration,
 }
 
 impl Default for SystemFirewall {
@@ -51,12 +52,37 @@ impl Default for SystemFirewall {
 /// ~10 ms they take, low enough that a wedged xtables lock does not hang a drain.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a destroy waits for a set that another process is listing (`ipset list`, `ipset
+/// save`: the listing holds the set until it is read to the end, docs/kernel-facts.md#k11).
+/// Measured: 10-90 ms for a set of 5 000 entries listed in a loop; a set still held after this
+/// long is reported (and stays in the journal for `undrain`).
+pub const SET_BUSY_WAIT: Duration = Duration::from_secs(3);
+/// The first pause before a busy destroy is retried; each next one doubles, up to
+/// [`SET_BUSY_MAX_PAUSE`].
+const SET_BUSY_FIRST_PAUSE: Duration = Duration::from_millis(10);
+const SET_BUSY_MAX_PAUSE: Duration = Duration::from_millis(200);
+
+/// When `e` is `ipset restore` refusing to destroy a set that is in use, and the line it names
+/// in `text` is a `destroy`: that line's number (1-based), to retry from.
+fn busy_destroy(e: &FirewallError, text: &str) -> Option<usize> {
+    let FirewallError::Process(ProcessError::Failed { stderr, .. }) = e else {
+        return None;
+    };
+    if !stderr.contains("in use by a kernel component") {
+        return None;
+    }
+    let line = e.failed_line()?;
+    let failed = text.lines().nth(line.checked_sub(1)?)?;
+    failed.trim_start().starts_with("destroy ").then_some(line)
+}
+
 impl SystemFirewall {
     /// Tools from PATH, `TOOL_TIMEOUT` (10 s) per call.
     pub fn new() -> Self {
         SystemFirewall {
             binaries: Binaries::default(),
             timeout: TOOL_TIMEOUT,
+            set_busy_wait: SET_BUSY_WAIT,
         }
     }
 
@@ -69,6 +95,13 @@ impl SystemFirewall {
     /// Kills a tool that runs longer than `timeout`.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Waits at most `wait` for a set to destroy that another process is listing (default
+    /// [`SET_BUSY_WAIT`]; zero reports the first refusal).
+    pub fn with_set_busy_wait(mut self, wait: Duration) -> Self {
+        self.set_busy_wait = wait;
         self
     }
 
@@ -166,8 +199,33 @@ impl Firewall for SystemFirewall {
     }
 
     fn ipset_restore(&mut self, text: &str) -> Result<(), FirewallError> {
-        self.run(&self.binaries.ipset, &["restore"], Some(text))
-            .map(drop)
+        // A set another process is listing cannot be destroyed until its listing ends
+        // (docs/kernel-facts.md#k11): the destroy is retried from the line that failed (the
+        // lines before it are done; `ipset restore` stops at the first error) until the listing
+        // lets go or `set_busy_wait` runs out.
+        let started = std::time::Instant::now();
+        let mut pause = SET_BUSY_FIRST_PAUSE;
+        let mut rest = text.to_string();
+        loop {
+            let err = match self.run(&self.binaries.ipset, &["restore"], Some(&rest)) {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            let Some(from) = busy_destroy(&err, &rest) else {
+                return Err(err);
+            };
+            if started.elapsed() + pause > self.set_busy_wait {
+                return Err(err);
+            }
+            tracing::debug!(line = %err, "ipset: a set to destroy is held by a listing; retrying");
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(SET_BUSY_MAX_PAUSE);
+            rest = rest
+                .lines()
+                .skip(from - 1)
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
     }
 
     fn ipset_names(&mut self) -> Result<Vec<String>, FirewallError> {
@@ -271,6 +329,87 @@ mod tests {
         assert!(!mangle_listing_is_empty(&parse(user_chain)));
         let rule = r#"{"nftables": [{"rule": {"family": "ip", "table": "mangle", "chain": "PREROUTING", "handle": 2, "expr": []}}]}"#;
         assert!(!mangle_listing_is_empty(&parse(rule)));
+    }
+
+    /// An `ipset` stand-in that refuses `destroy {busy}` (naming its line) on its first
+    /// `busy_times` inputs that hold it, appending every input it reads to `calls` (one `--`
+    /// line after each).
+    fn busy_ipset(dir: &std::path::Path, busy: &str, busy_times: usize) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("ipset");
+        let script = format!(
+            "#!/bin/sh\nin=$(cat)\nprintf '%s\\n--\\n' \"$in\" >> '{calls}'\n\
+             n=$(grep -c -- '^--$' '{calls}')\n\
+             line=$(printf '%s\\n' \"$in\" | grep -n -x 'destroy {busy}' | cut -d: -f1)\n\
+             if [ -n \"$line\" ] && [ \"$n\" -le {busy_times} ]; then\n\
+             echo \"ipset v7.17: Error in line $line: Set cannot be destroyed: it is in use by a kernel component\" >&2\n\
+             exit 1\nfi\n",
+            calls = dir.join("calls").display()
+        );
+        std::fs::write(&bin, script).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    }
+
+    fn with_ipset(bin: PathBuf) -> SystemFirewall {
+        SystemFirewall::new().with_binaries(Binaries {
+            ipset: bin,
+            ..Binaries::default()
+        })
+    }
+
+    #[test]
+    fn a_destroy_refused_while_a_set_is_listed_is_retried_from_the_line_that_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fw = with_ipset(busy_ipset(dir.path(), "B", 2));
+        fw.ipset_restore("destroy A\ndestroy B\ndestroy C\n")
+            .unwrap();
+        let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+        // A was destroyed by the first call; B was refused twice, then B and C went.
+        assert_eq!(
+            calls,
+            "destroy A\ndestroy B\ndestroy C\n--\ndestroy B\ndestroy C\n--\ndestroy B\ndestroy C\n--\n"
+        );
+    }
+
+    #[test]
+    fn a_set_held_longer_than_the_wait_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fw = with_ipset(busy_ipset(dir.path(), "A", 1_000_000))
+            .with_set_busy_wait(Duration::from_millis(50));
+        let err = fw.ipset_restore("destroy A\n").unwrap_err();
+        assert!(
+            err.to_string().contains("in use by a kernel component"),
+            "{err}"
+        );
+        let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+        let tries = calls.matches("--\n").count();
+        // 10 + 20 ms of pauses fit in 50 ms, the next 40 ms does not: three tries.
+        assert!((2..=3).contains(&tries), "{tries} tries: {calls}");
+    }
+
+    #[test]
+    fn only_a_busy_destroy_is_retried() {
+        let refused = |stderr: &str| {
+            FirewallError::Process(ProcessError::Failed {
+                binary: "ipset".into(),
+                args: "restore".into(),
+                status: "exit code 1".into(),
+                stderr: stderr.into(),
+            })
+        };
+        let text = "flush A\ndestroy A\n";
+        let busy = |line| {
+            refused(&format!("ipset v7.17: Error in line {line}: Set cannot be destroyed: it is in use by a kernel component"))
+        };
+        assert_eq!(busy_destroy(&busy(2), text), Some(2));
+        // The same words for a line that is not a destroy are the caller's business.
+        assert_eq!(busy_destroy(&busy(1), text), None);
+        // A line the text does not have, and any other refusal, are reported at once.
+        assert_eq!(busy_destroy(&busy(3), text), None);
+        let missing =
+            refused("ipset v7.17: Error in line 2: The set with the given name does not exist");
+        assert_eq!(busy_destroy(&missing, text), None);
     }
 
     #[test]

@@ -393,6 +393,11 @@ impl FakeFirewall {
                         }
                     }
                 }
+                ["flush", name] => match st.set_info.get_mut(*name) {
+                    Some(FakeSet::List { members }) => members.clear(),
+                    Some(FakeSet::Hash { entries, .. }) => *entries = 0,
+                    None => return Err(fail("The set with the given name does not exist".into())),
+                },
                 ["destroy", name] => {
                     let at =
                         st.sets.iter().position(|s| s == name).ok_or_else(|| {
