@@ -99,7 +99,7 @@ impl SystemFirewall {
     }
 
     /// Waits at most `wait` for a set to destroy that another process is listing (default
-    /// [`SET_BUSY_WAIT`]; zero reports the first refusal).
+    /// `SET_BUSY_WAIT`, 3 s; zero reports the first refusal).
     pub fn with_set_busy_wait(mut self, wait: Duration) -> Self {
         self.set_busy_wait = wait;
         self
