@@ -18,6 +18,7 @@ impl Lab {
         }
         if std::thread::panicking() {
             self.print_log_tails();
+            self.print_drop_counters();
         }
         let mut names: Vec<String> = ROLES.iter().map(|r| self.ns(r)).collect();
         names.extend(
@@ -68,6 +69,98 @@ impl Lab {
             }
         }
     }
+}
+
+/// The kernel counters a failed test prints for each namespace, when not zero: where a packet
+/// was dropped (a full accept queue, a full backlog, no route, a full conntrack table, a
+/// device queue) or retransmitted, so a broken flow's cause can be named from the CI log alone.
+const DROP_COUNTERS: &[&str] = &[
+    "Drop", "Overflow", "Retrans", "Timeout", "Error", "Discard", "Fail", "Prune", "Collapse",
+    "Abort", "Cookies", "Reset", "RST",
+];
+
+impl Lab {
+    /// Prints, for every namespace of the lab, the nonzero `nstat` counters whose names say a
+    /// packet was dropped, refused or retransmitted, `conntrack -S`'s nonzero drop counters and
+    /// every link's nonzero drop and error counts.
+    fn print_drop_counters(&self) {
+        for role in ROLES {
+            let ns = self.ns(role);
+            let mut found = Vec::new();
+            if let Ok(out) = self.exec_status(&ns, &["nstat", "-asz"]) {
+                for line in String::from_utf8_lossy(&out.stdout).lines() {
+                    let mut f = line.split_whitespace();
+                    let (Some(name), Some(value)) = (f.next(), f.next()) else {
+                        continue;
+                    };
+                    if value != "0" && DROP_COUNTERS.iter().any(|c| name.contains(c)) {
+                        found.push(format!("{name}={value}"));
+                    }
+                }
+            }
+            if let Ok(out) = self.exec_status(&ns, &["conntrack", "-S"]) {
+                // One line per CPU: summed.
+                let mut sums = std::collections::BTreeMap::<&str, u64>::new();
+                let text = String::from_utf8_lossy(&out.stdout);
+                for (name, value) in text.split_whitespace().filter_map(|w| w.split_once('=')) {
+                    if ["drop", "early_drop", "insert_failed", "error"].contains(&name) {
+                        *sums.entry(name).or_default() += value.parse::<u64>().unwrap_or(0);
+                    }
+                }
+                found.extend(
+                    sums.iter()
+                        .filter(|(_, v)| **v > 0)
+                        .map(|(k, v)| format!("conntrack.{k}={v}")),
+                );
+            }
+            if let Ok(out) = self.exec_status(&ns, &["ip", "-s", "-o", "link"]) {
+                found.extend(link_drops(&String::from_utf8_lossy(&out.stdout)));
+            }
+            eprintln!("--- kernel drop counters in {ns} ---");
+            eprintln!(
+                "{}",
+                if found.is_empty() {
+                    "none".to_string()
+                } else {
+                    found.join(" ")
+                }
+            );
+        }
+    }
+}
+
+/// `ip -s -o link`'s nonzero RX and TX errors and drops, as `IFNAME.rx_dropped=N`.
+fn link_drops(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let Some(name) = f.nth(1) else { continue };
+        let name = name.trim_end_matches(':').split('@').next().unwrap_or(name);
+        // `RX:  bytes packets errors dropped ...\    N N N N ...` and the same for TX.
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for dir in ["RX:", "TX:"] {
+            let Some(at) = words.iter().position(|w| *w == dir) else {
+                continue;
+            };
+            let heads: Vec<&str> = words[at + 1..]
+                .iter()
+                .take_while(|w| !w.starts_with('\\'))
+                .copied()
+                .collect();
+            let values: Vec<&str> = words[at + 1 + heads.len()..]
+                .iter()
+                .skip_while(|w| w.starts_with('\\'))
+                .take(heads.len())
+                .copied()
+                .collect();
+            for (head, value) in heads.iter().zip(values) {
+                if matches!(*head, "errors" | "dropped" | "missed") && value != "0" {
+                    found.push(format!("{name}.{}_{head}={value}", dir[..2].to_lowercase()));
+                }
+            }
+        }
+    }
+    found
 }
 
 impl Drop for Lab {
@@ -186,5 +279,12 @@ mod tests {
         assert_eq!(owner_pid("dl-99-12"), Some(99));
         assert_eq!(owner_pid("other-1-lb1"), None);
         assert_eq!(owner_pid("dl-x-lb1"), None);
+    }
+
+    #[test]
+    fn link_drops_names_only_the_nonzero_drop_and_error_counts() {
+        let text = "2: eth0@if9: <BROADCAST,UP> mtu 1500 qdisc noqueue\\    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff\\    RX:  bytes packets errors dropped  missed   mcast           \\          3928      39      0       7       0       0 \\    TX:  bytes packets errors dropped carrier collsns           \\          3928      39      2       0       0       0 \n\
+                    1: lo: <LOOPBACK,UP> mtu 65536\\    RX:  bytes packets errors dropped  missed   mcast           \\          1 1 0 0 0 0 \\    TX:  bytes packets errors dropped carrier collsns           \\          1 1 0 0 0 0 \n";
+        assert_eq!(link_drops(text), ["eth0.rx_dropped=7", "eth0.tx_errors=2"]);
     }
 }
