@@ -384,8 +384,9 @@ mod tests {
         );
         let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
         let tries = calls.matches("--\n").count();
-        // 10 + 20 ms of pauses fit in 50 ms, the next 40 ms does not: three tries.
-        assert!((2..=3).contains(&tries), "{tries} tries: {calls}");
+        // 10 + 20 ms of pauses fit in 50 ms, the next 40 ms does not: at most three tries. Fewer
+        // when the stand-in itself is slow (a loaded machine): the wait counts its run time too.
+        assert!((1..=3).contains(&tries), "{tries} tries: {calls}");
     }
 
     #[test]
