@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use super::divert::{self, InstallReceipt};
+use super::error::PeerProblem;
 use super::record::{self, RecordKeeper};
 use super::undo::cleanup;
 use super::{
@@ -187,11 +188,11 @@ pub(crate) fn preflight(cx: &mut Cycle<'_>) -> Result<InstallReceipt, OpError> {
     };
     let answer = h.probe_peer()?;
     if !matches!(answer, PeerAnswer::Accepted { .. }) {
-        let why = match answer {
-            PeerAnswer::Refused => "refuses connections to the VIP (RST): is HAProxy running there, and did you run `drain-agent accept` on it?",
-            _ => "does not answer for the VIP: is it up, and did you run `drain-agent accept` on it?",
-        };
-        return Err(OpError::PeerNotReady(format!("{} {why}", p.peer)));
+        let peer = p.peer;
+        return Err(OpError::PeerNotReady(match answer {
+            PeerAnswer::Refused => PeerProblem::Refuses { peer },
+            _ => PeerProblem::Silent { peer },
+        }));
     }
     let sockets = h.count()?.total;
     ev(Event::Ready {

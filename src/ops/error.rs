@@ -127,7 +127,7 @@ pub enum OpError {
     Journal(#[from] JournalError),
     /// The peer cannot take the traffic; nothing was changed.
     #[error("peer not ready: {0}; nothing changed")]
-    PeerNotReady(String),
+    PeerNotReady(#[source] PeerProblem),
     /// This node does not hold the VIP.
     #[error("this node does not hold VIP {0} (not MASTER?); nothing to drain, nothing changed")]
     NotMaster(Ipv4Addr),
@@ -173,6 +173,87 @@ pub enum OpError {
     /// SIGINT/SIGTERM after the failover of a hand-off: the node's remaining connections were cut.
     #[error("interrupted during the hand-off: {0} connection(s) of this node cut; the peer serves the VIP, this node stays out of service until `drain-agent undrain`")]
     HandoffCut(usize),
+}
+
+/// Why the peer cannot take the traffic ([`OpError::PeerNotReady`]): what was asked of it and
+/// what it answered, and the host's error when the asking failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerProblem {
+    /// The preflight's probe of the VIP through the peer was refused (RST).
+    #[error("{peer} refuses connections to the VIP (RST): is HAProxy running there, and did you run `drain-agent accept` on it?")]
+    Refuses {
+        /// The peer's address.
+        peer: Ipv4Addr,
+    },
+    /// The preflight's probe of the VIP through the peer got no answer.
+    #[error(
+        "{peer} does not answer for the VIP: is it up, and did you run `drain-agent accept` on it?"
+    )]
+    Silent {
+        /// The peer's address.
+        peer: Ipv4Addr,
+    },
+    /// A hand-off needs the peer's MAC, and the peer does not answer ARP.
+    #[error("{peer} does not answer ARP")]
+    NoArp {
+        /// The peer's address.
+        peer: Ipv4Addr,
+    },
+    /// The peer's agent refused to begin the hand-off.
+    #[error("{peer}'s agent refuses the hand-off: {reason}")]
+    HandoffRefused {
+        /// The peer's address.
+        peer: Ipv4Addr,
+        /// The reason the peer's agent gave.
+        reason: String,
+    },
+    /// The request to begin the hand-off went out and no reply came; this node then told the
+    /// peer's agent to end it.
+    #[error("{peer}'s agent did not answer the hand-off ({error}); nothing changed here; {}", fmt_ended(.ended))]
+    HandoffUnanswered {
+        /// The peer's address.
+        peer: Ipv4Addr,
+        /// Why no reply came.
+        #[source]
+        error: HostError,
+        /// What telling the peer's agent to end the hand-off gave
+        /// ([`super::handoff::ask_end`]): its reply, or why it failed.
+        ended: Result<String, String>,
+    },
+    /// The peer's agent could not be asked to begin the hand-off.
+    #[error("{peer}'s agent does not answer ({error}): is `drain-agent run` running there with the same handoff.key_file?")]
+    AgentUnreachable {
+        /// The peer's address.
+        peer: Ipv4Addr,
+        /// Why it could not be asked.
+        #[source]
+        error: HostError,
+    },
+    /// `maintenance off --failback`: the peer's agent refused to fail back.
+    #[error("the peer did not fail back: {reason}; this node is back as BACKUP")]
+    FailbackRefused {
+        /// The reason the peer's agent gave.
+        reason: String,
+    },
+    /// `maintenance off --failback`: the peer's agent did not answer the failback.
+    #[error(
+        "the peer's agent does not answer the failback ({error}); this node is back as BACKUP"
+    )]
+    FailbackUnanswered {
+        /// Why it did not answer.
+        #[source]
+        error: HostError,
+    },
+}
+
+/// The end of [`PeerProblem::HandoffUnanswered`]'s message: what became of the request to end.
+fn fmt_ended(ended: &Result<String, String>) -> String {
+    match ended {
+        Ok(detail) => format!("told it to end the hand-off ({detail})"),
+        Err(why) => format!(
+            "could not tell it to end the hand-off ({why}); its return path, if any, goes at its deadline"
+        ),
+    }
 }
 
 impl OpError {

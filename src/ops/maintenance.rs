@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::drain::{self, DrainOptions};
+use super::error::PeerProblem;
 use super::undrain::{self, UndrainOptions, Undrained};
 use super::{DrainReport, Event, Host, OpError, TRACK_FAULT};
 use crate::config::Config;
@@ -257,14 +258,14 @@ fn ask_failback(
                 h.sleep(FAILBACK_RETRY);
             }
             Ok(super::handoff::PeerReply::Refused { reason }) => {
-                return Err(OpError::PeerNotReady(format!(
-                    "the peer did not fail back: {reason}; this node is back as BACKUP"
-                )))
+                return Err(OpError::PeerNotReady(PeerProblem::FailbackRefused {
+                    reason,
+                }))
             }
-            Err(e) => {
-                return Err(OpError::PeerNotReady(format!(
-                "the peer's agent does not answer the failback ({e}); this node is back as BACKUP"
-            )))
+            Err(error) => {
+                return Err(OpError::PeerNotReady(PeerProblem::FailbackUnanswered {
+                    error,
+                }))
             }
         }
     }
