@@ -181,9 +181,7 @@ fn stand_by(
     h.link_up(&p.tracked_interface)?;
     for vip in &p.vips {
         if h.vip_local(*vip)? {
-            return Err(OpError::StateChanged(format!(
-                "keepalived moved {vip} here as maintenance began; run `maintenance on` again to drain it"
-            )));
+            return Err(OpError::StateChanged { vip: *vip });
         }
     }
     super::peer::release(cfg, state, h)?;

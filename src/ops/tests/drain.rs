@@ -913,7 +913,7 @@ fn the_vip_moving_away_mid_drain_finishes_the_drain_and_says_connections_were_cu
     h.vip_moves_at = Some(S(2));
     let r = run(h, policy());
     let e = r.result.as_ref().unwrap_err();
-    assert!(matches!(e, OpError::VipMoved(_, _, 2)), "{e:?}");
+    assert!(matches!(e, OpError::VipMoved { cut: 2, .. }), "{e:?}");
     assert_eq!(e.exit_code(), exit::VIP_MOVED, "{e}");
     let moved = r
         .host

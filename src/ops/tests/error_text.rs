@@ -4,10 +4,12 @@
 use std::error::Error as _;
 use std::net::Ipv4Addr;
 
-use crate::ops::error::PeerProblem;
-use crate::ops::{HostError, HostErrorKind, OpError};
+use crate::journal::Change;
+use crate::ops::error::{FailoverPending, Leftover, OutOfService, PeerProblem};
+use crate::ops::{HostError, HostErrorKind, OpError, PeerAnswer};
 
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 
 fn unanswered() -> HostError {
     HostError::new(
@@ -87,4 +89,110 @@ fn a_peer_agents_error_is_the_source_of_peer_not_ready() {
     assert_eq!(host.kind, HostErrorKind::Unanswered);
     // A problem that is only an answer has no error behind it.
     assert!(PeerProblem::NoArp { peer: PEER }.source().is_none());
+}
+
+#[test]
+fn already_drained_says_what_shows_the_node_out_of_service() {
+    let link_down = || Change::LinkDown {
+        ifname: "trk0".into(),
+    };
+    let text = |why| OpError::AlreadyDrained(why).to_string();
+    assert_eq!(
+        text(OutOfService::Journalled {
+            change: link_down(),
+            at: 1_700_000_000,
+            in_effect: true,
+        }),
+        "already out of service: the journal records tracked interface trk0 down (at 2023-11-14 22:13:20 UTC) and it is in effect; run `drain-agent undrain` (or `maintenance off`) first"
+    );
+    assert_eq!(
+        text(OutOfService::Journalled {
+            change: link_down(),
+            at: 1_700_000_000,
+            in_effect: false,
+        }),
+        "already out of service: the journal records tracked interface trk0 down (at 2023-11-14 22:13:20 UTC) but it is not in effect now (rebooted?); run `drain-agent undrain` (or `maintenance off`) first"
+    );
+    assert_eq!(
+        text(OutOfService::LinkDown {
+            ifname: "trk0".into()
+        }),
+        "already out of service: tracked interface trk0 is down; run `drain-agent undrain` (or `maintenance off`) first"
+    );
+    assert_eq!(
+        text(OutOfService::TrackFault),
+        "already out of service: the track file says FAULT; run `drain-agent undrain` (or `maintenance off`) first"
+    );
+}
+
+#[test]
+fn leftovers_name_what_an_earlier_run_left() {
+    let text = |what| OpError::Leftovers(what).to_string();
+    assert_eq!(
+        text(Leftover::Journalled(Change::LocalRoute { addr: VIP })),
+        "leftovers of an earlier run: journal records local route 198.18.0.100/32 dev lo; run `drain-agent undrain` to remove them"
+    );
+    assert_eq!(
+        text(Leftover::Sets(vec!["DRAIN-rec".into(), "DRAIN-new".into()])),
+        "leftovers of an earlier run: ipset DRAIN-rec, DRAIN-new already exists; run `drain-agent undrain` to remove them"
+    );
+    assert_eq!(
+        text(Leftover::Chains(vec!["DRAIN-ENTRY".into()])),
+        "leftovers of an earlier run: iptables chain DRAIN-ENTRY already exists; run `drain-agent undrain` to remove them"
+    );
+}
+
+#[test]
+fn state_changed_names_the_vip_that_arrived() {
+    assert_eq!(
+        OpError::StateChanged { vip: VIP }.to_string(),
+        "keepalived moved 198.18.0.100 here as maintenance began; run `maintenance on` again to drain it; nothing changed"
+    );
+}
+
+#[test]
+fn peer_lost_counts_the_failed_probes_and_says_what_the_last_saw() {
+    assert_eq!(
+        OpError::PeerLost {
+            failed: 3,
+            last: PeerAnswer::NoAnswer
+        }
+        .to_string(),
+        "peer lost during the drain (3 probes failed, last: no answer); divert withdrawn, this node still serves"
+    );
+    assert_eq!(
+        OpError::PeerLost {
+            failed: 2,
+            last: PeerAnswer::Refused
+        }
+        .to_string(),
+        "peer lost during the drain (2 probes failed, last: refused (RST)); divert withdrawn, this node still serves"
+    );
+}
+
+#[test]
+fn failover_unconfirmed_says_what_was_still_missing() {
+    let text = |pending| {
+        OpError::FailoverUnconfirmed {
+            timeout: std::time::Duration::from_secs(5),
+            pending,
+        }
+        .to_string()
+    };
+    assert_eq!(
+        text(FailoverPending::StillHere(VIP)),
+        "failover not confirmed within 5s (198.18.0.100 still configured here); divert removed, tracked interface left down: check keepalived on both nodes"
+    );
+    assert_eq!(
+        text(FailoverPending::NoArp(VIP)),
+        "failover not confirmed within 5s (the peer does not answer ARP for 198.18.0.100); divert removed, tracked interface left down: check keepalived on both nodes"
+    );
+}
+
+#[test]
+fn vip_moved_counts_the_connections_cut() {
+    assert_eq!(
+        OpError::VipMoved { vip: VIP, cut: 2 }.to_string(),
+        "VIP 198.18.0.100 moved to the peer during the drain without the agent (no longer configured here): 2 connection(s) of this node cut; failover finished, divert removed, this node stays out of service until `drain-agent undrain`: check keepalived here"
+    );
 }
