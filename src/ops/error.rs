@@ -171,7 +171,7 @@ pub enum OpError {
     Privileges,
     /// Some undo steps failed; they stay in the journal.
     #[error("cleanup incomplete ({0}); the journal keeps what is left, run `drain-agent undrain`")]
-    CleanupIncomplete(String),
+    CleanupIncomplete(#[source] UndoFailures),
     /// The configuration does not allow what was asked.
     #[error("{0}")]
     Config(String),
@@ -363,6 +363,39 @@ impl std::fmt::Display for FailoverPending {
             FailoverPending::StillHere(vip) => write!(f, "{vip} still configured here"),
             FailoverPending::NoArp(vip) => write!(f, "the peer does not answer ARP for {vip}"),
         }
+    }
+}
+
+/// The undo steps that failed ([`OpError::CleanupIncomplete`]), newest change first, and the
+/// journal's error when it could not forget a change that was undone.
+#[derive(Debug)]
+pub struct UndoFailures {
+    /// Each failed undo step's error; never empty.
+    pub steps: Vec<HostError>,
+    /// Why the journal could not be rewritten after a step that worked.
+    pub journal: Option<JournalError>,
+}
+
+impl std::fmt::Display for UndoFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let journal = self.journal.iter().map(|e| e as &dyn std::fmt::Display);
+        let all = self.steps.iter().map(|e| e as &dyn std::fmt::Display);
+        for (i, e) in all.chain(journal).enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+// One source only: the first failed step, the one an operator looks at first.
+impl std::error::Error for UndoFailures {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.steps
+            .first()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -5,7 +5,7 @@ use std::error::Error as _;
 use std::net::Ipv4Addr;
 
 use crate::journal::Change;
-use crate::ops::error::{FailoverPending, Leftover, OutOfService, PeerProblem};
+use crate::ops::error::{FailoverPending, Leftover, OutOfService, PeerProblem, UndoFailures};
 use crate::ops::{HostError, HostErrorKind, OpError, PeerAnswer};
 
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
@@ -194,5 +194,42 @@ fn vip_moved_counts_the_connections_cut() {
     assert_eq!(
         OpError::VipMoved { vip: VIP, cut: 2 }.to_string(),
         "VIP 198.18.0.100 moved to the peer during the drain without the agent (no longer configured here): 2 connection(s) of this node cut; failover finished, divert removed, this node stays out of service until `drain-agent undrain`: check keepalived here"
+    );
+}
+
+#[test]
+fn cleanup_incomplete_lists_every_failed_step_then_the_journals_error() {
+    let failures = |journal| UndoFailures {
+        steps: vec![
+            HostError::other("remove divert", "iptables-restore: exit code 1"),
+            HostError::other("link trk0 up", "no such device"),
+        ],
+        journal,
+    };
+    assert_eq!(
+        OpError::CleanupIncomplete(failures(None)).to_string(),
+        "cleanup incomplete (remove divert: iptables-restore: exit code 1; link trk0 up: no such device); the journal keeps what is left, run `drain-agent undrain`"
+    );
+    let journal = crate::journal::JournalError::File {
+        path: "/run/drain-agent/journal.json".into(),
+        cause: "no space left on device".into(),
+    };
+    assert_eq!(
+        OpError::CleanupIncomplete(failures(Some(journal))).to_string(),
+        "cleanup incomplete (remove divert: iptables-restore: exit code 1; link trk0 up: no such device; journal /run/drain-agent/journal.json: no space left on device); the journal keeps what is left, run `drain-agent undrain`"
+    );
+}
+
+#[test]
+fn the_first_failed_undo_step_is_the_source_of_cleanup_incomplete() {
+    let e = OpError::CleanupIncomplete(UndoFailures {
+        steps: vec![HostError::other("remove divert", "busy")],
+        journal: None,
+    });
+    let failures = e.source().expect("CleanupIncomplete has its failures");
+    let first = failures.source().expect("the first failed step");
+    assert_eq!(
+        first.downcast_ref::<HostError>().map(|h| h.op.as_str()),
+        Some("remove divert")
     );
 }
