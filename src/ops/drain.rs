@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cycle::{divert_now, failover, preflight, pull_trigger, rollback, Cycle, Tender, Watch};
 use super::divert;
+use super::error::ConfigProblem;
 use super::handoff::{self, Returning};
 use super::undo::cleanup;
 use super::{ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy};
@@ -103,9 +104,7 @@ pub fn run(
 ) -> Result<DrainReport, OpError> {
     let cfg = opts.apply(cfg);
     if cfg.drain.mode == DrainMode::Handoff && cfg.handoff.is_none() {
-        return Err(OpError::Config(
-            "a hand-off needs the handoff: section in the configuration (key_file, and `drain-agent run` on the peer)".into(),
-        ));
+        return Err(OpError::Config(ConfigProblem::HandoffNeedsPeerLink));
     }
     let _lock = state.lock()?;
     let mut journal = state.drain_journal()?;

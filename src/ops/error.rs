@@ -172,9 +172,9 @@ pub enum OpError {
     /// Some undo steps failed; they stay in the journal.
     #[error("cleanup incomplete ({0}); the journal keeps what is left, run `drain-agent undrain`")]
     CleanupIncomplete(#[source] UndoFailures),
-    /// The configuration does not allow what was asked.
+    /// The configuration (or the request) does not allow what was asked.
     #[error("{0}")]
-    Config(String),
+    Config(ConfigProblem),
     /// This node returns its peer's connections in the peer's hand-off.
     #[error("this node serves the hand-off of {0} (its connections are returned to it); drain this node when that is over")]
     ServingHandoff(Ipv4Addr),
@@ -397,6 +397,20 @@ impl std::error::Error for UndoFailures {
             .first()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
+}
+
+/// What the configuration or the request lacks for what was asked ([`OpError::Config`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigProblem {
+    /// `drain.mode: handoff` without the `handoff:` section.
+    #[error("a hand-off needs the handoff: section in the configuration (key_file, and `drain-agent run` on the peer)")]
+    HandoffNeedsPeerLink,
+    /// `maintenance off --failback` without the `handoff:` section.
+    #[error("--failback asks the peer's agent to drain itself: it needs the peer link (the handoff: section, and `drain-agent run` on the peer)")]
+    FailbackNeedsPeerLink,
+    /// `maintenance on` with an empty `--reason`.
+    #[error("maintenance on needs --reason: say why the node goes out of service")]
+    MaintenanceNeedsReason,
 }
 
 impl OpError {

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::drain::{self, DrainOptions};
-use super::error::PeerProblem;
+use super::error::{ConfigProblem, PeerProblem};
 use super::undrain::{self, UndrainOptions, Undrained};
 use super::{DrainReport, Event, Host, OpError, TRACK_FAULT};
 use crate::config::Config;
@@ -121,9 +121,7 @@ pub fn on(
 ) -> Result<MaintenanceOn, OpError> {
     let (reason, by, opts) = (&req.reason, &req.by, &req.drain);
     if reason.trim().is_empty() {
-        return Err(OpError::Config(
-            "maintenance on needs --reason: say why the node goes out of service".into(),
-        ));
+        return Err(OpError::Config(ConfigProblem::MaintenanceNeedsReason));
     }
     if let Some(m) = state.maintenance()? {
         return Ok(MaintenanceOn {
@@ -206,9 +204,7 @@ pub fn off(
 ) -> Result<MaintenanceOff, OpError> {
     let (opts, failback) = (&req.undrain, req.failback);
     if failback && cfg.handoff.is_none() {
-        return Err(OpError::Config(
-            "--failback asks the peer's agent to drain itself: it needs the peer link (the handoff: section, and `drain-agent run` on the peer)".into(),
-        ));
+        return Err(OpError::Config(ConfigProblem::FailbackNeedsPeerLink));
     }
     let was = state.maintenance()?;
     let undrained = undrain::run(cfg, opts, state, h, ev)?;

@@ -5,7 +5,9 @@ use std::error::Error as _;
 use std::net::Ipv4Addr;
 
 use crate::journal::Change;
-use crate::ops::error::{FailoverPending, Leftover, OutOfService, PeerProblem, UndoFailures};
+use crate::ops::error::{
+    ConfigProblem, FailoverPending, Leftover, OutOfService, PeerProblem, UndoFailures,
+};
 use crate::ops::{HostError, HostErrorKind, OpError, PeerAnswer};
 
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
@@ -231,5 +233,22 @@ fn the_first_failed_undo_step_is_the_source_of_cleanup_incomplete() {
     assert_eq!(
         first.downcast_ref::<HostError>().map(|h| h.op.as_str()),
         Some("remove divert")
+    );
+}
+
+#[test]
+fn config_says_what_the_configuration_or_the_request_lacks() {
+    let text = |what| OpError::Config(what).to_string();
+    assert_eq!(
+        text(ConfigProblem::HandoffNeedsPeerLink),
+        "a hand-off needs the handoff: section in the configuration (key_file, and `drain-agent run` on the peer)"
+    );
+    assert_eq!(
+        text(ConfigProblem::FailbackNeedsPeerLink),
+        "--failback asks the peer's agent to drain itself: it needs the peer link (the handoff: section, and `drain-agent run` on the peer)"
+    );
+    assert_eq!(
+        text(ConfigProblem::MaintenanceNeedsReason),
+        "maintenance on needs --reason: say why the node goes out of service"
     );
 }
