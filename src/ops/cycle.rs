@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use super::divert::{self, InstallReceipt};
+use super::error::{FailoverPending, Leftover, OutOfService, PeerProblem};
 use super::record::{self, RecordKeeper};
 use super::undo::cleanup;
 use super::{
@@ -132,7 +133,7 @@ pub(crate) fn preflight(cx: &mut Cycle<'_>) -> Result<InstallReceipt, OpError> {
         .iter()
         .find(|e| !e.change.is_maintenance_state())
     {
-        return Err(OpError::Leftovers(format!("journal records {}", e.change)));
+        return Err(OpError::Leftovers(Leftover::Journalled(e.change.clone())));
     }
     let faulted = match &p.track_file {
         Some(path) => h.read_track_file(path)?.is_some_and(|v| v <= TRACK_FAULT),
@@ -142,27 +143,19 @@ pub(crate) fn preflight(cx: &mut Cycle<'_>) -> Result<InstallReceipt, OpError> {
     if let Some(e) = j.entries().iter().find(|e| e.change.is_maintenance_state()) {
         // Say what is true: after a reboot the journal still records the failover while the
         // tracked interface is up again.
-        let now = if link_up && !faulted {
-            "but it is not in effect now (rebooted?)"
-        } else {
-            "and it is in effect"
-        };
-        return Err(OpError::AlreadyDrained(format!(
-            "the journal records {} (at {}) {now}",
-            e.change,
-            super::status::fmt_unix(e.at)
-        )));
+        return Err(OpError::AlreadyDrained(OutOfService::Journalled {
+            change: e.change.clone(),
+            at: e.at,
+            in_effect: !link_up || faulted,
+        }));
     }
     if !link_up {
-        return Err(OpError::AlreadyDrained(format!(
-            "tracked interface {} is down",
-            p.tracked_interface
-        )));
+        return Err(OpError::AlreadyDrained(OutOfService::LinkDown {
+            ifname: p.tracked_interface.clone(),
+        }));
     }
     if faulted {
-        return Err(OpError::AlreadyDrained(
-            "the track file says FAULT".to_string(),
-        ));
+        return Err(OpError::AlreadyDrained(OutOfService::TrackFault));
     }
     for vip in &p.vips {
         if !h.vip_local(*vip)? {
@@ -172,26 +165,20 @@ pub(crate) fn preflight(cx: &mut Cycle<'_>) -> Result<InstallReceipt, OpError> {
     let receipt = match divert::prepare(h.firewall(), plan) {
         Ok(r) => r,
         Err(divert::DivertError::SetsExist { names }) => {
-            return Err(OpError::Leftovers(format!(
-                "ipset {} already exists",
-                names.join(", ")
-            )))
+            return Err(OpError::Leftovers(Leftover::Sets(names)))
         }
         Err(divert::DivertError::ChainsExist { chains }) => {
-            return Err(OpError::Leftovers(format!(
-                "iptables chain {} already exists",
-                chains.join(", ")
-            )))
+            return Err(OpError::Leftovers(Leftover::Chains(chains)))
         }
         Err(e) => return Err(HostError::from(e).into()),
     };
     let answer = h.probe_peer()?;
     if !matches!(answer, PeerAnswer::Accepted { .. }) {
-        let why = match answer {
-            PeerAnswer::Refused => "refuses connections to the VIP (RST): is HAProxy running there, and did you run `drain-agent accept` on it?",
-            _ => "does not answer for the VIP: is it up, and did you run `drain-agent accept` on it?",
-        };
-        return Err(OpError::PeerNotReady(format!("{} {why}", p.peer)));
+        let peer = p.peer;
+        return Err(OpError::PeerNotReady(match answer {
+            PeerAnswer::Refused => PeerProblem::Refuses { peer },
+            _ => PeerProblem::Silent { peer },
+        }));
     }
     let sockets = h.count()?.total;
     ev(Event::Ready {
@@ -358,11 +345,11 @@ pub(crate) fn failover(
         let mut pending = None;
         for vip in &cx.p.vips {
             if cx.h.vip_local(*vip)? {
-                pending = Some(format!("{vip} still configured here"));
+                pending = Some(FailoverPending::StillHere(*vip));
                 break;
             }
             if !cx.h.peer_owns(*vip)? {
-                pending = Some(format!("the peer does not answer ARP for {vip}"));
+                pending = Some(FailoverPending::NoArp(*vip));
                 break;
             }
         }
@@ -381,8 +368,11 @@ pub(crate) fn failover(
                 }
                 return Ok(ms(waited));
             }
-            Some(why) if waited >= cx.p.failover_timeout => {
-                return Err(OpError::FailoverUnconfirmed(cx.p.failover_timeout, why))
+            Some(pending) if waited >= cx.p.failover_timeout => {
+                return Err(OpError::FailoverUnconfirmed {
+                    timeout: cx.p.failover_timeout,
+                    pending,
+                })
             }
             Some(_) => {
                 tender.tick(cx);

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cycle::{divert_now, failover, preflight, pull_trigger, rollback, Cycle, Tender, Watch};
 use super::divert;
+use super::error::ConfigProblem;
 use super::handoff::{self, Returning};
 use super::undo::cleanup;
 use super::{ms, DrainReason, DrainReport, Event, Host, HostError, OpError, PeerAnswer, Policy};
@@ -103,9 +104,7 @@ pub fn run(
 ) -> Result<DrainReport, OpError> {
     let cfg = opts.apply(cfg);
     if cfg.drain.mode == DrainMode::Handoff && cfg.handoff.is_none() {
-        return Err(OpError::Config(
-            "a hand-off needs the handoff: section in the configuration (key_file, and `drain-agent run` on the peer)".into(),
-        ));
+        return Err(OpError::Config(ConfigProblem::HandoffNeedsPeerLink));
     }
     let _lock = state.lock()?;
     let mut journal = state.drain_journal()?;
@@ -141,7 +140,7 @@ pub fn drain(cx: &mut Cycle<'_>) -> Result<DrainReport, OpError> {
     let (install_ms, mut tender) = divert_now(cx, &receipt)?;
     let (reason, remaining, drain_ms) = match watch(cx, &mut tender) {
         Ok(w) => w,
-        Err(moved @ OpError::VipMoved(..)) => {
+        Err(moved @ OpError::VipMoved { .. }) => {
             // Clients already send to the peer: a rollback would serve nothing here. Finish the
             // drain instead, so that a keepalived restarted here does not take the VIP back.
             let failover = pull_trigger(cx.h, cx.j, cx.p)
@@ -220,9 +219,10 @@ fn watch(cx: &mut Cycle<'_>, tender: &mut Tender) -> Result<(DrainReason, usize,
                     answer: answer.to_string(),
                 });
                 if fails >= cx.p.probe_failures {
-                    return Err(OpError::PeerLost(format!(
-                        "{fails} probes failed, last: {answer}"
-                    )));
+                    return Err(OpError::PeerLost {
+                        failed: fails,
+                        last: answer,
+                    });
                 }
             }
             next_probe = cx.h.now() + cx.p.probe_interval;
@@ -264,11 +264,7 @@ fn moved_away(cx: &mut Cycle<'_>, w: &Watch) -> Result<(), OpError> {
     let cut = w.last.map_or(0, |(total, _)| total);
     for vip in &cx.p.vips {
         if !cx.h.vip_local(*vip)? {
-            return Err(OpError::VipMoved(
-                *vip,
-                "no longer configured here".into(),
-                cut,
-            ));
+            return Err(OpError::VipMoved { vip: *vip, cut });
         }
     }
     Ok(())

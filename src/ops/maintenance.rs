@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::drain::{self, DrainOptions};
+use super::error::{ConfigProblem, PeerProblem};
 use super::undrain::{self, UndrainOptions, Undrained};
 use super::{DrainReport, Event, Host, OpError, TRACK_FAULT};
 use crate::config::Config;
@@ -120,9 +121,7 @@ pub fn on(
 ) -> Result<MaintenanceOn, OpError> {
     let (reason, by, opts) = (&req.reason, &req.by, &req.drain);
     if reason.trim().is_empty() {
-        return Err(OpError::Config(
-            "maintenance on needs --reason: say why the node goes out of service".into(),
-        ));
+        return Err(OpError::Config(ConfigProblem::MaintenanceNeedsReason));
     }
     if let Some(m) = state.maintenance()? {
         return Ok(MaintenanceOn {
@@ -180,9 +179,7 @@ fn stand_by(
     h.link_up(&p.tracked_interface)?;
     for vip in &p.vips {
         if h.vip_local(*vip)? {
-            return Err(OpError::StateChanged(format!(
-                "keepalived moved {vip} here as maintenance began; run `maintenance on` again to drain it"
-            )));
+            return Err(OpError::StateChanged { vip: *vip });
         }
     }
     super::peer::release(cfg, state, h)?;
@@ -207,9 +204,7 @@ pub fn off(
 ) -> Result<MaintenanceOff, OpError> {
     let (opts, failback) = (&req.undrain, req.failback);
     if failback && cfg.handoff.is_none() {
-        return Err(OpError::Config(
-            "--failback asks the peer's agent to drain itself: it needs the peer link (the handoff: section, and `drain-agent run` on the peer)".into(),
-        ));
+        return Err(OpError::Config(ConfigProblem::FailbackNeedsPeerLink));
     }
     let was = state.maintenance()?;
     let undrained = undrain::run(cfg, opts, state, h, ev)?;
@@ -257,14 +252,14 @@ fn ask_failback(
                 h.sleep(FAILBACK_RETRY);
             }
             Ok(super::handoff::PeerReply::Refused { reason }) => {
-                return Err(OpError::PeerNotReady(format!(
-                    "the peer did not fail back: {reason}; this node is back as BACKUP"
-                )))
+                return Err(OpError::PeerNotReady(PeerProblem::FailbackRefused {
+                    reason,
+                }))
             }
-            Err(e) => {
-                return Err(OpError::PeerNotReady(format!(
-                "the peer's agent does not answer the failback ({e}); this node is back as BACKUP"
-            )))
+            Err(error) => {
+                return Err(OpError::PeerNotReady(PeerProblem::FailbackUnanswered {
+                    error,
+                }))
             }
         }
     }

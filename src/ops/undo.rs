@@ -4,6 +4,7 @@
 //! import each other for it.
 
 use super::divert;
+use super::error::UndoFailures;
 use super::{Host, HostError, OpError};
 use crate::journal::{Change, Journal};
 use crate::plan::DivertPlan;
@@ -47,7 +48,7 @@ fn undo_where(
                     unforgotten.get_or_insert(e);
                 }
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(e),
         }
         if i < last {
             crate::faults::point("undo.partial");
@@ -56,10 +57,10 @@ fn undo_where(
     match (errors.is_empty(), unforgotten) {
         (true, None) => Ok(()),
         (true, Some(e)) => Err(e.into()),
-        (false, e) => {
-            errors.extend(e.map(|e| e.to_string()));
-            Err(OpError::CleanupIncomplete(errors.join("; ")))
-        }
+        (false, journal) => Err(OpError::CleanupIncomplete(UndoFailures {
+            steps: errors,
+            journal,
+        })),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::ops::cycle::{
     divert_now, failover, preflight, pull_trigger, rollback, Cycle, Tender, Watch,
 };
 use crate::ops::divert;
+use crate::ops::error::PeerProblem;
 use crate::ops::undo::cleanup;
 use crate::ops::{ms, DrainReason, DrainReport, Event, Host, HostError, HostErrorKind, OpError};
 
@@ -28,10 +29,9 @@ pub(crate) fn hand_off(
     let start = cx.h.now();
     let receipt = preflight(cx)?;
     let Some(peer_mac) = cx.h.peer_mac()? else {
-        return Err(OpError::PeerNotReady(format!(
-            "{} does not answer ARP",
-            cx.p.peer
-        )));
+        return Err(OpError::PeerNotReady(PeerProblem::NoArp {
+            peer: cx.p.peer,
+        }));
     };
     let guarded = cx.plan.clone().guarded(peer_mac);
     let cx = &mut cx.with_plan(&guarded);
@@ -195,22 +195,23 @@ pub fn ask_begin(h: &mut dyn Host, cfg: &Config, until: u64) -> Result<(), OpErr
     let peer = cfg.peer.get();
     match h.peer_agent(&req) {
         Ok(PeerReply::Ok { .. }) => Ok(()),
-        Ok(PeerReply::Refused { reason }) => Err(OpError::PeerNotReady(format!(
-            "{peer}'s agent refuses the hand-off: {reason}"
-        ))),
-        Err(e) if e.kind == HostErrorKind::Unanswered => {
-            let withdrawn = match ask_end(h) {
-                Ok(detail) => format!("told it to end the hand-off ({detail})"),
-                Err(why) => format!(
-                    "could not tell it to end the hand-off ({why}); its return path, if any, goes at its deadline"
-                ),
-            };
-            Err(OpError::PeerNotReady(format!(
-                "{peer}'s agent did not answer the hand-off ({e}); nothing changed here; {withdrawn}"
-            )))
+        Ok(PeerReply::Refused { reason }) => {
+            Err(OpError::PeerNotReady(PeerProblem::HandoffRefused {
+                peer,
+                reason,
+            }))
         }
-        Err(e) => Err(OpError::PeerNotReady(format!(
-            "{peer}'s agent does not answer ({e}): is `drain-agent run` running there with the same handoff.key_file?"
-        ))),
+        Err(error) if error.kind == HostErrorKind::Unanswered => {
+            let ended = ask_end(h);
+            Err(OpError::PeerNotReady(PeerProblem::HandoffUnanswered {
+                peer,
+                error,
+                ended,
+            }))
+        }
+        Err(error) => Err(OpError::PeerNotReady(PeerProblem::AgentUnreachable {
+            peer,
+            error,
+        })),
     }
 }

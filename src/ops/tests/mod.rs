@@ -1,6 +1,7 @@
 //! The service layer's operations against the fake world (`super::fake`).
 
 mod drain;
+mod error_text;
 mod handoff;
 mod lock;
 mod maintenance;
