@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 /// handler never waits for a client (see [`EventSink`]).
 const EVENT_QUEUE: usize = 256;
 
-/// Where a [`Handler`](super::Handler) sends progress events; each goes to the client as one line, immediately.
+/// Where a [`Handler`](super::Handler) sends progress events; each goes to the client as one
+/// line, immediately.
 ///
 /// Sending never blocks, whatever the client does: a drain must not stall because the terminal
 /// that started it was suspended. The queue is bounded: when a client does not read, the events
