@@ -49,7 +49,7 @@ golden:
 	git diff --stat -- tests/golden
 
 ## Property tests of every parser of outside input (tests/parsers_prop.rs and the sock_diag reply
-## parser's own, in src/sys/sockdiag/wire.rs), a million cases each
+## parser's own, in src/sys/sockdiag/wire/tests.rs), a million cases each
 ## (the normal suite runs 256); prints each parser's count and time. FUZZ_CASES overrides.
 FUZZ_CASES ?= 1000000
 fuzz:
