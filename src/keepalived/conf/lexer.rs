@@ -52,6 +52,8 @@ pub trait Files {
     fn kind(&self, path: &Path) -> io::Result<Kind>;
     /// The names in a directory, in any order.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// What `path` names, for telling that two paths are one file (an include cycle).
+    fn identity(&self, path: &Path) -> PathBuf;
 }
 
 /// The real file system.
@@ -81,6 +83,10 @@ impl Files for RealFiles {
             names.push(entry?.file_name().to_string_lossy().into_owned());
         }
         Ok(names)
+    }
+
+    fn identity(&self, path: &Path) -> PathBuf {
+        std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
     }
 }
 
@@ -180,7 +186,8 @@ impl<'a> Loader<'a> {
         // Lexically, without `.` components, so a cycle through `./x.conf` is seen as one.
         let full: PathBuf = base.join(pattern).components().collect();
         for path in expand(self.files, at, pattern, &full)? {
-            if let Some(first) = self.stack.iter().position(|p| same(p, &path)) {
+            let id = self.files.identity(&path);
+            if let Some(first) = self.stack.iter().position(|p| self.files.identity(p) == id) {
                 let mut chain: Vec<String> = self.stack[first..]
                     .iter()
                     .map(|p| p.display().to_string())
@@ -210,15 +217,6 @@ fn at(path: &Path, line: usize) -> Location {
     Location {
         path: path.to_path_buf(),
         line: u32::try_from(line).unwrap_or(u32::MAX),
-    }
-}
-
-/// Two paths naming the same file: compared as canonical paths where the file system can say,
-/// else as written.
-fn same(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
     }
 }
 

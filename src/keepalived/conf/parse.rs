@@ -243,9 +243,14 @@ fn one(stmt: &Stmt) -> Result<&str, ConfError> {
 }
 
 fn bad(stmt: &Stmt, value: &str, expected: &'static str) -> ConfError {
+    bad_in(stmt, stmt.keyword(), value, expected)
+}
+
+/// A bad value on a line of `keyword`'s value block.
+fn bad_in(line: &Stmt, keyword: &str, value: &str, expected: &'static str) -> ConfError {
     ConfError::BadValue {
-        at: stmt.at.clone(),
-        keyword: stmt.keyword().to_string(),
+        at: line.at.clone(),
+        keyword: keyword.to_string(),
         value: quoted(value),
         expected,
     }
@@ -506,7 +511,9 @@ fn tracked_list(stmt: &Stmt) -> Result<Vec<Tracked>, ConfError> {
                     let (w, r) = weight_values(line, rest)?;
                     (Some(w), r)
                 }
-                [other, ..] => return Err(bad(line, other, "`weight N [reverse]`")),
+                [other, ..] => {
+                    return Err(bad_in(line, stmt.keyword(), other, "`weight N [reverse]`"))
+                }
             };
             Ok(Tracked {
                 at: line.at.clone(),
@@ -652,12 +659,19 @@ fn unicast_peer(line: &Stmt) -> Result<UnicastPeer, ConfError> {
     let text = &line.words[0];
     let address = text
         .parse()
-        .map_err(|_| bad(line, text, "an IP address (unicast_peer)"))?;
-    let mut rest = line.words[1..].chunks(2);
-    for pair in rest.by_ref() {
+        .map_err(|_| bad_in(line, "unicast_peer", text, "an IP address"))?;
+    for pair in line.words[1..].chunks(2) {
         match pair {
             [k, v] if (k == "min_ttl" || k == "max_ttl") && v.parse::<u8>().is_ok() => {}
-            _ => return Err(bad(line, &pair.join(" "), "`min_ttl N` or `max_ttl N`")),
+            _ => {
+                let what = pair.join(" ");
+                return Err(bad_in(
+                    line,
+                    "unicast_peer",
+                    &what,
+                    "`min_ttl N` or `max_ttl N`",
+                ));
+            }
         }
     }
     Ok(UnicastPeer {
