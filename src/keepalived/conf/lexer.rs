@@ -268,8 +268,12 @@ fn decomment(at: &Location, raw: &str) -> Result<String, ConfError> {
 /// The first `$NAME` or `${...}` in the line, which keepalived would replace.
 fn substitution(line: &str) -> Option<&str> {
     let start = line.char_indices().find_map(|(i, c)| {
+        if c != '$' {
+            return None;
+        }
+        // `$` is one byte, so `i + 1` is a character boundary.
         let next = line[i + 1..].chars().next()?;
-        (c == '$' && (next.is_ascii_alphabetic() || next == '_' || next == '{')).then_some(i)
+        (next.is_ascii_alphabetic() || next == '_' || next == '{').then_some(i)
     })?;
     let end = line[start + 1..]
         .find(|c: char| WHITE.contains(&c) || c == '"')

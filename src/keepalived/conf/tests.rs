@@ -542,6 +542,15 @@ fn include_refusals() {
 }
 
 #[test]
+fn text_beyond_ascii_is_read_by_characters() {
+    // Found by tests/parsers_prop.rs: a multi-byte character before a `$`.
+    let e = refused("global_defs {\n router_id \u{1f0aa}$x\n}");
+    assert!(matches!(e, ConfError::Substitution { .. }), "{e}");
+    let c = conf("global_defs {\n router_id \u{fc5}\u{13ee}$ \n}");
+    assert_eq!(c.global.router_id.as_deref(), Some("\u{fc5}\u{13ee}$"));
+}
+
+#[test]
 fn a_brace_after_a_keyword_opens_a_new_line_for_specials() {
     // keepalived reads what follows a brace as a line of its own: `@` there is a condition.
     let e = refused("global_defs { @lb1 router_id a }");
