@@ -35,6 +35,10 @@
 //! reference with no `track_file` block; a keyword the model reads given twice in one block
 //! (keepalived would keep one of them); a value that does not parse.
 //!
+//! **Files:** [`lexer`] (lines, quotes, comments, includes and the refused constructs), `tree`
+//! (braces into statements), `parse` (the blocks), `values` (addresses, weights, timers),
+//! `model` ([`KeepalivedConf`] and its parts), `error` ([`ConfError`]), `tests`.
+//!
 //! **Not done yet.** Nothing uses the reader: the agent's configuration and `drain-agent check`
 //! do not read keepalived's file, and the cross-validation of the two (issue 17's next slice)
 //! is still to be written.
@@ -43,6 +47,8 @@ mod error;
 pub mod lexer;
 mod model;
 mod parse;
+mod tree;
+mod values;
 
 #[cfg(test)]
 mod tests;
