@@ -225,7 +225,7 @@ fn at(path: &Path, line: usize) -> Location {
 fn decomment(at: &Location, raw: &str) -> Result<String, ConfError> {
     let mut out = String::with_capacity(raw.len());
     let mut quote = false;
-    let mut chars = raw.trim_start_matches([' ', '\t']).chars().peekable();
+    let mut chars = raw.trim_start_matches([' ', '\t']).chars();
     while let Some(c) = chars.next() {
         match c {
             '"' => {

@@ -12,7 +12,7 @@
 //! with the grammar of its `lib/parser.c` and `keepalived/vrrp/vrrp_parser.c`) works on any
 //! node, and every refusal names the file and line, before keepalived has even started.
 //!
-//! **What is read.** The lexical rules are keepalived's own ([`lexer`]): `#` and `!` comments,
+//! **What is read.** The lexical rules are keepalived's own (lexer.rs): `#` and `!` comments,
 //! `"..."` words, `{` and `}` wherever they stand, and `include PATTERN` (relative to the
 //! including file's directory, `*` and `?` in the file name, matches read in sorted order).
 //! The model ([`KeepalivedConf`]) holds `global_defs` (`router_id`, `vrrp_notify_fifo`,
@@ -35,7 +35,7 @@
 //! reference with no `track_file` block; a keyword the model reads given twice in one block
 //! (keepalived would keep one of them); a value that does not parse.
 //!
-//! **Files:** [`lexer`] (lines, quotes, comments, includes and the refused constructs), `tree`
+//! **Files:** `lexer` (lines, quotes, comments, includes and the refused constructs), `tree`
 //! (braces into statements), `parse` (the blocks), `values` (addresses, weights, timers),
 //! `model` ([`KeepalivedConf`] and its parts), `error` ([`ConfError`]), `tests`.
 //!
@@ -44,7 +44,7 @@
 //! is still to be written.
 
 mod error;
-pub mod lexer;
+mod lexer;
 mod model;
 mod parse;
 mod tree;
