@@ -574,4 +574,35 @@ fn keepalived_accepts_every_fixture() {
         let (ok, output) = keepalived_check(&ns, &fixture(name));
         assert!(ok, "{name}: keepalived -t failed:\n{output}");
     }
+    // Both resolve a nested relative include from the including file's directory (not the
+    // working directory): a bad VIP there is refused by both, at the same line of that file.
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("include");
+    fs::create_dir_all(tree.join("conf.d")).unwrap();
+    for f in [
+        "keepalived.conf",
+        "conf.d/10-vi1.conf",
+        "conf.d/20-vi2.conf",
+    ] {
+        fs::copy(fixture(&format!("include/{f}")), tree.join(f)).unwrap();
+    }
+    let inc = tree.join("conf.d/vips-vi1.inc");
+    fs::write(
+        &inc,
+        fs::read_to_string(fixture("include/conf.d/vips-vi1.inc"))
+            .unwrap()
+            .replace("198.18.0.100/24", "198.18.0.300/24"),
+    )
+    .unwrap();
+    let e = KeepalivedConf::read(&tree.join("keepalived.conf")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:2: virtual address", inc.display())),
+        "{e}"
+    );
+    let (ok, output) = keepalived_check(&ns, &tree.join("keepalived.conf"));
+    assert!(
+        !ok && output.contains("vips-vi1.inc: Line 2") && output.contains("198.18.0.300"),
+        "{output}"
+    );
 }
