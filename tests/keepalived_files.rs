@@ -2,6 +2,11 @@
 //! keepalived configurations pass `keepalived -t` (inside a scratch network namespace that has
 //! their interfaces) and agree with the agent's files and the paths the code uses, and the
 //! systemd unit passes `systemd-analyze verify`.
+//!
+//! Also the reader of keepalived's configuration (`keepalived::conf`) on real files: the
+//! shipped configurations and the topologies in tests/fixtures/keepalived/ (single instance,
+//! active-active, a sync group over two interfaces with use_vmac, unicast, an include tree with
+//! a glob), each read into the model it describes and each accepted by `keepalived -t`.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -9,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use drain_agent::config::Config;
+use drain_agent::keepalived::conf::{InitialState, KeepalivedConf};
 use drain_agent::keepalived::{DEFAULT_FIFO_PATH, DEFAULT_TRACK_FILE_PATH};
 use drain_test_support::netns::{require_root, require_tool, ScratchNetns};
 
@@ -251,6 +257,352 @@ fn systemd_unit_is_valid_and_confined() {
     let output = verify_unit(&unit.replace("ProtectSystem=strict", "ProtectSystem=strictest"));
     assert!(
         output.contains("ProtectSystem") || output.contains("protect system"),
+        "{output}"
+    );
+}
+
+/// The top files of tests/fixtures/keepalived/ (an include tree counts once, by its top).
+const FIXTURES: [&str; 5] = [
+    "single.conf",
+    "active-active.conf",
+    "sync-group.conf",
+    "unicast.conf",
+    "include/keepalived.conf",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keepalived")
+        .join(name)
+}
+
+fn read_conf(path: &Path) -> KeepalivedConf {
+    KeepalivedConf::read(path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Each instance's (name, state, priority, [(VIP, interface it lives on)]).
+type Shape = (
+    String,
+    Option<InitialState>,
+    Option<u8>,
+    Vec<(String, String)>,
+);
+
+fn shape(conf: &KeepalivedConf) -> Vec<Shape> {
+    conf.instances
+        .iter()
+        .map(|i| {
+            let vips = i
+                .vips
+                .iter()
+                .map(|v| {
+                    let on = i.vip_interface(v).unwrap_or("?").to_string();
+                    (format!("{}/{}", v.address, v.prefix), on)
+                })
+                .collect();
+            (i.name.clone(), i.state, i.priority, vips)
+        })
+        .collect()
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn every_fixture_is_listed() {
+    let mut on_disk: Vec<String> = fs::read_dir(fixture(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".conf"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<&str> = FIXTURES
+        .iter()
+        .copied()
+        .filter(|f| !f.contains('/'))
+        .collect();
+    listed.sort();
+    assert_eq!(on_disk, listed);
+}
+
+#[test]
+fn fixtures_read_into_their_model() {
+    use InitialState::{Backup, Master};
+
+    let single = read_conf(&fixture("single.conf"));
+    assert_eq!(
+        shape(&single),
+        vec![(
+            "VI_1".into(),
+            Some(Backup),
+            Some(150),
+            owned(&[("198.18.0.100/24", "eth0")])
+        )]
+    );
+    let vi1 = &single.instances[0];
+    assert_eq!(vi1.track_interfaces[0].name, "trk0");
+    let track = single.track_file(&vi1.track_files[0].name).unwrap();
+    assert_eq!(track.file, Path::new("/run/drain-agent-fixture.track"));
+    assert_eq!(
+        single.global.vrrp_notify_fifo.as_ref().unwrap().path,
+        Path::new(DEFAULT_FIFO_PATH)
+    );
+    let ignored: Vec<&str> = single.ignored.iter().map(|i| i.keyword.as_str()).collect();
+    assert_eq!(
+        ignored,
+        vec!["enable_script_security", "script_user", "nopreempt"]
+    );
+
+    let aa = read_conf(&fixture("active-active.conf"));
+    assert_eq!(
+        shape(&aa),
+        vec![
+            (
+                "VI_1".into(),
+                Some(Master),
+                Some(150),
+                owned(&[("198.18.0.100/24", "eth0")])
+            ),
+            (
+                "VI_2".into(),
+                Some(Backup),
+                Some(100),
+                owned(&[("198.18.0.101/24", "eth0")])
+            ),
+        ]
+    );
+    for (instance, file) in [("VI_1", "drain_vi_1"), ("VI_2", "drain_vi_2")] {
+        let i = aa.instance(instance).unwrap();
+        let names: Vec<&str> = i.track_files.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec![file], "{instance}");
+    }
+    assert!(aa.sync_groups.is_empty());
+
+    let sg = read_conf(&fixture("sync-group.conf"));
+    let group = sg.sync_group("G_LB").unwrap();
+    let members: Vec<&str> = group.instances.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(members, vec!["VI_PUBLIC", "VI_PRIVATE"]);
+    assert!(group.notify.notify.is_some());
+    assert_eq!(
+        shape(&sg),
+        vec![
+            (
+                "VI_PUBLIC".into(),
+                Some(Backup),
+                Some(150),
+                owned(&[
+                    ("198.18.0.100/24", "vrrp.61"),
+                    ("198.18.0.110/24", "vrrp.61")
+                ])
+            ),
+            (
+                "VI_PRIVATE".into(),
+                Some(Backup),
+                Some(150),
+                owned(&[("10.20.0.100/24", "eth1")])
+            ),
+        ]
+    );
+    let public = sg.instance("VI_PUBLIC").unwrap();
+    assert_eq!(public.interface.as_deref(), Some("eth0"));
+    assert_eq!(public.vips[1].label.as_deref(), Some("vrrp.61:1"));
+    let private = sg.instance("VI_PRIVATE").unwrap();
+    assert_eq!(private.excluded_vips[0].address.to_string(), "fd00:20::100");
+    assert_eq!(sg.group_of("VI_PRIVATE").unwrap().name, "G_LB");
+
+    let uc = read_conf(&fixture("unicast.conf"));
+    let i = &uc.instances[0];
+    assert_eq!(i.unicast_src_ip.unwrap().to_string(), "198.18.0.11");
+    let peers: Vec<String> = i
+        .unicast_peers
+        .iter()
+        .map(|p| p.address.to_string())
+        .collect();
+    assert_eq!(peers, vec!["198.18.0.12"]);
+    assert_eq!(i.advert_int, Some(std::time::Duration::from_secs(2)));
+    assert!(i.notify.notify.is_none());
+    assert_eq!(
+        i.notify.master.as_ref().unwrap().command,
+        "/bin/true master"
+    );
+    assert_eq!(i.notify.stop.as_ref().unwrap().command, "/bin/true stop");
+    assert!(uc.global.vrrp_notify_fifo.is_none());
+    assert!(uc.global.notify_fifo.is_some());
+    // vrrp_script, track_script and virtual_server are skipped whole, each listed once.
+    let skipped: Vec<(&str, &str)> = uc
+        .ignored
+        .iter()
+        .map(|i| (i.keyword.as_str(), i.within.as_str()))
+        .collect();
+    assert_eq!(
+        skipped,
+        vec![
+            ("enable_script_security", "global_defs"),
+            ("script_user", "global_defs"),
+            ("vrrp_script", ""),
+            ("track_script", "vrrp_instance \"VI_1\""),
+            ("virtual_server", ""),
+        ]
+    );
+
+    let inc = read_conf(&fixture("include/keepalived.conf"));
+    assert_eq!(
+        shape(&inc),
+        vec![
+            (
+                "VI_1".into(),
+                Some(Backup),
+                Some(150),
+                owned(&[("198.18.0.100/24", "eth0")])
+            ),
+            (
+                "VI_2".into(),
+                Some(Backup),
+                Some(100),
+                owned(&[("10.20.0.101/24", "eth1")])
+            ),
+        ]
+    );
+    let files: Vec<String> = inc
+        .files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(fixture("include"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            "keepalived.conf",
+            "conf.d/10-vi1.conf",
+            "conf.d/vips-vi1.inc",
+            "conf.d/20-vi2.conf"
+        ]
+    );
+    let vip = &inc.instances[0].vips[0];
+    assert_eq!(
+        format!("{}", vip.at),
+        format!("{}:2", fixture("include/conf.d/vips-vi1.inc").display())
+    );
+}
+
+#[test]
+fn the_shipped_keepalived_configs_read_and_agree_with_the_agent() {
+    for n in [1, 2] {
+        let conf = read_conf(&shipped(&format!("keepalived-lb{n}.conf")));
+        let agent = load(&format!("drain-agent-lb{n}.yaml"));
+        assert_eq!(conf.global.router_id, Some(format!("lb{n}")));
+        assert_eq!(
+            conf.global.vrrp_notify_fifo.as_ref().unwrap().path,
+            Path::new(DEFAULT_FIFO_PATH)
+        );
+        let [vi] = conf.instances.as_slice() else {
+            panic!("one instance expected: {:?}", conf.instances)
+        };
+        assert_eq!(
+            vi.interface.as_deref(),
+            Some(agent.ingress_interface.to_string().as_str())
+        );
+        let tracked: Vec<String> = vi.track_interfaces.iter().map(|t| t.name.clone()).collect();
+        assert_eq!(tracked, vec![agent.tracked_interface.to_string()]);
+        let vips: Vec<String> = vi.vips.iter().map(|v| v.address.to_string()).collect();
+        let agent_vips: Vec<String> = agent.vips.iter().map(|v| v.address.to_string()).collect();
+        assert_eq!(vips, agent_vips);
+        let track = conf.track_file(&vi.track_files[0].name).unwrap();
+        assert_eq!(track.file, Path::new(DEFAULT_TRACK_FILE_PATH));
+        assert_eq!(
+            vi.notify.notify.as_ref().unwrap().command,
+            "/usr/local/sbin/drain-agent notify"
+        );
+    }
+}
+
+#[test]
+fn a_refusal_names_the_real_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("keepalived.conf");
+    fs::write(&top, "include conf.d/*.conf\n").unwrap();
+    fs::create_dir(dir.path().join("conf.d")).unwrap();
+    let bad = dir.path().join("conf.d/vi1.conf");
+    fs::write(
+        &bad,
+        "vrrp_instance VI_1 {\n    virtual_router_id 1\n    virtual_ipaddress {\n        198.18.0.300/24\n    }\n}\n",
+    )
+    .unwrap();
+    let e = KeepalivedConf::read(&top).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:4: virtual address \"198.18.0.300/24\": not an IP address",
+            bad.display()
+        )
+    );
+    fs::write(&top, "include missing.conf\n").unwrap();
+    let e = KeepalivedConf::read(&top).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}:1: include ", top.display())) && e.contains("No such file"),
+        "{e}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and keepalived; make test runs it"]
+fn keepalived_accepts_every_fixture() {
+    if !require_root("keepalived_accepts_every_fixture")
+        || !require_tool("keepalived_accepts_every_fixture", "keepalived")
+    {
+        return;
+    }
+    let ns = ScratchNetns::new("kafix").unwrap();
+    // Every interface the fixtures name; `keepalived -t` refuses a missing one.
+    for (dev, peer) in [("eth0", "eth0p"), ("eth1", "eth1p"), ("trk0", "trk0p")] {
+        ns.run_ok(&[
+            "ip", "link", "add", dev, "type", "veth", "peer", "name", peer,
+        ])
+        .unwrap();
+    }
+    for name in FIXTURES {
+        // The reader accepts it too.
+        read_conf(&fixture(name));
+        let (ok, output) = keepalived_check(&ns, &fixture(name));
+        assert!(ok, "{name}: keepalived -t failed:\n{output}");
+    }
+    // Both resolve a nested relative include from the including file's directory (not the
+    // working directory): a bad VIP there is refused by both, at the same line of that file.
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("include");
+    fs::create_dir_all(tree.join("conf.d")).unwrap();
+    for f in [
+        "keepalived.conf",
+        "conf.d/10-vi1.conf",
+        "conf.d/20-vi2.conf",
+    ] {
+        fs::copy(fixture(&format!("include/{f}")), tree.join(f)).unwrap();
+    }
+    let inc = tree.join("conf.d/vips-vi1.inc");
+    fs::write(
+        &inc,
+        fs::read_to_string(fixture("include/conf.d/vips-vi1.inc"))
+            .unwrap()
+            .replace("198.18.0.100/24", "198.18.0.300/24"),
+    )
+    .unwrap();
+    let e = KeepalivedConf::read(&tree.join("keepalived.conf")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:2: virtual address", inc.display())),
+        "{e}"
+    );
+    let (ok, output) = keepalived_check(&ns, &tree.join("keepalived.conf"));
+    assert!(
+        !ok && output.contains("vips-vi1.inc: Line 2") && output.contains("198.18.0.300"),
         "{output}"
     );
 }

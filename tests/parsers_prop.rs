@@ -1,5 +1,5 @@
 //! Property tests of every parser that reads input from outside the agent: the configuration
-//! file, keepalived's FIFO lines and notify arguments, control-socket requests, peer-link lines,
+//! file, keepalived's own configuration file, keepalived's FIFO lines and notify arguments, control-socket requests, peer-link lines,
 //! and the `iptables-save` / `ipset list -terse` texts the planner reads back. For any input:
 //! no panic, and a rejection is one line (it ends up in a log line or a one-line CLI error).
 //!
@@ -9,12 +9,15 @@
 //! The sock_diag reply parser (`sys::sockdiag::wire`) is private to its module; its property
 //! tests live there (`sockdiag::wire::tests::prop`), and `make fuzz` runs them too.
 
+use std::io;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use drain_agent::config::Config;
 use drain_agent::daemon::control::Request;
+use drain_agent::keepalived::conf::{Files, KeepalivedConf, Kind};
 use drain_agent::keepalived::{FifoLine, NotifyArgs};
 use drain_agent::ops::handoff::PeerRequest;
 use drain_agent::plan::{DivertPlan, Phase};
@@ -122,6 +125,41 @@ fn configuration_text_never_panics_and_rejects_in_one_line() {
         match Config::from_str(&text, "fuzz.yaml") {
             Ok(_) => Ok(()),
             Err(e) => one_line("config", &e.to_string()),
+        }
+    });
+}
+
+/// No file to include: a generated `include` reads nothing from the machine.
+struct NoFiles;
+
+impl Files for NoFiles {
+    fn read(&self, _: &Path) -> io::Result<Vec<u8>> {
+        Err(io::ErrorKind::NotFound.into())
+    }
+    fn kind(&self, _: &Path) -> io::Result<Kind> {
+        Err(io::ErrorKind::NotFound.into())
+    }
+    fn list(&self, _: &Path) -> io::Result<Vec<String>> {
+        Err(io::ErrorKind::NotFound.into())
+    }
+    fn identity(&self, path: &Path) -> PathBuf {
+        path.to_path_buf()
+    }
+}
+
+/// A keepalived configuration the edits start from: every construct the reader models.
+const KEEPALIVED: &str = include_str!("fixtures/keepalived/sync-group.conf");
+
+#[test]
+fn keepalived_conf_never_panics_and_rejects_in_one_line() {
+    let word = "(vrrp_instance|vrrp_sync_group|group|virtual_ipaddress|track_interface|track_file|\\{|\\}|\"|#|!|@x|\\$X|\\$X=1|~SEQ\\(|include x|198\\.18\\.0\\.1/24|dev|eth0|weight|-2|VI_1|\\\\|[ -~]{0,6})";
+    let generated = format!("({word}[ \\t\\n]{{0,2}}){{0,40}}");
+    let texts = prop_oneof![near(KEEPALIVED), generated.as_str()];
+    check("keepalived.conf", texts, |text| {
+        let path = Path::new("/fuzz/keepalived.conf");
+        match KeepalivedConf::parse_from(&NoFiles, text.as_bytes(), path) {
+            Ok(_) => Ok(()),
+            Err(e) => one_line("keepalived.conf", &e.to_string()),
         }
     });
 }

@@ -40,6 +40,7 @@
 //! The module holds one file per concern: [`notify`] (a notify script's arguments), [`fifo`] (the
 //! FIFO's lines and the follower), [`track`] (the track file and what its value does).
 
+pub mod conf;
 pub mod fifo;
 pub mod notify;
 pub mod track;
